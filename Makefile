@@ -1,0 +1,40 @@
+# The README's two commands are `make study` (set up, then run the default study) and
+# `make test` (set up, then run the tests). Both create ./.venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed before nncme and nncme is built against it (--no-build-isolation).
+# 2.13.0 is the CPU wheel on this project's machines; any torch >= 2.4 works.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.nncme-installed
+SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake -type f 2>/dev/null)
+
+.PHONY: setup study test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja \
+		numpy scipy matplotlib tqdm pytest "ruff==0.17.6"
+	$(BIN)/python -m pip install -q --no-build-isolation -Cbuild-dir=build/{wheel_tag} -e .
+	touch $@
+
+study: setup
+	$(BIN)/nncme study
+
+test: setup
+	$(BIN)/ruff check python tests benchmarks
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check python tests benchmarks
+	$(BIN)/ruff format --check python tests benchmarks
+
+clean:
+	rm -rf build $(VENV)

@@ -1,0 +1,41 @@
+// Every nncme operator schema, in one place. Kernels register themselves per device in
+// csrc/cpu/<op>_cpu.cpp and csrc/cuda/<op>_cuda.cu; fake (meta) kernels and autograd live in
+// python/nncme/ops/. The plain-PyTorch definition of each op is in nncme/ops/reference.py.
+//
+// Network arguments (nncme.network.CompiledNetwork): rxn_ptr (K+1,) int64; rxn_entries (nnz, 3)
+// int64 rows (species, reactant order, net change); limits (L,) int64; rates (K,) float32/64;
+// hill_index (K,) int64 (-1: none); hill_params (K, 3) rates.dtype rows (K, n, repress);
+// convention 0 falling factorial | 1 binomial | 2 power.
+#include <torch/library.h>
+
+TORCH_LIBRARY(nncme, m) {
+  // states (B, L) int64 -> (B, K) rates.dtype: a_k(n), 0 where n or n + s_k leaves the box.
+  m.def(
+      "propensities(Tensor states, Tensor rxn_ptr, Tensor rxn_entries, Tensor limits, "
+      "Tensor rates, Tensor hill_index, Tensor hill_params, int convention) -> Tensor");
+  // states (B, L) int64 -> nbr (B, K, L) int64 = n - s_k (n itself where invalid),
+  // valid (B, K) bool: n and n - s_k in the box.
+  m.def(
+      "neighbors(Tensor states, Tensor rxn_ptr, Tensor rxn_entries, Tensor limits) "
+      "-> (Tensor, Tensor)");
+  // states (B, L) int64, log_q (B,), log_q_nbr (B, K) -> log T q (B,), (W q)/q (B,),
+  // exit rate a_0 (B,), all in rates.dtype; T = I + dt W.
+  m.def(
+      "transition_logsum(Tensor states, Tensor log_q, Tensor log_q_nbr, Tensor rxn_ptr, "
+      "Tensor rxn_entries, Tensor limits, Tensor rates, Tensor hill_index, Tensor hill_params, "
+      "int convention, float dt) -> (Tensor, Tensor, Tensor)");
+  // NADE sampling: uniforms (B, L), hidden0 (B, H), embed (L, M, H), head_w (L, M, H),
+  // head_b (L, M), limits (L,) int64, conservation tables (C = 0 for none), cons_start (B, C)
+  // int64, alpha (tempering), activation 0 sigmoid | 1 tanh
+  // -> samples (B, L) int64, log_q (B,), log_rho (B,) in hidden0.dtype.
+  m.def(
+      "nade_sample(Tensor uniforms, Tensor hidden0, Tensor embed, Tensor head_w, Tensor head_b, "
+      "Tensor limits, Tensor cons_weights, Tensor cons_start, Tensor cons_law_meta, "
+      "Tensor cons_group_meta, Tensor cons_table, float alpha, int activation) "
+      "-> (Tensor, Tensor, Tensor)");
+  // NADE log-probability of given states (B, L) int64 -> (B,) hidden0.dtype (no gradient).
+  m.def(
+      "nade_log_prob(Tensor states, Tensor hidden0, Tensor embed, Tensor head_w, Tensor head_b, "
+      "Tensor limits, Tensor cons_weights, Tensor cons_start, Tensor cons_law_meta, "
+      "Tensor cons_group_meta, Tensor cons_table, int activation) -> Tensor");
+}

@@ -1,0 +1,70 @@
+"""nncme: neural-network solutions of the chemical master equation.
+
+A variational autoregressive network carries the joint distribution P(n, t) of all species
+counts through time; exact (FSP) and stochastic (SSA) solvers in the same package check it.
+"""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+
+from .network import (
+    CompiledNetwork,
+    Hill,
+    NetworkError,
+    RateFunction,
+    Reaction,
+    ReactionNetwork,
+    Sinusoidal,
+    Species,
+)
+from .ops import _ext
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CompiledNetwork",
+    "Hill",
+    "NetworkError",
+    "RateFunction",
+    "Reaction",
+    "ReactionNetwork",
+    "Sinusoidal",
+    "Species",
+    "__version__",
+    "build_info",
+]
+
+
+def build_info() -> dict[str, Any]:
+    """How nncme was built and what it runs on.
+
+    Returns:
+        torch version built against and running, whether the extension loaded, CUDA kernels
+        built or not, CUDA archs, OpenMP, and the torch threads available.
+    """
+    ext = _ext.extension()
+    info: dict[str, Any] = {
+        "nncme": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "python": platform.python_version(),
+        "extension": ext is not None,
+        "threads": torch.get_num_threads(),
+    }
+    if ext is None:
+        info["extension_error"] = _ext.extension_error()
+        return info
+    built = ext.build_info()
+    info.update(
+        built_against_torch=built["torch_version"],
+        cuda=built["cuda"],
+        cuda_archs=built["cuda_archs"],
+        openmp=built["openmp"],
+        compiler=built.get("compiler", ""),
+    )
+    return info

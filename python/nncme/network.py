@@ -1,0 +1,737 @@
+"""Reaction networks: species, reactions, propensities, time-dependent rates, limits and laws.
+
+A `ReactionNetwork` is validated when it is made (every error names the offending field) and
+compiles once per device and dtype to the dense and sparse tensors that the operators take
+(`CompiledNetwork`). Propensities follow DESIGN section 1: mass action in one of three
+conventions, optionally times one Hill factor of a regulator, or a user callable; a reaction
+whose product state leaves the box 0 <= n_i < M_i does not fire there.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .conservation import (
+    ConservationLaw,
+    FeasibilityTables,
+    detect_conservation_laws,
+    law_name,
+)
+
+__all__ = [
+    "CONVENTIONS",
+    "CompiledNetwork",
+    "Hill",
+    "NetworkError",
+    "RateFunction",
+    "Reaction",
+    "ReactionNetwork",
+    "Sinusoidal",
+    "Species",
+]
+
+Convention = Literal["falling", "binomial", "power"]
+CONVENTIONS: tuple[str, ...] = ("falling", "binomial", "power")  # index = kernel code
+
+
+class NetworkError(ValueError):
+    """A reaction network definition is invalid; the message names the offending field."""
+
+
+@dataclass(frozen=True)
+class Species:
+    """A species with its count limit: counts range over 0 .. limit-1."""
+
+    name: str
+    limit: int
+
+
+@dataclass(frozen=True)
+class Hill:
+    """Hill factor of one regulator species x, multiplying the mass-action propensity.
+
+    activation: x^n / (K^n + x^n); repression: K^n / (K^n + x^n). K in molecules, n unitless.
+    """
+
+    regulator: str
+    K: float
+    n: float
+    kind: Literal["activation", "repression"] = "repression"
+
+
+@dataclass(frozen=True)
+class Sinusoidal:
+    """Rate c * (1 + a * sin(omega * t + phi)); c in 1/time, omega in 1/time, |a| <= 1."""
+
+    c: float
+    a: float
+    omega: float
+    phi: float = 0.0
+
+    def __call__(self, t: float) -> float:
+        return self.c * (1.0 + self.a * math.sin(self.omega * t + self.phi))
+
+    def max_on(self, t0: float, t1: float) -> float:
+        """An upper bound of the rate on [t0, t1] (used by thinning in the SSA)."""
+        return self.c * (1.0 + abs(self.a))
+
+    def describe(self) -> str:
+        return f"{self.c:g}*(1 + {self.a:g}*sin({self.omega:g}*t + {self.phi:g}))"
+
+
+@dataclass(frozen=True)
+class RateFunction:
+    """A user rate c(t) in 1/time with an upper bound `max_rate` for exact thinning in the SSA."""
+
+    fn: Callable[[float], float]
+    max_rate: float | None = None
+
+    def __call__(self, t: float) -> float:
+        return float(self.fn(t))
+
+    def max_on(self, t0: float, t1: float) -> float:
+        if self.max_rate is None:
+            raise NetworkError(
+                "a time-dependent rate given as a plain callable has no upper bound; wrap it as "
+                "RateFunction(fn, max_rate=...) so the SSA can use exact thinning"
+            )
+        return self.max_rate
+
+    def describe(self) -> str:
+        return getattr(self.fn, "__name__", "callable")
+
+
+Rate = float | int | Sinusoidal | RateFunction | Callable[[float], float]
+# A custom propensity: (states (B, L) float64 counts, t) -> (B,) propensities, rate included.
+PropensityFn = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+@dataclass
+class Reaction:
+    """One reaction: reactants -> products at `rate`.
+
+    Args:
+        reactants: species name -> stoichiometric coefficient (molecules consumed).
+        products: species name -> coefficient (molecules produced).
+        rate: a constant c (1/time), a named form such as `Sinusoidal`, a `RateFunction`, or a
+            callable t -> c(t).
+        name: a label used in messages and reports.
+        hill: an optional Hill factor of one regulator multiplying the mass-action term.
+        propensity: a custom callable (states (B, L) float64, t) -> (B,) that replaces mass
+            action, rate and Hill factor entirely (the slow general path). The truncation rule
+            still applies. Set `time_dependent=True` if it depends on t.
+        time_dependent: only for custom propensities; named forms and callables are detected.
+        propensity_max: an upper bound of a time-dependent custom propensity (SSA thinning).
+    """
+
+    reactants: Mapping[str, int]
+    products: Mapping[str, int]
+    rate: Rate = 1.0
+    name: str = ""
+    hill: Hill | None = None
+    propensity: PropensityFn | None = None
+    time_dependent: bool = False
+    propensity_max: float | None = None
+
+    @property
+    def has_time_dependent_rate(self) -> bool:
+        if self.propensity is not None:
+            return self.time_dependent
+        return not isinstance(self.rate, (int, float))
+
+    def rate_at(self, t: float) -> float:
+        rate = self.rate
+        return float(rate) if isinstance(rate, (int, float)) else float(rate(t))
+
+    def describe(self) -> str:
+        def side(d: Mapping[str, int]) -> str:
+            return " + ".join(f"{v if v != 1 else ''}{k}" for k, v in d.items() if v) or "0"
+
+        text = f"{side(self.reactants)} -> {side(self.products)}"
+        if self.propensity is not None:
+            return f"{text}  [custom propensity]"
+        rate = self.rate
+        r = f"{rate:g}" if isinstance(rate, (int, float)) else getattr(rate, "describe", str)()
+        hill = ""
+        if self.hill is not None:
+            h = self.hill
+            hill = f" * Hill-{h.kind}({h.regulator}; K={h.K:g}, n={h.n:g})"
+        return f"{text}  @ {r}{hill}"
+
+
+@dataclass
+class CompiledNetwork:
+    """The network as the tensors the operators take, on one device and dtype.
+
+    Sparse reaction table (the operators' form, O(nnz) per state): reaction k owns rows
+    rxn_ptr[k]:rxn_ptr[k+1] of rxn_entries, each (species, reactant order, net change) for a
+    species that reaction k consumes or changes.
+
+    Attributes:
+        rxn_ptr: (K+1,) int64.  rxn_entries: (nnz, 3) int64.
+        reactants: (K, L) int64 dense reactant orders.  change: (K, L) int64 net changes s_k.
+        limits: (L,) int64 count limits M_i.
+        hill_index: (K,) int64 regulator species or -1.  hill_params: (K, 3) float (K, n,
+            repress as 0/1).
+        convention: 0 falling factorial, 1 binomial, 2 power.
+        constant_rates: (K,) float, the rates when none depends on time.
+        custom: reaction indices with a custom propensity callable.
+        cons_*: conservation laws laid out for the samplers (see FeasibilityTables).
+    """
+
+    network: ReactionNetwork
+    device: torch.device
+    dtype: torch.dtype
+    rxn_ptr: torch.Tensor
+    rxn_entries: torch.Tensor
+    reactants: torch.Tensor
+    change: torch.Tensor
+    limits: torch.Tensor
+    hill_index: torch.Tensor
+    hill_params: torch.Tensor
+    convention: int
+    constant_rates: torch.Tensor | None
+    custom: tuple[int, ...]
+    cons_weights: torch.Tensor
+    cons_totals: torch.Tensor
+    cons_law_meta: torch.Tensor
+    cons_group_meta: torch.Tensor
+    cons_table: torch.Tensor
+
+    def rates(self, t: float) -> torch.Tensor:
+        """(K,) rate constants at time t on this device and dtype."""
+        if self.constant_rates is not None:
+            return self.constant_rates
+        return torch.as_tensor(self.network.rates(t), dtype=self.dtype, device=self.device)
+
+    @property
+    def num_species(self) -> int:
+        return self.limits.shape[0]
+
+    @property
+    def num_reactions(self) -> int:
+        return self.rxn_ptr.shape[0] - 1
+
+    def operator_args(self, t: float) -> tuple:
+        """The network arguments shared by the propensity and transition operators."""
+        return (
+            self.rxn_ptr,
+            self.rxn_entries,
+            self.limits,
+            self.rates(t),
+            self.hill_index,
+            self.hill_params,
+            self.convention,
+        )
+
+
+def _check_name(name: Any, where: str) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise NetworkError(f"{where}: species names must be non-empty strings, got {name!r}")
+    return name
+
+
+def _check_count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise NetworkError(f"{where}: must be a non-negative integer, got {value!r}")
+    if value < 0:
+        raise NetworkError(f"{where}: must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _check_positive(value: Any, where: str, allow_zero: bool = True) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise NetworkError(f"{where}: must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        need = ">= 0" if allow_zero else "> 0"
+        raise NetworkError(f"{where}: must be finite and {need}, got {value!r}")
+    return v
+
+
+class ReactionNetwork:
+    """A stochastic reaction network with count limits, initial state and natural time grid.
+
+    Args:
+        species: names with count limits, as a mapping name -> limit M (counts 0..M-1) or a
+            sequence of `Species`.
+        reactions: the reactions.
+        initial: initial counts per species (missing species start at 0).
+        name: a short identifier.
+        convention: mass-action convention: "falling" (n(n-1)..(n-r+1), the default),
+            "binomial" (C(n, r)) or "power" (n^r).
+        conservation: None to detect linear conservation laws from the stoichiometry, or a list
+            of declared laws, each a mapping species -> integer weight (optionally with a key
+            "total" that must match the initial state). [] declares that there are none.
+        t_end: natural end time of a study (time units of the rates).
+        dt: natural time step of the VAN.
+        description, source: documentation (what the system is, where parameters come from).
+        parameters: the named parameters the network was built from, for reports.
+
+    Raises:
+        NetworkError: naming the offending field, for any invalid definition.
+    """
+
+    def __init__(
+        self,
+        species: Mapping[str, int] | Sequence[Species],
+        reactions: Sequence[Reaction],
+        initial: Mapping[str, int] | None = None,
+        *,
+        name: str = "network",
+        convention: Convention = "falling",
+        conservation: Sequence[Mapping[str, int]] | None = None,
+        t_end: float = 1.0,
+        dt: float = 0.01,
+        description: str = "",
+        source: str = "",
+        parameters: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.name = name
+        self.description = description
+        self.source = source
+        self.parameters = dict(parameters or {})
+        self.species = self._validate_species(species)
+        self.species_names = [s.name for s in self.species]
+        self._index = {s: i for i, s in enumerate(self.species_names)}
+        if convention not in CONVENTIONS:
+            raise NetworkError(f"convention: must be one of {CONVENTIONS}, got {convention!r}")
+        self.convention: Convention = convention
+        self.reactions = list(reactions)
+        if not self.reactions:
+            raise NetworkError("reactions: the network has no reactions")
+        self._validate_reactions()
+        self.limits = np.array([s.limit for s in self.species], dtype=np.int64)
+        self.reactant_matrix, self.product_matrix = self._stoichiometry()
+        self.change_matrix = self.product_matrix - self.reactant_matrix
+        self.initial_state = self._validate_initial(initial or {})
+        self.t_end = _check_positive(t_end, "t_end", allow_zero=False)
+        self.dt = _check_positive(dt, "dt", allow_zero=False)
+        if self.dt > self.t_end:
+            raise NetworkError(f"dt: {self.dt:g} is larger than t_end {self.t_end:g}")
+        self.conservation_laws = self._conservation(conservation)
+        self._feasibility: FeasibilityTables | None = None
+        self._compiled: dict[tuple[str, torch.dtype], CompiledNetwork] = {}
+
+    # ----------------------------------------------------------------------------- validation
+    @staticmethod
+    def _validate_species(species: Mapping[str, int] | Sequence[Species]) -> list[Species]:
+        if isinstance(species, Mapping):
+            items = list(species.items())
+        else:
+            items = []
+            for i, s in enumerate(species):
+                if not isinstance(s, Species):
+                    raise NetworkError(f"species[{i}]: expected Species(name, limit), got {s!r}")
+                items.append((s.name, s.limit))
+        if not items:
+            raise NetworkError("species: the network has no species")
+        out, seen = [], set()
+        for i, (name, limit) in enumerate(items):
+            _check_name(name, f"species[{i}]")
+            if name in seen:
+                raise NetworkError(f"species[{i}]: duplicate species name {name!r}")
+            seen.add(name)
+            limit = _check_count(limit, f"species {name!r}: limit")
+            if limit < 1:
+                raise NetworkError(f"species {name!r}: limit must be >= 1 (counts 0..limit-1)")
+            out.append(Species(name, limit))
+        return out
+
+    def _where(self, k: int) -> str:
+        r = self.reactions[k]
+        return f"reaction {r.name!r} (reactions[{k}])" if r.name else f"reactions[{k}]"
+
+    def _validate_reactions(self) -> None:
+        names = set()
+        for k, r in enumerate(self.reactions):
+            if not isinstance(r, Reaction):
+                raise NetworkError(f"reactions[{k}]: expected a Reaction, got {type(r).__name__}")
+            if not r.name:
+                r.name = f"R{k}"
+            if r.name in names:
+                raise NetworkError(f"{self._where(k)}: duplicate reaction name")
+            names.add(r.name)
+            where = self._where(k)
+            for side in ("reactants", "products"):
+                for sp, coef in getattr(r, side).items():
+                    if sp not in self._index:
+                        raise NetworkError(
+                            f"{where}: {side} names unknown species {sp!r}; known species: "
+                            f"{', '.join(self.species_names)}"
+                        )
+                    _check_count(coef, f"{where}: {side}[{sp!r}]")
+            net = {
+                s: r.products.get(s, 0) - r.reactants.get(s, 0)
+                for s in set(r.reactants) | set(r.products)
+            }
+            if all(v == 0 for v in net.values()):
+                raise NetworkError(f"{where}: the reaction changes no species (no net change)")
+            self._validate_rate(r, where)
+            if r.hill is not None:
+                h = r.hill
+                if not isinstance(h, Hill) or not h.regulator:
+                    raise NetworkError(f"{where}: hill factor needs a regulator species")
+                if h.regulator not in self._index:
+                    raise NetworkError(
+                        f"{where}: hill regulator {h.regulator!r} is not a species of the network"
+                    )
+                _check_positive(h.K, f"{where}: hill K", allow_zero=False)
+                _check_positive(h.n, f"{where}: hill n", allow_zero=False)
+                if h.kind not in ("activation", "repression"):
+                    raise NetworkError(
+                        f"{where}: hill kind must be 'activation' or 'repression', got {h.kind!r}"
+                    )
+
+    @staticmethod
+    def _validate_rate(r: Reaction, where: str) -> None:
+        if r.propensity is not None:
+            if not callable(r.propensity):
+                raise NetworkError(f"{where}: propensity must be callable")
+            if r.propensity_max is not None:
+                _check_positive(r.propensity_max, f"{where}: propensity_max")
+            return
+        rate = r.rate
+        if isinstance(rate, bool):
+            raise NetworkError(f"{where}: rate must be a number or a function of t, got {rate!r}")
+        if isinstance(rate, (int, float)):
+            _check_positive(rate, f"{where}: rate")
+        elif isinstance(rate, Sinusoidal):
+            _check_positive(rate.c, f"{where}: rate c")
+            if not (math.isfinite(rate.a) and abs(rate.a) <= 1):
+                raise NetworkError(f"{where}: sinusoidal amplitude a must satisfy |a| <= 1")
+            if not (math.isfinite(rate.omega) and math.isfinite(rate.phi)):
+                raise NetworkError(f"{where}: sinusoidal omega and phi must be finite")
+        elif callable(rate):
+            _check_positive(rate(0.0), f"{where}: rate at t=0")
+        else:
+            raise NetworkError(f"{where}: rate must be a number or a function of t, got {rate!r}")
+
+    def _stoichiometry(self) -> tuple[np.ndarray, np.ndarray]:
+        K, L = len(self.reactions), len(self.species)
+        reac = np.zeros((K, L), dtype=np.int64)
+        prod = np.zeros((K, L), dtype=np.int64)
+        for k, r in enumerate(self.reactions):
+            for sp, c in r.reactants.items():
+                reac[k, self._index[sp]] = int(c)
+            for sp, c in r.products.items():
+                prod[k, self._index[sp]] = int(c)
+        return reac, prod
+
+    def _validate_initial(self, initial: Mapping[str, int]) -> np.ndarray:
+        state = np.zeros(len(self.species), dtype=np.int64)
+        for sp, v in initial.items():
+            if sp not in self._index:
+                raise NetworkError(f"initial: unknown species {sp!r}")
+            v = _check_count(v, f"initial[{sp!r}]")
+            limit = self.limits[self._index[sp]]
+            if v >= limit:
+                raise NetworkError(
+                    f"initial[{sp!r}] = {v} is outside the count limit {limit} "
+                    f"(counts must be < limit); raise the limit of {sp!r}"
+                )
+            state[self._index[sp]] = v
+        return state
+
+    def _conservation(self, declared: Sequence[Mapping[str, int]] | None) -> list[ConservationLaw]:
+        if declared is None:
+            weights = detect_conservation_laws(self.change_matrix)
+            totals = [None] * len(weights)
+        else:
+            weights, totals = [], []
+            for j, law in enumerate(declared):
+                w = np.zeros(self.L, dtype=np.int64)
+                total = None
+                for sp, v in law.items():
+                    if sp == "total":
+                        total = int(v)
+                        continue
+                    if sp not in self._index:
+                        raise NetworkError(f"conservation[{j}]: unknown species {sp!r}")
+                    if isinstance(v, bool) or int(v) != v:
+                        raise NetworkError(f"conservation[{j}][{sp!r}]: weight must be an integer")
+                    w[self._index[sp]] = int(v)
+                if not w.any():
+                    raise NetworkError(f"conservation[{j}]: all weights are zero")
+                broken = np.nonzero(self.change_matrix @ w)[0]
+                if broken.size:
+                    raise NetworkError(
+                        f"conservation[{j}] ({law_name(w, self.species_names)}) is not conserved "
+                        f"by reaction {self.reactions[int(broken[0])].name!r}"
+                    )
+                weights.append(w)
+                totals.append(total)
+        laws = []
+        for j, (w, total) in enumerate(zip(weights, totals)):
+            initial_total = int(w @ self.initial_state)
+            name = law_name(w, self.species_names)
+            if total is not None and total != initial_total:
+                raise NetworkError(
+                    f"conservation[{j}] ({name}): declared total {total} differs from the "
+                    f"initial state's {initial_total}"
+                )
+            laws.append(ConservationLaw(w, initial_total, name))
+        if laws:
+            tables = FeasibilityTables.build(laws, self.limits)
+            if not tables.feasible_start():
+                raise NetworkError(
+                    "conservation: the totals "
+                    + ", ".join(f"{law.name} = {law.total}" for law in laws)
+                    + " cannot be held by states within the count limits; raise the limits"
+                )
+        return laws
+
+    # ------------------------------------------------------------------------------ queries
+    @property
+    def L(self) -> int:
+        """Number of species."""
+        return len(self.species)
+
+    @property
+    def K(self) -> int:
+        """Number of reactions."""
+        return len(self.reactions)
+
+    @property
+    def reaction_names(self) -> list[str]:
+        return [r.name for r in self.reactions]
+
+    @property
+    def is_time_dependent(self) -> bool:
+        return any(r.has_time_dependent_rate for r in self.reactions)
+
+    def index(self, species: str) -> int:
+        """Position of a species in the state vector."""
+        try:
+            return self._index[species]
+        except KeyError:
+            raise NetworkError(f"unknown species {species!r}") from None
+
+    def rates(self, t: float = 0.0) -> np.ndarray:
+        """(K,) float64 rate constants at time t (1 for reactions with a custom propensity)."""
+        return np.array(
+            [1.0 if r.propensity is not None else r.rate_at(t) for r in self.reactions],
+            dtype=np.float64,
+        )
+
+    def rate_bounds(self, t0: float, t1: float) -> np.ndarray:
+        """(K,) upper bounds of the rate constants on [t0, t1], for thinning."""
+        out = np.empty(self.K)
+        for k, r in enumerate(self.reactions):
+            if r.propensity is not None or isinstance(r.rate, (int, float)):
+                out[k] = r.rate_at(t0) if r.propensity is None else 1.0
+            elif hasattr(r.rate, "max_on"):
+                out[k] = r.rate.max_on(t0, t1)
+            else:
+                raise NetworkError(
+                    f"{self._where(k)}: its time-dependent rate has no upper bound; give it as "
+                    "RateFunction(fn, max_rate=...) or Sinusoidal(...)"
+                )
+        return out
+
+    @property
+    def feasibility(self) -> FeasibilityTables:
+        """Conservation-law reachability tables for autoregressive samplers."""
+        if self._feasibility is None:
+            self._feasibility = FeasibilityTables.build(self.conservation_laws, self.limits)
+        return self._feasibility
+
+    def state_space_size(self) -> int:
+        """Number of states in the box (Python int; may be astronomically large)."""
+        return math.prod(int(m) for m in self.limits)
+
+    def in_box(self, states: np.ndarray) -> np.ndarray:
+        """(B, L) -> (B,) bool, whether every count lies in 0..M_i-1."""
+        states = np.asarray(states)
+        return np.all((states >= 0) & (states < self.limits), axis=-1)
+
+    def max_exit_rate_bound(self, t: float = 0.0) -> float:
+        """An upper bound of the total propensity sum_k a_k(n) over the box at time t.
+
+        Mass-action terms are bounded at the largest counts of the box; the first-order VAN step
+        needs dt * sum_k a_k(n) < 1 at the states it visits.
+        """
+        total = 0.0
+        rates = self.rates(t)
+        conv = CONVENTIONS.index(self.convention)
+        for k, r in enumerate(self.reactions):
+            if r.propensity is not None:
+                return math.inf
+            factor = 1.0
+            for i in np.nonzero(self.reactant_matrix[k])[0]:
+                n = int(self.limits[i]) - 1
+                order = int(self.reactant_matrix[k, i])
+                factor *= _mass_action_scalar(n, order, conv)
+            total += rates[k] * factor
+        return total
+
+    # ----------------------------------------------------------------------------- compiling
+    def compile(
+        self, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
+    ) -> CompiledNetwork:
+        """The operator tensors on `device` in `dtype` (cached)."""
+        device = torch.device(device or "cpu")
+        key = (str(device), dtype)
+        if key not in self._compiled:
+            self._compiled[key] = self._compile(device, dtype)
+        return self._compiled[key]
+
+    def _compile(self, device: torch.device, dtype: torch.dtype) -> CompiledNetwork:
+        K = self.K
+        ptr, entries = [0], []
+        for k in range(K):
+            involved = np.nonzero(self.reactant_matrix[k] | (self.change_matrix[k] != 0))[0]
+            for i in involved:
+                entries.append(
+                    (int(i), int(self.reactant_matrix[k, i]), int(self.change_matrix[k, i]))
+                )
+            ptr.append(len(entries))
+        hill_index = np.full(K, -1, dtype=np.int64)
+        hill_params = np.zeros((K, 3), dtype=np.float64)
+        for k, r in enumerate(self.reactions):
+            if r.hill is not None and r.propensity is None:
+                hill_index[k] = self._index[r.hill.regulator]
+                hill_params[k] = (r.hill.K, r.hill.n, 1.0 if r.hill.kind == "repression" else 0.0)
+        feas = self.feasibility
+
+        def i64(a: Any) -> torch.Tensor:
+            return torch.as_tensor(np.asarray(a, dtype=np.int64), device=device)
+
+        constant = None
+        if not self.is_time_dependent:
+            constant = torch.as_tensor(self.rates(0.0), dtype=dtype, device=device)
+        return CompiledNetwork(
+            network=self,
+            device=device,
+            dtype=dtype,
+            rxn_ptr=i64(ptr),
+            rxn_entries=i64(entries).reshape(-1, 3),
+            reactants=i64(self.reactant_matrix),
+            change=i64(self.change_matrix),
+            limits=i64(self.limits),
+            hill_index=i64(hill_index),
+            hill_params=torch.as_tensor(hill_params, dtype=dtype, device=device),
+            convention=CONVENTIONS.index(self.convention),
+            constant_rates=constant,
+            custom=tuple(k for k, r in enumerate(self.reactions) if r.propensity is not None),
+            cons_weights=i64(feas.weights),
+            cons_totals=i64(feas.totals),
+            cons_law_meta=i64(feas.law_meta),
+            cons_group_meta=i64(feas.group_meta),
+            cons_table=torch.as_tensor(feas.table, dtype=torch.bool, device=device),
+        )
+
+    def propensities(
+        self, states: torch.Tensor, t: float = 0.0, *, impl: str = "auto"
+    ) -> torch.Tensor:
+        """Propensities a_k(n, t) with the truncation rule.
+
+        Args:
+            states: (B, L) integer counts (any device; the network compiles to it).
+            t: time.
+            impl: "auto" (compiled kernel where available), "fused" or "reference".
+
+        Returns:
+            (B, K) float64 propensities (1/time); 0 where n or n + s_k is outside the box.
+        """
+        from .ops import propensities as op  # ops import network types; avoid a cycle
+
+        net = self.compile(states.device, torch.float64)
+        return op(states, net, t, impl=impl)
+
+    # ----------------------------------------------------------------------------- reporting
+    def summary(self) -> str:
+        lines = [
+            f"{self.name}: {self.L} species, {self.K} reactions ({self.convention} mass action)"
+        ]
+        if self.description:
+            lines.append(f"  {self.description}")
+        lines.append(
+            "  species: "
+            + ", ".join(
+                f"{s.name}<{s.limit} (n0={n})" for s, n in zip(self.species, self.initial_state)
+            )
+        )
+        for r in self.reactions:
+            lines.append(f"  {r.name}: {r.describe()}")
+        for law in self.conservation_laws:
+            lines.append(f"  conserved: {law.name} = {law.total}")
+        lines.append(f"  time: t_end={self.t_end:g}, dt={self.dt:g}")
+        if self.source:
+            lines.append(f"  source: {self.source}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready description (rates of time-dependent reactions as text)."""
+        out: dict[str, Any] = {
+            "name": self.name,
+            "convention": self.convention,
+            "species": {s.name: s.limit for s in self.species},
+            "initial": {s: int(v) for s, v in zip(self.species_names, self.initial_state)},
+            "reactions": [],
+            "conservation": [
+                {s: int(w) for s, w in zip(self.species_names, law.weights) if w}
+                for law in self.conservation_laws
+            ],
+            "t_end": self.t_end,
+            "dt": self.dt,
+            "source": self.source,
+            "parameters": {k: v for k, v in self.parameters.items() if _jsonable(v)},
+        }
+        for r in self.reactions:
+            item: dict[str, Any] = {
+                "name": r.name,
+                "reactants": dict(r.reactants),
+                "products": dict(r.products),
+            }
+            if r.propensity is not None:
+                item["propensity"] = "custom"
+            elif isinstance(r.rate, (int, float)):
+                item["rate"] = float(r.rate)
+            elif isinstance(r.rate, Sinusoidal):
+                item["rate"] = {
+                    "form": "sinusoidal",
+                    "c": r.rate.c,
+                    "a": r.rate.a,
+                    "omega": r.rate.omega,
+                    "phi": r.rate.phi,
+                }
+            else:
+                item["rate"] = "callable"
+            if r.hill is not None:
+                item["hill"] = {
+                    "regulator": r.hill.regulator,
+                    "K": r.hill.K,
+                    "n": r.hill.n,
+                    "kind": r.hill.kind,
+                }
+            out["reactions"].append(item)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ReactionNetwork({self.name!r}, L={self.L}, K={self.K})"
+
+
+def _jsonable(v: Any) -> bool:
+    return isinstance(v, (int, float, str, bool, list, tuple, dict, type(None)))
+
+
+def _mass_action_scalar(n: int, order: int, convention: int) -> float:
+    if convention == 2:
+        return float(n) ** order
+    f = 1.0
+    for j in range(order):
+        f *= n - j
+    if convention == 1:
+        f /= math.factorial(order)
+    return max(f, 0.0)

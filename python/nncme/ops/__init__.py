@@ -1,0 +1,209 @@
+"""nncme's operators: thin wrappers that pick the compiled kernel or the reference.
+
+`impl="auto"` uses torch.ops.nncme.<op> where the extension has a kernel for the device (and
+NNCME_FORCE_REFERENCE is not set), else the plain-PyTorch definition in `reference`.
+`impl="fused"` insists on the kernel, `impl="reference"` on the definition.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import reference
+from ._ext import extension, extension_error, force_reference, has_kernel
+from .masks import ConservationMask, allowed_counts, allowed_counts_all
+
+__all__ = [
+    "ConservationMask",
+    "allowed_counts",
+    "allowed_counts_all",
+    "extension",
+    "has_kernel",
+    "neighbors",
+    "propensities",
+    "reference",
+    "resolve_impl",
+    "transition_logsum",
+]
+
+IMPLS = ("auto", "fused", "reference")
+
+
+def resolve_impl(op: str, device: torch.device | str, impl: str = "auto") -> str:
+    """'fused' or 'reference' for this operator on this device."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "reference":
+        return "reference"
+    available = has_kernel(op, device)
+    if impl == "fused":
+        if not available:
+            why = extension_error() or f"no {torch.device(device).type} kernel was built"
+            raise RuntimeError(f"nncme::{op} has no compiled kernel for {device}: {why}")
+        return "fused"
+    return "fused" if available and not force_reference() else "reference"
+
+
+def _call(op: str, device: torch.device, impl: str, *args):
+    if resolve_impl(op, device, impl) == "fused":
+        return getattr(torch.ops.nncme, op)(*args)
+    return getattr(reference, op)(*args)
+
+
+def propensities(states: torch.Tensor, net, t: float = 0.0, *, impl: str = "auto") -> torch.Tensor:
+    """a_k(n, t) for a batch of states with the truncation rule.
+
+    Args:
+        states: (B, L) integer counts.
+        net: a CompiledNetwork (ReactionNetwork.compile) on the states' device.
+        t: time (for time-dependent rates and custom propensities).
+
+    Returns:
+        (B, K) in net.dtype.
+    """
+    states = states.to(torch.int64)
+    a = _call("propensities", states.device, impl, states, *net.operator_args(t))
+    if net.custom:
+        a = _apply_custom(a, states, net, t)
+    return a
+
+
+def _truncation_ok(states: torch.Tensor, shift: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    after = states + shift
+    inside = lambda s: ((s >= 0) & (s < limits)).all(dim=-1)  # noqa: E731
+    return inside(states) & inside(after)
+
+
+def _custom_values(states: torch.Tensor, net, k: int, t: float) -> torch.Tensor:
+    fn = net.network.reactions[k].propensity
+    values = torch.as_tensor(fn(states.to(torch.float64), t), dtype=net.dtype, device=states.device)
+    if values.shape != states.shape[:1]:
+        raise ValueError(
+            f"custom propensity of reaction {net.network.reactions[k].name!r} returned shape "
+            f"{tuple(values.shape)}, expected ({states.shape[0]},)"
+        )
+    if not torch.isfinite(values).all() or (values < 0).any():
+        raise ValueError(
+            f"custom propensity of reaction {net.network.reactions[k].name!r} returned negative "
+            "or non-finite values"
+        )
+    return values
+
+
+def _apply_custom(a: torch.Tensor, states: torch.Tensor, net, t: float) -> torch.Tensor:
+    a = a.clone()
+    for k in net.custom:
+        ok = _truncation_ok(states, net.change[k], net.limits)
+        a[:, k] = torch.where(ok, _custom_values(states, net, k, t), torch.zeros_like(a[:, k]))
+    return a
+
+
+def neighbors(
+    states: torch.Tensor, net, *, impl: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, L) states -> neighbours n - s_k (B, K, L) int64 and validity (B, K) bool."""
+    states = states.to(torch.int64)
+    return _call("neighbors", states.device, impl, states, net.rxn_ptr, net.rxn_entries, net.limits)
+
+
+def transition_logsum(
+    states: torch.Tensor,
+    log_q: torch.Tensor,
+    log_q_nbr: torch.Tensor,
+    net,
+    t: float,
+    dt: float,
+    *,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log (T q)(n), (W q)(n)/q(n) and the exit rate a_0(n); see reference.transition_logsum.
+
+    Args:
+        states: (B, L) samples; log_q: (B,) log q_old(n); log_q_nbr: (B, K) log q_old(n - s_k).
+        net: CompiledNetwork on the states' device; t: time of the rates; dt: step.
+    """
+    states = states.to(torch.int64)
+    log_q = log_q.to(net.dtype)
+    log_q_nbr = log_q_nbr.to(net.dtype)
+    if net.custom:
+        return _transition_with_custom(states, log_q, log_q_nbr, net, t, dt)
+    return _call(
+        "transition_logsum",
+        states.device,
+        impl,
+        states,
+        log_q,
+        log_q_nbr,
+        *net.operator_args(t),
+        dt,
+    )
+
+
+def _transition_with_custom(states, log_q, log_q_nbr, net, t: float, dt: float):
+    """The slow general path: custom propensities are evaluated at the neighbours in Python."""
+    args = net.operator_args(t)
+    exit_rate = propensities(states, net, t).sum(dim=1)
+    a_in = reference.inflow_propensities(states, *args)
+    inside = ((states >= 0) & (states < net.limits)).all(dim=-1)
+    for k in net.custom:
+        nbr = states - net.change[k]
+        ok = _truncation_ok(nbr, net.change[k], net.limits) & inside
+        vals = _custom_values(torch.where(ok.unsqueeze(1), nbr, states), net, k, t)
+        a_in[:, k] = torch.where(ok, vals, torch.zeros_like(vals))
+    live = a_in > 0
+    inflow = torch.where(live, math.log(dt) + torch.log(a_in) + log_q_nbr, -math.inf)
+    stay = log_q + torch.log1p(-dt * exit_rate)
+    log_tq = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
+    ratio = torch.where(live, a_in * torch.exp(log_q_nbr - log_q.unsqueeze(1)), 0.0)
+    return log_tq, ratio.sum(dim=1) - exit_rate, exit_rate
+
+
+def _register_fakes() -> None:
+    """Shape-only kernels so the ops work under torch.compile and with fake tensors."""
+
+    @torch.library.register_fake("nncme::propensities")
+    def _(states, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention):
+        return states.new_empty((states.shape[0], rates.shape[0]), dtype=rates.dtype)
+
+    @torch.library.register_fake("nncme::neighbors")
+    def _(states, rxn_ptr, rxn_entries, limits):
+        B, L = states.shape
+        K = rxn_ptr.shape[0] - 1
+        return states.new_empty((B, K, L)), states.new_empty((B, K), dtype=torch.bool)
+
+    @torch.library.register_fake("nncme::transition_logsum")
+    def _(
+        states,
+        log_q,
+        log_q_nbr,
+        rxn_ptr,
+        rxn_entries,
+        limits,
+        rates,
+        hill_index,
+        hill_params,
+        convention,
+        dt,
+    ):
+        B = states.shape[0]
+        out = lambda: states.new_empty((B,), dtype=rates.dtype)  # noqa: E731
+        return out(), out(), out()
+
+    @torch.library.register_fake("nncme::nade_sample")
+    def _(uniforms, hidden0, embed, *rest):
+        B, L = uniforms.shape
+        return (
+            uniforms.new_empty((B, L), dtype=torch.int64),
+            hidden0.new_empty((B,)),
+            hidden0.new_empty((B,)),
+        )
+
+    @torch.library.register_fake("nncme::nade_log_prob")
+    def _(states, hidden0, *rest):
+        return hidden0.new_empty((states.shape[0],))
+
+
+if extension() is not None:
+    _register_fakes()

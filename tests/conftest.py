@@ -1,0 +1,91 @@
+"""Shared fixtures: devices to test on, and random reaction networks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import nncme
+from nncme import Hill, Reaction, ReactionNetwork
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> str:
+    return request.param
+
+
+def random_network(
+    rng: np.random.Generator,
+    L: int,
+    K: int,
+    *,
+    max_limit: int = 12,
+    max_order: int = 3,
+    hill_fraction: float = 0.3,
+    convention: str | None = None,
+) -> ReactionNetwork:
+    """A random network of L species and K reactions (orders up to max_order, Hill factors)."""
+    limits = rng.integers(1, max_limit + 1, size=L)
+    limits[rng.integers(L)] = max(2, int(limits.max()))
+    names = [f"S{i}" for i in range(L)]
+    reactions = []
+    while len(reactions) < K:
+        nr = int(rng.integers(0, min(3, L) + 1))
+        npd = int(rng.integers(0, min(3, L) + 1))
+        reac = {
+            names[i]: int(rng.integers(1, max_order + 1)) for i in rng.choice(L, nr, replace=False)
+        }
+        prod = {
+            names[i]: int(rng.integers(1, max_order + 1)) for i in rng.choice(L, npd, replace=False)
+        }
+        if all(reac.get(s, 0) == prod.get(s, 0) for s in set(reac) | set(prod)):
+            continue
+        hill = None
+        if rng.random() < hill_fraction:
+            hill = Hill(
+                names[int(rng.integers(L))],
+                float(rng.uniform(0.5, 10)),
+                float(rng.uniform(0.5, 4)),
+                "activation" if rng.random() < 0.5 else "repression",
+            )
+        reactions.append(
+            Reaction(reac, prod, float(rng.uniform(0.01, 5)), f"r{len(reactions)}", hill=hill)
+        )
+    conv = convention or str(rng.choice(["falling", "binomial", "power"]))
+    return ReactionNetwork(
+        dict(zip(names, limits.tolist())), reactions, {}, convention=conv, conservation=[]
+    )
+
+
+def random_states(
+    rng: np.random.Generator, net: ReactionNetwork, B: int, outside: float = 0.1
+) -> torch.Tensor:
+    """(B, L) int64 states, a fraction `outside` of rows with a count outside the box."""
+    states = rng.integers(0, net.limits, size=(B, net.L))
+    bad = rng.random(B) < outside
+    if bad.any():
+        cols = rng.integers(0, net.L, size=int(bad.sum()))
+        states[np.nonzero(bad)[0], cols] = rng.choice([-1, -3, 1000], size=int(bad.sum()))
+        # push some to exactly the limit, the first count outside
+        states[np.nonzero(bad)[0][::2], cols[::2]] = net.limits[cols[::2]]
+    return torch.as_tensor(states, dtype=torch.int64)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng()
+
+
+assert nncme  # the package must import (and with NNCME_REQUIRE_EXTENSION=1, its extension)

@@ -1,0 +1,226 @@
+"""Propensity, neighbour and transition operators: compiled kernels against the reference."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nncme import Hill, Reaction, ReactionNetwork, ops
+from nncme.ops import reference
+
+from .conftest import random_network, random_states
+
+TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
+SHAPES = [(1, 1, 1), (7, 1, 3), (64, 4, 8), (300, 16, 35), (33, 500, 20), (5, 3, 200)]
+
+needs_kernel = pytest.mark.skipif(ops.extension() is None, reason="compiled extension not loaded")
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> None:
+    torch.testing.assert_close(a, b, equal_nan=True, **TOL[dtype])
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,L,K", SHAPES)
+def test_propensities_match_reference(device, dtype, B, L, K, rng):
+    net = random_network(rng, L, K).compile(device, dtype)
+    states = random_states(rng, net.network, B).to(device)
+    args = net.operator_args(0.0)
+    fused = torch.ops.nncme.propensities(states, *args)
+    ref = reference.propensities(states, *args)
+    assert fused.shape == (B, K) and fused.dtype == dtype
+    _close(fused, ref, dtype)
+
+
+@needs_kernel
+@pytest.mark.parametrize("B,L,K", SHAPES)
+def test_neighbors_match_reference(device, B, L, K, rng):
+    net = random_network(rng, L, K).compile(device)
+    states = random_states(rng, net.network, B).to(device)
+    a = torch.ops.nncme.neighbors(states, net.rxn_ptr, net.rxn_entries, net.limits)
+    b = reference.neighbors(states, net.rxn_ptr, net.rxn_entries, net.limits)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("B,L,K", SHAPES)
+def test_transition_matches_reference(device, dtype, B, L, K, rng):
+    net = random_network(rng, L, K).compile(device, dtype)
+    states = random_states(rng, net.network, B).to(device)
+    log_q = torch.randn(B, dtype=dtype, device=device) * 3
+    log_q_nbr = torch.randn(B, K, dtype=dtype, device=device) * 3
+    log_q_nbr[torch.rand(B, K, device=device) < 0.2] = -math.inf
+    log_q[torch.rand(B, device=device) < 0.05] = -math.inf
+    # a dt small enough that 1 - dt * a_0 stays positive on most rows, too large on a few
+    a0 = reference.propensities(states, *net.operator_args(0.0)).sum(1)
+    dt = float(0.5 / max(float(a0.max()), 1e-3))
+    args = net.operator_args(0.0)
+    fused = torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr, *args, dt)
+    ref = reference.transition_logsum(states, log_q, log_q_nbr, *args, dt)
+    assert all(f.shape == (B,) for f in fused)
+    _close(fused[0], ref[0], dtype)
+    _close(fused[2], ref[2], dtype)
+    # (W q)/q = inflow - exit cancels: its rounding error scales with the terms, not the result
+    gen_f, gen_r, exit_rate = fused[1], ref[1], ref[2]
+    scale = exit_rate + gen_r.abs()
+    finite = torch.isfinite(gen_r)
+    assert torch.equal(finite, torch.isfinite(gen_f))
+    err = (gen_f - gen_r)[finite].abs()
+    assert (err <= TOL[dtype]["rtol"] * scale[finite] + TOL[dtype]["atol"]).all()
+
+
+@needs_kernel
+def test_transition_non_contiguous_inputs(device, rng):
+    net = random_network(rng, 5, 9).compile(device)
+    states = random_states(rng, net.network, 40, outside=0).to(device)
+    states_t = states.t().contiguous().t()  # same values, column-major
+    log_q_nbr = torch.randn(9, 40, dtype=torch.float64, device=device).t()
+    log_q = torch.randn(80, dtype=torch.float64, device=device)[::2]
+    args = net.operator_args(0.0)
+    fused = torch.ops.nncme.transition_logsum(states_t, log_q, log_q_nbr, *args, 1e-3)
+    ref = reference.transition_logsum(
+        states, log_q.contiguous(), log_q_nbr.contiguous(), *args, 1e-3
+    )
+    for f, r in zip(fused, ref):
+        _close(f, r, torch.float64)
+
+
+def _birth_death() -> ReactionNetwork:
+    return ReactionNetwork(
+        {"X": 30},
+        [Reaction({}, {"X": 1}, 4.0, "birth"), Reaction({"X": 1}, {}, 0.5, "death")],
+        {"X": 2},
+        conservation=[],
+    )
+
+
+def test_transition_is_one_euler_step_of_the_master_equation():
+    """T q summed over the box is 1 and equals (I + dt W) applied to a known distribution."""
+    net = _birth_death()
+    c = net.compile()
+    states = torch.arange(30).unsqueeze(1)
+    p = torch.distributions.Poisson(3.0).log_prob(torch.arange(30.0)).double()
+    p = p - torch.logsumexp(p, 0)
+    nbr, valid = ops.neighbors(states, c)
+    log_q_nbr = torch.where(valid, p[nbr[..., 0]], -math.inf)
+    dt = 0.01
+    log_tq, gen, _ = ops.transition_logsum(states, p, log_q_nbr, c, 0.0, dt)
+    # dense generator by hand
+    W = torch.zeros(30, 30, dtype=torch.float64)
+    for n in range(30):
+        if n + 1 < 30:
+            W[n + 1, n] += 4.0
+            W[n, n] -= 4.0
+        if n > 0:
+            W[n - 1, n] += 0.5 * n
+            W[n, n] -= 0.5 * n
+    expected = (torch.eye(30, dtype=torch.float64) + dt * W) @ p.exp()
+    torch.testing.assert_close(log_tq.exp(), expected, rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(gen * p.exp(), W @ p.exp(), rtol=1e-10, atol=1e-14)
+    assert abs(float(log_tq.exp().sum()) - 1.0) < 1e-12
+
+
+def test_propensity_conventions_and_hill():
+    net = ReactionNetwork(
+        {"A": 10, "B": 10},
+        [
+            Reaction({"A": 3}, {"B": 1}, 2.0, "tri"),
+            Reaction({}, {"A": 1}, 5.0, "act", hill=Hill("B", 4.0, 2.0, "activation")),
+            Reaction({}, {"B": 1}, 5.0, "rep", hill=Hill("A", 4.0, 2.0, "repression")),
+        ],
+        conservation=[],
+    )
+    s = torch.tensor([[5, 6], [9, 9], [2, 0]])
+    expect_rate = {"falling": 5 * 4 * 3, "binomial": 10, "power": 125}
+    for conv, v in expect_rate.items():
+        net.convention = conv
+        net._compiled.clear()
+        a = net.propensities(s)
+        assert a[0, 0].item() == pytest.approx(2.0 * v)
+    a = net.propensities(s)
+    assert a[0, 1].item() == pytest.approx(5.0 * 36 / (16 + 36))
+    assert a[0, 2].item() == pytest.approx(5.0 * 16 / (16 + 25))
+    # truncation: A at the limit cannot grow, B at the limit cannot grow
+    assert a[1, 1].item() == 0.0 and a[1, 2].item() == 0.0 and a[1, 0].item() == 0.0
+    # power convention gives 2^3 > 0 at A = 2, but A + s = -1 leaves the box: truncated
+    assert a[2, 0].item() == 0.0
+
+
+def test_custom_propensity_matches_equivalent_mass_action():
+    def birth(states, t):
+        return torch.full((states.shape[0],), 4.0, dtype=torch.float64)
+
+    custom = ReactionNetwork(
+        {"X": 30},
+        [
+            Reaction({}, {"X": 1}, name="birth", propensity=birth),
+            Reaction({"X": 1}, {}, 0.5, "death"),
+        ],
+        {"X": 2},
+        conservation=[],
+    )
+    plain = _birth_death()
+    states = torch.arange(-1, 31).unsqueeze(1)
+    torch.testing.assert_close(custom.propensities(states), plain.propensities(states))
+    log_q = torch.randn(32, dtype=torch.float64)
+    log_q_nbr = torch.randn(32, 2, dtype=torch.float64)
+    a = ops.transition_logsum(states, log_q, log_q_nbr, custom.compile(), 0.0, 0.01)
+    b = ops.transition_logsum(states, log_q, log_q_nbr, plain.compile(), 0.0, 0.01)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y)
+
+
+@needs_kernel
+def test_opcheck(rng):
+    net = random_network(rng, 4, 6).compile("cpu")
+    states = random_states(rng, net.network, 16, outside=0)
+    args = net.operator_args(0.0)
+    torch.library.opcheck(torch.ops.nncme.propensities.default, (states, *args))
+    torch.library.opcheck(
+        torch.ops.nncme.neighbors.default, (states, net.rxn_ptr, net.rxn_entries, net.limits)
+    )
+    log_q = torch.randn(16, dtype=torch.float64)
+    log_q_nbr = torch.randn(16, 6, dtype=torch.float64)
+    # opcheck compares outputs without NaN equality: keep dt * a_0 < 1 on every row
+    dt = 0.5 / max(float(reference.propensities(states, *args).sum(1).max()), 1.0)
+    torch.library.opcheck(
+        torch.ops.nncme.transition_logsum.default, (states, log_q, log_q_nbr, *args, dt)
+    )
+
+
+@needs_kernel
+def test_kernel_errors_are_actionable():
+    net = _birth_death().compile()
+    with pytest.raises(RuntimeError, match="states must be int64"):
+        torch.ops.nncme.propensities(torch.zeros(3, 1), *net.operator_args(0.0))
+    with pytest.raises(RuntimeError, match="states have 2 species"):
+        torch.ops.nncme.propensities(torch.zeros(3, 2, dtype=torch.int64), *net.operator_args(0.0))
+    with pytest.raises(RuntimeError, match="log_q_nbr must have shape"):
+        torch.ops.nncme.transition_logsum(
+            torch.zeros(3, 1, dtype=torch.int64),
+            torch.zeros(3, dtype=torch.float64),
+            torch.zeros(3, 5, dtype=torch.float64),
+            *net.operator_args(0.0),
+            0.1,
+        )
+
+
+def test_impl_switch(monkeypatch):
+    assert ops.resolve_impl("propensities", "cpu", "reference") == "reference"
+    monkeypatch.setenv("NNCME_FORCE_REFERENCE", "1")
+    assert ops.resolve_impl("propensities", "cpu", "auto") == "reference"
+    with pytest.raises(ValueError):
+        ops.resolve_impl("propensities", "cpu", "fast")
+
+
+def test_max_exit_rate_bound_covers_the_box():
+    net = _birth_death()
+    states = torch.arange(30).unsqueeze(1)
+    exit_rate = net.propensities(states).sum(1)
+    assert float(exit_rate.max()) <= net.max_exit_rate_bound() + 1e-12
+    assert np.isclose(net.max_exit_rate_bound(), 4.0 + 0.5 * 29)
