@@ -26,15 +26,15 @@ study: setup
 	$(BIN)/nncme study
 
 test: setup
-	$(BIN)/ruff check python tests benchmarks
+	$(BIN)/ruff check
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check python tests benchmarks
-	$(BIN)/ruff format --check python tests benchmarks
+	$(BIN)/ruff check
+	$(BIN)/ruff format --check
 
 clean:
 	rm -rf build $(VENV)
