@@ -32,10 +32,12 @@ __all__ = [
     "RateFunction",
     "Reaction",
     "ReactionNetwork",
+    "RunConfig",
     "Sinusoidal",
     "Species",
     "__version__",
     "build_info",
+    "run",
 ]
 
 
@@ -68,3 +70,16 @@ def build_info() -> dict[str, Any]:
         compiler=built.get("compiler", ""),
     )
     return info
+
+
+def __getattr__(name: str) -> Any:
+    """`nncme.run` and `nncme.RunConfig`, imported on first use (they pull in the trainer)."""
+    if name == "run":
+        from .api import run
+
+        return run
+    if name == "RunConfig":
+        from .config import RunConfig
+
+        return RunConfig
+    raise AttributeError(f"module 'nncme' has no attribute {name!r}")

@@ -14,6 +14,7 @@ import torch
 from . import reference
 from ._ext import extension, extension_error, force_reference, has_kernel
 from .masks import ConservationMask, allowed_counts, allowed_counts_all
+from .nade import nade_log_prob, nade_sample
 
 __all__ = [
     "ConservationMask",
@@ -21,6 +22,8 @@ __all__ = [
     "allowed_counts_all",
     "extension",
     "has_kernel",
+    "nade_log_prob",
+    "nade_sample",
     "neighbors",
     "propensities",
     "reference",

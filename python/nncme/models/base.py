@@ -1,0 +1,422 @@
+"""The interface every VAN shares, and the masking that makes it exact.
+
+An autoregressive model factorises q(n) = prod_i q(n_i | n_<i) over the L species. Every
+conditional is a softmax over the counts 0..Mmax-1 in which counts >= M_i, and counts that leave
+a conserved total unreachable by the later species, are masked to probability exactly 0 (the
+tables of `nncme.conservation.FeasibilityTables`). So a model is normalised over the box and the
+laws by construction, and a state beyond a limit or breaking a law has log_prob exactly -inf.
+
+Subclasses supply the network itself through two paths:
+    `_logits(states, context)`: teacher forcing, the raw logits of every species at once.
+    `_start / _step_logits / _advance`: species by species, for sampling (with a cache).
+The base class does the masking, the log-probabilities, the conditionals and the sampling loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..ops.masks import ConservationMask, allowed_counts, allowed_counts_all
+
+__all__ = ["AutoregressiveModel", "ConditionalTransform", "Tempering", "inverse_cdf"]
+
+
+class ConditionalTransform(Protocol):
+    """A change of each conditional, turning q into a proposal rho (DESIGN section 2).
+
+    Called at species i with the masked log-conditionals of q, it returns those of rho; log rho
+    of a whole sample is then the sum over species, exact and in one pass. Tempering and the
+    diffusive kernel of enhanced sampling are such transforms.
+    """
+
+    def __call__(self, i: int, log_q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """log_q, allowed: (B, M) masked log q(. | n_<i) and its mask -> (B, M) log rho, each
+        row normalised over the allowed counts and -inf elsewhere."""
+        ...
+
+
+class Tempering:
+    """rho(n_i | n_<i) proportional to q(n_i | n_<i)^alpha (alpha < 1 widens the tails).
+
+    The fused NADE sampler implements this transform in its kernel.
+    """
+
+    def __init__(self, alpha: float) -> None:
+        if not (math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha must be finite and > 0, got {alpha!r}")
+        self.alpha = float(alpha)
+
+    def __call__(self, i: int, log_q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.alpha * log_q, dim=-1)
+
+    def __repr__(self) -> str:
+        return f"Tempering(alpha={self.alpha:g})"
+
+
+def inverse_cdf(log_p: torch.Tensor, allowed: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The first count whose cumulative probability exceeds u (as the NADE operator draws).
+
+    Args:
+        log_p: (B, M) normalised log-probabilities (-inf where not allowed).
+        allowed: (B, M) or (1, M) bool.
+        u: (B,) uniforms in [0, 1).
+
+    Returns:
+        (B,) int64 counts; a u beyond the rounded total gives the last allowed count.
+    """
+    M = log_p.shape[-1]
+    cdf = torch.cumsum(torch.exp(log_p), dim=-1)
+    idx = (cdf <= u.unsqueeze(-1)).sum(dim=-1)
+    last = M - 1 - torch.argmax(allowed.flip(-1).to(torch.int8), dim=-1)
+    return torch.minimum(idx, last.expand_as(idx))
+
+
+class AutoregressiveModel(nn.Module):
+    """Base class of nncme's variational autoregressive networks.
+
+    Args:
+        limits: (L,) count limits M_i (counts 0..M_i-1).
+        conservation: the network's feasibility tables (`network.feasibility`), or None.
+        context_dim: width of an optional context vector (rates, initial counts, time) that
+            conditions the model; 0 for none.
+
+    Attributes:
+        num_species: L.  max_count: Mmax = max_i M_i, the width of every categorical.
+        context_dim: D (0: unconditional).
+    """
+
+    def __init__(
+        self,
+        limits: Sequence[int] | np.ndarray | torch.Tensor,
+        *,
+        conservation: Any | None = None,
+        context_dim: int = 0,
+    ) -> None:
+        super().__init__()
+        limits_t = torch.as_tensor(np.asarray(limits, dtype=np.int64))
+        if limits_t.dim() != 1 or limits_t.numel() == 0 or bool((limits_t < 1).any()):
+            raise ValueError(f"limits must be a non-empty list of counts >= 1, got {limits!r}")
+        if context_dim < 0:
+            raise ValueError(f"context_dim must be >= 0, got {context_dim}")
+        self.num_species = int(limits_t.numel())
+        self.max_count = int(limits_t.max())
+        self.context_dim = int(context_dim)
+        self.register_buffer("limits", limits_t, persistent=False)
+        L = self.num_species
+        if conservation is not None and len(conservation.weights):
+            tables = {
+                "cons_weights": conservation.weights,
+                "cons_totals": conservation.totals,
+                "cons_law_meta": conservation.law_meta,
+                "cons_group_meta": conservation.group_meta,
+            }
+            for name, value in tables.items():
+                self.register_buffer(name, torch.as_tensor(np.asarray(value, np.int64)), False)
+            table = torch.as_tensor(np.asarray(conservation.table, dtype=bool))
+            self.register_buffer("cons_table", table, persistent=False)
+            if self.cons_weights.shape[1] != L:
+                raise ValueError("conservation tables do not match the number of species")
+        else:
+            self.register_buffer("cons_weights", torch.zeros(0, L, dtype=torch.int64), False)
+            self.register_buffer("cons_totals", torch.zeros(0, dtype=torch.int64), False)
+            self.register_buffer("cons_law_meta", torch.zeros(0, 4, dtype=torch.int64), False)
+            self.register_buffer("cons_group_meta", torch.zeros(0, 2, dtype=torch.int64), False)
+            self.register_buffer("cons_table", torch.zeros(0, dtype=torch.bool), False)
+
+    # ------------------------------------------------------------------ subclass hooks
+    def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """(B, L) int64 states -> (B, L, Mmax) raw logits of every species given its prefix."""
+        raise NotImplementedError
+
+    def _start(self, batch_size: int, context: torch.Tensor | None) -> Any:
+        """The sampler's state before species 0 (e.g. NADE's running pre-activation)."""
+        raise NotImplementedError
+
+    def _step_logits(self, state: Any, i: int) -> torch.Tensor:
+        """(B, Mmax) raw logits of species i from the sampler's state."""
+        raise NotImplementedError
+
+    def _advance(self, state: Any, i: int, counts: torch.Tensor) -> Any:
+        """The sampler's state after species i took `counts` (B,) int64."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def num_laws(self) -> int:
+        return int(self.cons_weights.shape[0])
+
+    @property
+    def cons(self) -> ConservationMask:
+        return ConservationMask(
+            self.cons_weights, self.cons_law_meta, self.cons_group_meta, self.cons_table
+        )
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    # ------------------------------------------------------------------ inputs
+    def _context(self, context: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        """(B, D) context in the model's dtype, from (D,) or (B, D); None if unconditional."""
+        if self.context_dim == 0:
+            if context is not None:
+                raise ValueError("this model takes no context (context_dim=0)")
+            return None
+        if context is None:
+            raise ValueError(f"this model needs a context of width {self.context_dim}")
+        context = torch.as_tensor(context, dtype=self.dtype, device=self.device)
+        if context.dim() == 1:
+            context = context.unsqueeze(0).expand(batch_size, -1)
+        if context.shape != (batch_size, self.context_dim):
+            raise ValueError(
+                f"context must have shape ({self.context_dim},) or ({batch_size}, "
+                f"{self.context_dim}), got {tuple(context.shape)}"
+            )
+        return context
+
+    def _totals(self, totals: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:
+        """(B, C) int64 conserved totals (the network's unless overridden per sample)."""
+        if self.num_laws == 0:
+            return None
+        if totals is None:
+            return self.cons_totals.unsqueeze(0).expand(batch_size, -1)
+        totals = torch.as_tensor(totals, dtype=torch.int64, device=self.device)
+        if totals.dim() == 1:
+            totals = totals.unsqueeze(0)
+        return totals.expand(batch_size, self.num_laws)
+
+    def _check_states(self, states: torch.Tensor) -> torch.Tensor:
+        if states.dim() != 2 or states.shape[1] != self.num_species:
+            raise ValueError(
+                f"states must have shape (B, {self.num_species}), got {tuple(states.shape)}"
+            )
+        return states.to(device=self.device, dtype=torch.int64)
+
+    # ------------------------------------------------------------------ teacher forcing
+    def _masked_logits(
+        self, states: torch.Tensor, context: torch.Tensor | None, totals: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Masked logits (B, L, M) (-inf where not allowed, 0 on dead rows) and dead (B, L)."""
+        B = states.shape[0]
+        logits = self._logits(states, self._context(context, B))
+        if not self.num_laws:  # limits only: one (L, M) mask broadcast over the batch
+            counts = torch.arange(self.max_count, device=states.device)
+            beyond = counts.unsqueeze(0) >= self.limits.unsqueeze(1)
+            dead = torch.zeros(states.shape, dtype=torch.bool, device=states.device)
+            return logits.masked_fill(beyond, -math.inf), dead
+        allowed = allowed_counts_all(
+            states, self.max_count, self.limits, self._totals(totals, B), self.cons
+        )
+        masked = logits.masked_fill(~allowed, -math.inf)
+        dead = ~allowed.any(dim=-1)
+        # a prefix that already broke a law leaves no count: keep its row NaN-free
+        masked = masked.masked_fill(dead.unsqueeze(-1), 0.0)
+        return masked, dead
+
+    def conditionals(
+        self,
+        states: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        totals: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log q(m | n_<i) of every count m of every species, given each state's prefix.
+
+        Args:
+            states: (B, L) int64; only the prefix n_<i matters for species i.
+            context: (D,) or (B, D) for conditional models.
+            totals: (C,) or (B, C) int64 conserved totals overriding the network's.
+
+        Returns:
+            (B, L, Mmax) log-probabilities, -inf at masked counts (whole rows -inf after a
+            prefix that breaks a law).
+        """
+        states = self._check_states(states)
+        masked, dead = self._masked_logits(states.clamp(min=0), context, totals)
+        out = torch.log_softmax(masked, dim=-1)
+        if self.num_laws:
+            out = out.masked_fill(dead.unsqueeze(-1), -math.inf)
+        return out
+
+    def log_prob(
+        self,
+        states: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        totals: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log q(n), differentiable in the parameters.
+
+        Args:
+            states: (B, L) integer counts (any, also outside the box).
+            context, totals: as in `conditionals`.
+
+        Returns:
+            (B,) in the model's dtype; exactly -inf beyond a limit or off a conservation law.
+        """
+        states = self._check_states(states)
+        M = self.max_count
+        in_range = (states >= 0) & (states < M)
+        idx = states.clamp(0, M - 1)
+        masked, _ = self._masked_logits(idx, context, totals)
+        picked = masked.gather(-1, idx.unsqueeze(-1)).squeeze(-1)  # (B, L), -inf if masked
+        per_species = picked - torch.logsumexp(masked, dim=-1)
+        per_species = per_species.masked_fill(~in_range, -math.inf)
+        return per_species.sum(dim=-1)
+
+    def forward(self, states: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """log_prob (so torch.func.functional_call can take per-sample gradients)."""
+        return self.log_prob(states, **kw)
+
+    # ------------------------------------------------------------------ sampling
+    @torch.no_grad()
+    def sample(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+        *,
+        context: torch.Tensor | None = None,
+        totals: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw independent samples n ~ q.
+
+        Args:
+            batch_size: B.
+            generator: a torch.Generator on the model's device (reproducible runs).
+            context, totals: as in `conditionals`.
+
+        Returns:
+            states (B, L) int64 and log q(states) (B,), without gradient.
+        """
+        states, log_q, _ = self.sample_proposal(
+            batch_size, None, generator, context=context, totals=totals
+        )
+        return states, log_q
+
+    @torch.no_grad()
+    def sample_proposal(
+        self,
+        batch_size: int,
+        transform: ConditionalTransform | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        context: torch.Tensor | None = None,
+        totals: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw from the proposal rho that `transform` makes of each conditional of q.
+
+        Uniforms are drawn (B, L) from `generator` up front and each count is the inverse CDF
+        of its conditional, the same rule as the fused NADE operator, so a seed reproduces a
+        draw whichever implementation runs.
+
+        Returns:
+            states (B, L) int64, log q (B,) and log rho (B,) (equal to log q without transform).
+        """
+        uniforms = self._uniforms(batch_size, generator)
+        return self._sample_loop(uniforms, transform, context, totals)
+
+    def _uniforms(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        return torch.rand(
+            batch_size, self.num_species, generator=generator, dtype=self.dtype, device=self.device
+        )
+
+    def _sample_loop(
+        self,
+        uniforms: torch.Tensor,
+        transform: ConditionalTransform | None,
+        context: torch.Tensor | None,
+        totals: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Species-by-species sampling through the subclass's incremental path."""
+        B, L = uniforms.shape
+        M = self.max_count
+        remainders = self._totals(totals, B)
+        cons = self.cons
+        state = self._start(B, self._context(context, B))
+        samples = torch.zeros(B, L, dtype=torch.int64, device=self.device)
+        log_q = torch.zeros(B, dtype=self.dtype, device=self.device)
+        log_rho = torch.zeros_like(log_q)
+        for i in range(L):
+            logits = self._step_logits(state, i)
+            allowed = allowed_counts(i, M, self.limits[i], remainders, cons).expand(B, M)
+            logp = torch.log_softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
+            logr = logp if transform is None else transform(i, logp, allowed)
+            idx = inverse_cdf(logr, allowed, uniforms[:, i])
+            lp = logp.gather(1, idx.unsqueeze(1)).squeeze(1)
+            lr = logr.gather(1, idx.unsqueeze(1)).squeeze(1)
+            if remainders is not None:
+                # A dead end (no count allowed) happens only with inexact (split) law tables;
+                # as in the NADE operator it gets count 0 and probability 0.
+                dead = ~allowed.any(dim=1)
+                idx = idx.masked_fill(dead, 0)
+                lp = lp.masked_fill(dead, -math.inf)
+                lr = lr.masked_fill(dead, -math.inf)
+            samples[:, i] = idx
+            log_q += lp
+            log_rho += lr
+            state = self._advance(state, i, idx)
+            if remainders is not None:
+                remainders = remainders - self.cons_weights[:, i].unsqueeze(0) * idx.unsqueeze(1)
+        if transform is None:
+            log_rho = log_q
+        return samples, log_q, log_rho
+
+    # ------------------------------------------------------------------ summaries
+    @torch.no_grad()
+    def marginals(
+        self,
+        num_samples: int,
+        generator: torch.Generator | None = None,
+        *,
+        batch_size: int = 8192,
+        context: torch.Tensor | None = None,
+        totals: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Marginal distribution of every species, (L, Mmax).
+
+        The marginal of species i is E_{n ~ q}[q(. | n_<i)], the mean over samples of the
+        conditional (not a histogram of the samples): unbiased, exact for species 0, and of
+        far lower variance than counting, most of all in the tails.
+        """
+        acc = torch.zeros(self.num_species, self.max_count, dtype=self.dtype, device=self.device)
+        left = int(num_samples)
+        while left > 0:
+            b = min(batch_size, left)
+            states, _ = self.sample(b, generator, context=context, totals=totals)
+            acc += torch.exp(self.conditionals(states, context=context, totals=totals)).sum(0)
+            left -= b
+        return acc / int(num_samples)
+
+    @torch.no_grad()
+    def joint(self, max_states: int, *, batch_size: int = 65536) -> torch.Tensor | None:
+        """The whole distribution over the box, (M_1, ..., M_L), or None if the box holds more
+        than max_states states."""
+        limits = self.limits.tolist()
+        if math.prod(limits) > max_states:
+            return None
+        axes = [torch.arange(m, device=self.device) for m in limits]
+        grid = torch.cartesian_prod(*axes) if len(axes) > 1 else axes[0].unsqueeze(1)
+        grid = grid.reshape(-1, self.num_species)
+        p = torch.cat([torch.exp(self.log_prob(c)) for c in grid.split(batch_size)])
+        return p.reshape(limits)
+
+    def extra_repr(self) -> str:
+        return (
+            f"species={self.num_species}, max_count={self.max_count}, laws={self.num_laws}, "
+            f"context_dim={self.context_dim}"
+        )

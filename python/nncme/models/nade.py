@@ -1,0 +1,191 @@
+"""NADE: the default VAN (neural autoregressive distribution estimator over species counts).
+
+Parametrisation (exactly that of the `nade_sample` / `nade_log_prob` operators, so the fused
+kernels plug in behind the same calls):
+
+    a_0 = hidden0 = bias (+ context_w @ context)          (B, H)
+    h_i = act(a_i),  logits_i = head_w[i] h_i + head_b[i]  (B, M)  masked, softmax -> q(n_i | n_<i)
+    a_{i+1} = a_i + embed[i, n_i]
+
+One embedding per species and count, one output head per species: L*M*H*2 + L*M + H parameters.
+The teacher-forced pass is vectorised over species (gathered embeddings, a cumulative sum,
+batched heads); sampling goes species by species through `nncme.ops.nade_sample` (the fused
+kernel where one is built, else its reference).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import ops
+from .base import AutoregressiveModel, ConditionalTransform, Tempering
+
+__all__ = ["NADE"]
+
+ACTIVATIONS = {"sigmoid": 0, "tanh": 1}
+
+
+class NADE(AutoregressiveModel):
+    """Neural autoregressive distribution estimator over species counts.
+
+    Args:
+        limits: (L,) count limits M_i.
+        hidden: width H of the hidden state.
+        activation: "sigmoid" or "tanh".
+        conservation: `network.feasibility`, or None.
+        context_dim: width D of an optional context (0: none); it enters hidden0 linearly.
+        dtype: float32 or float64.
+        device: where the parameters live.
+        seed: seed of the parameter initialisation (a private generator: the global RNG is
+            left alone, so runs are reproducible).
+        impl: "auto" | "fused" | "reference": which NADE operators sample (and score under
+            no_grad); see `nncme.ops.resolve_impl`.
+    """
+
+    def __init__(
+        self,
+        limits: Sequence[int] | np.ndarray | torch.Tensor,
+        *,
+        hidden: int = 16,
+        activation: str = "tanh",
+        conservation: Any | None = None,
+        context_dim: int = 0,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str | None = None,
+        seed: int = 0,
+        impl: str = "auto",
+    ) -> None:
+        super().__init__(limits, conservation=conservation, context_dim=context_dim)
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        if hidden < 1:
+            raise ValueError(f"hidden must be >= 1, got {hidden}")
+        if impl not in ops.IMPLS:
+            raise ValueError(f"impl must be one of {ops.IMPLS}, got {impl!r}")
+        self.hidden = int(hidden)
+        self.activation = activation
+        self.impl = impl
+        L, M, H = self.num_species, self.max_count, self.hidden
+        g = torch.Generator().manual_seed(int(seed))
+
+        def init(*shape: int, scale: float) -> nn.Parameter:
+            return nn.Parameter(torch.randn(*shape, generator=g, dtype=torch.float64) * scale)
+
+        self.bias = nn.Parameter(torch.zeros(H, dtype=torch.float64))
+        self.embed = init(L, M, H, scale=1.0 / math.sqrt(H))
+        # Small heads: the untrained model is close to uniform over the allowed counts.
+        self.head_w = init(L, M, H, scale=0.1 / math.sqrt(H))
+        self.head_b = nn.Parameter(torch.zeros(L, M, dtype=torch.float64))
+        if context_dim:
+            self.context_w = init(H, context_dim, scale=1.0 / math.sqrt(context_dim))
+        self.to(device=device, dtype=dtype)
+
+    @property
+    def activation_code(self) -> int:
+        return ACTIVATIONS[self.activation]
+
+    def _act(self, a: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(a) if self.activation == "sigmoid" else torch.tanh(a)
+
+    def hidden0(self, batch_size: int, context: torch.Tensor | None) -> torch.Tensor:
+        """(B, H) initial pre-activation: the bias plus the linear map of the context."""
+        h0 = self.bias.unsqueeze(0).expand(batch_size, -1)
+        if context is not None:
+            h0 = h0 + context @ self.context_w.T
+        return h0
+
+    # ------------------------------------------------------------------ teacher forcing
+    def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        B, L = states.shape
+        species = torch.arange(L, device=states.device)
+        e = self.embed[species.unsqueeze(0), states]  # (B, L, H)
+        h0 = self.hidden0(B, context).unsqueeze(1)
+        # a_i = hidden0 + sum_{j<i} e_j, summed in the order the sampler adds them
+        a = torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)  # (B, L, H)
+        h = self._act(a).transpose(0, 1)  # (L, B, H)
+        logits = torch.baddbmm(self.head_b.unsqueeze(1), h, self.head_w.transpose(1, 2))
+        return logits.transpose(0, 1)  # (B, L, M)
+
+    def log_prob(
+        self,
+        states: torch.Tensor,
+        *,
+        context: torch.Tensor | None = None,
+        totals: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """log q(n) (B,); see `AutoregressiveModel.log_prob`.
+
+        Without a gradient to track (torch.no_grad, or frozen parameters) and with a compiled
+        `nade_log_prob` kernel for the device, the fused operator scores the states; otherwise
+        the vectorised teacher-forced pass does (faster than the operator's per-species
+        reference loop, and equal to it).
+        """
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        if not needs_grad and ops.resolve_impl("nade_log_prob", self.device, self.impl) == "fused":
+            states = self._check_states(states)
+            B = states.shape[0]
+            return ops.nade_log_prob(
+                states,
+                self.hidden0(B, self._context(context, B)).contiguous(),
+                self.embed,
+                self.head_w,
+                self.head_b,
+                self.limits,
+                self.cons,
+                self._op_totals(totals, B),
+                self.activation_code,
+                impl="fused",
+            )
+        return super().log_prob(states, context=context, totals=totals)
+
+    # ------------------------------------------------------------------ sampling
+    def _start(self, batch_size: int, context: torch.Tensor | None) -> torch.Tensor:
+        return self.hidden0(batch_size, context)
+
+    def _step_logits(self, state: torch.Tensor, i: int) -> torch.Tensor:
+        return torch.addmm(self.head_b[i], self._act(state), self.head_w[i].T)
+
+    def _advance(self, state: torch.Tensor, i: int, counts: torch.Tensor) -> torch.Tensor:
+        return state + self.embed[i][counts]
+
+    def _op_totals(self, totals: torch.Tensor | None, batch_size: int) -> torch.Tensor:
+        t = self._totals(totals, batch_size)
+        if t is None:
+            return torch.zeros(batch_size, 0, dtype=torch.int64, device=self.device)
+        return t.contiguous()
+
+    def _sample_loop(
+        self,
+        uniforms: torch.Tensor,
+        transform: ConditionalTransform | None,
+        context: torch.Tensor | None,
+        totals: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # q itself and tempered proposals go through the NADE operator (fused where built);
+        # any other transform through the generic loop.
+        if transform is not None and not isinstance(transform, Tempering):
+            return super()._sample_loop(uniforms, transform, context, totals)
+        B = uniforms.shape[0]
+        alpha = 1.0 if transform is None else transform.alpha
+        return ops.nade_sample(
+            uniforms,
+            self.hidden0(B, self._context(context, B)).contiguous(),
+            self.embed,
+            self.head_w,
+            self.head_b,
+            self.limits,
+            self.cons,
+            self._op_totals(totals, B),
+            alpha,
+            self.activation_code,
+            impl=self.impl,
+        )
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hidden={self.hidden}, activation={self.activation}"

@@ -1,0 +1,228 @@
+"""What a time step fits: log (T q_old)(n) at given states, with T = I + dt W (DESIGN section 2).
+
+    T q(n) = q(n) (1 - dt a_0(n)) + dt sum_k a_k(n - s_k) q(n - s_k)
+
+The previous distribution is scored at the states and at their K neighbours n - s_k
+(`nncme.ops.neighbors`), once per distinct state and in chunks so memory stays bounded for large
+K*L, and `nncme.ops.transition_logsum` forms the stable log-sum-exp; it also returns the TDVP
+local generator (W q)(n)/q(n) and the exit rate a_0(n).
+
+The explicit first-order T is a probability map only while dt * a_0(n) < 1 at every state the
+distribution visits (the stay term 1 - dt a_0 must stay positive). `check_step_size` stops a run
+with a message naming t, the largest a_0 and a dt that would work, instead of clamping.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from .. import ops
+from ..sampling import state_keys, unique_states
+
+__all__ = [
+    "Distribution",
+    "NonFiniteError",
+    "StepSizeError",
+    "TargetValues",
+    "TrainingError",
+    "TransitionTarget",
+    "check_step_size",
+    "jump",
+    "transition_support",
+]
+
+# Rows of Mmax*L logits scored at once when the old model is evaluated (bounded memory).
+DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+
+class TrainingError(RuntimeError):
+    """A time step cannot go on; the message says where and what to change."""
+
+
+class StepSizeError(TrainingError):
+    """dt * a_0(n) >= 1 at a visited state: the first-order step is not a probability map."""
+
+
+class NonFiniteError(TrainingError):
+    """A NaN or inf appeared in the loss or the parameters."""
+
+
+class Distribution(Protocol):
+    """Anything the trainer can step from: a VAN, a `Delta`, a `Product`."""
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None, **kw: Any): ...
+
+    def log_prob(self, states: torch.Tensor, **kw: Any) -> torch.Tensor: ...
+
+
+@dataclass
+class TargetValues:
+    """log T q_old, (W q_old)/q_old and a_0 at a batch of states, each (B,)."""
+
+    log_tq: torch.Tensor
+    local_gen: torch.Tensor
+    exit_rate: torch.Tensor
+
+
+def chunk_rows(distribution: Any, elements: int = DEFAULT_CHUNK_ELEMENTS) -> int:
+    """Rows per log_prob call so that one call holds about `elements` logits."""
+    L = getattr(distribution, "num_species", 1)
+    M = getattr(distribution, "max_count", 1)
+    return max(256, elements // max(1, L * M))
+
+
+@torch.no_grad()
+def score(distribution: Any, states: torch.Tensor, rows: int) -> torch.Tensor:
+    """log_prob of many states in chunks of `rows`, without gradient."""
+    if states.shape[0] <= rows:
+        return distribution.log_prob(states)
+    return torch.cat([distribution.log_prob(c) for c in states.split(rows)])
+
+
+class TransitionTarget:
+    """log (T q_old)(n) for the step t -> t + dt (rates taken at t: explicit Euler).
+
+    Args:
+        old: the distribution at t (any object with `log_prob`; a frozen VAN, `Delta`, ...).
+        net: the compiled network on the states' device.
+        t: time of the step's start; dt: its length.
+        impl: operator implementation ("auto" | "fused" | "reference").
+        rows: states per log_prob call (default from the model's L * Mmax).
+    """
+
+    def __init__(
+        self,
+        old: Any,
+        net: Any,
+        t: float,
+        dt: float,
+        *,
+        impl: str = "auto",
+        rows: int | None = None,
+    ) -> None:
+        self.old, self.net, self.t, self.dt, self.impl = old, net, float(t), float(dt), impl
+        self.rows = rows or chunk_rows(old)
+        # log q_old of the states scored so far in this step (sorted keys, values): the old
+        # distribution is fixed for the whole step and successive batches overlap heavily
+        self._keys: torch.Tensor | None = None
+        self._values: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def __call__(self, states: torch.Tensor) -> TargetValues:
+        """states: (B, L) int64 in the box -> TargetValues of (B,) each."""
+        B = states.shape[0]
+        nbr, valid = ops.neighbors(states, self.net, impl=self.impl)
+        rows = torch.cat([states, nbr[valid]])
+        unique, inverse = unique_states(rows, self.net.limits)
+        log_p = self._old_log_prob(unique)[inverse]
+        log_q_nbr = torch.full(valid.shape, -math.inf, dtype=log_p.dtype, device=log_p.device)
+        log_q_nbr[valid] = log_p[B:]
+        log_tq, local_gen, exit_rate = ops.transition_logsum(
+            states, log_p[:B], log_q_nbr, self.net, self.t, self.dt, impl=self.impl
+        )
+        return TargetValues(log_tq, local_gen, exit_rate)
+
+    def _old_log_prob(self, unique: torch.Tensor) -> torch.Tensor:
+        """log q_old of distinct states (U, L), scoring only those not seen before."""
+        keys = state_keys(unique, self.net.limits)
+        if keys is None:
+            return score(self.old, unique, self.rows)
+        if self._keys is None:
+            values = score(self.old, unique, self.rows)
+            order = torch.argsort(keys)
+            self._keys, self._values = keys[order], values[order]
+            return values
+        pos = torch.searchsorted(self._keys, keys).clamp(max=self._keys.shape[0] - 1)
+        hit = self._keys[pos] == keys
+        values = torch.empty(keys.shape, dtype=self._values.dtype, device=keys.device)
+        values[hit] = self._values[pos[hit]]
+        if not hit.all():
+            fresh = score(self.old, unique[~hit], self.rows)
+            values[~hit] = fresh
+            merged = torch.cat([self._keys, keys[~hit]])
+            order = torch.argsort(merged)
+            self._keys = merged[order]
+            self._values = torch.cat([self._values, fresh])[order]
+        return values
+
+
+def check_step_size(exit_rate: torch.Tensor, t: float, dt: float) -> float:
+    """The largest dt * a_0(n) over the states; raises StepSizeError when it reaches 1."""
+    a0 = float(exit_rate.max()) if exit_rate.numel() else 0.0
+    if not math.isfinite(a0) or dt * a0 >= 1.0:
+        ok = 0.9 / a0 if a0 > 0 and math.isfinite(a0) else float("nan")
+        ok = float(f"{ok:.2g}") if math.isfinite(ok) else ok
+        raise StepSizeError(
+            f"at t = {t:g}: dt * a_0(n) = {dt * a0:.3g} >= 1 at a sampled state (largest total "
+            f"propensity a_0 = {a0:.4g}); the explicit first-order step T = I + dt W needs "
+            f"dt * a_0 < 1 at every visited state: use dt <= {ok:g}"
+        )
+    return dt * a0
+
+
+@torch.no_grad()
+def transition_support(
+    start: Any, net: Any, t: float, dt: float, *, max_states: int, impl: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """T p0 exactly, when the start p0 lists its support.
+
+    Returns:
+        states (N, L) and log T p0 (N,) over every state T p0 reaches (the support and the
+        states one reaction away), or None when p0 has no `support` or it holds more than
+        max_states states.
+    """
+    support = getattr(start, "support", None)
+    found = support(max_states) if support is not None else None
+    if found is None:
+        return None
+    states, _ = found
+    states = states.to(net.device)
+    a = ops.propensities(states, net, t, impl=impl)  # (N, K): which reactions fire where
+    fired = (states.unsqueeze(1) + net.change.unsqueeze(0))[a > 0]
+    cands, _ = unique_states(torch.cat([states, fired]), net.limits)
+    if cands.shape[0] > max_states:
+        return None
+    values = TransitionTarget(start, net, t, dt, impl=impl)(cands)
+    check_step_size(values.exit_rate, t, dt)
+    keep = torch.isfinite(values.log_tq)
+    return cands[keep], values.log_tq[keep]
+
+
+@torch.no_grad()
+def jump(
+    states: torch.Tensor,
+    net: Any,
+    t: float,
+    generator: torch.Generator | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """One reaction from each state, chosen with probability a_k(n) / a_0(n).
+
+    The embedded jump chain of the CME: from states drawn from q it reaches the states one
+    reaction away, where the next distribution's new mass appears. States where no reaction
+    fires stay where they are.
+
+    Args:
+        states: (B, L) int64 in the box.
+
+    Returns:
+        (B, L) int64 states n + s_k.
+    """
+    a = ops.propensities(states, net, t, impl=impl)  # (B, K)
+    total = a.sum(dim=1, keepdim=True)
+    u = torch.rand(states.shape[0], 1, generator=generator, dtype=a.dtype, device=a.device)
+    cdf = torch.cumsum(a, dim=1)
+    k = (cdf <= u * total).sum(dim=1).clamp(max=a.shape[1] - 1)
+    # rounding can land on a reaction that does not fire: take the last one that does
+    k = torch.where(
+        a.gather(1, k.unsqueeze(1)).squeeze(1) > 0,
+        k,
+        a.shape[1] - 1 - torch.argmax((a.flip(1) > 0).to(torch.int8), dim=1),
+    )
+    moved = states + net.change[k]
+    return torch.where(total > 0, moved, states)

@@ -1,0 +1,329 @@
+"""Per-time-step updates of a VAN: the pluggable objects the trainer calls once per step.
+
+An `Update` gets a `StepProblem` (the model to change in place, the target log T q_old, the
+proposal, the batch size and the generator) and returns a `StepReport`. `KLUpdate` minimises
+the reverse KL D(q || T q_old) = E_q[log q - log T q_old] with a torch optimiser (Adam by
+default), using the score-function gradient
+
+    g = E_rho[w (f - b) grad log q],   f = log q - log T q_old,   b = E_rho[w f]
+
+(self-normalised importance weights w from the proposal, the weighted batch mean as baseline).
+Two seams for the second-order methods of a later issue:
+- natural gradient preconditions the same gradient: subclass `KLUpdate` and override
+  `apply_gradient(problem, states, coef, weights)` (distinct states, their coefficients
+  w (f - b) and sampling weights);
+- TDVP integrates d theta / dt from the local generator (W q)(n)/q(n) instead: a new `Update`
+  whose `run` uses `problem.target_for(problem.model)` (a `TransitionTarget` of the current
+  model, whose `local_gen` is exactly that generator).
+
+`fit_enumerated` is the exact first step from a start with few states (see `nncme.evolve`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..models.base import AutoregressiveModel
+from ..sampling import Draw, Proposal, unique_states
+from .target import NonFiniteError, TransitionTarget, check_step_size, chunk_rows, jump
+
+__all__ = [
+    "OPTIMIZERS",
+    "KLUpdate",
+    "StepProblem",
+    "StepReport",
+    "Update",
+    "fit_enumerated",
+    "make_optimizer",
+]
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """A first-order torch optimiser by name: "adam" (default) or "sgd" (momentum 0.9)."""
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be finite and > 0, got {lr!r}")
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9)
+    raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+@dataclass
+class StepProblem:
+    """One time step t -> t + dt as an update sees it.
+
+    Attributes:
+        model: the VAN, changed in place (warm-started from the previous step).
+        target: log T q_old at given states.
+        proposal: where training states come from.
+        batch_size: states per iteration.
+        generator: the run's random stream.
+        t, dt, step: the step's start, length and index (1-based).
+        target_for: makes a TransitionTarget of any distribution at this t, dt (for TDVP).
+    """
+
+    model: AutoregressiveModel
+    target: TransitionTarget
+    proposal: Proposal
+    batch_size: int
+    generator: torch.Generator | None
+    t: float
+    dt: float
+    step: int
+    target_for: Callable[[Any], TransitionTarget] | None = None
+
+
+@dataclass
+class StepReport:
+    """What an update did in one time step.
+
+    Attributes:
+        loss: the KL estimate E_rho[w f] of the last iteration (nats); an error indicator:
+            reverse KL to the exact one-step map of the previous distribution.
+        loss_std: weighted standard deviation of f over the batch, last iteration.
+        iterations: optimiser iterations done.
+        rate_dt: the largest dt * a_0(n) over the sampled states.
+        ess: effective sample size of the proposal's weights, last iteration.
+        residual: the stopping rule's quantity, last iteration (see `KLUpdate`).
+        gap: log q(U) - log T q_old(U) on the distinct training states U, last iteration; a
+            negative gap is probability that q holds on states no sample visited.
+        losses, residuals: per iteration.
+        seconds: wall time of the step.
+    """
+
+    loss: float
+    loss_std: float = 0.0
+    iterations: int = 0
+    rate_dt: float = 0.0
+    ess: float = 0.0
+    residual: float = 0.0
+    gap: float = 0.0
+    losses: list[float] = field(default_factory=list)
+    residuals: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Update:
+    """Base class of per-step updates."""
+
+    name = "update"
+
+    def run(self, problem: StepProblem) -> StepReport:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class KLUpdate(Update):
+    """Reverse-KL minimisation with a torch optimiser, plus exploration one reaction ahead.
+
+    Each iteration draws B states from the proposal (q itself by default) and scores
+    f = log q - log T q_old on them; the coefficients w (f - b), with b the weighted mean of f
+    (the KL estimate), give the score-function gradient of D(q || T q_old).
+
+    Exploration (`explore` = eta > 0): the reverse-KL gradient is blind to states q does not
+    sample (its coefficients there are zero however much mass T q_old puts on them), so a
+    distribution that moves into new states, above all from a point mass, lags behind. So
+    eta * B extra states are made by letting one reaction fire from the first eta * B samples
+    (chosen with probability a_k(n) / a_0(n): where T q_old's new mass goes). They enter with
+    weight 1/B each and coefficients centred on their own mean, which is the gradient of the
+    log-variance divergence Var[log q - log T q_old] over them (Richter et al., 2020): zero
+    exactly where q = T q_old, like the KL term, so the fixed point is unchanged, but not
+    weighted by q, so a state whose log q is far below log T q_old is pulled up at once. Both
+    parts sum to zero, so neither shifts probability into states that no sample visits.
+
+    Stopping rule. The residual of an iteration is 1/2 sum coef * (f - b), half the weighted
+    variance of f: about the KL from q to the target, explored states included. After
+    `min_iterations`, a step stops once the mean residual of the last `window` iterations is
+    below `tolerance`, or below `relative_tolerance` times the step's first residual. The
+    relative test matters: a step's target moves q by only O(dt), so an absolute threshold
+    would stop steps part-way, and the unmade part of every step adds up to a lag (each step
+    fits T q_old, so a lag is never made up later). `iterations` caps the count either way.
+
+    Args:
+        optimizer: a torch optimiser over the model's parameters (its state persists across
+            time steps: each step starts where the last left off).
+        iterations: optimiser iterations per time step (the maximum when `tolerance` > 0).
+        tolerance: the stopping rule's absolute threshold in nats.
+        relative_tolerance: its threshold relative to the step's first residual.
+        min_iterations: iterations before the stopping rule may act.
+        window: iterations averaged by the stopping rule.
+        explore: eta, the fraction of extra states one reaction away (0: pure reverse KL).
+    """
+
+    name = "kl"
+
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        *,
+        iterations: int = 10,
+        tolerance: float = 0.0,
+        min_iterations: int = 1,
+        window: int = 3,
+        explore: float = 0.0,
+        relative_tolerance: float = 0.0,
+    ) -> None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}")
+        if not 0 <= explore <= 1:
+            raise ValueError(f"explore must be in [0, 1], got {explore}")
+        self.optimizer = optimizer
+        self.iterations = int(iterations)
+        self.tolerance = float(tolerance)
+        self.min_iterations = max(1, int(min_iterations))
+        self.window = max(1, int(window))
+        self.explore = float(explore)
+        self.relative_tolerance = float(relative_tolerance)
+
+    def run(self, problem: StepProblem) -> StepReport:
+        start = time.perf_counter()
+        report = StepReport(loss=math.nan)
+        for it in range(self.iterations):
+            self._iteration(problem, it, report)
+            if self._converged(report.residuals):
+                break
+        report.seconds = time.perf_counter() - start
+        return report
+
+    def _batch(self, problem: StepProblem) -> tuple[Draw, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The proposal's draw, then all training states (B + eta B, L), log q and weights."""
+        draw = problem.proposal.draw(problem.model, problem.batch_size, problem.generator)
+        B = draw.states.shape[0]
+        m = round(self.explore * B)
+        if not m:
+            return draw, draw.states, draw.log_q, draw.weights
+        moved = jump(draw.states[:m], problem.target.net, problem.t, problem.generator)
+        with torch.no_grad():
+            lq_moved = problem.model.log_prob(moved)
+        states = torch.cat([draw.states, moved])
+        log_q = torch.cat([draw.log_q, lq_moved])
+        weights = torch.cat([draw.weights, torch.full_like(lq_moved, 1.0 / B)])
+        return draw, states, log_q, weights
+
+    def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
+        draw, states, log_q, w = self._batch(problem)
+        B = draw.states.shape[0]
+        values = problem.target(states)
+        rate_dt = check_step_size(values.exit_rate, problem.t, problem.dt)
+        f_all = log_q - values.log_tq
+        f = f_all[:B]
+        loss = float((draw.weights * f).sum())
+        if not math.isfinite(loss):
+            bad = int((~torch.isfinite(f)).sum())
+            raise NonFiniteError(
+                f"the loss is {loss} at iteration {it + 1} ({bad} of {f.numel()} samples "
+                "have a non-finite log q - log T q_old: the model puts mass where the "
+                "previous distribution's one-step map has none, or it diverged)"
+            )
+        coef = w * (f_all - loss)
+        if states.shape[0] > B:  # the explored part, centred on its own mean
+            coef[B:] = w[B:] * (f_all[B:] - f_all[B:].mean())
+        unique, inverse = unique_states(states, problem.model.limits)
+        c = torch.zeros(unique.shape[0], dtype=coef.dtype, device=coef.device)
+        c.index_add_(0, inverse, coef)
+        weights = torch.zeros_like(c).index_add_(0, inverse, w)
+        self.apply_gradient(problem, unique, c, weights)
+        # diagnostics: mass of q and of T q_old on the states seen (a leak shows as gap < 0)
+        lq_u = torch.empty_like(c).scatter_(0, inverse, log_q)
+        lt_u = torch.empty_like(c).scatter_(0, inverse, values.log_tq)
+        report.gap = float(torch.logsumexp(lq_u, 0) - torch.logsumexp(lt_u, 0))
+        report.residual = 0.5 * float((coef * (f_all - loss)).sum())
+        report.residuals.append(report.residual)
+        report.losses.append(loss)
+        report.loss = loss
+        report.loss_std = float(torch.sqrt((draw.weights * (f - loss) ** 2).sum()))
+        report.rate_dt = max(report.rate_dt, rate_dt)
+        report.ess = draw.ess
+        report.iterations = it + 1
+
+    def _converged(self, residuals: list[float]) -> bool:
+        """The stopping rule (see the class docstring)."""
+        w = self.window
+        if len(residuals) < max(self.min_iterations, w):
+            return False
+        recent = sum(residuals[-w:]) / w
+        return recent < self.tolerance or recent < self.relative_tolerance * residuals[0]
+
+    def apply_gradient(
+        self,
+        problem: StepProblem,
+        states: torch.Tensor,
+        coef: torch.Tensor,
+        weights: torch.Tensor,
+    ) -> None:
+        """One optimiser step on sum_u coef_u log q(n_u): the seam for preconditioners.
+
+        Args:
+            states: (U, L) the distinct training states (each scored once, which is the same
+                gradient as scoring every repeat, for much less work).
+            coef: (U,) their summed coefficients w (f - b).
+            weights: (U,) their summed sampling weights (for a Fisher matrix E_rho[O O^T]).
+        """
+        model = problem.model
+        self.optimizer.zero_grad(set_to_none=True)
+        rows = chunk_rows(model)
+        for chunk, cc in zip(states.split(rows), coef.split(rows)):
+            (cc * model.log_prob(chunk)).sum().backward()
+        self.optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+def fit_enumerated(
+    model: AutoregressiveModel,
+    states: torch.Tensor,
+    log_p: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    *,
+    iterations: int,
+    tolerance: float,
+) -> StepReport:
+    """Fit q to a distribution given on an explicit list of states, by exact cross-entropy.
+
+    Minimises KL(p || q) = sum_n p(n) (log p(n) - log q(n)), computed exactly over the listed
+    states (no sampling), until it falls below `tolerance` or `iterations` are spent.
+
+    Args:
+        states: (N, L) the support of p; log_p: (N,) log p, normalised here.
+
+    Returns:
+        A StepReport whose `loss` is the final KL(p || q) in nats.
+    """
+    start = time.perf_counter()
+    log_p = log_p - torch.logsumexp(log_p, dim=0)
+    p = torch.exp(log_p)
+    entropy = float(-(p * log_p).where(p > 0, torch.zeros_like(p)).sum())
+    report = StepReport(loss=math.nan)
+    for it in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        cross = -(p * model.log_prob(states)).sum()
+        kl = float(cross.detach()) - entropy
+        report.losses.append(kl)
+        report.loss, report.iterations = kl, it
+        if not math.isfinite(kl):
+            raise NonFiniteError(f"the first-step fit diverged (KL = {kl}) at iteration {it}")
+        if kl < tolerance:
+            break
+        cross.backward()
+        optimizer.step()
+        report.iterations = it + 1
+    report.seconds = time.perf_counter() - start
+    return report
