@@ -173,3 +173,16 @@ def test_fisher_errors_are_actionable():
         torch.ops.nncme.fisher_solve(O, v, w, -1.0, 0, 10)
     with pytest.raises(RuntimeError, match="mode"):
         torch.ops.nncme.fisher_solve(O, v, w, 1e-2, 3, 10)
+
+
+def test_cholesky_reads_only_the_lower_triangle():
+    """fisher_solve leaves the upper triangle of the Gram matrix unwritten on CPU: it relies on
+    LAPACK's potrf (lower) not reading it. NaN above the diagonal must not matter."""
+    X = torch.randn(2, 30, 45, dtype=torch.float64)
+    A = X @ X.mT + torch.eye(30, dtype=torch.float64)
+    B = A.clone()
+    rows, cols = torch.triu_indices(30, 30, 1)
+    B[:, rows, cols] = math.nan
+    L1, info1 = torch.linalg.cholesky_ex(A)
+    L2, info2 = torch.linalg.cholesky_ex(B)
+    assert torch.equal(info1, info2) and torch.equal(L1, L2)
