@@ -70,6 +70,8 @@ void nade_cpu(const NadeOperands& op, const at::Tensor& uniforms, const at::Tens
   const int64_t Mp = (M + pad - 1) / pad * pad;
   at::Tensor wt = at::zeros({L, H, Mp}, op.head_w.options());
   wt.narrow(2, 0, M).copy_(op.head_w.transpose(1, 2));
+  at::Tensor bias = at::zeros({L, Mp}, op.head_b.options());
+  bias.narrow(1, 0, M).copy_(op.head_b);
   const int64_t threads = at::get_num_threads();
   // Chunks small enough that every thread gets several, at most 64 samples (cache-sized).
   const int64_t rows = std::clamp<int64_t>((B + 4 * threads - 1) / (4 * threads), 4, 64);
@@ -80,7 +82,7 @@ void nade_cpu(const NadeOperands& op, const at::Tensor& uniforms, const at::Tens
     p.hidden0 = op.hidden0.data_ptr<scalar_t>();
     p.embed = op.embed.data_ptr<scalar_t>();
     p.wt = wt.data_ptr<scalar_t>();
-    p.bias = op.head_b.data_ptr<scalar_t>();
+    p.bias = bias.data_ptr<scalar_t>();
     p.limits = op.limits.data_ptr<int64_t>();
     p.cons = op.cons_view();
     p.cons_start = op.cons_start.data_ptr<int64_t>();

@@ -17,7 +17,7 @@ struct NadeArgs {
   const T* hidden0;        // (B, H)
   const T* embed;          // (L, M, H)
   const T* wt;             // (L, H, Mp): head_w transposed, columns zero-padded to Mp
-  const T* bias;           // (L, M)
+  const T* bias;           // (L, Mp): head_b, zero-padded to Mp
   const int64_t* limits;   // (L,)
   ConsView cons;
   const int64_t* cons_start;  // (B, C) with start_stride C, or (C,) with start_stride 0
@@ -38,7 +38,7 @@ struct NadeWorkspace {
   std::vector<T> a, h, logits, scratch, log_q, log_rho;
   std::vector<int64_t> rem, idx;
   NadeWorkspace(int64_t rows_, int64_t H, int64_t Mp, int64_t C)
-      : rows(rows_), a(rows_ * H), h((rows_ + 3) * H), logits((rows_ + 3) * Mp), scratch(Mp),
+      : rows(rows_), a(rows_ * H), h((rows_ + 5) * H), logits((rows_ + 5) * Mp), scratch(Mp),
         log_q(rows_), log_rho(rows_), rem(std::max<int64_t>(1, rows_ * C)), idx(rows_) {}
 };
 
