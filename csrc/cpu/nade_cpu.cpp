@@ -1,7 +1,7 @@
 // CPU kernels of nncme::nade_sample and nncme::nade_log_prob: the whole species loop in one call.
 // at::parallel_for splits the batch over threads; each thread walks chunks of samples through
-// all species (nade_cpu_body.inc) with its hidden states, logits and remainders in a private,
-// cache-sized workspace. Definitions: nncme/ops/reference.py (nade_sample, nade_log_prob).
+// all species (nade_cpu_body.inc) with their hidden states, logits and remainders in a private,
+// cache-sized workspace, laid out sample-minor so that the loops vectorise across samples. Definitions: nncme/ops/reference.py (nade_sample, nade_log_prob).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -65,23 +65,26 @@ void nade_cpu(const NadeOperands& op, const at::Tensor& uniforms, const at::Tens
               const at::Tensor& log_q, const at::Tensor& log_rho) {
   const int64_t B = op.B, L = op.L, M = op.M, H = op.H;
   if (B == 0) return;
-  // Columns padded to two 32-byte registers, so every ISA's GEMM tile divides them.
-  const int64_t pad = op.hidden0.scalar_type() == at::kFloat ? 16 : 8;
-  const int64_t Mp = (M + pad - 1) / pad * pad;
-  at::Tensor wt = at::zeros({L, H, Mp}, op.head_w.options());
-  wt.narrow(2, 0, M).copy_(op.head_w.transpose(1, 2));
-  at::Tensor bias = at::zeros({L, Mp}, op.head_b.options());
-  bias.narrow(1, 0, M).copy_(op.head_b);
+  // Categories padded to whole GEMM tiles (zero weights and bias: never read back).
+  const int64_t Mc = (M + kNadeCatRows - 1) / kNadeCatRows * kNadeCatRows;
+  at::Tensor w = op.head_w;
+  at::Tensor bias = op.head_b;
+  if (Mc != M) {
+    w = at::zeros({L, Mc, H}, op.head_w.options());
+    w.narrow(1, 0, M).copy_(op.head_w);
+    bias = at::zeros({L, Mc}, op.head_b.options());
+    bias.narrow(1, 0, M).copy_(op.head_b);
+  }
   const int64_t threads = at::get_num_threads();
   // Chunks small enough that every thread gets several, at most 64 samples (cache-sized).
-  const int64_t rows = std::clamp<int64_t>((B + 4 * threads - 1) / (4 * threads), 4, 64);
+  const int64_t rows = std::clamp<int64_t>((B + 4 * threads - 1) / (4 * threads), 1, 64);
   AT_DISPATCH_FLOATING_TYPES(op.hidden0.scalar_type(), "nade_cpu", [&] {
     NadeArgs<scalar_t> p{};
     p.uniforms = uniforms.defined() ? uniforms.data_ptr<double>() : nullptr;
     p.states = states.defined() ? states.data_ptr<int64_t>() : nullptr;
     p.hidden0 = op.hidden0.data_ptr<scalar_t>();
     p.embed = op.embed.data_ptr<scalar_t>();
-    p.wt = wt.data_ptr<scalar_t>();
+    p.w = w.data_ptr<scalar_t>();
     p.bias = bias.data_ptr<scalar_t>();
     p.limits = op.limits.data_ptr<int64_t>();
     p.cons = op.cons_view();
@@ -91,7 +94,7 @@ void nade_cpu(const NadeOperands& op, const at::Tensor& uniforms, const at::Tens
     p.L = L;
     p.M = M;
     p.H = H;
-    p.Mp = Mp;
+    p.Mc = Mc;
     p.alpha = scalar_t(alpha);
     p.tempered = alpha != 1.0;
     p.activation = activation;
@@ -99,7 +102,7 @@ void nade_cpu(const NadeOperands& op, const at::Tensor& uniforms, const at::Tens
     p.log_q = log_q.data_ptr<scalar_t>();
     p.log_rho = log_rho.defined() ? log_rho.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, B, rows, [&](int64_t b0, int64_t b1) {
-      NadeWorkspace<scalar_t> ws(rows, H, Mp, op.C);
+      NadeWorkspace<scalar_t> ws(rows, H, Mc, op.C);
       run_nade_rows<scalar_t>(p, b0, b1, ws);
     });
   });

@@ -6,7 +6,7 @@
 //
 // Accuracy: exp is within 2 ulp over its whole range (Cody-Waite reduction, Taylor polynomial on
 // |r| <= ln2/2 of degree 7 (float) or 13 (double)); results below the smallest subnormal are 0,
-// above the largest finite value +inf, exp(-inf) = 0, NaN propagates.
+// above the largest finite value +inf, exp(-inf) = 0, NaN propagates. log: see below.
 #pragma once
 
 #include <bit>
@@ -95,6 +95,51 @@ NNCME_ALWAYS_INLINE T exp(T x) {
   y = x < C::lo ? T(0) : y;
   y = x > C::hi ? std::numeric_limits<T>::infinity() : y;
   return x != x ? x : y;
+}
+
+// Natural log, within 2 ulp: x = 2^e m with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(s),
+// s = (m - 1)/(m + 1), |s| < 0.172, by its odd series to s^9 (float) or s^19 (double).
+// log(0) = -inf, log(inf) = inf, negative or NaN -> NaN; subnormals are scaled first.
+template <typename T>
+NNCME_ALWAYS_INLINE T log(T x) {
+  using C = ExpConst<T>;
+  using Int = typename C::Int;
+  constexpr Int mant_mask = (Int(1) << C::mantissa) - 1;
+  constexpr Int exp_mask = (Int(1) << (sizeof(T) * 8 - 1 - C::mantissa)) - 1;
+  constexpr T sqrt2 = T(1.4142135623730951);
+  const bool sub = x < std::numeric_limits<T>::min();
+  const T xs = sub ? x * T(Int(1) << C::mantissa) : x;  // exact scaling of subnormals
+  const Int bits = std::bit_cast<Int>(xs);
+  Int e = ((bits >> C::mantissa) & exp_mask) - C::bias;
+  e = sub ? e - C::mantissa : e;
+  T m = std::bit_cast<T>((bits & mant_mask) | (Int(C::bias) << C::mantissa));  // [1, 2)
+  const bool big = m > sqrt2;
+  m = big ? m * T(0.5) : m;
+  e = big ? e + 1 : e;
+  const T s = (m - T(1)) / (m + T(1));
+  const T z = s * s;
+  T series;
+  if constexpr (std::is_same_v<T, float>) {
+    series = T(1.0 / 9);
+    series = series * z + T(1.0 / 7);
+    series = series * z + T(1.0 / 5);
+    series = series * z + T(1.0 / 3);
+  } else {
+    series = T(1.0 / 19);
+    series = series * z + T(1.0 / 17);
+    series = series * z + T(1.0 / 15);
+    series = series * z + T(1.0 / 13);
+    series = series * z + T(1.0 / 11);
+    series = series * z + T(1.0 / 9);
+    series = series * z + T(1.0 / 7);
+    series = series * z + T(1.0 / 5);
+    series = series * z + T(1.0 / 3);
+  }
+  const T ef = T(e);
+  T y = (ef * C::ln2_hi + (T(2) * s + T(2) * s * z * series)) + ef * C::ln2_lo;
+  y = x == T(0) ? -std::numeric_limits<T>::infinity() : y;
+  y = x == std::numeric_limits<T>::infinity() ? x : y;
+  return (x < T(0) || x != x) ? std::numeric_limits<T>::quiet_NaN() : y;
 }
 
 // 1 / (1 + e^-x), and tanh(x) = 1 - 2 / (e^2x + 1); both saturate correctly at +-inf.
