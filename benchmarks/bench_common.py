@@ -125,9 +125,11 @@ def cpu_peak_mb(fn: Callable[[], object], args=()) -> float | None:
         return None
 
 
-def write_results(bench: str, device: torch.device | str, payload: dict) -> Path:
+def write_results(bench: str, device: torch.device | str, payload: dict, tag: str = "") -> Path:
+    """benchmarks/results/<bench>_<device>[_<tag>].json with the device description."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{bench}_{torch.device(device).type}.json"
+    suffix = f"_{tag}" if tag else ""
+    path = RESULTS / f"{bench}_{torch.device(device).type}{suffix}.json"
     data = {"benchmark": bench, **device_info(device), **payload}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

@@ -84,10 +84,14 @@ def run_size(N: int, P: int, dtype: torch.dtype, device: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     parser.add_argument("--full", action="store_true", help="all sizes also on CPU")
     parser.add_argument("--sizes", type=int, nargs="*", help="indices into SIZES")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tag = f"{args.threads}thread" if args.threads else ""
     on_cpu = torch.device(args.device).type == "cpu"
     sizes = [s for s in SIZES if args.full or not on_cpu or s != (4096, 100000)]
     if args.sizes:
@@ -111,7 +115,7 @@ def main() -> None:
     )
     print(f"\nfused faster at every size: {wins}")
     payload = {"G": 1, "shift": SHIFT, "fused_wins_everywhere": wins, "rows": rows}
-    path = write_results("fisher_solve", args.device, payload)
+    path = write_results("fisher_solve", args.device, payload, tag)
     print(f"wrote {path}")
 
 

@@ -110,10 +110,14 @@ def run_shape(B, L, M, H, dtype, device, quick: bool) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     parser.add_argument("--shapes", type=int, nargs="*", help="indices into SHAPES")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tag = f"{args.threads}thread" if args.threads else ""
     device = args.device
     shapes = [SHAPES[i] for i in args.shapes] if args.shapes else SHAPES
     rows = []
@@ -140,7 +144,9 @@ def main() -> None:
             ("max_log_q_diff", "dlogq", ".1e"),
         ],
     )
-    path = write_results("nade", device, {"batch": 4096, "target_speedup": target, "rows": rows})
+    path = write_results(
+        "nade", device, {"batch": 4096, "target_speedup": target, "rows": rows}, tag
+    )
     print(f"\nwrote {path}")
 
 

@@ -134,10 +134,14 @@ def run_case(case: str, dtype: torch.dtype, device: str, quick: bool) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: torch's choice)")
     parser.add_argument("--dtypes", nargs="+", default=["float64", "float32"])
     parser.add_argument("--cases", nargs="+", default=list(CASES))
     parser.add_argument("--quick", action="store_true", help="fewer repeats")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tag = f"{args.threads}thread" if args.threads else ""
     rows = [
         run_case(case, getattr(torch, name), args.device, args.quick)
         for case in args.cases
@@ -160,7 +164,7 @@ def main() -> None:
             ("reference_peak_mb", "ref MiB", ".1f"),
         ],
     )
-    path = write_results("transition", args.device, {"target_speedup": target, "rows": rows})
+    path = write_results("transition", args.device, {"target_speedup": target, "rows": rows}, tag)
     print(f"\nwrote {path}")
 
 

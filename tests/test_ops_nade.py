@@ -133,7 +133,11 @@ def reference_scores(
     return log_q, log_rho
 
 
-def check_sample(inp: dict, alpha: float, activation: int, dtype, min_agreement: float):
+def check_sample(
+    inp: dict, alpha: float, activation: int, dtype, min_agreement: float, own: bool = True
+):
+    """Fused against reference draws; own=True also scores the fused draws with the reference
+    (one more reference pass, skipped for the longest species loops)."""
     fused = torch.ops.nncme.nade_sample(*sample_args(inp, alpha, activation))
     ref = reference.nade_sample(*sample_args(inp, alpha, activation))
     samples, log_q, log_rho = fused
@@ -144,6 +148,8 @@ def check_sample(inp: dict, alpha: float, activation: int, dtype, min_agreement:
     assert same.float().mean().item() >= min_agreement, f"agreement {same.float().mean():.4f}"
     torch.testing.assert_close(log_q[same], ref[1][same], equal_nan=True, **TOL[dtype])
     torch.testing.assert_close(log_rho[same], ref[2][same], equal_nan=True, **TOL[dtype])
+    if not own:
+        return fused
     # Whatever was drawn, the kernel's log q and log rho are those of its own samples.
     ref_q, ref_rho = reference_scores(samples, inp, alpha, activation)
     torch.testing.assert_close(log_q, ref_q, equal_nan=True, **TOL[dtype])
@@ -166,7 +172,7 @@ def test_nade_sample_matches_reference(device, dtype, B, L, M, H, rng):
     # long species loops run the (slow) reference once; short ones also untempered and sigmoid
     cases = [(0.6, 1)] if L > 100 else [(1.0, 0), (0.6, 1)]
     for alpha, activation in cases:
-        check_sample(inp, alpha, activation, dtype, agreement_floor(dtype, L))
+        check_sample(inp, alpha, activation, dtype, agreement_floor(dtype, L), own=L <= 100)
 
 
 @needs_kernel
@@ -193,7 +199,7 @@ def test_nade_log_prob_matches_reference(device, dtype, B, L, M, H, rng):
         torch.randint(4, (int(bad.sum()),), generator=g)
     ]
     states = states.to(device)
-    for activation in (0, 1):
+    for activation in (0, 1) if L <= 100 else (1,):
         fused = torch.ops.nncme.nade_log_prob(*log_prob_args(states, inp, activation))
         ref = reference.nade_log_prob(*log_prob_args(states, inp, activation))
         assert fused.shape == (B,) and fused.dtype == dtype
