@@ -156,9 +156,20 @@ def test_wrapper(monkeypatch, rng):
     assert ops.resolve_impl("fisher_solve", "cpu") == "reference"
 
 
+@pytest.mark.cuda
 @needs_kernel
-def test_fisher_opcheck():
-    O, v, w = problem(0, 2, 8, 5, torch.float64, "cpu")
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_fisher_cuda_matches_cpu(mode, rng):
+    """The composite on cuBLAS/cuSOLVER against the CPU one, several Gram blocks."""
+    O, v, w = problem(int(rng.integers(2**31)), 2, 700, 600, torch.float64, "cpu")
+    x, used = torch.ops.nncme.fisher_solve(O, v, w, 1e-2, mode, 10)
+    xg, used_g = torch.ops.nncme.fisher_solve(O.cuda(), v.cuda(), w.cuda(), 1e-2, mode, 10)
+    assert torch.equal(used_g.cpu(), used) and rel_err(xg.cpu(), x) < 1e-9
+
+
+@needs_kernel
+def test_fisher_opcheck(device):
+    O, v, w = problem(0, 2, 8, 5, torch.float64, device)
     torch.library.opcheck(torch.ops.nncme.fisher_solve.default, (O, v, w, 1e-2, 0, 10))
 
 

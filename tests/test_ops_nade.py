@@ -353,10 +353,41 @@ def test_nade_base_isa_matches(monkeypatch, rng):
 
 
 @needs_kernel
-def test_nade_opcheck():
-    inp = nade_inputs(0, 6, 3, 5, 4, torch.float64, "cpu")
+def test_nade_huge_category_count(device, rng):
+    """20000 categories: on CUDA a warp's state no longer fits in shared memory and lives in a
+    global workspace instead."""
+    inp = nade_inputs(int(rng.integers(2**31)), 6, 2, 20000, 4, torch.float64, device)
+    check_sample(inp, 1.0, 0, torch.float64, 0.99)
+
+
+@pytest.mark.cuda
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_nade_cuda_kernel_matches_cpu_kernel(dtype, rng):
+    """The two compiled kernels on the benchmark's shape class, draw for draw."""
+    seed = int(rng.integers(2**31))
+    cpu = nade_inputs(seed, 2048, 20, 100, 64, dtype, "cpu")
+    gpu = {k: v.cuda() for k, v in cpu.items()}
+    for alpha in (1.0, 0.7):
+        a = torch.ops.nncme.nade_sample(*sample_args(cpu, alpha, 0))
+        b = torch.ops.nncme.nade_sample(*sample_args(gpu, alpha, 0))
+        same = (a[0] == b[0].cpu()).all(dim=1)
+        assert same.double().mean() >= (0.999 if dtype == torch.float64 else 0.98)
+        torch.testing.assert_close(b[1].cpu()[same], a[1][same], **TOL[dtype])
+        torch.testing.assert_close(b[2].cpu()[same], a[2][same], **TOL[dtype])
+    states = a[0]
+    torch.testing.assert_close(
+        torch.ops.nncme.nade_log_prob(*log_prob_args(states.cuda(), gpu, 1)).cpu(),
+        torch.ops.nncme.nade_log_prob(*log_prob_args(states, cpu, 1)),
+        **TOL[dtype],
+    )
+
+
+@needs_kernel
+def test_nade_opcheck(device):
+    inp = nade_inputs(0, 6, 3, 5, 4, torch.float64, device)
     torch.library.opcheck(torch.ops.nncme.nade_sample.default, sample_args(inp, 0.8, 0))
-    states = torch.randint(0, 5, (6, 3))
+    states = torch.randint(0, 5, (6, 3), device=device)
     torch.library.opcheck(torch.ops.nncme.nade_log_prob.default, log_prob_args(states, inp, 1))
 
 

@@ -120,3 +120,40 @@ def test_transition_empty_network_and_batch(device):
         0.1,
     )
     assert all(o.shape == (0,) for o in out)
+
+
+@pytest.mark.cuda
+@needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_transition_cuda_kernel_matches_cpu_kernel(dtype, rng):
+    """Both benchmark shape classes: 35 reactions (8/16/32 lanes per state) and 2000."""
+    for L, K, B in [(16, 35, 4096), (1024, 2000, 256), (3, 6, 100), (5, 12, 100)]:
+        net = random_network(rng, L, K, max_limit=40)
+        cpu, gpu = net.compile("cpu", dtype), net.compile("cuda", dtype)
+        states = random_states(rng, net, B)
+        log_q = (torch.randn(B, dtype=torch.float64) * 3 - 5).to(dtype)
+        log_q_nbr = (torch.randn(B, K, dtype=torch.float64) * 3 - 5).to(dtype)
+        log_q_nbr[torch.rand(B, K) < 0.1] = -math.inf
+        log_q[torch.rand(B) < 0.05] = -math.inf
+        a0 = reference.propensities(states, *cpu.operator_args(0.0)).sum(1)
+        dt = float(0.5 / max(float(a0.max()), 1e-3))
+        ref = torch.ops.nncme.transition_logsum(
+            states, log_q, log_q_nbr, *cpu.operator_args(0.0), dt
+        )
+        out = torch.ops.nncme.transition_logsum(
+            states.cuda(), log_q.cuda(), log_q_nbr.cuda(), *gpu.operator_args(0.0), dt
+        )
+        assert_matches(tuple(o.cpu() for o in out), ref, dtype)
+
+
+@needs_kernel
+def test_transition_opcheck_on_device(device, rng):
+    net = random_network(rng, 6, 20).compile(device)
+    states = random_states(rng, net.network, 24, outside=0).to(device)
+    args = net.operator_args(0.0)
+    log_q = torch.randn(24, dtype=torch.float64, device=device)
+    log_q_nbr = torch.randn(24, 20, dtype=torch.float64, device=device)
+    dt = 0.5 / max(float(reference.propensities(states, *args).sum(1).max()), 1.0)
+    torch.library.opcheck(
+        torch.ops.nncme.transition_logsum.default, (states, log_q, log_q_nbr, *args, dt)
+    )
