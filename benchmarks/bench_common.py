@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# Load average when the benchmark started: on a shared machine the numbers depend on it.
+LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 
 
 def sync(device: torch.device | str) -> None:
@@ -67,7 +69,8 @@ def device_info(device: torch.device | str) -> dict:
         "torch": torch.__version__,
         "cpu": cpu_name(),
         "cpu_threads": torch.get_num_threads(),
-        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "load_average_1min_start": LOAD_AT_START,
+        "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
