@@ -81,3 +81,95 @@ inline void check_transition_inputs(const at::Tensor& states, const at::Tensor& 
 }
 
 }  // namespace nncme
+
+#include "nade_math.h"
+
+namespace nncme {
+
+// The NADE operands of nade_sample / nade_log_prob, checked and made contiguous. `rows` is the
+// (B, L) uniforms or states tensor.
+struct NadeOperands {
+  at::Tensor hidden0, embed, head_w, head_b, limits;
+  at::Tensor cons_weights, cons_start, cons_law_meta, cons_group_meta, cons_table;
+  int64_t B, L, M, H, C, start_stride;
+
+  NadeOperands(const at::Tensor& rows, const char* rows_name, const at::Tensor& hidden0_,
+               const at::Tensor& embed_, const at::Tensor& head_w_, const at::Tensor& head_b_,
+               const at::Tensor& limits_, const at::Tensor& cw, const at::Tensor& cs,
+               const at::Tensor& clm, const at::Tensor& cgm, const at::Tensor& ct,
+               int64_t activation) {
+    TORCH_CHECK(hidden0_.dim() == 2 && (hidden0_.scalar_type() == at::kFloat ||
+                                        hidden0_.scalar_type() == at::kDouble),
+                "hidden0 must be float32 or float64 of shape (B, H), got ",
+                hidden0_.scalar_type(), " ", hidden0_.sizes());
+    B = hidden0_.size(0);
+    H = hidden0_.size(1);
+    TORCH_CHECK(embed_.dim() == 3 && embed_.size(2) == H,
+                "embed must have shape (L, M, H) with H = hidden0.size(1) = ", H, ", got ",
+                embed_.sizes());
+    L = embed_.size(0);
+    M = embed_.size(1);
+    TORCH_CHECK(M >= 1, "embed must have at least one category (M >= 1), got M = ", M);
+    TORCH_CHECK(head_w_.sizes() == embed_.sizes(), "head_w must have the shape of embed (L, M, H) = ",
+                embed_.sizes(), ", got ", head_w_.sizes());
+    TORCH_CHECK(head_b_.dim() == 2 && head_b_.size(0) == L && head_b_.size(1) == M,
+                "head_b must have shape (L, M) = (", L, ", ", M, "), got ", head_b_.sizes());
+    for (const at::Tensor* t : {&embed_, &head_w_, &head_b_}) {
+      TORCH_CHECK(t->scalar_type() == hidden0_.scalar_type(),
+                  "embed, head_w and head_b must have the dtype of hidden0 (",
+                  hidden0_.scalar_type(), "), got ", t->scalar_type());
+    }
+    TORCH_CHECK(rows.dim() == 2 && rows.size(0) == B && rows.size(1) == L, rows_name,
+                " must have shape (B, L) = (", B, ", ", L, "), got ", rows.sizes());
+    TORCH_CHECK(limits_.dim() == 1 && limits_.size(0) == L && limits_.scalar_type() == at::kLong,
+                "limits must be int64 of shape (L,) = (", L, ",), got ", limits_.scalar_type(),
+                " ", limits_.sizes());
+    TORCH_CHECK(cw.dim() == 2 && cw.size(1) == L && cw.scalar_type() == at::kLong,
+                "cons_weights must be int64 of shape (C, L) with L = ", L, ", got ", cw.sizes());
+    C = cw.size(0);
+    TORCH_CHECK(clm.dim() == 2 && clm.size(0) == C && clm.size(1) == 4 &&
+                    clm.scalar_type() == at::kLong,
+                "cons_law_meta must be int64 of shape (C, 4) = (", C, ", 4), got ", clm.sizes());
+    TORCH_CHECK(cgm.dim() == 2 && cgm.size(1) == 2 && cgm.scalar_type() == at::kLong,
+                "cons_group_meta must be int64 of shape (G, 2), got ", cgm.sizes());
+    TORCH_CHECK(ct.dim() == 1 && ct.scalar_type() == at::kBool,
+                "cons_table must be a 1-D bool tensor, got ", ct.scalar_type(), " ", ct.sizes());
+    TORCH_CHECK(cs.scalar_type() == at::kLong &&
+                    ((cs.dim() == 1 && cs.size(0) == C) ||
+                     (cs.dim() == 2 && cs.size(0) == B && cs.size(1) == C)),
+                "cons_start must be int64 of shape (B, C) = (", B, ", ", C, ") or (C,), got ",
+                cs.sizes());
+    TORCH_CHECK(activation == kSigmoid || activation == kTanh,
+                "activation must be 0 (sigmoid) or 1 (tanh), got ", activation);
+    const at::Device device = hidden0_.device();
+    for (const at::Tensor* t : {&rows, &embed_, &head_w_, &head_b_, &limits_, &cw, &cs, &clm,
+                                &cgm, &ct}) {
+      TORCH_CHECK(t->device() == device, "all NADE operands must be on the device of hidden0 (",
+                  device, "), got one on ", t->device());
+    }
+    hidden0 = hidden0_.contiguous();
+    embed = embed_.contiguous();
+    head_w = head_w_.contiguous();
+    head_b = head_b_.contiguous();
+    limits = limits_.contiguous();
+    cons_weights = cw.contiguous();
+    cons_start = cs.contiguous();
+    cons_law_meta = clm.contiguous();
+    cons_group_meta = cgm.contiguous();
+    cons_table = ct.contiguous();
+    start_stride = cs.dim() == 2 ? C : 0;
+  }
+
+  ConsView cons_view() const {
+    return ConsView{cons_weights.data_ptr<int64_t>(), cons_law_meta.data_ptr<int64_t>(),
+                    cons_group_meta.data_ptr<int64_t>(), cons_table.data_ptr<bool>(),
+                    C, cons_group_meta.size(0), cons_table.size(0), L};
+  }
+};
+
+inline void check_alpha(double alpha) {
+  TORCH_CHECK(alpha > 0 && std::isfinite(alpha),
+              "alpha (the tempering exponent) must be finite and > 0, got ", alpha);
+}
+
+}  // namespace nncme

@@ -92,4 +92,38 @@ NNCME_HD scalar_t reaction_propensity(
   return a;
 }
 
+// Both propensities of reaction k in one pass over its entries: a_out = a_k(n) (0 where n + s_k
+// leaves the box) and a_in = a_k(n - s_k) (0 where the neighbour n - s_k leaves the box). Same
+// arithmetic as two calls of reaction_propensity; n must lie in the box.
+template <typename scalar_t>
+NNCME_HD void reaction_out_in(const int64_t* n, int64_t stride, int64_t k,
+                              const NetworkView<scalar_t>& net, scalar_t& a_out,
+                              scalar_t& a_in) {
+  scalar_t out = net.rates[k], in = net.rates[k];
+  bool out_ok = true, in_ok = true;
+  const int64_t reg = net.hill_index[k];
+  int64_t reg_shift = 0;
+  for (int64_t e = net.rxn_ptr[k]; e < net.rxn_ptr[k + 1]; ++e) {
+    const int64_t sp = net.entries[3 * e];
+    const int64_t order = net.entries[3 * e + 1];
+    const int64_t change = net.entries[3 * e + 2];
+    const int64_t count = n[sp * stride];
+    const int64_t limit = net.limits[sp];
+    const int64_t after = count + change, before = count - change;
+    out_ok = out_ok && after >= 0 && after < limit;
+    in_ok = in_ok && before >= 0 && before < limit;
+    out *= mass_action_factor<scalar_t>(count, order, net.convention);
+    in *= mass_action_factor<scalar_t>(before, order, net.convention);
+    if (sp == reg) reg_shift = change;
+  }
+  if (reg >= 0) {
+    const scalar_t* h = net.hill_params + 3 * k;
+    const int64_t x = n[reg * stride];
+    if (out_ok) out *= hill_factor<scalar_t>(scalar_t(x), h[0], h[1], h[2]);
+    if (in_ok) in *= hill_factor<scalar_t>(scalar_t(x - reg_shift), h[0], h[1], h[2]);
+  }
+  a_out = out_ok ? out : scalar_t(0);
+  a_in = in_ok ? in : scalar_t(0);
+}
+
 }  // namespace nncme

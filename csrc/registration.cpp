@@ -38,4 +38,14 @@ TORCH_LIBRARY(nncme, m) {
       "nade_log_prob(Tensor states, Tensor hidden0, Tensor embed, Tensor head_w, Tensor head_b, "
       "Tensor limits, Tensor cons_weights, Tensor cons_start, Tensor cons_law_meta, "
       "Tensor cons_group_meta, Tensor cons_table, int activation) -> Tensor");
+  // Natural-gradient / TDVP solve per block g: with weights w (G, N) (self-normalised), centre
+  // O (G, N, P) and v (G, N) by their weighted means, scale rows by sqrt(w) and solve
+  // (O_c^T O_c + shift I) x = O_c^T v_c, in parameter space (P x P) or, through Woodbury, in
+  // sample space x = O_c^T (O_c O_c^T + shift I)^-1 v_c (N x N); mode 0 auto (the smaller),
+  // 1 parameter, 2 sample. A block whose factorisation fails has its shift raised (x10; from 0 to
+  // eps times its mean diagonal), at most max_raises times, else the op raises an error.
+  // -> x (G, P), shift used (G,), both in O.dtype.
+  m.def(
+      "fisher_solve(Tensor O, Tensor v, Tensor w, float shift, int mode, int max_raises) "
+      "-> (Tensor, Tensor)");
 }

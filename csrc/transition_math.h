@@ -66,4 +66,43 @@ NNCME_HD TransitionResult<scalar_t> transition_one(const int64_t* n, int64_t n_s
   return {lse.result(), gen - exit_rate, exit_rate};
 }
 
+// The usual case in one step and one exp per reaction: with the inflow terms scaled by q(n),
+//   log T q(n) = log q(n) + log(1 - dt a_0(n) + dt sum_k a_k(n - s_k) q(n - s_k) / q(n)),
+// where gen_in = sum over live k of a_k(n - s_k) exp(log q(n - s_k) - log q(n)) is the inflow half
+// of the local generator, computed anyway. Equal to the log-sum-exp of transition_one whenever
+// log q(n) and gen_in are finite and the bracket is not tiny (then no underflowed inflow term
+// could matter); returns false otherwise, and the caller falls back to transition_one.
+// a * b rounded to scalar_t, never fused into an FMA with a later add: 1 - dt a_0 must round
+// dt a_0 first, as the reference's log1p(-dt a_0) does, or rows with dt a_0 within an ulp of 1
+// would differ (stay term ~1e-8 instead of -inf).
+template <typename scalar_t>
+NNCME_HD scalar_t mul_rounded(scalar_t a, scalar_t b) {
+#if defined(__CUDA_ARCH__)
+  if constexpr (sizeof(scalar_t) == 4) {
+    return __fmul_rn(a, b);
+  } else {
+    return __dmul_rn(a, b);
+  }
+#else
+  volatile scalar_t product = a * b;
+  return product;
+#endif
+}
+
+template <typename scalar_t>
+NNCME_HD bool transition_fast(scalar_t log_q, scalar_t exit_rate, scalar_t gen_in, scalar_t dt,
+                              scalar_t& log_tq) {
+  using std::isfinite;
+  using std::log;
+  constexpr scalar_t tiny = sizeof(scalar_t) == 4 ? scalar_t(1e-10) : scalar_t(1e-200);
+  const scalar_t stay = scalar_t(1) - mul_rounded(dt, exit_rate);
+  const scalar_t bracket = stay + dt * gen_in;
+  if (!(isfinite(log_q) && isfinite(gen_in) && stay >= scalar_t(0) && bracket >= tiny &&
+        isfinite(bracket))) {
+    return false;
+  }
+  log_tq = log_q + log(bracket);
+  return true;
+}
+
 }  // namespace nncme

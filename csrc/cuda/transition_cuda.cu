@@ -1,8 +1,15 @@
-// CUDA kernel of nncme::transition_logsum: one thread per state, the network tables read
-// through the read-only cache, an online log-sum-exp over the K+1 terms (O(B) memory).
+// CUDA kernel of nncme::transition_logsum: a group of TPS threads (8, 16 or 32 lanes of a warp)
+// per state. The lanes split the state's reactions, so its row of log q(n - s_k) is read
+// coalesced and a state with thousands of reactions is spread over a whole warp; each lane forms
+// both propensities of its reactions in one pass (reaction_out_in) and one exp per reaction; the
+// exit rate and the inflow sum are reduced with shuffles and log T q(n) follows in closed form
+// (transition_fast). Rows with infinite or NaN inputs take the log-space path (transition_one)
+// on the group's first lane. O(B) memory beyond the inputs.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
+
+#include <algorithm>
 
 #include "../checks.h"
 #include "../transition_math.h"
@@ -11,21 +18,87 @@
 namespace nncme {
 namespace {
 
-template <typename scalar_t>
-__global__ void transition_kernel(const int64_t* __restrict__ states,
-                                  const scalar_t* __restrict__ log_q,
-                                  const scalar_t* __restrict__ log_q_nbr, int64_t B, int64_t L,
-                                  NetworkView<scalar_t> net, scalar_t dt,
-                                  scalar_t* __restrict__ log_tq, scalar_t* __restrict__ gen,
-                                  scalar_t* __restrict__ exit_rate) {
-  const int64_t b = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (b >= B) return;
-  const int64_t K = net.num_reactions;
-  const TransitionResult<scalar_t> r =
-      transition_one(states + b * L, 1, log_q[b], log_q_nbr + b * K, 1, net, dt);
-  log_tq[b] = r.log_tq;
-  gen[b] = r.local_gen;
-  exit_rate[b] = r.exit_rate;
+constexpr unsigned kFull = 0xffffffffu;
+constexpr int kThreads = 128;
+
+__device__ __forceinline__ float dev_exp(float x) { return expf(x); }
+__device__ __forceinline__ double dev_exp(double x) { return exp(x); }
+
+// Sum over the TPS lanes of a group (xor offsets below TPS stay inside the group).
+template <int TPS, typename T>
+__device__ __forceinline__ T group_sum(T v) {
+#pragma unroll
+  for (int d = TPS / 2; d > 0; d >>= 1) v += __shfl_xor_sync(kFull, v, d, TPS);
+  return v;
+}
+
+template <int TPS>
+__device__ __forceinline__ bool group_all(bool v) {
+  int x = v ? 1 : 0;
+#pragma unroll
+  for (int d = TPS / 2; d > 0; d >>= 1) x &= __shfl_xor_sync(kFull, x, d, TPS);
+  return x != 0;
+}
+
+template <typename T, int TPS>
+__global__ void __launch_bounds__(kThreads)
+    transition_kernel(const int64_t* __restrict__ states, const T* __restrict__ log_q,
+                      const T* __restrict__ log_q_nbr, int64_t B, NetworkView<T> net, T dt,
+                      T* __restrict__ log_tq, T* __restrict__ gen, T* __restrict__ exit_rate) {
+  const int lane = threadIdx.x % TPS;
+  const int64_t row = (int64_t(blockIdx.x) * kThreads + threadIdx.x) / TPS;
+  // Groups past the end compute on the last state and write nothing: every lane of the warp
+  // must take part in the shuffles.
+  const bool live = row < B;
+  const int64_t b = live ? row : B - 1;
+  const int64_t L = net.num_species, K = net.num_reactions;
+  const int64_t* n = states + b * L;
+  const T lq = log_q[b];
+  const T* lqn = log_q_nbr + b * K;
+  bool inside = true;
+  for (int64_t i = lane; i < L; i += TPS) inside = inside && n[i] >= 0 && n[i] < net.limits[i];
+  inside = group_all<TPS>(inside);
+  // No early exit before the shuffles below: every lane of the warp must reach them.
+  T exit_part = 0, gen_part = 0;
+  const int64_t k_end = inside ? K : 0;  // outside the box nothing fires and nothing flows in
+  for (int64_t k = lane; k < k_end; k += TPS) {
+    T out, in;
+    reaction_out_in(n, 1, k, net, out, in);
+    exit_part += out;
+    if (in > T(0)) gen_part += in * dev_exp(lqn[k] - lq);
+  }
+  const T exit_sum = group_sum<TPS>(exit_part);
+  const T gen_in = group_sum<TPS>(gen_part);
+  if (!live || lane != 0) return;
+  if (!inside) {  // T q(n) = q(n)
+    log_tq[b] = lq;
+    gen[b] = T(0);
+    exit_rate[b] = T(0);
+    return;
+  }
+  T result;
+  if (transition_fast(lq, exit_sum, gen_in, dt, result)) {
+    log_tq[b] = result;
+    gen[b] = gen_in - exit_sum;
+    exit_rate[b] = exit_sum;
+  } else {  // infinite or NaN inputs, or a vanishing bracket: the log-space form
+    const TransitionResult<T> r = transition_one(n, 1, lq, lqn, 1, net, dt);
+    log_tq[b] = r.log_tq;
+    gen[b] = r.local_gen;
+    exit_rate[b] = r.exit_rate;
+  }
+}
+
+template <typename T, int TPS>
+void launch(const at::Tensor& states, const at::Tensor& log_q, const at::Tensor& log_q_nbr,
+            const NetworkView<T>& net, T dt, at::Tensor& log_tq, at::Tensor& gen,
+            at::Tensor& exit_rate) {
+  const int64_t B = states.size(0);
+  const int64_t blocks = (B * TPS + kThreads - 1) / kThreads;
+  transition_kernel<T, TPS><<<blocks, kThreads, 0, current_stream()>>>(
+      states.data_ptr<int64_t>(), log_q.data_ptr<T>(), log_q_nbr.data_ptr<T>(), B, net, dt,
+      log_tq.data_ptr<T>(), gen.data_ptr<T>(), exit_rate.data_ptr<T>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> transition_logsum_cuda(
@@ -41,19 +114,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transition_logsum_cuda(
   const at::Tensor states = states_in.contiguous(), log_q = log_q_in.contiguous(),
                    log_q_nbr = log_q_nbr_in.contiguous();
   const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention);
-  const int64_t B = states.size(0), L = states.size(1);
+  const int64_t B = states.size(0), K = rates.size(0);
   at::Tensor log_tq = at::empty({B}, rates.options());
   at::Tensor gen = at::empty({B}, rates.options());
   at::Tensor exit_rate = at::empty({B}, rates.options());
   if (B == 0) return {log_tq, gen, exit_rate};
-  const int threads = 128;
   AT_DISPATCH_FLOATING_TYPES(rates.scalar_type(), "transition_logsum_cuda", [&] {
-    transition_kernel<scalar_t>
-        <<<blocks_for(B, threads), threads, 0, current_stream()>>>(
-            states.data_ptr<int64_t>(), log_q.data_ptr<scalar_t>(),
-            log_q_nbr.data_ptr<scalar_t>(), B, L, args.view<scalar_t>(), scalar_t(dt),
-            log_tq.data_ptr<scalar_t>(), gen.data_ptr<scalar_t>(), exit_rate.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    const auto net = args.view<scalar_t>();
+    const auto step = scalar_t(dt);
+    // Lanes per state: enough to cover the reactions in one or two rounds, at most a warp.
+    if (K <= 8) {
+      launch<scalar_t, 8>(states, log_q, log_q_nbr, net, step, log_tq, gen, exit_rate);
+    } else if (K <= 16) {
+      launch<scalar_t, 16>(states, log_q, log_q_nbr, net, step, log_tq, gen, exit_rate);
+    } else {
+      launch<scalar_t, 32>(states, log_q, log_q_nbr, net, step, log_tq, gen, exit_rate);
+    }
   });
   return {log_tq, gen, exit_rate};
 }

@@ -21,6 +21,7 @@ __all__ = [
     "allowed_counts",
     "allowed_counts_all",
     "extension",
+    "fisher_solve",
     "has_kernel",
     "nade_log_prob",
     "nade_sample",
@@ -163,6 +164,57 @@ def _transition_with_custom(states, log_q, log_q_nbr, net, t: float, dt: float):
     return log_tq, ratio.sum(dim=1) - exit_rate, exit_rate
 
 
+# Which implementation of fisher_solve impl="auto" picks per device: the fused composite only
+# where benchmarks/bench_fisher_solve.py measured it faster than the reference
+# (benchmarks/results/fisher_solve_<device>.json). CUDA stays on the reference until measured.
+FISHER_SOLVE_AUTO = {"cpu": "fused", "cuda": "reference"}
+
+_SPACES = {"auto": 0, "parameter": 1, "sample": 2}
+
+
+def fisher_solve(
+    O: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor | None = None,
+    shift: float = 1e-4,
+    *,
+    space: str = "auto",
+    max_raises: int = 10,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Natural-gradient / TDVP solve (O_c^T O_c + shift I) x = O_c^T v_c per block.
+
+    See reference.fisher_solve for the exact definition (weighted centring, Woodbury form).
+
+    Args:
+        O: (G, N, P) or (N, P) per-sample gradients of log q.
+        v: (G, N) or (N,) per-sample values (loss values, or the TDVP local generator).
+        w: self-normalised weights of the same shape as v; None means 1/N each.
+        shift: the diagonal shift lambda >= 0; raised x10 where a factorisation fails.
+        space: "auto" (the smaller system), "parameter" (P x P) or "sample" (N x N, Woodbury).
+        max_raises: raises of the shift allowed per block before an error.
+        impl: "auto" | "fused" | "reference" (auto: see FISHER_SOLVE_AUTO).
+
+    Returns:
+        x: (G, P) or (P,), and the shift used: (G,) or a 0-d tensor.
+    """
+    if space not in _SPACES:
+        raise ValueError(f"space must be one of {tuple(_SPACES)}, got {space!r}")
+    single = O.dim() == 2
+    if single:
+        O, v = O.unsqueeze(0), v.unsqueeze(0)
+        w = None if w is None else w.unsqueeze(0)
+    if w is None:
+        w = torch.full_like(v, 1.0 / v.shape[-1])
+    device = O.device
+    choice = resolve_impl("fisher_solve", device, impl)
+    if impl == "auto" and choice == "fused":
+        choice = FISHER_SOLVE_AUTO.get(device.type, "reference")
+    fn = torch.ops.nncme.fisher_solve if choice == "fused" else reference.fisher_solve
+    x, used = fn(O, v, w, float(shift), _SPACES[space], int(max_raises))
+    return (x[0], used[0]) if single else (x, used)
+
+
 def _register_fakes() -> None:
     """Shape-only kernels so the ops work under torch.compile and with fake tensors."""
 
@@ -206,6 +258,11 @@ def _register_fakes() -> None:
     @torch.library.register_fake("nncme::nade_log_prob")
     def _(states, hidden0, *rest):
         return hidden0.new_empty((states.shape[0],))
+
+    @torch.library.register_fake("nncme::fisher_solve")
+    def _(O, v, w, shift, mode, max_raises):
+        G, _, P = O.shape
+        return O.new_empty((G, P)), O.new_empty((G,))
 
 
 if extension() is not None:

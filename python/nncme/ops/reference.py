@@ -21,6 +21,7 @@ import torch
 from .masks import ConservationMask, allowed_counts
 
 __all__ = [
+    "fisher_solve",
     "hill_factor",
     "mass_action_factor",
     "nade_log_prob",
@@ -32,6 +33,7 @@ __all__ = [
 
 FALLING, BINOMIAL, POWER = 0, 1, 2
 SIGMOID, TANH = 0, 1
+AUTO_SPACE, PARAMETER_SPACE, SAMPLE_SPACE = 0, 1, 2
 
 
 def mass_action_factor(
@@ -357,3 +359,73 @@ def nade_log_prob(
         hidden0, embed, head_w, head_b, limits, cons, cons_start, activation, 1.0, None, states
     )
     return log_q
+
+
+def _raised_shift(shift: torch.Tensor, mean_diag: torch.Tensor, eps: float) -> torch.Tensor:
+    """x10, or from 0 to eps times the mean diagonal (a rounding error of the Gram matrix; eps
+    itself for a zero matrix)."""
+    scale = torch.where(mean_diag > 0, mean_diag, torch.ones_like(mean_diag))
+    return torch.where(shift > 0, shift * 10, eps * scale)
+
+
+def fisher_solve(
+    O: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    shift: float,
+    mode: int,
+    max_raises: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centred, weighted Gram solve of natural gradient and TDVP, per block g.
+
+    With the weighted means mean = sum_n w_n O_n and vbar = sum_n w_n v_n, O_c = sqrt(w) (O - mean)
+    and v_c = sqrt(w) (v - vbar), solves (O_c^T O_c + shift I) x = O_c^T v_c: in parameter space
+    (a P x P system) or, through the Woodbury identity, in sample space as
+    x = O_c^T (O_c O_c^T + shift I)^-1 v_c (N x N, no P x P matrix). Natural gradient: v = the
+    loss values f(n) (then O_c^T v_c is the score-function gradient); TDVP: v = the local
+    generator (W q)(n)/q(n).
+
+    Args:
+        O: (G, N, P) per-sample gradients of log q, G independent blocks.
+        v: (G, N) per-sample values.
+        w: (G, N) non-negative weights, self-normalised (each block sums to 1).
+        shift: lambda >= 0 added to the diagonal.
+        mode: 0 the smaller system (parameter space when P <= N), 1 parameter, 2 sample space.
+        max_raises: how often a block whose Cholesky factorisation fails may have its shift
+            raised (x10; from 0 to eps times its mean diagonal, or eps for a zero matrix)
+            before this raises an error.
+
+    Returns:
+        x: (G, P) and the shift used per block (G,), in O.dtype.
+    """
+    G, N, P = O.shape
+    param_space = mode == PARAMETER_SPACE or (mode == AUTO_SPACE and P <= N)
+    mean = (w.unsqueeze(-1) * O).sum(1, keepdim=True)  # (G, 1, P)
+    vbar = (w * v).sum(1, keepdim=True)  # (G, 1)
+    sw = w.sqrt()
+    Oc = (O - mean) * sw.unsqueeze(-1)  # (G, N, P)
+    vc = ((v - vbar) * sw).unsqueeze(-1)  # (G, N, 1)
+    if param_space:
+        A, b = Oc.mT @ Oc, Oc.mT @ vc  # (G, P, P), (G, P, 1)
+    else:
+        A, b = Oc @ Oc.mT, vc  # (G, N, N), (G, N, 1)
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    shifts = torch.full((G,), float(shift), dtype=torch.float64, device=A.device)
+    mean_diag = A.diagonal(dim1=-2, dim2=-1).mean(-1).to(torch.float64)
+    eps = torch.finfo(O.dtype).eps
+    for attempt in range(max_raises + 1):
+        factor, info = torch.linalg.cholesky_ex(A + shifts.to(A.dtype)[:, None, None] * eye)
+        failed = info != 0
+        if not bool(failed.any()):
+            break
+        if attempt == max_raises:
+            g = int(failed.nonzero()[0])
+            raise RuntimeError(
+                f"fisher_solve: the Cholesky factorisation of block {g} failed with shift "
+                f"{float(shifts[g])} after {attempt} raises (max_raises = {max_raises}); the "
+                "gradients or values probably contain NaN or inf"
+            )
+        shifts = torch.where(failed, _raised_shift(shifts, mean_diag, eps), shifts)
+    y = torch.cholesky_solve(b, factor)
+    x = y.squeeze(-1) if param_space else (Oc.mT @ y).squeeze(-1)
+    return x, shifts.to(O.dtype)
