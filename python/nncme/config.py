@@ -31,6 +31,11 @@ class ConfigError(ValueError):
     """A run option is invalid; the message names the option."""
 
 
+SOLVE_SPACES = ("auto", "parameter", "sample")
+# Learning rates used when `lr` is not given.
+DEFAULT_LR = {"adam": 1e-2, "sgd": 1e-2, "natgrad": 0.5, "tdvp": 0.0}
+
+
 def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -46,8 +51,14 @@ class RunConfig:
     heads: int = _opt(4, "Transformer attention heads")
     activation: str = _opt("tanh", "NADE activation", ("tanh", "sigmoid"))
     # training
-    optimizer: str = _opt("adam", "first-order optimiser", ("adam", "sgd"))
-    lr: float = _opt(1e-2, "learning rate of the time steps")
+    optimizer: str = _opt(
+        "adam",
+        "per-step update: adam, sgd (first order), natgrad (natural gradient), tdvp",
+        ("adam", "sgd", "natgrad", "tdvp"),
+    )
+    lr: float | None = _opt(
+        None, "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp)"
+    )
     batch: int = _opt(1000, "samples per iteration")
     iterations: int = _opt(60, "optimiser iterations per time step (the maximum with --tolerance)")
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")
@@ -58,7 +69,30 @@ class RunConfig:
     explore: float = _opt(
         0.2, "fraction of extra training states one reaction away from the samples (0: off)"
     )
-    proposal: str = _opt("vanilla", "where training states come from", ("vanilla",))
+    proposal: str = _opt(
+        "vanilla",
+        "where training states come from (importance-weighted)",
+        ("vanilla", "mixture", "diffusive", "alpha"),
+    )
+    mixture_eps: float = _opt(0.1, "mixture proposal: fraction drawn uniformly over the box")
+    diffusive_width: int = _opt(2, "diffusive proposal: half-width of the kernel (counts)")
+    alpha: float = _opt(0.8, "alpha proposal: exponent of the tempered conditionals")
+    psis: bool = _opt(False, "Pareto-smooth the largest importance weights (PSIS)")
+    # second order (natgrad, tdvp)
+    shift: float = _opt(
+        1e-3, "Fisher/TDVP shift lambda (relative to the mean eigenvalue with adaptive_shift)"
+    )
+    adaptive_shift: bool = _opt(True, "scale the shift to the spectrum of the Fisher matrix")
+    solve_space: str = _opt(
+        "auto", "Fisher/TDVP solve: parameter (P x P) or sample (B x B) space", SOLVE_SPACES
+    )
+    gradients: str = _opt(
+        "auto", "per-sample gradients: analytic (NADE) or torch.func", ("auto", "analytic", "func")
+    )
+    max_step: float = _opt(1.0, "natgrad: largest step in the Fisher metric (nats; 0: no cap)")
+    integrator: str = _opt("heun", "TDVP integrator", ("euler", "heun", "rk4"))
+    adaptive_dt: bool = _opt(False, "TDVP: adaptive integrator steps within each dt")
+    dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)")
     first_iterations: int = _opt(3000, "iterations of the first step's fit")
     first_lr: float = _opt(0.1, "learning rate of the first step's fit")
     first_tolerance: float = _opt(1e-4, "KL (nats) at which the first step's fit stops")
@@ -110,8 +144,14 @@ class RunConfig:
         _int(self, "joint_max_states", minimum=0)
         if self.hidden % self.heads and self.model == "transformer":
             raise ConfigError(f"hidden: {self.hidden} must be a multiple of heads ({self.heads})")
-        for name in ("lr", "first_lr"):
-            _float(self, name, positive=True)
+        for name in ("lr", "first_lr", "alpha", "dt_tolerance"):
+            if name != "lr" or self.lr is not None:
+                _float(self, name, positive=True)
+        for name in ("mixture_eps", "shift", "max_step"):
+            _float(self, name)
+        if self.mixture_eps > 1:
+            raise ConfigError(f"mixture_eps: must be in [0, 1], got {self.mixture_eps}")
+        _int(self, "diffusive_width", minimum=0)
         for name in ("tolerance", "relative_tolerance", "first_tolerance"):
             _float(self, name)
         _float(self, "explore")
@@ -128,7 +168,7 @@ class RunConfig:
             if not times or any(not math.isfinite(t) or t < 0 for t in times):
                 raise ConfigError(f"times: must be finite and >= 0, got {self.times!r}")
             self.times = sorted(set(times))
-        for name in ("resume", "quiet"):
+        for name in ("resume", "quiet", "psis", "adaptive_shift", "adaptive_dt"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if self.resume and not self.out:
@@ -177,6 +217,11 @@ class RunConfig:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     # ---------------------------------------------------------------------- derived values
+    @property
+    def learning_rate(self) -> float:
+        """`lr`, or the optimiser's default when it is not given."""
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
     def save_times(self, t_end: float, dt: float | None = None) -> list[float]:
         """The times (after 0) at which results and checkpoints are written; t_end included.
 

@@ -2,10 +2,12 @@
 
 Each step t -> t + dt fits the model, warm-started from the last step, to T q_old with
 T = I + dt W (explicit first order, rates taken at t), by an `Update` (reverse KL with Adam by
-default; see `nncme.optim`). Results (marginals, moments, the joint where the box is small) are
-written at save times in the common results format, with a checkpoint (model, optimiser, RNG
-state, t, step) from which `resume` continues a killed run to the same result as an
-uninterrupted one; a JSONL log has one line per step.
+default, or natural gradient; see `nncme.optim`), or integrates the TDVP equation of motion
+over the step (`optimizer="tdvp"`, which uses W itself, not T). Results (marginals,
+moments, the joint where the box is small) are written at save times in the common results
+format, with a checkpoint (model, optimiser, RNG state, t, step) from which `resume`
+continues a killed run to the same result as an uninterrupted one; a JSONL log has one line
+per step.
 
 The first step. A start given by a list of states (the exact point mass at the initial counts,
 or product marginals with few enough states) has an enumerable T p0 as well, since each state
@@ -52,11 +54,16 @@ from tqdm.auto import tqdm
 from .config import ConfigError, RunConfig
 from .models import AutoregressiveModel, Delta, Product, build_model
 from .optim import (
+    OPTIMIZERS,
+    FisherSolver,
     KLUpdate,
+    NaturalGradientUpdate,
     NonFiniteError,
     StepProblem,
     StepReport,
     StepSizeError,
+    TDVPRightHandSide,
+    TDVPUpdate,
     TrainingError,
     TransitionTarget,
     Update,
@@ -181,15 +188,14 @@ class Evolution:
         self.model = model if model is not None else self._build_model()
         self.model.to(device=self.device, dtype=self.dtype)
         self.start = start if start is not None else self._default_start()
-        self.proposal = make_proposal(cfg.proposal)
-        self.update = update or KLUpdate(
-            make_optimizer(cfg.optimizer, self.model.parameters(), cfg.lr),
-            iterations=cfg.iterations,
-            tolerance=cfg.tolerance,
-            relative_tolerance=cfg.relative_tolerance,
-            min_iterations=cfg.min_iterations,
-            explore=cfg.explore,
+        self.proposal = make_proposal(
+            cfg.proposal,
+            eps=cfg.mixture_eps,
+            width=cfg.diffusive_width,
+            alpha=cfg.alpha,
+            psis=cfg.psis,
         )
+        self.update = update or self._build_update()
         self.callbacks = list(callbacks)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.out = Path(cfg.out) if cfg.out else None
@@ -207,6 +213,46 @@ class Evolution:
         return build_model(
             cfg.model, self.network, dtype=self.dtype, device=self.device, seed=cfg.seed, **options
         )
+
+    def _build_update(self) -> Update:
+        """The per-step update the config names (`optimizer`)."""
+        cfg = self.config
+        solver = FisherSolver(
+            cfg.shift, adaptive=cfg.adaptive_shift, space=cfg.solve_space, impl=cfg.impl
+        )
+        if cfg.optimizer == "tdvp":
+            rhs = TDVPRightHandSide(
+                self.net,
+                proposal=self.proposal,
+                batch_size=cfg.batch,
+                solver=solver,
+                gradients=cfg.gradients,
+                impl=cfg.impl,
+            )
+            return TDVPUpdate(
+                rhs,
+                integrator=cfg.integrator,
+                adaptive=cfg.adaptive_dt,
+                tolerance=cfg.dt_tolerance,
+            )
+        kl = dict(
+            iterations=cfg.iterations,
+            tolerance=cfg.tolerance,
+            relative_tolerance=cfg.relative_tolerance,
+            min_iterations=cfg.min_iterations,
+            explore=cfg.explore,
+        )
+        if cfg.optimizer == "natgrad":
+            return NaturalGradientUpdate(
+                self.model,
+                lr=cfg.learning_rate,
+                solver=solver,
+                gradients=cfg.gradients,
+                max_step=cfg.max_step,
+                **kl,
+            )
+        optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.learning_rate)
+        return KLUpdate(optimizer, **kl)
 
     def _default_start(self) -> Any:
         net = self.network
@@ -316,7 +362,10 @@ class Evolution:
         if isinstance(start, AutoregressiveModel) and _same_architecture(start, self.model):
             self.model.load_state_dict(start.state_dict())
             return self.update.run(self._problem(start, t, dt, 1, cfg.batch))
-        optimizer = make_optimizer(cfg.optimizer, self.model.parameters(), cfg.first_lr)
+        # the first step fits a fixed distribution: a first-order fit (Adam for the
+        # second-order updates, whose strength is following a moving target)
+        first = cfg.optimizer if cfg.optimizer in OPTIMIZERS else "adam"
+        optimizer = make_optimizer(first, self.model.parameters(), cfg.first_lr)
         exact = transition_support(start, self.net, t, dt, max_states=MAX_ENUMERATED, impl=cfg.impl)
         if exact is not None:
             states, log_tp = exact
@@ -428,6 +477,10 @@ class Evolution:
             "residual": report.residual,
             "gap": report.gap,
             "ess": report.ess,
+            "shift": report.shift,
+            "accepted": report.accepted,
+            "rejected": report.rejected,
+            "pareto_k": None if math.isnan(report.pareto_k) else report.pareto_k,
             "seconds": report.seconds,
         }
         self.history.append(line)

@@ -1,10 +1,28 @@
 """Proposals for the training samples, their importance weights, and state bookkeeping.
 
-The trainer draws its states from a proposal rho and reweights every term of the loss and of the
-gradient by self-normalised weights w_b proportional to q(n_b) / rho(n_b) (DESIGN section 2).
-`Vanilla` draws from q itself (w = 1/B). `Transformed` draws from any conditional-by-conditional
-transform of q (tempering, a diffusive kernel, ...), for which log rho is exact in one pass; the
-enhanced-sampling proposals of a later issue are such transforms or subclasses of `Proposal`.
+The trainer draws its states from a proposal rho and reweights every term of the loss, of the
+gradient and of the Fisher / TDVP Gram matrices by self-normalised weights w_b proportional to
+q(n_b) / rho(n_b) (DESIGN section 2). Every proposal computes log rho(n) exactly:
+
+- `Vanilla`: rho = q, w = 1/B.
+- `Mixture(eps)`: rho = (1 - eps) q + eps U with U uniform over the box (prod M_i states):
+  rare states far from q's bulk are drawn at a floor rate eps / |box|.
+  log rho = logaddexp(log(1 - eps) + log q, log eps - log |box|).
+- `Diffusive(width)`: each conditional convolved with a uniform kernel of half-width d,
+  rho(m | n_<i) = sum_k q(k | n_<i) K_k(m), K_k uniform over the allowed counts within d of k:
+  a sample of q displaced species by species, so still autoregressive, and log rho is the sum
+  of the convolved conditionals along the sample (one pass).
+- `Alpha(alpha)`: tempered conditionals rho(m | n_<i) proportional to q(m | n_<i)^alpha
+  (alpha < 1 lifts the tails); the fused NADE sampler draws it in its kernel.
+
+Weights. `Draw.weights` are softmax(log q - log rho) over the batch; `Draw.ess` = 1 / sum w^2
+is logged. With `psis=True` the largest raw weights are Pareto-smoothed (Vehtari, Simpson,
+Gelman, Yao & Gabry, "Pareto smoothed importance sampling", JMLR 25 (2024)): a generalised
+Pareto distribution is fitted to the M = min(B/5, 3 sqrt(B)) largest weights and they are
+replaced by its expected order statistics (capped at the largest raw weight), which trades a
+little bias for much less variance when the weights are heavy-tailed; its shape estimate
+k_hat (`Draw.pareto_k`) says how heavy: k_hat < 0.7 is reliable, larger means the proposal
+and q differ too much for importance sampling to be trusted.
 """
 
 from __future__ import annotations
@@ -12,17 +30,23 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from .models.base import AutoregressiveModel, ConditionalTransform
+from .models.base import AutoregressiveModel, ConditionalTransform, Tempering
 
 __all__ = [
     "PROPOSALS",
+    "Alpha",
+    "Diffusive",
     "Draw",
+    "Mixture",
     "Proposal",
     "Transformed",
+    "UniformKernel",
     "Vanilla",
     "make_proposal",
+    "pareto_smooth",
     "state_keys",
     "unique_states",
 ]
@@ -37,12 +61,14 @@ class Draw:
         log_q: (B,) log q(n) under the model (no gradient).
         log_rho: (B,) log rho(n) under the proposal.
         weights: (B,) self-normalised importance weights q/rho (they sum to 1).
+        pareto_k: PSIS shape estimate of the weights' tail (nan without smoothing).
     """
 
     states: torch.Tensor
     log_q: torch.Tensor
     log_rho: torch.Tensor
     weights: torch.Tensor
+    pareto_k: float = math.nan
 
     @property
     def ess(self) -> float:
@@ -51,9 +77,16 @@ class Draw:
 
 
 class Proposal:
-    """Where training states come from. Subclasses implement `draw`."""
+    """Where training states come from. Subclasses implement `_draw` and `log_prob`.
+
+    Args:
+        psis: Pareto-smooth the largest importance weights (see the module docstring).
+    """
 
     name = "proposal"
+
+    def __init__(self, *, psis: bool = False) -> None:
+        self.psis = bool(psis)
 
     def draw(
         self,
@@ -61,10 +94,32 @@ class Proposal:
         batch_size: int,
         generator: torch.Generator | None = None,
     ) -> Draw:
+        """B states from rho with log q, log rho and their weights."""
+        states, log_q, log_rho = self._draw(model, batch_size, generator)
+        return self._weigh(states, log_q, log_rho)
+
+    def _draw(
+        self, model: AutoregressiveModel, batch_size: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    @torch.no_grad()
+    def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        """log rho(n) of given states (B, L) -> (B,), exact."""
+        raise NotImplementedError
+
+    def _weigh(self, states: torch.Tensor, log_q: torch.Tensor, log_rho: torch.Tensor) -> Draw:
+        keep = torch.isfinite(log_q)  # states q cannot hold (off a law) have weight 0: drop
+        if not keep.all():
+            states, log_q, log_rho = states[keep], log_q[keep], log_rho[keep]
+        log_w = log_q - log_rho
+        k = math.nan
+        if self.psis:
+            log_w, k = pareto_smooth(log_w)
+        return Draw(states, log_q, log_rho, torch.softmax(log_w, dim=0), k)
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(psis={self.psis})"
 
 
 class Vanilla(Proposal):
@@ -72,50 +127,248 @@ class Vanilla(Proposal):
 
     name = "vanilla"
 
-    def draw(
-        self,
-        model: AutoregressiveModel,
-        batch_size: int,
-        generator: torch.Generator | None = None,
-    ) -> Draw:
+    def _draw(self, model, batch_size, generator):
         states, log_q = model.sample(batch_size, generator)
-        weights = torch.full_like(log_q, 1.0 / batch_size)
-        return Draw(states, log_q, log_q, weights)
+        return states, log_q, log_q
+
+    @torch.no_grad()
+    def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        return model.log_prob(states)
+
+    def _weigh(self, states, log_q, log_rho):
+        w = torch.full_like(log_q, 1.0 / log_q.shape[0])
+        return Draw(states, log_q, log_rho, w)
 
 
 class Transformed(Proposal):
     """rho from a per-species transform of q's conditionals (e.g. `Tempering(alpha)`).
 
-    Weights w proportional to exp(log q - log rho), normalised over the batch.
+    log rho(n) = sum_i log transform(q(. | n_<i))[n_i], exact, computed in the sampling pass.
     """
 
     name = "transformed"
 
-    def __init__(self, transform: ConditionalTransform) -> None:
+    def __init__(self, transform: ConditionalTransform, *, psis: bool = False) -> None:
+        super().__init__(psis=psis)
         self.transform = transform
 
-    def draw(
-        self,
-        model: AutoregressiveModel,
-        batch_size: int,
-        generator: torch.Generator | None = None,
-    ) -> Draw:
-        states, log_q, log_rho = model.sample_proposal(batch_size, self.transform, generator)
-        weights = torch.softmax(log_q - log_rho, dim=0)
-        return Draw(states, log_q, log_rho, weights)
+    def _draw(self, model, batch_size, generator):
+        return model.sample_proposal(batch_size, self.transform, generator)
+
+    @torch.no_grad()
+    def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        states = states.to(device=model.device, dtype=torch.int64)
+        cond = model.conditionals(states)  # (B, L, M)
+        total = torch.zeros(states.shape[0], dtype=cond.dtype, device=cond.device)
+        for i in range(states.shape[1]):
+            log_q = cond[:, i]
+            allowed = log_q > -math.inf
+            dead = ~allowed.any(dim=1)  # the prefix already broke a law: rho = 0 as q = 0
+            log_r = self.transform(i, log_q.masked_fill(dead.unsqueeze(1), 0.0), allowed)
+            picked = log_r.gather(1, states[:, i : i + 1]).squeeze(1)
+            total += picked.masked_fill(dead, -math.inf)
+        return total
 
     def __repr__(self) -> str:
-        return f"Transformed({self.transform!r})"
+        return f"Transformed({self.transform!r}, psis={self.psis})"
 
 
-PROPOSALS: dict[str, type[Proposal]] = {"vanilla": Vanilla}
+class Alpha(Transformed):
+    """rho(m | n_<i) proportional to q(m | n_<i)^alpha: alpha < 1 widens every conditional."""
+
+    name = "alpha"
+
+    def __init__(self, alpha: float = 0.8, *, psis: bool = False) -> None:
+        super().__init__(Tempering(alpha), psis=psis)
 
 
-def make_proposal(name: str) -> Proposal:
-    """A proposal by name (`PROPOSALS`)."""
-    if name not in PROPOSALS:
-        raise ValueError(f"proposal must be one of {sorted(PROPOSALS)}, got {name!r}")
-    return PROPOSALS[name]()
+class UniformKernel:
+    """The diffusive transform: q(. | n_<i) convolved with a uniform kernel of half-width d.
+
+    rho(m) = allowed(m) * sum_{|m - k| <= d} q(k) / Z_k, with Z_k the number of allowed counts
+    within d of k, so each count k of q spreads its mass evenly over the allowed counts near it
+    and rho sums to 1. Sums of positive terms (a convolution, not differences of cumulative
+    sums), so tail values keep their relative precision.
+    """
+
+    def __init__(self, width: int) -> None:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 0:
+            raise ValueError(f"width must be an integer >= 0, got {width!r}")
+        self.width = width
+
+    def _window_sum(self, x: torch.Tensor) -> torch.Tensor:
+        d = self.width
+        kernel = torch.ones(1, 1, 2 * d + 1, dtype=x.dtype, device=x.device)
+        return torch.nn.functional.conv1d(x.unsqueeze(1), kernel, padding=d).squeeze(1)
+
+    def __call__(self, i: int, log_q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        if self.width == 0:
+            return log_q
+        allowed = allowed.expand_as(log_q)
+        a = allowed.to(log_q.dtype)
+        z = self._window_sum(a).clamp(min=1.0)
+        r = self._window_sum(torch.exp(log_q) / z)
+        return torch.where(allowed & (r > 0), torch.log(r), torch.full_like(r, -math.inf))
+
+    def __repr__(self) -> str:
+        return f"UniformKernel(width={self.width})"
+
+
+class Diffusive(Transformed):
+    """Each conditional of q convolved with a uniform kernel of half-width `width` counts."""
+
+    name = "diffusive"
+
+    def __init__(self, width: int = 2, *, psis: bool = False) -> None:
+        super().__init__(UniformKernel(width), psis=psis)
+
+
+class Mixture(Proposal):
+    """rho = (1 - eps) q + eps U, U uniform over the box.
+
+    Each of the B states comes from U with probability eps (independently), else from q.
+    States off a conservation law (drawn from U) have q = 0 and are dropped: their weight is 0.
+    """
+
+    name = "mixture"
+
+    def __init__(self, eps: float = 0.1, *, psis: bool = False) -> None:
+        super().__init__(psis=psis)
+        if not (math.isfinite(eps) and 0 <= eps <= 1):
+            raise ValueError(f"eps must be in [0, 1], got {eps!r}")
+        self.eps = float(eps)
+
+    def _log_box(self, model: AutoregressiveModel) -> float:
+        return float(torch.log(model.limits.double()).sum())
+
+    @torch.no_grad()
+    def _draw(self, model, batch_size, generator):
+        device = model.device
+        u = torch.rand(batch_size, generator=generator, device=device, dtype=model.dtype)
+        m = int((u < self.eps).sum())  # how many of the B come from U
+        parts, log_qs = [], []
+        if m < batch_size:
+            states, log_q = model.sample(batch_size - m, generator)
+            parts.append(states)
+            log_qs.append(log_q)
+        if m:
+            r = torch.rand(m, model.num_species, generator=generator, device=device)
+            uniform = torch.minimum((r * model.limits).long(), model.limits - 1)
+            parts.append(uniform)
+            log_qs.append(model.log_prob(uniform))
+        states, log_q = torch.cat(parts), torch.cat(log_qs)
+        return states, log_q, self._log_rho(model, log_q)
+
+    def _log_rho(self, model: AutoregressiveModel, log_q: torch.Tensor) -> torch.Tensor:
+        if self.eps == 0:
+            return log_q
+        uniform = math.log(self.eps) - self._log_box(model)
+        if self.eps == 1:
+            return torch.full_like(log_q, uniform)
+        return torch.logaddexp(log_q + math.log1p(-self.eps), torch.full_like(log_q, uniform))
+
+    @torch.no_grad()
+    def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        return self._log_rho(model, model.log_prob(states))
+
+    def __repr__(self) -> str:
+        return f"Mixture(eps={self.eps:g}, psis={self.psis})"
+
+
+PROPOSALS: dict[str, type[Proposal]] = {
+    "vanilla": Vanilla,
+    "mixture": Mixture,
+    "diffusive": Diffusive,
+    "alpha": Alpha,
+}
+
+
+def make_proposal(
+    name: str,
+    *,
+    eps: float = 0.1,
+    width: int = 2,
+    alpha: float = 0.8,
+    psis: bool = False,
+) -> Proposal:
+    """A proposal by name (`PROPOSALS`) with its one parameter.
+
+    Args:
+        name: "vanilla" | "mixture" | "diffusive" | "alpha".
+        eps: the mixture's uniform fraction.  width: the diffusive kernel's half-width.
+        alpha: the tempering exponent.  psis: Pareto-smooth the weights.
+    """
+    if name == "vanilla":
+        return Vanilla(psis=psis)
+    if name == "mixture":
+        return Mixture(eps, psis=psis)
+    if name == "diffusive":
+        return Diffusive(width, psis=psis)
+    if name == "alpha":
+        return Alpha(alpha, psis=psis)
+    raise ValueError(f"proposal must be one of {sorted(PROPOSALS)}, got {name!r}")
+
+
+# ---------------------------------------------------------------------- Pareto smoothing
+def pareto_smooth(log_w: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """Pareto-smoothed log importance weights (PSIS, Vehtari et al. 2024).
+
+    Args:
+        log_w: (B,) unnormalised log weights (finite).
+
+    Returns:
+        smoothed log weights (B,), normalised (logsumexp 0), and k_hat, the fitted shape of the
+        tail (nan when the tail has 5 or fewer weights: nothing is smoothed then).
+    """
+    x = log_w.detach().cpu().double().numpy().copy()
+    n = x.size
+    x -= x.max()
+    tail = math.ceil(min(0.2 * n, 3 * math.sqrt(n)))
+    k = math.nan
+    if n > 5 and tail > 4:
+        order = np.argsort(x)
+        cutoff = max(x[order[-tail - 1]], math.log(np.finfo(float).tiny))
+        idx = np.nonzero(x > cutoff)[0]
+        if idx.size > 4:
+            tail_x = x[idx]
+            sort = np.argsort(tail_x)
+            excess = np.exp(tail_x[sort]) - math.exp(cutoff)
+            k, sigma = _gpd_fit(excess)
+            if math.isfinite(k) and sigma > 0:
+                probs = (np.arange(idx.size) + 0.5) / idx.size
+                smooth = _gpd_quantile(probs, k, sigma) + math.exp(cutoff)
+                new = np.empty_like(tail_x)
+                new[sort] = np.log(smooth)
+                x[idx] = np.minimum(new, 0.0)  # never above the largest raw weight
+    x -= np.logaddexp.reduce(x)
+    return torch.as_tensor(x, dtype=log_w.dtype, device=log_w.device), float(k)
+
+
+def _gpd_fit(x: np.ndarray) -> tuple[float, float]:
+    """Generalised Pareto fit to sorted exceedances (Zhang & Stephens 2009, with the weakly
+    informative prior on k of Vehtari et al.); returns (k, sigma)."""
+    n = x.size
+    m = 30 + int(math.sqrt(n))
+    b = 1 - np.sqrt(m / (np.arange(1, m + 1) - 0.5))
+    b /= 3 * x[int(n / 4 + 0.5) - 1]
+    b += 1 / x[-1]
+    k = np.log1p(-b[:, None] * x).mean(axis=1)
+    profile = n * (np.log(-(b / k)) - k - 1)
+    weights = 1 / np.exp(profile - profile[:, None]).sum(axis=1)
+    real = weights >= 10 * np.finfo(float).eps
+    weights, b = weights[real], b[real]
+    weights /= weights.sum()
+    b_post = float((b * weights).sum())
+    k_post = float(np.log1p(-b_post * x).mean())
+    sigma = -k_post / b_post
+    k_post = (n * k_post + 10 * 0.5) / (n + 10)
+    return k_post, sigma
+
+
+def _gpd_quantile(p: np.ndarray, k: float, sigma: float) -> np.ndarray:
+    if abs(k) < np.finfo(float).eps:
+        return -sigma * np.log1p(-p)
+    return sigma * np.expm1(-k * np.log1p(-p)) / k
 
 
 def state_keys(states: torch.Tensor, limits: torch.Tensor) -> torch.Tensor | None:
@@ -130,9 +383,7 @@ def state_keys(states: torch.Tensor, limits: torch.Tensor) -> torch.Tensor | Non
     return (states * torch.tensor(strides, dtype=torch.int64, device=states.device)).sum(dim=1)
 
 
-def unique_states(
-    states: torch.Tensor, limits: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def unique_states(states: torch.Tensor, limits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The distinct rows of a batch of in-box states, and where each row went.
 
     Training batches repeat states many times (a distribution concentrated on few states draws

@@ -98,6 +98,9 @@ class StepReport:
             negative gap is probability that q holds on states no sample visited.
         losses, residuals: per iteration.
         seconds: wall time of the step.
+        shift: the Fisher/TDVP shift lambda used (second-order updates; 0 otherwise).
+        accepted, rejected: integrator steps accepted and rejected (TDVP).
+        pareto_k: Pareto shape estimate of the largest importance weights (with PSIS).
     """
 
     loss: float
@@ -110,6 +113,10 @@ class StepReport:
     losses: list[float] = field(default_factory=list)
     residuals: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    shift: float = 0.0
+    accepted: int = 0
+    rejected: int = 0
+    pareto_k: float = math.nan
 
 
 class Update:
@@ -248,6 +255,7 @@ class KLUpdate(Update):
         report.loss_std = float(torch.sqrt((draw.weights * (f - loss) ** 2).sum()))
         report.rate_dt = max(report.rate_dt, rate_dt)
         report.ess = draw.ess
+        report.pareto_k = draw.pareto_k
         report.iterations = it + 1
 
     def _converged(self, residuals: list[float]) -> bool:

@@ -1,0 +1,124 @@
+"""Adam against natural gradient and TDVP: wall time and accuracy on the toggle switch (against
+FSP) and MAPK (against SSA), and per-sample gradients analytic against torch.func.
+
+    python benchmarks/bench_second_order.py                     # both systems, short horizons
+    python benchmarks/bench_second_order.py --t-toggle 5 --t-mapk 1   # the issue's horizons
+
+Each case is one `nncme.run` per optimiser with the settings below, and the reference at the
+same save times. A run "reaches" the target when the Hellinger distance of every marginal at
+every save time is <= 0.02. The wall time covers the whole run (first step included). The
+first step is the same exact fit for all three (Adam on the enumerated T p0).
+
+Writes benchmarks/results/second_order_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import median_seconds, print_table, write_results
+from nncme import systems
+from nncme.config import RunConfig
+from nncme.evolve import Evolution
+from nncme.exact import FSPSettings, solve_fsp
+from nncme.metrics import hellinger
+from nncme.optim import per_sample_grads
+from nncme.ssa import SSASettings, solve_ssa
+
+TARGET = 0.02
+# optimiser -> settings on top of the common ones (RunConfig defaults otherwise)
+OPTIMIZERS = {
+    "adam": dict(optimizer="adam"),
+    "natgrad": dict(optimizer="natgrad", iterations=10),
+    "tdvp": dict(optimizer="tdvp", integrator="heun"),
+}
+
+
+def gradient_timing(name: str, batch: int, hidden: int) -> dict:
+    net = systems.get(name)
+    from nncme.models import build_model
+
+    model = build_model("nade", net, hidden=hidden)
+    states, _ = model.sample(batch, torch.Generator().manual_seed(0))
+    a = per_sample_grads(model, states, "analytic")
+    f = per_sample_grads(model, states, "func")
+    err = float((a - f).abs().max())
+    ta, _ = median_seconds(lambda: per_sample_grads(model, states, "analytic"), "cpu", 3)
+    tf, _ = median_seconds(lambda: per_sample_grads(model, states, "func"), "cpu", 3)
+    return dict(system=name, batch=batch, parameters=a.shape[1], analytic_s=ta, func_s=tf,
+                speedup=tf / ta, max_abs_diff=err)  # fmt: skip
+
+
+def run_case(system: str, t_end: float, dt: float, reference, common: dict) -> list[dict]:
+    net = systems.get(system)
+    rows = []
+    for opt, extra in OPTIMIZERS.items():
+        cfg = RunConfig(t_end=t_end, dt=dt, save_every=t_end / 5, quiet=True, **common, **extra)
+        began = time.perf_counter()
+        out = Evolution(net, cfg).run()
+        seconds = time.perf_counter() - began
+        ref = reference(out.result.times)
+        h = hellinger(ref.marginals, out.result.marginals)  # (T, L)
+        hist = out.history[1:]
+        row = dict(system=system, optimizer=opt, t_end=t_end, dt=dt, seconds=seconds,
+                   max_hellinger=float(np.nanmax(h)), final_hellinger=float(np.nanmax(h[-1])),
+                   reached=bool(np.nanmax(h) <= TARGET),
+                   iterations_per_step=float(np.mean([x["iterations"] for x in hist])),
+                   seconds_per_step=float(np.mean([x["seconds"] for x in hist])),
+                   settings={**common, **extra})  # fmt: skip
+        rows.append(row)
+        print(f"  {system} {opt}: {seconds:.1f} s, max H {np.nanmax(h):.4f}", flush=True)
+    return rows
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--t-toggle", type=float, default=0.5)
+    p.add_argument("--t-mapk", type=float, default=1.0)
+    p.add_argument("--batch", type=int, default=500)
+    p.add_argument("--ssa", type=int, default=100_000)
+    p.add_argument("--skip", nargs="*", default=[])
+    args = p.parse_args()
+    common = dict(batch=args.batch, hidden=16, eval_samples=20000)
+    payload: dict = {"target_hellinger": TARGET, "gradients": [], "runs": []}
+    print("per-sample gradients, analytic NADE vs torch.func")
+    for name in ("toggle_switch", "mapk"):
+        payload["gradients"].append(gradient_timing(name, args.batch, 16))
+    print_table(payload["gradients"], [("system", "system", "s"), ("parameters", "P", "d"),
+                ("analytic_s", "analytic s", ".3f"), ("func_s", "func s", ".3f"),
+                ("speedup", "speedup", ".1f")])  # fmt: skip
+    if "toggle" not in args.skip:
+        net = systems.get("toggle_switch")
+
+        def fsp(times):
+            return solve_fsp(net, times, FSPSettings(progress=False))
+
+        payload["runs"] += run_case("toggle_switch", args.t_toggle, 0.003, fsp, common)
+    if "mapk" not in args.skip:
+        net = systems.get("mapk")
+        cache: dict = {}
+
+        def ssa(times):
+            if "r" not in cache:
+                cache["r"] = solve_ssa(
+                    net, times, SSASettings(trajectories=args.ssa, seed=0, progress=False)
+                )
+            return cache["r"]
+
+        payload["runs"] += run_case("mapk", args.t_mapk, 0.01, ssa, common)
+    print_table(payload["runs"], [("system", "system", "s"), ("optimizer", "optimizer", "s"),
+                ("t_end", "t_end", "g"), ("seconds", "wall s", ".1f"),
+                ("seconds_per_step", "s/step", ".3f"), ("iterations_per_step", "iters", ".1f"),
+                ("max_hellinger", "max H", ".4f"), ("reached", "<= 0.02", "")])  # fmt: skip
+    print("wrote", write_results("second_order", "cpu", payload))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Natural gradient: per-sample gradients (analytic NADE = torch.func = autograd), the centred
+weighted Fisher solve against a dense one in both spaces (an uncentred Fisher or a wrong
+Woodbury ordering fails), the SVD fallback, the update's direction with importance weights, a
+short run against the exact solution, and the config names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nncme import Reaction, ReactionNetwork
+from nncme.config import ConfigError, RunConfig
+from nncme.evolve import Evolution
+from nncme.exact import FSPSettings, solve_fsp
+from nncme.metrics import hellinger
+from nncme.models import Product, build_model
+from nncme.optim import (
+    FisherSolver,
+    NaturalGradientUpdate,
+    StepProblem,
+    TDVPUpdate,
+    TransitionTarget,
+    per_sample_grads,
+)
+from nncme.sampling import Mixture, unique_states
+
+
+def conserved_network() -> ReactionNetwork:
+    """A <-> B with A + B = 5, and an independent C: a law the masks must honour."""
+    return ReactionNetwork(
+        {"A": 6, "B": 6, "C": 8},
+        [
+            Reaction({"A": 1}, {"B": 1}, 2.0),
+            Reaction({"B": 1}, {"A": 1}, 1.0),
+            Reaction({}, {"C": 1}, 3.0),
+            Reaction({"C": 1}, {}, 1.0),
+        ],
+        {"A": 5, "C": 1},
+        t_end=1.0,
+        dt=0.02,
+    )
+
+
+def autograd_rows(model, states: torch.Tensor) -> torch.Tensor:
+    rows = []
+    for s in states:
+        model.zero_grad(set_to_none=True)
+        model.log_prob(s.unsqueeze(0)).sum().backward()
+        rows.append(torch.cat([p.grad.reshape(-1) for p in model.parameters()]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_nade_per_sample_gradients_agree(activation):
+    net = conserved_network()
+    model = build_model("nade", net, hidden=5, activation=activation, seed=2)
+    states, _ = model.sample(40, torch.Generator().manual_seed(0))
+    analytic = per_sample_grads(model, states, "analytic")
+    func = per_sample_grads(model, states, "func")
+    direct = autograd_rows(model, states[:6])
+    torch.testing.assert_close(analytic, func, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(analytic[:6], direct, rtol=1e-10, atol=1e-12)
+    assert analytic.shape == (40, model.num_parameters())
+
+
+def test_transformer_per_sample_gradients():
+    model = build_model("transformer", conserved_network(), hidden=8, layers=1, heads=2)
+    states, _ = model.sample(5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(
+        per_sample_grads(model, states), autograd_rows(model, states), rtol=1e-8, atol=1e-10
+    )
+    with pytest.raises(ValueError, match="NADE"):
+        per_sample_grads(model, states, "analytic")
+
+
+def dense_solution(O, v, w, lam, centred=True):
+    """(S + lam I)^-1 b from the P x P matrix, float64, for comparison."""
+    w = w / w.sum()
+    Obar = w @ O if centred else torch.zeros(O.shape[1], dtype=O.dtype)
+    S = (O - Obar).T @ (w.unsqueeze(1) * (O - Obar))
+    b = (O - Obar).T @ (w * (v - w @ v))
+    return torch.linalg.solve(S + lam * torch.eye(O.shape[1], dtype=O.dtype), b)
+
+
+@pytest.mark.parametrize("N,P", [(60, 20), (20, 60)])
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_fisher_solve_is_the_centred_weighted_solution(N, P, impl):
+    g = torch.Generator().manual_seed(N + P)
+    O = torch.randn(N, P, generator=g, dtype=torch.float64) + 3.0  # a large mean: centring shows
+    v = torch.randn(N, generator=g, dtype=torch.float64)
+    w = torch.rand(N, generator=g, dtype=torch.float64) + 0.1
+    lam = 1e-2
+    want = dense_solution(O, v, w, lam)
+    uncentred = dense_solution(O, v, w, lam, centred=False)
+    assert (want - uncentred).norm() > 1e-3 * want.norm()  # far beyond the tolerance below
+    for space in ("auto", "parameter", "sample"):
+        x, info = FisherSolver(lam, adaptive=False, space=space, impl=impl).solve(O, v, w)
+        torch.testing.assert_close(x, want, rtol=1e-8, atol=1e-10)
+        assert info.shift == lam and not info.fallback
+        assert info.space == (space if space != "auto" else ("parameter" if P <= N else "sample"))
+    # Woodbury in the wrong order, O_c (O_c^T O_c + lam)^-1 O_c^T: not the solution
+    sw = (w / w.sum()).sqrt()
+    Oc = (O - (w / w.sum()) @ O) * sw.unsqueeze(1)
+    vc = (v - (w / w.sum()) @ v) * sw
+    wrong = Oc.T @ torch.linalg.solve(Oc @ Oc.T + lam * torch.eye(N, dtype=O.dtype), Oc @ Oc.T @ vc)
+    assert (wrong - want).norm() > 1e-3 * want.norm()
+
+
+def test_sample_space_never_forms_a_parameter_matrix():
+    """P = 200000 with N = 16: a P x P matrix would need 320 GB."""
+    g = torch.Generator().manual_seed(0)
+    O = torch.randn(16, 200_000, generator=g, dtype=torch.float64)
+    v = torch.randn(16, generator=g, dtype=torch.float64)
+    x, info = FisherSolver(1e-3).solve(O, v)
+    assert info.space == "sample" and x.shape == (200_000,) and torch.isfinite(x).all()
+
+
+def test_adaptive_shift_and_svd_fallback():
+    g = torch.Generator().manual_seed(1)
+    O = torch.randn(30, 10, generator=g, dtype=torch.float64) * 5
+    v = torch.randn(30, generator=g, dtype=torch.float64)
+    solver = FisherSolver(1e-2)
+    w = torch.full((30,), 1 / 30, dtype=torch.float64)
+    trace = float(((O - O.mean(0)) ** 2).sum(1).mean())
+    assert solver.shift_for(O, w) == pytest.approx(1e-2 * trace / 10)
+    # a zero Gram matrix with zero shift and no raises left: the SVD fallback answers
+    zero = torch.ones(30, 10, dtype=torch.float64)
+    x, info = FisherSolver(0.0, adaptive=False, max_raises=0).solve(zero, v)
+    assert info.fallback and float(x.abs().max()) < 1e-12
+    x, info = FisherSolver(1e-3, adaptive=False, max_raises=0, impl="reference").solve(O, v)
+    torch.testing.assert_close(x, dense_solution(O, v, w, 1e-3))
+    with pytest.raises(Exception, match="NaN or inf"):
+        FisherSolver().solve(O, v * float("nan"))
+
+
+def test_natural_gradient_step_with_importance_weights():
+    """One update moves theta by -lr (S + lam I)^-1 g, with S and g both importance-weighted."""
+    net = conserved_network()
+    model = build_model("nade", net, hidden=4, seed=3)
+    old = build_model("nade", net, hidden=4, seed=4)
+    compiled = net.compile("cpu", torch.float64)
+    lam, lr = 1e-3, 0.3
+    update = NaturalGradientUpdate(
+        model, lr=lr, solver=FisherSolver(lam, adaptive=False), max_step=0, iterations=1
+    )
+    proposal = Mixture(0.3)
+    problem = StepProblem(
+        model, TransitionTarget(old, compiled, 0.0, 0.02), proposal, 300,
+        torch.Generator().manual_seed(5), 0.0, 0.02, 2,
+    )  # fmt: skip
+    theta0 = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
+    draw = proposal.draw(model, 300, torch.Generator().manual_seed(5))
+    report = update.run(problem)
+    theta1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    # the same quantities by hand: g = sum_b w_b (f_b - fbar) O_b, S weighted and centred
+    f = draw.log_q - problem.target(draw.states).log_tq
+    w = draw.weights
+    coef = w * (f - (w * f).sum())
+    states, inv = unique_states(draw.states, model.limits)
+    c = torch.zeros(states.shape[0], dtype=torch.float64).index_add_(0, inv, coef)
+    W = torch.zeros_like(c).index_add_(0, inv, w)
+    ref = build_model("nade", net, hidden=4, seed=3)
+    O = per_sample_grads(ref, states, "func")
+    want = dense_solution(O, c / W, W, lam)
+    torch.testing.assert_close(theta0 - theta1, lr * want, rtol=1e-7, atol=1e-10)
+    assert report.iterations == 1 and report.shift == lam and report.ess < 300
+
+
+def birth_death() -> ReactionNetwork:
+    return ReactionNetwork(
+        {"X": 25},
+        [Reaction({}, {"X": 1}, 10.0, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        {"X": 0},
+        t_end=1.0,
+        dt=0.02,
+    )
+
+
+def test_natural_gradient_run_tracks_birth_death():
+    net = birth_death()
+    start = Product.poisson([2.0], net.limits)
+    cfg = RunConfig(
+        optimizer="natgrad", t_end=0.2, dt=0.02, save_every=0.1, batch=400, iterations=10,
+        quiet=True, eval_samples=1000,
+    )  # fmt: skip
+    out = Evolution(net, cfg, start=start).run()
+    exact = solve_fsp(net, out.result.times, FSPSettings(progress=False), p0=start.marginals()[0])
+    h = hellinger(exact.marginals, out.result.marginals)[:, 0]
+    assert h.max() < 0.04, h
+    assert all(line["shift"] > 0 for line in out.history[1:])
+    assert np.mean([line["iterations"] for line in out.history[1:]]) <= 10
+
+
+def test_config_names_and_defaults():
+    for name in ("adam", "sgd", "natgrad", "tdvp"):
+        cfg = RunConfig(optimizer=name, iterations=1)
+        assert cfg.learning_rate == {"adam": 1e-2, "sgd": 1e-2, "natgrad": 0.5, "tdvp": 0.0}[name]
+    assert RunConfig(optimizer="natgrad", lr=0.2).learning_rate == 0.2
+    for bad in (dict(optimizer="lbfgs"), dict(proposal="x"), dict(mixture_eps=2.0),
+                dict(integrator="rk45"), dict(solve_space="both"), dict(alpha=0.0)):  # fmt: skip
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            RunConfig(**bad)
+    ev = Evolution(birth_death(), RunConfig(optimizer="tdvp", integrator="rk4", quiet=True))
+    assert isinstance(ev.update, TDVPUpdate) and ev.update.integrator.name == "rk4"
+    ev = Evolution(birth_death(), RunConfig(optimizer="natgrad", proposal="alpha", quiet=True))
+    assert isinstance(ev.update, NaturalGradientUpdate) and ev.proposal.transform.alpha == 0.8

@@ -1,0 +1,158 @@
+"""TDVP: the right-hand side against a dense least-squares solve with the generator from FSP
+(a wrong sign, a missing inflow term or an uncentred fit fails it), the integrators' orders
+and the adaptive step control on an ODE with a known solution, and a run of the birth-death
+process against its exact Poisson solution."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from nncme import Reaction, ReactionNetwork
+from nncme.config import RunConfig
+from nncme.evolve import Evolution
+from nncme.exact import FSP, FSPSettings
+from nncme.metrics import hellinger
+from nncme.models import Product, build_model
+from nncme.optim import (
+    RK4,
+    Euler,
+    FisherSolver,
+    Heun,
+    StepReport,
+    TDVPEvaluation,
+    TDVPRightHandSide,
+    TDVPUpdate,
+    per_sample_grads,
+)
+from nncme.sampling import Alpha, Vanilla
+
+
+def conserved_network() -> ReactionNetwork:
+    return ReactionNetwork(
+        {"A": 6, "B": 6, "C": 8},
+        [
+            Reaction({"A": 1}, {"B": 1}, 2.0),
+            Reaction({"B": 1}, {"A": 1}, 1.0),
+            Reaction({"A": 1, "C": 1}, {"A": 1, "C": 2}, 0.4),
+            Reaction({"C": 1}, {}, 1.0),
+            Reaction({}, {"C": 1}, 0.5),
+        ],
+        {"A": 5, "C": 1},
+        t_end=1.0,
+        dt=0.02,
+    )
+
+
+@pytest.mark.parametrize("proposal", [Vanilla(), Alpha(0.6)], ids=repr)
+def test_theta_dot_is_the_dense_least_squares_solution(proposal):
+    net = conserved_network()
+    model = build_model("nade", net, hidden=4, seed=7)
+    lam = 1e-3
+    rhs = TDVPRightHandSide(
+        net.compile("cpu", torch.float64),
+        proposal=proposal,
+        batch_size=400,
+        solver=FisherSolver(lam, adaptive=False),
+    )
+    ev = rhs(model, 0.0, torch.Generator().manual_seed(0))
+    # R(n) = (W q)(n) / q(n) from the exact generator over every feasible state
+    fsp = FSP(net, FSPSettings(progress=False))
+    q = torch.exp(model.log_prob(torch.as_tensor(fsp.states))).detach().numpy()
+    wq = fsp.generator(0.0) @ q
+    R = torch.as_tensor((wq / q)[fsp.index(ev.states.numpy())])
+    O = per_sample_grads(model, ev.states, "func")
+    w = ev.weights
+    Oc, Rc = O - w @ O, R - w @ R
+    S = Oc.T @ (w.unsqueeze(1) * Oc) + lam * torch.eye(O.shape[1], dtype=O.dtype)
+    want = torch.linalg.solve(S, Oc.T @ (w * Rc))
+    torch.testing.assert_close(ev.theta_dot, want, rtol=1e-7, atol=1e-9)
+    misfit = float((w * (Oc @ want - Rc) ** 2).sum() / (w * Rc**2).sum())
+    assert ev.residual == pytest.approx(misfit, rel=1e-6) and 0 < ev.residual < 1
+    # the right-hand side is sensitive to the generator: a wrong sign moves theta_dot away
+    wrong = torch.linalg.solve(S, Oc.T @ (w * -Rc))
+    assert (wrong - ev.theta_dot).norm() > 0.5 * ev.theta_dot.norm()
+
+
+def linear_field(rate: torch.Tensor):
+    """theta_dot = -rate * theta, as a TDVP right-hand side (grads = I for the error norm)."""
+    P = rate.shape[0]
+    eye = torch.eye(P, dtype=torch.float64)
+    uniform = torch.full((P,), 1.0 / P, dtype=torch.float64)
+
+    def f(theta: torch.Tensor, t: float) -> TDVPEvaluation:
+        return TDVPEvaluation(-rate * theta, 0.0, 0.0, 1.0, eye, eye, uniform)
+
+    return f
+
+
+@pytest.mark.parametrize("integrator,order", [(Euler(), 1), (Heun(), 2), (RK4(), 4)])
+def test_integrator_orders(integrator, order):
+    rate = torch.tensor([1.0, 3.0], dtype=torch.float64)
+    f = linear_field(rate)
+    errors = []
+    for n in (10, 20):
+        theta, h = torch.ones(2, dtype=torch.float64), 1.0 / n
+        for j in range(n):
+            theta, evals, _ = integrator.step(f, theta, j * h, h)
+        assert len(evals) == {1: 1, 2: 2, 4: 4}[order]
+        errors.append(float((theta - torch.exp(-rate)).abs().max()))
+    observed = math.log2(errors[0] / errors[1])
+    assert abs(observed - order) < 0.3, (errors, observed)
+
+
+@pytest.mark.parametrize("integrator", ["heun", "rk4", "euler"])
+def test_adaptive_steps_meet_the_tolerance(integrator):
+    rate = torch.tensor([0.5, 4.0], dtype=torch.float64)
+    f = linear_field(rate)
+    errs, accepted = [], []
+    for tol in (1e-3, 1e-5):
+        update = TDVPUpdate(None, integrator=integrator, adaptive=True, tolerance=tol)
+        report = StepReport(loss=0.0)
+        theta = update._adaptive(f, torch.ones(2, dtype=torch.float64), 0.0, 1.0, 1.0, report)
+        errs.append(float((theta - torch.exp(-rate)).abs().max()))
+        accepted.append(report.accepted)
+        assert report.accepted >= 2 and report.rejected >= 0
+        assert update.state_dict()["h"] > 0
+    assert errs[1] < errs[0] and accepted[1] > accepted[0]
+    assert errs[1] < 1e-3
+
+
+def test_tdvp_tracks_the_exact_poisson_solution():
+    """Birth-death from Poisson(2): P(t) is Poisson(k + (2 - k) e^-t) exactly (gamma = 1)."""
+    k, limit = 10.0, 25
+    net = ReactionNetwork(
+        {"X": limit},
+        [Reaction({}, {"X": 1}, k, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        {"X": 0},
+        t_end=1.0,
+        dt=0.02,
+    )
+    start = Product.poisson([2.0], net.limits)
+    cfg = RunConfig(
+        optimizer="tdvp", proposal="alpha", alpha=0.5, t_end=0.4, dt=0.02, save_every=0.2,
+        batch=500, quiet=True, eval_samples=1000,
+    )  # fmt: skip
+    out = Evolution(net, cfg, start=start).run()
+    times = out.result.times
+    lam = k + (2.0 - k) * np.exp(-times)
+    exact = np.stack([stats.poisson.pmf(np.arange(limit), m) for m in lam])[:, None, :]
+    h = hellinger(exact, out.result.marginals)[:, 0]
+    assert h.max() < 0.03, h
+    hist = out.history[1:]
+    assert all(line["accepted"] == 1 and line["iterations"] == 2 for line in hist)  # Heun
+    assert all(0 <= line["residual"] < 0.05 for line in hist)
+    # a wrong generator (birth rate 13) misses by far more
+    wrong = ReactionNetwork(
+        {"X": limit},
+        [Reaction({}, {"X": 1}, 13.0, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        {"X": 0},
+        t_end=1.0,
+        dt=0.02,
+    )
+    bad = Evolution(wrong, cfg, start=start).run().result.marginals
+    assert hellinger(exact, bad)[:, 0].max() > 0.08
