@@ -35,7 +35,12 @@ from nncme.metrics import compare
 # rounded down; the catalogue's own dt values are more conservative still.
 CASES: dict[str, tuple[dict, dict, float, float | None]] = {
     "birth_death": ({}, {"t_end": 10.0, "dt": 0.005, "save_every": 1.0}, 0.02, 0.02),
-    "toggle_switch": ({}, {"t_end": 5.0, "dt": 0.003, "save_every": 0.5}, 0.02, 0.02),
+    "toggle_switch": (
+        {},
+        {"t_end": 5.0, "dt": 0.0025, "save_every": 0.5, "batch": 2000},
+        0.02,
+        0.02,
+    ),
     "autoregulation": ({}, {"t_end": 10.0, "dt": 0.005, "save_every": 1.0}, 0.03, None),
     "schlogl": ({}, {"t_end": 0.2, "dt": 4e-5, "save_every": 0.02}, 0.03, None),
 }

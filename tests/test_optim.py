@@ -5,7 +5,6 @@ short run against the exact solution, and the config names."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
@@ -189,7 +188,8 @@ def test_natural_gradient_run_tracks_birth_death():
     h = hellinger(exact.marginals, out.result.marginals)[:, 0]
     assert h.max() < 0.04, h
     assert all(line["shift"] > 0 for line in out.history[1:])
-    assert np.mean([line["iterations"] for line in out.history[1:]]) <= 10
+    fits = 2 if cfg.integrator == "heun" else 1  # Heun: a predictor and a corrector fit
+    assert max(line["iterations"] for line in out.history[1:]) <= 10 * fits
 
 
 def test_config_names_and_defaults():

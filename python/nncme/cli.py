@@ -564,7 +564,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 STUDY_SYSTEM = "autoregulation"
 STUDY_SETTINGS: dict = {
     "t_end": 2.0,
-    "dt": 0.005,
+    "dt": 0.008,  # dt * a_0 <= 0.82 on the whole box (a_0 <= 102)
     "save_every": 0.25,
     "batch": 500,
     "iterations": 30,

@@ -90,7 +90,12 @@ class RunConfig:
         "auto", "per-sample gradients: analytic (NADE) or torch.func", ("auto", "analytic", "func")
     )
     max_step: float = _opt(1.0, "natgrad: largest step in the Fisher metric (nats; 0: no cap)")
-    integrator: str = _opt("heun", "TDVP integrator", ("euler", "heun", "rk4"))
+    integrator: str = _opt(
+        "heun",
+        "time scheme: euler (first order), heun (second order: two fits or two TDVP stages "
+        "per step), rk4 (TDVP only)",
+        ("euler", "heun", "rk4"),
+    )
     adaptive_dt: bool = _opt(False, "TDVP: adaptive integrator steps within each dt")
     dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)")
     first_iterations: int = _opt(3000, "iterations of the first step's fit")
@@ -142,6 +147,10 @@ class RunConfig:
         _int(self, "seed", minimum=0)
         _int(self, "threads", minimum=0)
         _int(self, "joint_max_states", minimum=0)
+        if self.integrator == "rk4" and self.optimizer != "tdvp":
+            raise ConfigError(
+                f"integrator: rk4 is for optimizer tdvp; {self.optimizer} steps take euler or heun"
+            )
         if self.hidden % self.heads and self.model == "transformer":
             raise ConfigError(f"hidden: {self.hidden} must be a multiple of heads ({self.heads})")
         for name in ("lr", "first_lr", "alpha", "dt_tolerance"):

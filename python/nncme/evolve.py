@@ -3,7 +3,12 @@
 Each step t -> t + dt fits the model, warm-started from the last step, to T q_old with
 T = I + dt W (explicit first order, rates taken at t), by an `Update` (reverse KL with Adam by
 default, or natural gradient; see `nncme.optim`), or integrates the TDVP equation of motion
-over the step (`optimizer="tdvp"`, which uses W itself, not T). Results (marginals,
+over the step (`optimizer="tdvp"`, which uses W itself, not T). With `integrator="heun"` (the
+default) a step is two such fits, a predictor q* ~ T(t) q_old and then
+1/2 q_old + 1/2 T(t + dt) q* (`HeunTarget`): second order in dt, for twice the work, where
+first order's time error alone can exceed the accuracy wanted (exact Euler steps of the toggle
+switch at dt = 0.0025 are 0.029 in Hellinger from the exact solution at t = 0.1; Heun steps
+0.0008). Results (marginals,
 moments, the joint where the box is small) are written at save times in the common results
 format, with a checkpoint (model, optimiser, RNG state, t, step) from which `resume`
 continues a killed run to the same result as an uninterrupted one; a JSONL log has one line
@@ -56,6 +61,7 @@ from .models import AutoregressiveModel, Delta, Product, build_model
 from .optim import (
     OPTIMIZERS,
     FisherSolver,
+    HeunTarget,
     KLUpdate,
     NaturalGradientUpdate,
     NonFiniteError,
@@ -200,6 +206,7 @@ class Evolution:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.out = Path(cfg.out) if cfg.out else None
         self._old: AutoregressiveModel | None = None
+        self._predictor: AutoregressiveModel | None = None
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ construction
@@ -328,7 +335,19 @@ class Evolution:
             return self._first_step(t, dt)
         old = self._frozen_copy()
         problem = self._problem(old, t, dt, j, cfg.batch)
-        return self.update.run(problem)
+        predicted = self.update.run(problem)
+        if cfg.optimizer == "tdvp" or cfg.integrator == "euler":
+            return predicted
+        # Heun (second order): the fit above is the predictor q* ~ T(t) q_old; now fit
+        # 1/2 q_old + 1/2 T(t + dt) q*, warm-started from q*
+        predictor = self._frozen_copy("_predictor")
+        impl = cfg.impl
+        problem.target = HeunTarget(old, predictor, self.net, t, dt, impl=impl)
+        corrected = self.update.run(problem)
+        corrected.iterations += predicted.iterations
+        corrected.seconds += predicted.seconds
+        corrected.rate_dt = max(corrected.rate_dt, predicted.rate_dt)
+        return corrected
 
     def _problem(self, old: Any, t: float, dt: float, j: int, batch: int) -> StepProblem:
         impl = self.config.impl
@@ -344,16 +363,19 @@ class Evolution:
             target_for=lambda dist: TransitionTarget(dist, self.net, t, dt, impl=impl),
         )
 
-    def _frozen_copy(self) -> AutoregressiveModel:
-        """The previous step's model: a frozen twin whose parameters are refreshed each step."""
-        if self._old is None:
+    def _frozen_copy(self, slot: str = "_old") -> AutoregressiveModel:
+        """A frozen twin of the model as it is now (the previous step's model, or the Heun
+        predictor), kept in `slot` and refreshed in place on later calls."""
+        twin = getattr(self, slot, None)
+        if twin is None:
             import copy
 
-            self._old = copy.deepcopy(self.model)
-            for p in self._old.parameters():
+            twin = copy.deepcopy(self.model)
+            for p in twin.parameters():
                 p.requires_grad_(False)
-        self._old.load_state_dict(self.model.state_dict())
-        return self._old
+            setattr(self, slot, twin)
+        twin.load_state_dict(self.model.state_dict())
+        return twin
 
     def _first_step(self, t: float, dt: float) -> StepReport:
         """t = 0 -> t_1 from the start distribution (see the module docstring)."""

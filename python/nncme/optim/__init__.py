@@ -1,6 +1,7 @@
 """How a VAN moves from one time step to the next.
 
-`TransitionTarget` computes log (T q_old)(n) at given states; an `Update` changes the model to
+`TransitionTarget` computes log (T q_old)(n) at given states (`HeunTarget` the corrector of
+the second-order step); an `Update` changes the model to
 fit it: `KLUpdate` (reverse KL with a torch optimiser), `NaturalGradientUpdate` (the same
 gradient preconditioned by the centred Fisher matrix) or `TDVPUpdate` (d theta/dt from the
 local generator, integrated by `Euler`, `Heun` or `RK4`, optionally with adaptive steps).
@@ -22,6 +23,7 @@ from .linear import SPACES, FisherSolver, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
     Distribution,
+    HeunTarget,
     NonFiniteError,
     StepSizeError,
     TargetValues,
@@ -61,6 +63,7 @@ __all__ = [
     "Euler",
     "FisherSolver",
     "Heun",
+    "HeunTarget",
     "Integrator",
     "KLUpdate",
     "NaturalGradientUpdate",
