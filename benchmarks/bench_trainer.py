@@ -57,6 +57,7 @@ def settings(args: argparse.Namespace, impl: str, steps: int, iterations: int) -
         dtype=args.dtype,
         optimizer=args.optimizer,
         iterations=iterations,
+        integrator=args.integrator,
         min_iterations=1,
         tolerance=0.0,
         relative_tolerance=0.0,
@@ -77,7 +78,8 @@ def pretrained(args: argparse.Namespace):
     """A NADE trained by Adam from the initial counts to --pretrain-t (the timed runs' start)."""
     steps = round(args.pretrain_t / args.dt)
     config = settings(args, "auto", steps, args.pretrain_iterations)
-    config = config.replace(explore=0.2, optimizer="adam")  # TDVP cannot leave a point mass
+    # Adam with Heun steps: TDVP cannot leave a point mass
+    config = config.replace(explore=0.2, optimizer="adam", integrator="heun")
     began = time.perf_counter()
     model = Evolution(systems.get(args.system), config).run().model
     print(f"pretrained to t = {args.pretrain_t:g} in {time.perf_counter() - began:.0f} s")
@@ -188,7 +190,10 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=2000)
     p.add_argument("--dt", type=float, default=0.003)
     p.add_argument("--optimizer", default="adam")
-    p.add_argument("--iterations", type=int, default=1, help="updates per time step")
+    p.add_argument("--iterations", type=int, default=1, help="updates per fit")
+    p.add_argument(
+        "--integrator", default="euler", help="euler: one fit (TDVP: one stage) per time step"
+    )
     p.add_argument("--explore", type=float, default=0.0)
     p.add_argument("--pretrain-t", type=float, default=0.5)
     p.add_argument("--pretrain-iterations", type=int, default=30)
