@@ -41,8 +41,9 @@ CASES: dict[str, tuple[dict, dict, float, float | None]] = {
         0.02,
         0.02,
     ),
-    "autoregulation": ({}, {"t_end": 10.0, "dt": 0.005, "save_every": 1.0}, 0.03, None),
-    "schlogl": ({}, {"t_end": 0.2, "dt": 4e-5, "save_every": 0.02}, 0.03, None),
+    "autoregulation": ({}, {"t_end": 10.0, "dt": 0.008, "save_every": 1.0}, 0.03, None),
+    # Schlögl: dt * a_0 < 1 on the whole box needs dt <= 4.8e-5, so 1250 steps reach t = 0.05
+    "schlogl": ({}, {"t_end": 0.05, "dt": 4e-5, "save_every": 0.005}, 0.03, None),
 }
 
 
@@ -80,7 +81,12 @@ def run_case(name: str, device: str, seed: int, resume: bool = False) -> dict:
     ok = bool(h.max() <= max_h and (max_mean is None or np.nanmax(me) <= max_mean))
     return {
         "system": name,
-        "settings": {**config.to_dict(), "dt": settings["dt"], "t_end": settings["t_end"]},
+        "settings": {
+            **config.to_dict(),
+            "out": str(run_dir.relative_to(RUNS.parent.parent)),  # no machine paths
+            "dt": settings["dt"],
+            "t_end": settings["t_end"],
+        },
         "species": d["species"],
         "times": np.asarray(d["times"]).tolist(),
         "hellinger": h.tolist(),
