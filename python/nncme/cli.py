@@ -212,15 +212,20 @@ def _solve_and_save(args: argparse.Namespace, method: str, solve) -> int:
         )
     if result.boundary is not None:
         print(f"  boundary probability: max {float(result.boundary.max()):.2e}")
+    _print_final_moments(result, out)
+    return 0
+
+
+def _print_final_moments(result, out) -> None:
+    """Mean and std of (up to eight) species at the last time, and where the result went."""
     for i, name in enumerate(result.species[:8]):
         print(
             f"  {name}: mean {result.means[-1, i]:.4g}, std {result.stds[-1, i]:.4g} "
-            f"at t = {times[-1]:g}"
+            f"at t = {result.times[-1]:g}"
         )
     if len(result.species) > 8:
         print(f"  ... and {len(result.species) - 8} more species")
     print(f"  wrote {out}")
-    return 0
 
 
 def _add_fsp(sub: argparse._SubParsersAction) -> None:
@@ -545,14 +550,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     seconds = result.summary["timings"]["run_seconds"]
     steps = max(1, len(out.history))
     print(f"  {seconds:.1f} s ({1000 * seconds / steps:.1f} ms per step)")
-    for i, name in enumerate(result.species[:8]):
-        print(
-            f"  {name}: mean {result.means[-1, i]:.4g}, std {result.stds[-1, i]:.4g} "
-            f"at t = {result.times[-1]:g}"
-        )
-    if len(result.species) > 8:
-        print(f"  ... and {len(result.species) - 8} more species")
-    print(f"  wrote {out.out}")
+    _print_final_moments(result, out.out)
     return 0
 
 

@@ -35,7 +35,7 @@ from scipy.stats import poisson
 from tqdm.auto import tqdm
 
 from . import ops
-from .network import NetworkError, ReactionNetwork
+from .network import NetworkError, ReactionNetwork, check_times
 from .results import Result, ResultBuilder, check_boundary, versions
 
 __all__ = [
@@ -434,7 +434,7 @@ class FSP:
             p0: (S,) initial distribution over `states` (default: the delta at the network's
                 initial state).
         """
-        times = _check_times(times)
+        times = check_times(times)
         p = self.initial_distribution() if p0 is None else np.asarray(p0, dtype=np.float64)
         if p.shape != (self.num_states,):
             raise ValueError(f"p0: shape {p.shape}, expected ({self.num_states},)")
@@ -560,17 +560,6 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, n: int) -> sp.csr
     return sp.coo_matrix((vals, (rows, cols)), shape=(n, n)).tocsr()
 
 
-def _check_times(times: Sequence[float]) -> np.ndarray:
-    t = np.asarray(times, dtype=np.float64).reshape(-1)
-    if t.size == 0:
-        raise NetworkError("times: give at least one time")
-    if not np.all(np.isfinite(t)) or t[0] < 0:
-        raise NetworkError("times: must be finite and >= 0")
-    if np.any(np.diff(t) <= 0):
-        raise NetworkError("times: must be strictly increasing")
-    return t
-
-
 def solve_fsp(
     network: ReactionNetwork,
     times: Sequence[float] | None = None,
@@ -598,7 +587,7 @@ def solve_fsp(
         NetworkError: too many states (the message quotes the count and memory) or bad times.
     """
     settings = settings or FSPSettings()
-    times = _check_times(np.linspace(0, network.t_end, 11) if times is None else times)
+    times = check_times(np.linspace(0, network.t_end, 11) if times is None else times)
     t0 = time.perf_counter()
     fsp = FSP(network, settings)
     builder = ResultBuilder(

@@ -34,6 +34,7 @@ __all__ = [
     "ReactionNetwork",
     "Sinusoidal",
     "Species",
+    "check_times",
 ]
 
 Convention = Literal["falling", "binomial", "power"]
@@ -754,3 +755,15 @@ def _mass_action_scalar(n: int, order: int, convention: int) -> float:
     if convention == 1:
         f /= math.factorial(order)
     return max(f, 0.0)
+
+
+def check_times(times: Sequence[float]) -> np.ndarray:
+    """Record times as a (T,) float64 array: finite, >= 0 and strictly increasing."""
+    t = np.asarray(times, dtype=np.float64).reshape(-1)
+    if t.size == 0:
+        raise NetworkError("times: give at least one time")
+    if not np.all(np.isfinite(t)) or t[0] < 0:
+        raise NetworkError("times: must be finite and >= 0")
+    if np.any(np.diff(t) <= 0):
+        raise NetworkError("times: must be strictly increasing")
+    return t

@@ -32,7 +32,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import ops
-from .network import NetworkError, RateFunction, ReactionNetwork, Sinusoidal
+from .network import (
+    NetworkError,
+    RateFunction,
+    ReactionNetwork,
+    Sinusoidal,
+    check_times,
+)
 from .results import Result, ResultBuilder, check_boundary, versions
 
 __all__ = ["SSASettings", "simulate", "solve_ssa"]
@@ -309,17 +315,6 @@ def _generator(settings: SSASettings, device: torch.device) -> tuple[torch.Gener
     return gen, int(seed)
 
 
-def _check_times(times: Sequence[float]) -> np.ndarray:
-    t = np.asarray(times, dtype=np.float64).reshape(-1)
-    if t.size == 0:
-        raise NetworkError("times: give at least one time")
-    if not np.all(np.isfinite(t)) or t[0] < 0:
-        raise NetworkError("times: must be finite and >= 0")
-    if np.any(np.diff(t) <= 0):
-        raise NetworkError("times: must be strictly increasing")
-    return t
-
-
 def _run(network: ReactionNetwork, times: np.ndarray, settings: SSASettings, sink: Any) -> dict:
     """Simulate all trajectories batch by batch, handing each batch's records to `sink`."""
     device = torch.device(settings.device)
@@ -393,7 +388,7 @@ def simulate(
         info: seed, device, counts of steps, events and thinning rejections, timing.
     """
     settings = settings or SSASettings()
-    times = _check_times(times)
+    times = check_times(times)
     out = torch.empty(
         int(settings.trajectories),
         times.shape[0],
@@ -429,7 +424,7 @@ def solve_ssa(
         `summary["ssa"]` holds the seed, device, event counts and timings.
     """
     settings = settings or SSASettings()
-    times = _check_times(np.linspace(0, network.t_end, 11) if times is None else times)
+    times = check_times(np.linspace(0, network.t_end, 11) if times is None else times)
     builder = ResultBuilder(
         "ssa",
         network.species_names,
