@@ -29,7 +29,9 @@ from nncme.config import RunConfig
 from nncme.evolve import Evolution
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import hellinger
-from nncme.optim import per_sample_grads
+from nncme.optim import FisherSolver, per_sample_grads
+from nncme.optim.gradients import flat_grad, grad_of_sum, nade_gram
+from nncme.sampling import unique_states
 from nncme.ssa import SSASettings, solve_ssa
 
 TARGET = 0.02
@@ -42,18 +44,40 @@ OPTIMIZERS = {
 
 
 def gradient_timing(name: str, batch: int, hidden: int) -> dict:
+    """Per-sample gradients analytic vs torch.func, and one sample-space Fisher solve with the
+    gradients formed (analytic O, then `FisherSolver.solve`) vs from the NADE Gram matrix
+    (`nade_gram`, `solve_gram` and one backward pass for x = O^T beta)."""
     net = systems.get(name)
     from nncme.models import build_model
 
     model = build_model("nade", net, hidden=hidden)
     states, _ = model.sample(batch, torch.Generator().manual_seed(0))
+    states, _ = unique_states(states, model.limits)
     a = per_sample_grads(model, states, "analytic")
     f = per_sample_grads(model, states, "func")
     err = float((a - f).abs().max())
     ta, _ = median_seconds(lambda: per_sample_grads(model, states, "analytic"), "cpu", 3)
     tf, _ = median_seconds(lambda: per_sample_grads(model, states, "func"), "cpu", 3)
-    return dict(system=name, batch=batch, parameters=a.shape[1], analytic_s=ta, func_s=tf,
-                speedup=tf / ta, max_abs_diff=err)  # fmt: skip
+    N, P = a.shape
+    v = torch.randn(N, dtype=a.dtype, generator=torch.Generator().manual_seed(1))
+    w = torch.full((N,), 1.0 / N, dtype=a.dtype)
+    solver = FisherSolver(1e-3, space="sample")
+
+    def explicit() -> torch.Tensor:
+        return solver.solve(per_sample_grads(model, states, "analytic"), v, w)[0]
+
+    def gram() -> torch.Tensor:
+        sol = solver.solve_gram(nade_gram(model, states), v, w, P)
+        model.zero_grad(set_to_none=True)
+        grad_of_sum(model, states, sol.coef)
+        return flat_grad(model)
+
+    solve_err = float((explicit() - gram()).abs().max() / explicit().abs().max())
+    te, _ = median_seconds(explicit, "cpu", 3)
+    tg, _ = median_seconds(gram, "cpu", 3)
+    return dict(system=name, batch=batch, states=N, parameters=P, analytic_s=ta, func_s=tf,
+                speedup=tf / ta, max_abs_diff=err, solve_gradients_s=te, solve_gram_s=tg,
+                gram_speedup=te / tg, solve_rel_diff=solve_err)  # fmt: skip
 
 
 def run_case(system: str, t_end: float, dt: float, reference, common: dict) -> list[dict]:
@@ -88,12 +112,14 @@ def main() -> None:
     args = p.parse_args()
     common = dict(batch=args.batch, hidden=16, eval_samples=20000)
     payload: dict = {"target_hellinger": TARGET, "gradients": [], "runs": []}
-    print("per-sample gradients, analytic NADE vs torch.func")
+    print("per-sample gradients (analytic NADE vs torch.func) and one sample-space solve")
     for name in ("toggle_switch", "mapk"):
         payload["gradients"].append(gradient_timing(name, args.batch, 16))
     print_table(payload["gradients"], [("system", "system", "s"), ("parameters", "P", "d"),
                 ("analytic_s", "analytic s", ".3f"), ("func_s", "func s", ".3f"),
-                ("speedup", "speedup", ".1f")])  # fmt: skip
+                ("speedup", "speedup", ".1f"), ("states", "N", "d"),
+                ("solve_gradients_s", "solve O s", ".3f"), ("solve_gram_s", "solve K s", ".3f"),
+                ("gram_speedup", "K speedup", ".1f")])  # fmt: skip
     if "toggle" not in args.skip:
         net = systems.get("toggle_switch")
 

@@ -20,6 +20,7 @@ from nncme.optim import (
     StepProblem,
     TDVPUpdate,
     TransitionTarget,
+    nade_gram,
     per_sample_grads,
 )
 from nncme.sampling import Mixture, unique_states
@@ -133,7 +134,44 @@ def test_adaptive_shift_and_svd_fallback():
         FisherSolver().solve(O, v * float("nan"))
 
 
-def test_natural_gradient_step_with_importance_weights():
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+def test_nade_gram_matrix_is_o_o_transpose(activation):
+    """The Gram matrix from the closed form's factors equals O O^T, masks and all."""
+    net = conserved_network()
+    model = build_model("nade", net, hidden=5, activation=activation, seed=2)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    states, _ = model.sample(120, torch.Generator().manual_seed(0))
+    O = per_sample_grads(model, states, "func")
+    torch.testing.assert_close(nade_gram(model, states), O @ O.T, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_gram_solve_equals_the_gradient_solve(adaptive):
+    net = conserved_network()
+    model = build_model("nade", net, hidden=4, seed=3)
+    states, _ = model.sample(300, torch.Generator().manual_seed(1))
+    states, _ = unique_states(states, model.limits)
+    O = per_sample_grads(model, states, "analytic")
+    gen = torch.Generator().manual_seed(2)
+    w = torch.rand(states.shape[0], generator=gen, dtype=torch.float64) + 0.1
+    v = torch.randn(states.shape[0], generator=gen, dtype=torch.float64)
+    solver = FisherSolver(1e-3, adaptive=adaptive, space="sample", impl="reference")
+    x, info = solver.solve(O, v, w)
+    sol = solver.solve_gram(nade_gram(model, states), v, w, O.shape[1])
+    torch.testing.assert_close(sol.coef @ O, x, rtol=1e-8, atol=1e-10)
+    wn = w / w.sum()
+    torch.testing.assert_close(sol.fitted, (O - wn @ O) @ x, rtol=1e-8, atol=1e-10)
+    assert sol.info.shift == pytest.approx(info.shift) and not sol.info.fallback
+    # no Cholesky factor at any shift raise: the eigendecomposition gives the Tikhonov solution
+    bad = FisherSolver(1e-3, adaptive=False, max_raises=0)
+    nan_free = bad.solve_gram(-torch.eye(states.shape[0], dtype=torch.float64), v, w, 10)
+    assert nan_free.info.fallback and torch.isfinite(nan_free.coef).all()
+
+
+@pytest.mark.parametrize("gradients", ["analytic", "gram"])
+def test_natural_gradient_step_with_importance_weights(gradients):
     """One update moves theta by -lr (S + lam I)^-1 g, with S and g both importance-weighted."""
     net = conserved_network()
     model = build_model("nade", net, hidden=4, seed=3)
@@ -141,8 +179,9 @@ def test_natural_gradient_step_with_importance_weights():
     compiled = net.compile("cpu", torch.float64)
     lam, lr = 1e-3, 0.3
     update = NaturalGradientUpdate(
-        model, lr=lr, solver=FisherSolver(lam, adaptive=False), max_step=0, iterations=1
-    )
+        model, lr=lr, solver=FisherSolver(lam, adaptive=False), max_step=0, iterations=1,
+        gradients=gradients,
+    )  # fmt: skip
     proposal = Mixture(0.3)
     problem = StepProblem(
         model, TransitionTarget(old, compiled, 0.0, 0.02), proposal, 300,

@@ -87,7 +87,10 @@ class RunConfig:
         "auto", "Fisher/TDVP solve: parameter (P x P) or sample (B x B) space", SOLVE_SPACES
     )
     gradients: str = _opt(
-        "auto", "per-sample gradients: analytic (NADE) or torch.func", ("auto", "analytic", "func")
+        "auto",
+        "second-order solves: gram (NADE Gram matrix, no per-sample gradients), analytic "
+        "(NADE) or torch.func per-sample gradients; auto: gram where the solve is in sample space",
+        ("auto", "gram", "analytic", "func"),
     )
     max_step: float = _opt(1.0, "natgrad: largest step in the Fisher metric (nats; 0: no cap)")
     integrator: str = _opt(

@@ -235,6 +235,7 @@ class Evolution:
                 solver=solver,
                 gradients=cfg.gradients,
                 impl=cfg.impl,
+                explore=cfg.explore,
             )
             return TDVPUpdate(
                 rhs,

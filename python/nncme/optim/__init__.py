@@ -16,10 +16,12 @@ from .gradients import (
     GRADIENTS,
     add_to_parameters,
     flat_parameters,
+    nade_gram,
     per_sample_grads,
     set_flat_parameters,
+    use_gram,
 )
-from .linear import SPACES, FisherSolver, SolveInfo
+from .linear import SPACES, FisherSolver, GramSolution, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
     Distribution,
@@ -62,6 +64,7 @@ __all__ = [
     "Distribution",
     "Euler",
     "FisherSolver",
+    "GramSolution",
     "Heun",
     "HeunTarget",
     "Integrator",
@@ -85,7 +88,9 @@ __all__ = [
     "flat_parameters",
     "make_integrator",
     "make_optimizer",
+    "nade_gram",
     "per_sample_grads",
     "set_flat_parameters",
     "transition_support",
+    "use_gram",
 ]

@@ -28,7 +28,7 @@ import torch
 from .. import ops
 from .target import NonFiniteError
 
-__all__ = ["SPACES", "FisherSolver", "SolveInfo"]
+__all__ = ["SPACES", "FisherSolver", "GramSolution", "SolveInfo"]
 
 SPACES = ("auto", "parameter", "sample")
 
@@ -48,6 +48,22 @@ class SolveInfo:
     requested: float
     space: str
     fallback: bool = False
+
+
+@dataclass
+class GramSolution:
+    """The solution of a sample-space solve from the Gram matrix K = O O^T (`solve_gram`).
+
+    Attributes:
+        coef: (N,) beta with x = sum_n beta_n O_n: the parameter vector is the gradient of
+            sum_n beta_n log q(n_n) (one backward pass; no (N, P) matrix).
+        fitted: (N,) O_c x, the change of centred log q that x makes at each sample.
+        info: the shift used and the rest, as for `solve`.
+    """
+
+    coef: torch.Tensor
+    fitted: torch.Tensor
+    info: SolveInfo
 
 
 class FisherSolver:
@@ -123,6 +139,46 @@ class FisherSolver:
             return x, SolveInfo(float(used), lam, space)
         except RuntimeError:
             return _svd_solve(O, v, w, max(lam, self.min_shift)), SolveInfo(lam, lam, space, True)
+
+    def solve_gram(
+        self, K: torch.Tensor, v: torch.Tensor, w: torch.Tensor, num_params: int
+    ) -> GramSolution:
+        """The same x as `solve`, in sample space, from the Gram matrix K = O O^T (N, N).
+
+        x = O_c^T W^1/2 (W^1/2 K_c W^1/2 + lambda I)^-1 W^1/2 v_c (Woodbury), returned as
+        coefficients on the rows of O, with K_c the centred Gram matrix (see
+        `nncme.optim.gradients.nade_gram`, which forms K without O). The Cholesky factor comes
+        from torch.linalg; the shift is raised x10 when it fails, as `ops.fisher_solve` does,
+        then the eigendecomposition gives the same Tikhonov solution.
+        """
+        N = K.shape[0]
+        w = (w / w.sum()).to(K.dtype)
+        if not (torch.isfinite(K).all() and torch.isfinite(v).all()):
+            raise NonFiniteError("the Gram matrix or the values contain NaN or inf")
+        Kw = K @ w
+        Kc = K - Kw.unsqueeze(0) - Kw.unsqueeze(1) + w @ Kw
+        trace = float((w * Kc.diagonal()).sum())
+        lam = self.shift
+        if self.adaptive:
+            lam = max(self.min_shift, self.shift * trace / max(1, min(N - 1, num_params)))
+        sw = w.sqrt()
+        A = sw.unsqueeze(1) * Kc * sw.unsqueeze(0)
+        b = sw * (v - w @ v)
+        eye = torch.eye(N, dtype=K.dtype, device=K.device)
+        used, fallback = lam, False
+        for _ in range(self.max_raises + 1):
+            L, bad = torch.linalg.cholesky_ex(A + used * eye)
+            if not bool(bad):
+                y = torch.cholesky_solve(b.unsqueeze(1), L).squeeze(1)
+                break
+            used *= 10.0
+        else:
+            used, fallback = max(lam, self.min_shift), True
+            evals, evecs = torch.linalg.eigh(A)
+            y = evecs @ ((evecs.mT @ b) / (evals.clamp(min=0) + used))
+        gamma = sw * y  # x = O_c^T gamma = sum_n (gamma_n - w_n sum(gamma)) O_n
+        coef = gamma - w * gamma.sum()
+        return GramSolution(coef, Kc @ gamma, SolveInfo(float(used), lam, "sample", fallback))
 
 
 def _svd_solve(O: torch.Tensor, v: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:

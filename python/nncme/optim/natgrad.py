@@ -14,6 +14,10 @@ the centred solve matches a dense one and the uncentred does not). Because sum_u
 also sum_u W_u (O_u - Obar)(v_u - vbar) with v_u = c_u / W_u, which is exactly the right-hand
 side `nncme.ops.fisher_solve` forms; it solves in sample space (Woodbury) when P > N.
 
+For a NADE solved in sample space (`gradients` "auto" or "gram") the Gram matrix O O^T comes
+from `nncme.optim.gradients.nade_gram` without forming O, and the step x = O^T beta from one
+backward pass of sum beta_u log q(n_u).
+
 Near the optimum the Fisher matrix is the Hessian of the KL, so a step with lr = 1 is a
 (regularised) Newton step; `lr` below 1 damps the sampling noise.
 """
@@ -24,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .gradients import per_sample_grads
+from .gradients import grad_of_sum, nade_gram, per_sample_grads, use_gram
 from .linear import FisherSolver
 from .updates import KLUpdate, StepProblem, StepReport
 
@@ -38,7 +42,7 @@ class NaturalGradientUpdate(KLUpdate):
         model: the VAN whose parameters are updated.
         lr: step length (1: the full natural-gradient step).
         solver: the `FisherSolver` (shift, adaptive shift, space, operator impl).
-        gradients: per-sample gradient method ("auto" | "analytic" | "func").
+        gradients: "auto" | "gram" | "analytic" | "func" (see `optim.gradients.use_gram`).
         max_step: largest step length in the Fisher metric, sqrt(dtheta^T S dtheta) (the RMS
             change of log q over the batch, in nats); longer steps are scaled down. 0: no cap.
         **kl: the `KLUpdate` options (iterations, tolerance, relative_tolerance,
@@ -76,8 +80,11 @@ class NaturalGradientUpdate(KLUpdate):
         weights: torch.Tensor,
     ) -> None:
         model = problem.model
-        O = per_sample_grads(model, states, self.gradients)  # (U, P)
         w = weights / weights.sum()
+        if use_gram(model, states.shape[0], self.gradients, self.solver.space):
+            self._gram_step(model, states, coef / w, w)
+            return
+        O = per_sample_grads(model, states, self.gradients)  # (U, P)
         x, info = self.solver.solve(O, coef / w, w)
         self._shift = info.shift
         if self.max_step > 0:
@@ -89,4 +96,21 @@ class NaturalGradientUpdate(KLUpdate):
         for p in self.optimizer.param_groups[0]["params"]:
             p.grad = x[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
+        self.optimizer.step()
+
+    def _gram_step(
+        self, model: torch.nn.Module, states: torch.Tensor, v: torch.Tensor, w: torch.Tensor
+    ) -> None:
+        """The same step from the NADE Gram matrix: x = O^T beta by one backward pass."""
+        params = self.optimizer.param_groups[0]["params"]
+        sol = self.solver.solve_gram(nade_gram(model, states), v, w, sum(p.numel() for p in params))
+        self._shift = sol.info.shift
+        coef = sol.coef
+        if self.max_step > 0:
+            length = float(torch.sqrt((w * sol.fitted**2).sum()))
+            lr = self.optimizer.param_groups[0]["lr"]
+            if lr * length > self.max_step:
+                coef = coef * (self.max_step / (lr * length))
+        self.optimizer.zero_grad(set_to_none=True)
+        grad_of_sum(model, states, coef)
         self.optimizer.step()
