@@ -16,6 +16,7 @@ from nncme.metrics import hellinger
 from nncme.models import Product, build_model
 from nncme.optim import (
     FisherSolver,
+    KLUpdate,
     NaturalGradientUpdate,
     StepProblem,
     TDVPUpdate,
@@ -237,10 +238,49 @@ def test_config_names_and_defaults():
         assert cfg.learning_rate == {"adam": 1e-2, "sgd": 1e-2, "natgrad": 0.5, "tdvp": 0.0}[name]
     assert RunConfig(optimizer="natgrad", lr=0.2).learning_rate == 0.2
     for bad in (dict(optimizer="lbfgs"), dict(proposal="x"), dict(mixture_eps=2.0),
-                dict(integrator="rk45"), dict(solve_space="both"), dict(alpha=0.0)):  # fmt: skip
+                dict(integrator="rk45"), dict(solve_space="both"), dict(alpha=0.0),
+                dict(objective="x")):  # fmt: skip
         with pytest.raises(ConfigError, match=next(iter(bad))):
             RunConfig(**bad)
     ev = Evolution(birth_death(), RunConfig(optimizer="tdvp", integrator="rk4", quiet=True))
     assert isinstance(ev.update, TDVPUpdate) and ev.update.integrator.name == "rk4"
+    assert isinstance(ev.proposal, Mixture) and ev.update.rhs.explore == 0.2  # "auto" for TDVP
+    assert RunConfig(optimizer="adam").sampling_proposal == "vanilla"
     ev = Evolution(birth_death(), RunConfig(optimizer="natgrad", proposal="alpha", quiet=True))
     assert isinstance(ev.update, NaturalGradientUpdate) and ev.proposal.transform.alpha == 0.8
+
+
+class _Spy(KLUpdate):
+    """Records the coefficients and weights an iteration hands to the optimiser."""
+
+    def apply_gradient(self, problem, states, coef, weights):
+        self.seen = (states, coef, weights)
+
+
+@pytest.mark.parametrize("objective", ["kl", "log_variance"])
+def test_step_objective_coefficients(objective):
+    """KL: w (f - sum w f) with the importance weights; log-variance: (f - mean f) / B."""
+    net = conserved_network()
+    model = build_model("nade", net, hidden=4, seed=3)
+    old = build_model("nade", net, hidden=4, seed=4)
+    proposal = Mixture(0.3)
+    spy = _Spy(torch.optim.SGD(model.parameters(), lr=0.1), iterations=1, objective=objective)
+    target = TransitionTarget(old, net.compile("cpu", torch.float64), 0.0, 0.02)
+    problem = StepProblem(
+        model, target, proposal, 300, torch.Generator().manual_seed(5), 0.0, 0.02, 2
+    )
+    spy.run(problem)
+    draw = proposal.draw(model, 300, torch.Generator().manual_seed(5))
+    f = draw.log_q - target(draw.states).log_tq
+    if objective == "kl":
+        w = draw.weights
+        coef = w * (f - (w * f).sum())
+    else:
+        w = torch.full_like(f, 1 / f.numel())  # states off the law were dropped from the draw
+        coef = (f - f.mean()) / f.numel()
+    states, inv = unique_states(draw.states, model.limits)
+    torch.testing.assert_close(spy.seen[0], states)
+    torch.testing.assert_close(spy.seen[1], torch.zeros_like(spy.seen[1]).index_add_(0, inv, coef))
+    torch.testing.assert_close(spy.seen[2], torch.zeros_like(spy.seen[2]).index_add_(0, inv, w))
+    with pytest.raises(ValueError, match="objective"):
+        KLUpdate(spy.optimizer, objective="forward")

@@ -70,9 +70,16 @@ class RunConfig:
         0.2, "fraction of extra training states one reaction away from the samples (0: off)"
     )
     proposal: str = _opt(
-        "vanilla",
-        "where training states come from (importance-weighted)",
-        ("vanilla", "mixture", "diffusive", "alpha"),
+        "auto",
+        "where training states come from (importance-weighted); auto: vanilla, but mixture "
+        "for tdvp (which moves log q only at drawn states)",
+        ("auto", "vanilla", "mixture", "diffusive", "alpha"),
+    )
+    objective: str = _opt(
+        "kl",
+        "what each step minimises: reverse KL (importance-weighted), or the log-variance "
+        "divergence under the proposal (fits the tails a wide proposal draws; adam/sgd/natgrad)",
+        ("kl", "log_variance"),
     )
     mixture_eps: float = _opt(0.1, "mixture proposal: fraction drawn uniformly over the box")
     diffusive_width: int = _opt(2, "diffusive proposal: half-width of the kernel (counts)")
@@ -233,6 +240,13 @@ class RunConfig:
     def learning_rate(self) -> float:
         """`lr`, or the optimiser's default when it is not given."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def sampling_proposal(self) -> str:
+        """`proposal`, with "auto" resolved: "mixture" for TDVP, "vanilla" otherwise."""
+        if self.proposal != "auto":
+            return self.proposal
+        return "mixture" if self.optimizer == "tdvp" else "vanilla"
 
     def save_times(self, t_end: float, dt: float | None = None) -> list[float]:
         """The times (after 0) at which results and checkpoints are written; t_end included.

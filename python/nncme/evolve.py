@@ -195,7 +195,7 @@ class Evolution:
         self.model.to(device=self.device, dtype=self.dtype)
         self.start = start if start is not None else self._default_start()
         self.proposal = make_proposal(
-            cfg.proposal,
+            cfg.sampling_proposal,
             eps=cfg.mixture_eps,
             width=cfg.diffusive_width,
             alpha=cfg.alpha,
@@ -249,6 +249,7 @@ class Evolution:
             relative_tolerance=cfg.relative_tolerance,
             min_iterations=cfg.min_iterations,
             explore=cfg.explore,
+            objective=cfg.objective,
         )
         if cfg.optimizer == "natgrad":
             return NaturalGradientUpdate(

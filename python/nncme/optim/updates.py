@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 OPTIMIZERS = ("adam", "sgd")
+OBJECTIVES = ("kl", "log_variance")
 
 
 def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
@@ -169,6 +170,18 @@ class KLUpdate(Update):
         min_iterations: iterations before the stopping rule may act.
         window: iterations averaged by the stopping rule.
         explore: eta, the fraction of extra states one reaction away (0: pure reverse KL).
+        objective: "kl" (reverse KL, importance-weighted) or "log_variance": the log-variance
+            divergence Var_rho[log q - log T q_old] under the proposal itself, every drawn
+            state with weight 1/B (see below).
+
+    The log-variance objective. Reverse KL weighs a state by q: probability that q leaks into
+    states far in the tails costs only (leaked mass) x (its log error), so a tail whose log q
+    is 10 nats too high is invisible to it however often a wide proposal draws it (its
+    importance weight q / rho is tiny). Var_rho[log q - log T q_old] is zero exactly where
+    q = T q_old on the proposal's support, like the KL, but weighs each drawn state by how
+    often the proposal draws it: with the mixture or alpha proposal, the tails are fitted in
+    log space (Richter et al., 2020; the same divergence as the explored states'). Its
+    gradient, with the draw held fixed, is (2/B) sum_b (f_b - mean f) grad log q(n_b).
     """
 
     name = "kl"
@@ -183,7 +196,11 @@ class KLUpdate(Update):
         window: int = 3,
         explore: float = 0.0,
         relative_tolerance: float = 0.0,
+        objective: str = "kl",
     ) -> None:
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        self.objective = objective
         if iterations < 1:
             raise ValueError(f"iterations must be >= 1, got {iterations}")
         if not 0 <= explore <= 1:
@@ -236,7 +253,11 @@ class KLUpdate(Update):
                 "have a non-finite log q - log T q_old: the model puts mass where the "
                 "previous distribution's one-step map has none, or it diverged)"
             )
-        coef = w * (f_all - loss)
+        if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
+            w = torch.full_like(w, 1.0 / B)
+            coef = w * (f_all - f.mean())
+        else:
+            coef = w * (f_all - loss)
         if states.shape[0] > B:  # the explored part, centred on its own mean
             coef[B:] = w[B:] * (f_all[B:] - f_all[B:].mean())
         unique, inverse = unique_states(states, problem.model.limits)
