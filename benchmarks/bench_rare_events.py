@@ -25,6 +25,7 @@ Writes benchmarks/results/rare_events_<device>_<optimizer>[_<objective>].json af
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import print_table, write_results
+from bench_common import RESULTS, print_table, write_results
 from nncme import systems
 from nncme.config import RunConfig
 from nncme.evolve import Evolution
@@ -85,6 +86,17 @@ def tail_table(ref: np.ndarray, van: np.ndarray) -> list[dict]:
             out.append(dict(side=side, level=level, count=c, fsp=float(r[c]), van=float(v[c]),
                             rel_error=float(abs(v[c] / r[c] - 1))))  # fmt: skip
     return out
+
+
+def with_earlier(payload: dict, tag: str) -> dict:
+    """The payload plus the runs of other (case, proposal) pairs already in the JSON file."""
+    path = RESULTS / f"rare_events_cpu_{tag}.json"
+    if not path.exists():
+        return payload
+    done = {(r["case"], r["proposal"]) for r in payload["runs"]}
+    old = json.loads(path.read_text()).get("runs", [])
+    kept = [r for r in old if (r["case"], r["proposal"]) not in done]
+    return {**payload, "runs": kept + payload["runs"]}
 
 
 def discrete_map(net, settings: dict, integrator: str) -> np.ndarray:
@@ -149,7 +161,7 @@ def main() -> None:
                 for r in table:
                     rows.append(dict(case=case, proposal=name, species=sp, **r))
             payload["runs"].append(run)
-            path = write_results("rare_events", "cpu", payload, tag=tag)
+            path = write_results("rare_events", "cpu", with_earlier(payload, tag), tag=tag)
             print(f"{case} {name}: {seconds:.1f} s, H {np.max(h):.4f}, ESS {run['ess']:.0f}",
                   flush=True)  # fmt: skip
     print_table(rows, [("case", "case", "s"), ("proposal", "proposal", "s"),

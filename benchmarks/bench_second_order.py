@@ -111,6 +111,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--t-toggle", type=float, default=0.5)
     p.add_argument("--t-mapk", type=float, default=1.0)
+    p.add_argument("--dt-toggle", type=float, default=0.003)
+    # MAPK: dt * a_0 < 1 over the states TDVP's mixture proposal draws needs dt <= 0.0029
+    p.add_argument("--dt-mapk", type=float, default=0.0025)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--ssa", type=int, default=100_000)
     p.add_argument("--skip", nargs="*", default=[])
@@ -136,7 +139,7 @@ def main() -> None:
             return solve_fsp(net, times, FSPSettings(progress=False))
 
         payload["runs"] += run_case(
-            "toggle_switch", args.t_toggle, 0.003, fsp, common, args.optimizers
+            "toggle_switch", args.t_toggle, args.dt_toggle, fsp, common, args.optimizers
         )
     if "mapk" not in args.skip:
         net = systems.get("mapk")
@@ -149,7 +152,7 @@ def main() -> None:
                 )
             return cache["r"]
 
-        payload["runs"] += run_case("mapk", args.t_mapk, 0.01, ssa, common, args.optimizers)
+        payload["runs"] += run_case("mapk", args.t_mapk, args.dt_mapk, ssa, common, args.optimizers)
     print_table(payload["runs"], [("system", "system", "s"), ("optimizer", "optimizer", "s"),
                 ("t_end", "t_end", "g"), ("seconds", "wall s", ".1f"),
                 ("seconds_per_step", "s/step", ".3f"), ("iterations_per_step", "iters", ".1f"),
