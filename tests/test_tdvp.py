@@ -124,16 +124,21 @@ def test_adaptive_steps_meet_the_tolerance(integrator):
     assert errs[1] < 1e-3
 
 
-def test_tdvp_tracks_the_exact_poisson_solution():
-    """Birth-death from Poisson(2): P(t) is Poisson(k + (2 - k) e^-t) exactly (gamma = 1)."""
-    k, limit = 10.0, 25
-    net = ReactionNetwork(
+def birth_death(birth: float, limit: int) -> ReactionNetwork:
+    """0 -> X at rate `birth`, X -> 0 at rate 1 per molecule, from X = 0."""
+    return ReactionNetwork(
         {"X": limit},
-        [Reaction({}, {"X": 1}, k, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        [Reaction({}, {"X": 1}, birth, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
         {"X": 0},
         t_end=1.0,
         dt=0.02,
     )
+
+
+def test_tdvp_tracks_the_exact_poisson_solution():
+    """Birth-death from Poisson(2): P(t) is Poisson(k + (2 - k) e^-t) exactly (gamma = 1)."""
+    k, limit = 10.0, 25
+    net = birth_death(k, limit)
     start = Product.poisson([2.0], net.limits)
     cfg = RunConfig(
         optimizer="tdvp", proposal="alpha", alpha=0.5, t_end=0.4, dt=0.02, save_every=0.2,
@@ -149,13 +154,7 @@ def test_tdvp_tracks_the_exact_poisson_solution():
     assert all(line["accepted"] == 1 and line["iterations"] == 2 for line in hist)  # Heun
     assert all(0 <= line["residual"] < 0.05 for line in hist)
     # a wrong generator (birth rate 13) misses by far more
-    wrong = ReactionNetwork(
-        {"X": limit},
-        [Reaction({}, {"X": 1}, 13.0, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
-        {"X": 0},
-        t_end=1.0,
-        dt=0.02,
-    )
+    wrong = birth_death(13.0, limit)
     bad = Evolution(wrong, cfg, start=start).run().result.marginals
     assert hellinger(exact, bad)[:, 0].max() > 0.08
 
@@ -165,13 +164,7 @@ def test_tdvp_leaves_a_point_mass_with_exploration():
     ahead the fit never sees the counts the mass moves into (and R is astronomically large
     where it first arrives: the cap on R keeps the step finite)."""
     k, limit = 10.0, 25
-    net = ReactionNetwork(
-        {"X": limit},
-        [Reaction({}, {"X": 1}, k, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
-        {"X": 0},
-        t_end=1.0,
-        dt=0.02,
-    )
+    net = birth_death(k, limit)
     common = dict(
         optimizer="tdvp", proposal="mixture", mixture_eps=0.2, t_end=0.4, dt=0.01,
         save_every=0.2, batch=500, quiet=True,
