@@ -35,18 +35,9 @@ from nncme.metrics import compare
 # rounded down; the catalogue's own dt values are more conservative still.
 CASES: dict[str, tuple[dict, dict, float, float | None]] = {
     "birth_death": ({}, {"t_end": 10.0, "dt": 0.005, "save_every": 1.0}, 0.02, 0.02),
-    # toggle switch: alpha-tempered proposal (see README): the minority mode, where a gene is
-    # bound and its protein near 0, holds 1-15% of the mass and is where vanilla samples erred
     "toggle_switch": (
         {},
-        {
-            "t_end": 5.0,
-            "dt": 0.0025,
-            "save_every": 0.5,
-            "batch": 2000,
-            "proposal": "alpha",
-            "alpha": 0.5,
-        },
+        {"t_end": 5.0, "dt": 0.0025, "save_every": 0.5, "batch": 2000},
         0.02,
         0.02,
     ),
