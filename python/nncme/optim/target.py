@@ -42,6 +42,7 @@ __all__ = [
     "TrainingError",
     "TransitionTarget",
     "check_step_size",
+    "explore_ahead",
     "jump",
     "transition_support",
 ]
@@ -232,6 +233,27 @@ def transition_support(
     check_step_size(values.exit_rate, t, dt)
     keep = torch.isfinite(values.log_tq)
     return cands[keep], values.log_tq[keep]
+
+
+@torch.no_grad()
+def explore_ahead(
+    states: torch.Tensor,
+    fraction: float,
+    net: Any,
+    t: float,
+    generator: torch.Generator | None = None,
+    *,
+    impl: str = "auto",
+) -> torch.Tensor:
+    """One reaction (`jump`) from the first round(fraction * B) of (B, L) states -> (m, L).
+
+    The exploration states of the KL and TDVP updates: where T q_old's new mass goes, one
+    reaction ahead of the samples. Each enters the fit with weight 1/B.
+    """
+    m = round(fraction * states.shape[0])
+    if not m:
+        return states[:0]
+    return jump(states[:m], net, t, generator, impl=impl)
 
 
 @torch.no_grad()

@@ -51,7 +51,7 @@ from .gradients import (
     use_gram,
 )
 from .linear import FisherSolver
-from .target import NonFiniteError, TrainingError, TransitionTarget, check_step_size, jump
+from .target import NonFiniteError, TrainingError, TransitionTarget, check_step_size, explore_ahead
 from .updates import StepProblem, StepReport, Update
 
 __all__ = [
@@ -192,12 +192,11 @@ class TDVPRightHandSide:
         need_grads: keep the per-sample gradients (for `TDVPEvaluation.fisher_norm`).
         """
         draw = self.proposal.draw(model, self.batch_size, generator)
-        drawn, weights = draw.states, draw.weights
-        m = round(self.explore * drawn.shape[0])
-        if m:
-            moved = jump(drawn[:m], self.net, t, generator, impl=self.impl)
+        drawn, weights, B = draw.states, draw.weights, draw.states.shape[0]
+        moved = explore_ahead(drawn, self.explore, self.net, t, generator, impl=self.impl)
+        if moved.shape[0]:
             drawn = torch.cat([drawn, moved])
-            weights = torch.cat([weights, weights.new_full((m,), 1.0 / draw.states.shape[0])])
+            weights = torch.cat([weights, weights.new_full(moved.shape[:1], 1.0 / B)])
         states, inverse = unique_states(drawn, model.limits)
         w = torch.zeros(states.shape[0], dtype=weights.dtype, device=states.device)
         w.index_add_(0, inverse, weights)

@@ -31,7 +31,13 @@ import torch
 
 from ..models.base import AutoregressiveModel
 from ..sampling import Draw, Proposal, unique_states
-from .target import NonFiniteError, TransitionTarget, check_step_size, chunk_rows, jump
+from .target import (
+    NonFiniteError,
+    TransitionTarget,
+    check_step_size,
+    chunk_rows,
+    explore_ahead,
+)
 
 __all__ = [
     "OPTIMIZERS",
@@ -227,10 +233,11 @@ class KLUpdate(Update):
         """The proposal's draw, then all training states (B + eta B, L), log q and weights."""
         draw = problem.proposal.draw(problem.model, problem.batch_size, problem.generator)
         B = draw.states.shape[0]
-        m = round(self.explore * B)
-        if not m:
+        moved = explore_ahead(
+            draw.states, self.explore, problem.target.net, problem.t, problem.generator
+        )
+        if not moved.shape[0]:
             return draw, draw.states, draw.log_q, draw.weights
-        moved = jump(draw.states[:m], problem.target.net, problem.t, problem.generator)
         with torch.no_grad():
             lq_moved = problem.model.log_prob(moved)
         states = torch.cat([draw.states, moved])
