@@ -87,11 +87,7 @@ class NaturalGradientUpdate(KLUpdate):
         O = per_sample_grads(model, states, self.gradients)  # (U, P)
         x, info = self.solver.solve(O, coef / w, w)
         self._shift = info.shift
-        if self.max_step > 0:
-            length = float(torch.sqrt((w * ((O - w @ O) @ x) ** 2).sum()))
-            lr = self.optimizer.param_groups[0]["lr"]
-            if lr * length > self.max_step:
-                x = x * (self.max_step / (lr * length))
+        x = x * self._step_scale((O - w @ O) @ x, w)
         offset = 0
         for p in self.optimizer.param_groups[0]["params"]:
             p.grad = x[offset : offset + p.numel()].view_as(p).clone()
@@ -105,12 +101,17 @@ class NaturalGradientUpdate(KLUpdate):
         params = self.optimizer.param_groups[0]["params"]
         sol = self.solver.solve_gram(nade_gram(model, states), v, w, sum(p.numel() for p in params))
         self._shift = sol.info.shift
-        coef = sol.coef
-        if self.max_step > 0:
-            length = float(torch.sqrt((w * sol.fitted**2).sum()))
-            lr = self.optimizer.param_groups[0]["lr"]
-            if lr * length > self.max_step:
-                coef = coef * (self.max_step / (lr * length))
         self.optimizer.zero_grad(set_to_none=True)
-        grad_of_sum(model, states, coef)
+        grad_of_sum(model, states, sol.coef * self._step_scale(sol.fitted, w))
         self.optimizer.step()
+
+    def _step_scale(self, fitted: torch.Tensor, w: torch.Tensor) -> float:
+        """1, or less where the step's Fisher length lr * sqrt(sum w (O_c x)^2) > max_step.
+
+        fitted: (U,) O_c x, the change of centred log q that the unscaled step makes.
+        """
+        if self.max_step <= 0:
+            return 1.0
+        length = float(torch.sqrt((w * fitted**2).sum()))
+        lr = self.optimizer.param_groups[0]["lr"]
+        return min(1.0, self.max_step / (lr * length)) if lr * length > 0 else 1.0

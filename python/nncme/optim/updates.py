@@ -31,11 +31,11 @@ import torch
 
 from ..models.base import AutoregressiveModel
 from ..sampling import Draw, Proposal, unique_states
+from .gradients import grad_of_sum
 from .target import (
     NonFiniteError,
     TransitionTarget,
     check_step_size,
-    chunk_rows,
     explore_ahead,
 )
 
@@ -309,11 +309,8 @@ class KLUpdate(Update):
             coef: (U,) their summed coefficients w (f - b).
             weights: (U,) their summed sampling weights (for a Fisher matrix E_rho[O O^T]).
         """
-        model = problem.model
         self.optimizer.zero_grad(set_to_none=True)
-        rows = chunk_rows(model)
-        for chunk, cc in zip(states.split(rows), coef.split(rows)):
-            (cc * model.log_prob(chunk)).sum().backward()
+        grad_of_sum(problem.model, states, coef)
         self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
