@@ -44,6 +44,7 @@ LEVELS = (1e-4, 1e-6, 1e-8)
 PROPOSALS = {
     "vanilla": dict(proposal="vanilla"),
     "mixture": dict(proposal="mixture", mixture_eps=0.1),
+    "prefix_mixture": dict(proposal="prefix_mixture", mixture_eps=0.1),
     "diffusive": dict(proposal="diffusive", diffusive_width=3),
     "alpha": dict(proposal="alpha", alpha=0.5),
 }

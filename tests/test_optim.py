@@ -5,6 +5,8 @@ short run against the exact solution, and the config names."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -284,3 +286,35 @@ def test_step_objective_coefficients(objective):
     torch.testing.assert_close(spy.seen[2], torch.zeros_like(spy.seen[2]).index_add_(0, inv, w))
     with pytest.raises(ValueError, match="objective"):
         KLUpdate(spy.optimizer, objective="forward")
+
+
+class _LrSpy(KLUpdate):
+    """Records the learning rate of every iteration (and takes no step)."""
+
+    def apply_gradient(self, problem, states, coef, weights):
+        self.lrs.append(self.optimizer.param_groups[0]["lr"])
+
+
+def test_lr_decay_anneals_within_a_step_and_restores_the_rate():
+    """Cosine from lr to lr_decay * lr over `iterations`; the optimiser keeps lr afterwards."""
+    net = conserved_network()
+    model = build_model("nade", net, hidden=4, seed=3)
+    target = TransitionTarget(build_model("nade", net, hidden=4, seed=4),
+                              net.compile("cpu", torch.float64), 0.0, 0.02)  # fmt: skip
+    problem = StepProblem(
+        model, target, Mixture(0.3), 50, torch.Generator().manual_seed(5), 0.0, 0.02, 2
+    )
+    for decay in (1.0, 0.1):
+        spy = _LrSpy(torch.optim.Adam(model.parameters(), lr=0.02), iterations=5, lr_decay=decay)
+        spy.lrs = []
+        spy.run(problem)
+        cosine = [(1 + math.cos(math.pi * k / 4)) / 2 for k in range(5)]
+        want = [0.02 * (decay + (1 - decay) * c) for c in cosine]
+        assert spy.lrs == pytest.approx(want, rel=1e-12)
+        assert spy.optimizer.param_groups[0]["lr"] == 0.02
+    with pytest.raises(ValueError, match="lr_decay"):
+        KLUpdate(spy.optimizer, lr_decay=0.0)
+    with pytest.raises(ConfigError, match="lr_decay"):
+        RunConfig(lr_decay=1.5)
+    ev = Evolution(birth_death(), RunConfig(lr_decay=0.2, quiet=True))
+    assert ev.update.lr_decay == 0.2

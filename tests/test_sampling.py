@@ -17,6 +17,7 @@ from nncme.sampling import (
     Alpha,
     Diffusive,
     Mixture,
+    PrefixMixture,
     UniformKernel,
     Vanilla,
     make_proposal,
@@ -50,7 +51,16 @@ def model_for(net: ReactionNetwork, seed: int = 1) -> NADE:
     return model
 
 
-PROPOSALS = [Vanilla(), Mixture(0.3), Diffusive(1), Diffusive(3), Alpha(0.5), Alpha(1.7)]
+PROPOSALS = [
+    Vanilla(),
+    Mixture(0.3),
+    PrefixMixture(0.3),
+    PrefixMixture(1.0),
+    Diffusive(1),
+    Diffusive(3),
+    Alpha(0.5),
+    Alpha(1.7),
+]
 
 
 @pytest.mark.parametrize("conserved", [False, True])
@@ -122,6 +132,7 @@ def test_weighted_estimates_are_unbiased():
 
 def test_make_proposal_names():
     assert isinstance(make_proposal("mixture", eps=0.2), Mixture)
+    assert make_proposal("prefix_mixture", eps=0.2).eps == 0.2
     assert make_proposal("diffusive", width=4).transform.width == 4
     assert make_proposal("alpha", alpha=0.3).transform.alpha == 0.3
     with pytest.raises(ValueError, match="proposal must be one of"):
@@ -167,3 +178,36 @@ def test_pareto_smoothing_leaves_light_tails_alone():
     torch.testing.assert_close(torch.exp(smoothed), torch.softmax(log_w, 0), rtol=0.1, atol=0)
     draw = Mixture(0.2, psis=True).draw(model_for(two_species(False)), 500)
     assert math.isfinite(draw.pareto_k) and float(draw.weights.sum()) == pytest.approx(1.0)
+
+
+def test_prefix_mixture_on_three_species():
+    """Every prefix length k = 0..3 is a component: log rho normalised, draws follow it."""
+    net = ReactionNetwork(
+        {"A": 4, "B": 3, "C": 5},
+        [Reaction({}, {"A": 1}, 1.0), Reaction({"A": 1}, {"B": 1}, 1.0),
+         Reaction({"B": 1}, {"C": 1}, 1.0), Reaction({"C": 1}, {}, 1.0)],
+        {"A": 1},
+    )  # fmt: skip
+    model = model_for(net, seed=2)
+    proposal = PrefixMixture(0.6)
+    states = box(net.limits)
+    log_rho = proposal.log_prob(model, states)
+    assert float(torch.logsumexp(log_rho, 0).exp()) == pytest.approx(1.0, abs=1e-12)
+    q = torch.exp(model.log_prob(states)).detach()
+    prefix = [torch.ones_like(q)]  # q(n_<k) by summing q over the later species
+    for k in (1, 2):
+        joint = q.reshape(*[int(m) for m in net.limits])
+        marg = joint.sum(dim=tuple(range(k, 3)))
+        prefix.append(marg[tuple(states[:, i] for i in range(k))])
+    limits = [int(m) for m in net.limits]
+    uniform = [1 / (limits[0] * limits[1] * limits[2]), 1 / (limits[1] * limits[2]), 1 / limits[2]]
+    want = 0.4 * q + sum(0.2 * prefix[k] * uniform[k] for k in range(3))
+    torch.testing.assert_close(torch.exp(log_rho), want, rtol=1e-10, atol=1e-14)
+    draw = proposal.draw(model, 30000, torch.Generator().manual_seed(4))
+    torch.testing.assert_close(draw.log_rho, proposal.log_prob(model, draw.states))
+    keys = (draw.states[:, 0] * limits[1] + draw.states[:, 1]) * limits[2] + draw.states[:, 2]
+    counts = np.bincount(keys.numpy(), minlength=states.shape[0]).astype(float)
+    expected = 30000 * want.numpy()
+    big = expected >= 5
+    chi2 = (((counts[big] - expected[big]) ** 2) / expected[big]).sum()
+    assert stats.chi2.sf(chi2, df=int(big.sum())) > 1e-4

@@ -59,6 +59,10 @@ class RunConfig:
     lr: float | None = _opt(
         None, "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp)"
     )
+    lr_decay: float = _opt(
+        1.0,
+        "learning rate at a step's last iteration, as a fraction of lr (cosine; 1: constant)",
+    )
     batch: int = _opt(1000, "samples per iteration")
     iterations: int = _opt(60, "optimiser iterations per time step (the maximum with --tolerance)")
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")
@@ -73,7 +77,7 @@ class RunConfig:
         "auto",
         "where training states come from (importance-weighted); auto: vanilla, but mixture "
         "for tdvp (which moves log q only at drawn states)",
-        ("auto", "vanilla", "mixture", "diffusive", "alpha"),
+        ("auto", "vanilla", "mixture", "prefix_mixture", "diffusive", "alpha"),
     )
     objective: str = _opt(
         "kl",
@@ -81,7 +85,11 @@ class RunConfig:
         "divergence under the proposal (fits the tails a wide proposal draws; adam/sgd/natgrad)",
         ("kl", "log_variance"),
     )
-    mixture_eps: float = _opt(0.1, "mixture proposal: fraction drawn uniformly over the box")
+    mixture_eps: float = _opt(
+        0.1,
+        "mixture proposals: fraction drawn uniformly over the box (prefix_mixture: over the "
+        "species after a prefix kept from q)",
+    )
     diffusive_width: int = _opt(2, "diffusive proposal: half-width of the kernel (counts)")
     alpha: float = _opt(0.8, "alpha proposal: exponent of the tempered conditionals")
     psis: bool = _opt(False, "Pareto-smooth the largest importance weights (PSIS)")
@@ -168,6 +176,9 @@ class RunConfig:
                 _float(self, name, positive=True)
         for name in ("mixture_eps", "shift", "max_step"):
             _float(self, name)
+        _float(self, "lr_decay", positive=True)
+        if self.lr_decay > 1:
+            raise ConfigError(f"lr_decay: must be in (0, 1], got {self.lr_decay}")
         if self.mixture_eps > 1:
             raise ConfigError(f"mixture_eps: must be in [0, 1], got {self.mixture_eps}")
         _int(self, "diffusive_width", minimum=0)

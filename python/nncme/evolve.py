@@ -250,6 +250,7 @@ class Evolution:
             min_iterations=cfg.min_iterations,
             explore=cfg.explore,
             objective=cfg.objective,
+            lr_decay=cfg.lr_decay,
         )
         if cfg.optimizer == "natgrad":
             return NaturalGradientUpdate(

@@ -8,6 +8,11 @@ q(n_b) / rho(n_b) (DESIGN section 2). Every proposal computes log rho(n) exactly
 - `Mixture(eps)`: rho = (1 - eps) q + eps U with U uniform over the box (prod M_i states):
   rare states far from q's bulk are drawn at a floor rate eps / |box|.
   log rho = logaddexp(log(1 - eps) + log q, log eps - log |box|).
+- `PrefixMixture(eps)`: rho = (1 - eps) q + eps/L sum_{k<L} q(n_<k) U(n_>=k): with probability
+  eps a sample keeps q's counts of a prefix of the species (k of them, k uniform in 0..L-1) and
+  draws the rest uniformly, so the later species' tails are drawn next to typical values of
+  the earlier ones, not only at uniform corners of a huge box. q(n_<k) is q's own marginal of
+  the prefix (autoregressive order), so log rho is exact from one pass of the conditionals.
 - `Diffusive(width)`: each conditional convolved with a uniform kernel of half-width d,
   rho(m | n_<i) = sum_k q(k | n_<i) K_k(m), K_k uniform over the allowed counts within d of k:
   a sample of q displaced species by species, so still autoregressive, and log rho is the sum
@@ -41,6 +46,7 @@ __all__ = [
     "Diffusive",
     "Draw",
     "Mixture",
+    "PrefixMixture",
     "Proposal",
     "Transformed",
     "UniformKernel",
@@ -275,9 +281,62 @@ class Mixture(Proposal):
         return f"Mixture(eps={self.eps:g}, psis={self.psis})"
 
 
+class PrefixMixture(Mixture):
+    """rho = (1 - eps) q + (eps / L) sum_{k=0}^{L-1} q(n_<k) U(n_>=k).
+
+    Component k keeps q's counts of the first k species (in the model's order) and draws the
+    others uniformly over their limits; k = 0 is the uniform box of `Mixture`. A tail of a late
+    species conditional on typical earlier ones, which the uniform box reaches only at rate
+    eps / |box|, is drawn at about eps / (L M_i) per count. Exact: q(n_<k) is the product of
+    q's first k conditionals. States off a conservation law have q = 0 and are dropped.
+    """
+
+    name = "prefix_mixture"
+
+    @torch.no_grad()
+    def _draw(self, model, batch_size, generator):
+        device, L = model.device, model.num_species
+        states, log_q = model.sample(batch_size, generator)
+        u = torch.rand(batch_size, generator=generator, device=device, dtype=model.dtype)
+        mixed = u < self.eps
+        if mixed.any():  # component k, uniform in 0..L-1: species k.. drawn uniformly
+            m = int(mixed.sum())
+            k = torch.randint(L, (m,), generator=generator, device=device)
+            r = torch.rand(m, L, generator=generator, device=device)
+            uniform = torch.minimum((r * model.limits).long(), model.limits - 1)
+            later = torch.arange(L, device=device) >= k.unsqueeze(1)
+            states[mixed] = torch.where(later, uniform, states[mixed])
+            log_q = log_q.clone()
+            log_q[mixed] = model.log_prob(states[mixed])
+        return states, log_q, self.log_prob(model, states)
+
+    @torch.no_grad()
+    def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        states = states.to(device=model.device, dtype=torch.int64)
+        L = states.shape[1]
+        cond = model.conditionals(states)  # (B, L, M)
+        picked = cond.gather(2, states.clamp(0, cond.shape[2] - 1).unsqueeze(2)).squeeze(2)
+        log_u = -torch.log(model.limits.to(cond.dtype))  # (L,) log 1/M_i
+        zero = torch.zeros_like(picked[:, :1])
+        # prefix[:, k] = log q(n_<k), suffix[k] = sum_{i>=k} log 1/M_i, for k = 0..L
+        prefix = torch.cat([zero, torch.cumsum(picked, dim=1)], dim=1)
+        suffix = torch.flip(torch.cumsum(torch.flip(log_u, [0]), 0), [0])
+        suffix = torch.cat([suffix, suffix.new_zeros(1)])
+        log_pi = torch.full((L + 1,), math.log(self.eps / L) if self.eps > 0 else -math.inf,
+                            dtype=cond.dtype, device=cond.device)  # fmt: skip
+        log_pi[L] = math.log1p(-self.eps) if self.eps < 1 else -math.inf
+        out = torch.logsumexp(log_pi + prefix + suffix, dim=1)
+        outside = ((states < 0) | (states >= model.limits)).any(dim=1)
+        return out.masked_fill(outside, -math.inf)
+
+    def __repr__(self) -> str:
+        return f"PrefixMixture(eps={self.eps:g}, psis={self.psis})"
+
+
 PROPOSALS: dict[str, type[Proposal]] = {
     "vanilla": Vanilla,
     "mixture": Mixture,
+    "prefix_mixture": PrefixMixture,
     "diffusive": Diffusive,
     "alpha": Alpha,
 }
@@ -294,14 +353,16 @@ def make_proposal(
     """A proposal by name (`PROPOSALS`) with its one parameter.
 
     Args:
-        name: "vanilla" | "mixture" | "diffusive" | "alpha".
-        eps: the mixture's uniform fraction.  width: the diffusive kernel's half-width.
+        name: "vanilla" | "mixture" | "prefix_mixture" | "diffusive" | "alpha".
+        eps: the (prefix) mixture's uniform fraction.  width: the diffusive kernel's half-width.
         alpha: the tempering exponent.  psis: Pareto-smooth the weights.
     """
     if name == "vanilla":
         return Vanilla(psis=psis)
     if name == "mixture":
         return Mixture(eps, psis=psis)
+    if name == "prefix_mixture":
+        return PrefixMixture(eps, psis=psis)
     if name == "diffusive":
         return Diffusive(width, psis=psis)
     if name == "alpha":

@@ -176,6 +176,8 @@ class KLUpdate(Update):
         min_iterations: iterations before the stopping rule may act.
         window: iterations averaged by the stopping rule.
         explore: eta, the fraction of extra states one reaction away (0: pure reverse KL).
+        lr_decay: the learning rate at a step's last allowed iteration, as a fraction of the
+            optimiser's own (cosine in between; 1: constant). See "Noise" below.
         objective: "kl" (reverse KL, importance-weighted) or "log_variance": the log-variance
             divergence Var_rho[log q - log T q_old] under the proposal itself, every drawn
             state with weight 1/B (see below).
@@ -188,6 +190,14 @@ class KLUpdate(Update):
     often the proposal draws it: with the mixture or alpha proposal, the tails are fitted in
     log space (Richter et al., 2020; the same divergence as the explored states'). Its
     gradient, with the draw held fixed, is (2/B) sum_b (f_b - mean f) grad log q(n_b).
+
+    Noise. Near a step's optimum the gradient is mostly sampling noise, and Adam, which
+    normalises it, then moves every parameter by about lr per iteration in a random direction;
+    what is left of that jitter when the step ends is an error the next steps inherit, and over
+    thousands of steps it adds up along the slow modes of the network (the toggle switch's
+    minority mode). `lr_decay` < 1 anneals the learning rate within each step (cosine from lr
+    to lr_decay * lr over `iterations`), so a step still follows a fast-moving target early
+    and ends with a smaller jitter.
     """
 
     name = "kl"
@@ -203,6 +213,7 @@ class KLUpdate(Update):
         explore: float = 0.0,
         relative_tolerance: float = 0.0,
         objective: str = "kl",
+        lr_decay: float = 1.0,
     ) -> None:
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
@@ -218,16 +229,34 @@ class KLUpdate(Update):
         self.window = max(1, int(window))
         self.explore = float(explore)
         self.relative_tolerance = float(relative_tolerance)
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
+        self.lr_decay = float(lr_decay)
 
     def run(self, problem: StepProblem) -> StepReport:
         start = time.perf_counter()
         report = StepReport(loss=math.nan)
-        for it in range(self.iterations):
-            self._iteration(problem, it, report)
-            if self._converged(report.residuals):
-                break
+        base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        try:
+            for it in range(self.iterations):
+                self._set_lr(base_lrs, it)
+                self._iteration(problem, it, report)
+                if self._converged(report.residuals):
+                    break
+        finally:  # the optimiser (and its checkpoint) keeps the undecayed rate
+            for group, lr in zip(self.optimizer.param_groups, base_lrs):
+                group["lr"] = lr
         report.seconds = time.perf_counter() - start
         return report
+
+    def _set_lr(self, base_lrs: list[float], it: int) -> None:
+        """The learning rate of iteration `it`: cosine from lr to lr_decay * lr."""
+        if self.lr_decay == 1.0:
+            return
+        progress = it / max(self.iterations - 1, 1)
+        factor = self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * progress))
+        for group, lr in zip(self.optimizer.param_groups, base_lrs):
+            group["lr"] = lr * factor
 
     def _batch(self, problem: StepProblem) -> tuple[Draw, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The proposal's draw, then all training states (B + eta B, L), log q and weights."""
