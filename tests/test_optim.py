@@ -296,7 +296,8 @@ class _LrSpy(KLUpdate):
 
 
 def test_lr_decay_anneals_within_a_step_and_restores_the_rate():
-    """Cosine from lr to lr_decay * lr over `iterations`; the optimiser keeps lr afterwards."""
+    """lr for the first half of `iterations`, then a cosine to lr_decay * lr at the last; the
+    optimiser keeps lr afterwards."""
     net = conserved_network()
     model = build_model("nade", net, hidden=4, seed=3)
     target = TransitionTarget(build_model("nade", net, hidden=4, seed=4),
@@ -305,10 +306,10 @@ def test_lr_decay_anneals_within_a_step_and_restores_the_rate():
         model, target, Mixture(0.3), 50, torch.Generator().manual_seed(5), 0.0, 0.02, 2
     )
     for decay in (1.0, 0.1):
-        spy = _LrSpy(torch.optim.Adam(model.parameters(), lr=0.02), iterations=5, lr_decay=decay)
+        spy = _LrSpy(torch.optim.Adam(model.parameters(), lr=0.02), iterations=9, lr_decay=decay)
         spy.lrs = []
         spy.run(problem)
-        cosine = [(1 + math.cos(math.pi * k / 4)) / 2 for k in range(5)]
+        cosine = [1.0] * 5 + [(1 + math.cos(math.pi * k / 4)) / 2 for k in range(1, 5)]
         want = [0.02 * (decay + (1 - decay) * c) for c in cosine]
         assert spy.lrs == pytest.approx(want, rel=1e-12)
         assert spy.optimizer.param_groups[0]["lr"] == 0.02

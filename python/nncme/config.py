@@ -60,8 +60,9 @@ class RunConfig:
         None, "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp)"
     )
     lr_decay: float = _opt(
-        1.0,
-        "learning rate at a step's last iteration, as a fraction of lr (cosine; 1: constant)",
+        0.1,
+        "learning rate at a step's last iteration, as a fraction of lr (constant for the first "
+        "half of the iterations, then cosine; 1: constant throughout)",
     )
     batch: int = _opt(1000, "samples per iteration")
     iterations: int = _opt(60, "optimiser iterations per time step (the maximum with --tolerance)")

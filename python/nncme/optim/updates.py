@@ -177,7 +177,8 @@ class KLUpdate(Update):
         window: iterations averaged by the stopping rule.
         explore: eta, the fraction of extra states one reaction away (0: pure reverse KL).
         lr_decay: the learning rate at a step's last allowed iteration, as a fraction of the
-            optimiser's own (cosine in between; 1: constant). See "Noise" below.
+            optimiser's own (constant for the first half, cosine in the second; 1: constant).
+            See "Noise" below.
         objective: "kl" (reverse KL, importance-weighted) or "log_variance": the log-variance
             divergence Var_rho[log q - log T q_old] under the proposal itself, every drawn
             state with weight 1/B (see below).
@@ -195,9 +196,10 @@ class KLUpdate(Update):
     normalises it, then moves every parameter by about lr per iteration in a random direction;
     what is left of that jitter when the step ends is an error the next steps inherit, and over
     thousands of steps it adds up along the slow modes of the network (the toggle switch's
-    minority mode). `lr_decay` < 1 anneals the learning rate within each step (cosine from lr
-    to lr_decay * lr over `iterations`), so a step still follows a fast-moving target early
-    and ends with a smaller jitter.
+    minority mode). `lr_decay` < 1 anneals the learning rate in the second half of each step
+    (cosine from lr down to lr_decay * lr at the last of `iterations`): the first half moves
+    at the full rate, so a step still follows a fast-moving target (annealing over the whole
+    step made the toggle switch's early steps lag), and the step ends with a smaller jitter.
     """
 
     name = "kl"
@@ -250,10 +252,12 @@ class KLUpdate(Update):
         return report
 
     def _set_lr(self, base_lrs: list[float], it: int) -> None:
-        """The learning rate of iteration `it`: cosine from lr to lr_decay * lr."""
+        """The learning rate of iteration `it`: lr for the first half of `iterations`, then a
+        cosine down to lr_decay * lr at the last."""
         if self.lr_decay == 1.0:
             return
-        progress = it / max(self.iterations - 1, 1)
+        half = (self.iterations - 1) / 2
+        progress = max(0.0, it - half) / half if half > 0 else 1.0
         factor = self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * progress))
         for group, lr in zip(self.optimizer.param_groups, base_lrs):
             group["lr"] = lr * factor
