@@ -152,30 +152,34 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     results = []
-    out = Path(args.out)
     for name in args.cases or list(CASES):
         results.append(run_case(name, args.device, args.seed, args.resume))
         print_case(results[-1])
+        path = write_report(Path(args.out), args.device, results)  # after every case
+    print(f"\nwrote {path}")
+    return 0 if all(r["pass"] for r in results) else 1
+
+
+def write_report(out: Path, device: str, results: list[dict]) -> Path:
+    """accuracy_<device>.json with these results and the other cases' earlier ones."""
     report = {
         "benchmark": "accuracy",
         "nncme": nncme.__version__,
         "torch": torch.__version__,
-        "device": args.device,
-        "device_name": device_name(args.device),
+        "device": device,
+        "device_name": device_name(device),
         "cpu_count": os.cpu_count(),
         "python": sys.version.split()[0],
         "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    tag = args.device.replace(":", "")
-    path = out / f"accuracy_{tag}.json"
-    if path.exists() and len(results) < len(CASES):  # keep earlier cases of a partial rerun
+    path = out / f"accuracy_{device.replace(':', '')}.json"
+    if path.exists():  # keep the other cases' results from earlier runs
+        done = {r["system"] for r in results}
         old = json.loads(path.read_text())
-        kept = [r for r in old.get("results", []) if r["system"] not in args.cases]
-        report["results"] = kept + results
+        report["results"] = [r for r in old.get("results", []) if r["system"] not in done] + results
     path.write_text(json.dumps(report, indent=2))
-    print(f"\nwrote {path}")
-    return 0 if all(r["pass"] for r in results) else 1
+    return path
 
 
 if __name__ == "__main__":
