@@ -258,12 +258,19 @@ class Mixture(Proposal):
             parts.append(states)
             log_qs.append(log_q)
         if m:
-            r = torch.rand(m, model.num_species, generator=generator, device=device)
-            uniform = torch.minimum((r * model.limits).long(), model.limits - 1)
+            uniform = self._uniform_box(model, m, generator)
             parts.append(uniform)
             log_qs.append(model.log_prob(uniform))
         states, log_q = torch.cat(parts), torch.cat(log_qs)
         return states, log_q, self._log_rho(model, log_q)
+
+    @staticmethod
+    def _uniform_box(
+        model: AutoregressiveModel, m: int, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """(m, L) states drawn uniformly over the box."""
+        r = torch.rand(m, model.num_species, generator=generator, device=model.device)
+        return torch.minimum((r * model.limits).long(), model.limits - 1)
 
     def _log_rho(self, model: AutoregressiveModel, log_q: torch.Tensor) -> torch.Tensor:
         if self.eps == 0:
@@ -302,8 +309,7 @@ class PrefixMixture(Mixture):
         if mixed.any():  # component k, uniform in 0..L-1: species k.. drawn uniformly
             m = int(mixed.sum())
             k = torch.randint(L, (m,), generator=generator, device=device)
-            r = torch.rand(m, L, generator=generator, device=device)
-            uniform = torch.minimum((r * model.limits).long(), model.limits - 1)
+            uniform = self._uniform_box(model, m, generator)
             later = torch.arange(L, device=device) >= k.unsqueeze(1)
             states[mixed] = torch.where(later, uniform, states[mixed])
             log_q = log_q.clone()
