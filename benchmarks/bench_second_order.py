@@ -42,6 +42,10 @@ OPTIMIZERS = {
     # TDVP moves log q only where states are drawn: from a point mass it needs the wide
     # mixture proposal besides the states one reaction ahead (tests/test_tdvp.py)
     "tdvp": dict(optimizer="tdvp", integrator="heun", proposal="mixture", mixture_eps=0.1),
+    # the same with the shift chosen by cross-validation at each evaluation
+    "tdvp_cv": dict(
+        optimizer="tdvp", integrator="heun", proposal="mixture", mixture_eps=0.1, cv_shift=True
+    ),
 }
 
 
@@ -101,6 +105,7 @@ def run_case(
                    reached=bool(np.nanmax(h) <= TARGET),
                    iterations_per_step=float(np.mean([x["iterations"] for x in hist])),
                    seconds_per_step=float(np.mean([x["seconds"] for x in hist])),
+                   max_hellinger_per_time=np.nanmax(h, axis=1).tolist(),
                    settings={**common, **extra})  # fmt: skip
         rows.append(row)
         print(f"  {system} {opt}: {seconds:.1f} s, max H {np.nanmax(h):.4f}", flush=True)

@@ -80,6 +80,26 @@ def test_theta_dot_is_the_dense_least_squares_solution(proposal, gradients):
     assert (wrong - ev.theta_dot).norm() > 0.5 * ev.theta_dot.norm()
 
 
+@pytest.mark.parametrize("gradients", ["analytic", "gram"])
+def test_cross_validated_shift_is_used_by_the_solve(gradients):
+    """With cv the shift is an entry of the grid, the held-out misfit is reported, and
+    theta_dot is the dense least-squares solution at that shift."""
+    net = conserved_network()
+    model = build_model("nade", net, hidden=4, seed=7)
+    solver = FisherSolver(adaptive=False, cv=True, grid=(1e-5, 1e-3, 1e-1, 10.0))
+    rhs = TDVPRightHandSide(
+        net.compile("cpu", torch.float64), batch_size=400, solver=solver, gradients=gradients
+    )
+    ev = rhs(model, 0.0, torch.Generator().manual_seed(0), need_grads=gradients == "analytic")
+    assert ev.shift in solver.grid and 0 <= ev.held_out < 1
+    R = rhs.local_generator(model, ev.states, 0.0)
+    O = per_sample_grads(model, ev.states, "func")
+    w = ev.weights
+    Oc, Rc = O - w @ O, R - w @ R
+    S = Oc.T @ (w.unsqueeze(1) * Oc) + ev.shift * torch.eye(O.shape[1], dtype=O.dtype)
+    torch.testing.assert_close(ev.theta_dot, torch.linalg.solve(S, Oc.T @ (w * Rc)))
+
+
 def linear_field(rate: torch.Tensor):
     """theta_dot = -rate * theta, as a TDVP right-hand side (grads = I for the error norm)."""
     P = rate.shape[0]

@@ -99,6 +99,11 @@ class RunConfig:
         1e-3, "Fisher/TDVP shift lambda (relative to the mean eigenvalue with adaptive_shift)"
     )
     adaptive_shift: bool = _opt(True, "scale the shift to the spectrum of the Fisher matrix")
+    cv_shift: bool = _opt(
+        False,
+        "tdvp: choose the shift at each evaluation by 2-fold cross-validation of the fit over "
+        "relative shifts 1e-6..100 (stabilises TDVP with fewer samples than parameters)",
+    )
     solve_space: str = _opt(
         "auto", "Fisher/TDVP solve: parameter (P x P) or sample (B x B) space", SOLVE_SPACES
     )
@@ -199,7 +204,7 @@ class RunConfig:
             if not times or any(not math.isfinite(t) or t < 0 for t in times):
                 raise ConfigError(f"times: must be finite and >= 0, got {self.times!r}")
             self.times = sorted(set(times))
-        for name in ("resume", "quiet", "psis", "adaptive_shift", "adaptive_dt"):
+        for name in ("resume", "quiet", "psis", "adaptive_shift", "cv_shift", "adaptive_dt"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if self.resume and not self.out:

@@ -225,7 +225,11 @@ class Evolution:
         """The per-step update the config names (`optimizer`)."""
         cfg = self.config
         solver = FisherSolver(
-            cfg.shift, adaptive=cfg.adaptive_shift, space=cfg.solve_space, impl=cfg.impl
+            cfg.shift,
+            adaptive=cfg.adaptive_shift,
+            space=cfg.solve_space,
+            impl=cfg.impl,
+            cv=cfg.cv_shift and cfg.optimizer == "tdvp",
         )
         if cfg.optimizer == "tdvp":
             rhs = TDVPRightHandSide(
@@ -506,6 +510,7 @@ class Evolution:
             "accepted": report.accepted,
             "rejected": report.rejected,
             "pareto_k": None if math.isnan(report.pareto_k) else report.pareto_k,
+            "held_out": None if math.isnan(report.held_out) else report.held_out,
             "seconds": report.seconds,
         }
         self.history.append(line)

@@ -21,7 +21,7 @@ from .gradients import (
     set_flat_parameters,
     use_gram,
 )
-from .linear import SPACES, FisherSolver, GramSolution, SolveInfo
+from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, GramSolution, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
     Distribution,
@@ -56,11 +56,13 @@ from .updates import (
 )
 
 __all__ = [
+    "CV_GRID",
     "GRADIENTS",
     "INTEGRATORS",
     "OPTIMIZERS",
     "RK4",
     "SPACES",
+    "CrossValidation",
     "Distribution",
     "Euler",
     "FisherSolver",

@@ -13,6 +13,17 @@ means a different regularisation as the model's gradients grow or shrink during 
 relative one keeps the conditioning of (S + lambda I) about the same. The value used is
 reported (`SolveInfo.shift`) and logged per step.
 
+Cross-validated shift (`cv=True`, for TDVP). With fewer samples than parameters the
+least-squares fit interpolates v at the samples (residual 0) and nothing constrains x elsewhere;
+a small fixed shift then follows the sampling noise, and TDVP drifts away (MAPK at 500 samples
+for 12,160 parameters: Hellinger 0.44 at t = 1 against SSA). `cross_validate` picks the
+relative shift from `CV_GRID` whose solution predicts v best at held-out samples: the caller
+splits its samples into folds (per sample, before merging duplicate states, so that a state
+drawn often sits in both folds as it would in a fresh draw), each fold's fit is scored on the
+others, and the shift with the least mean held-out relative misfit is used for the solve on all
+samples. A held-out misfit >= 1 at every shift says the fit predicts nothing beyond its own
+samples; the largest shift then moves x only a little, along O_c^T v_c.
+
 Fallback. The operator raises the shift x10 when a Cholesky factorisation fails (reported in
 `SolveInfo.shift`); when it still fails after `max_raises`, the same Tikhonov solution is
 computed from the SVD of the centred gradients, x = V diag(s / (s^2 + lambda)) U^T v_c,
@@ -28,9 +39,11 @@ import torch
 from .. import ops
 from .target import NonFiniteError
 
-__all__ = ["SPACES", "FisherSolver", "GramSolution", "SolveInfo"]
+__all__ = ["CV_GRID", "SPACES", "CrossValidation", "FisherSolver", "GramSolution", "SolveInfo"]
 
 SPACES = ("auto", "parameter", "sample")
+# relative shifts tried by cross-validation (see the module docstring)
+CV_GRID = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass
@@ -66,6 +79,30 @@ class GramSolution:
     info: SolveInfo
 
 
+@dataclass
+class CrossValidation:
+    """The outcome of `FisherSolver.cross_validate`.
+
+    Attributes:
+        shift: the relative shift chosen (an entry of the grid).
+        errors: (G,) mean held-out relative misfit sum w (O_c x - v_c)^2 / sum w v_c^2 per
+            grid entry (1: no better than x = 0).
+    """
+
+    shift: float
+    errors: torch.Tensor
+
+    @property
+    def error(self) -> float:
+        return float(self.errors.min())
+
+
+def centred_gram(K: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """K_c = (O - w^T O)(O - w^T O)^T from K = O O^T (N, N) and normalised weights w (N,)."""
+    Kw = K @ w
+    return K - Kw.unsqueeze(0) - Kw.unsqueeze(1) + w @ Kw
+
+
 class FisherSolver:
     """(S + lambda I) x = O_c^T v_c with centred, importance-weighted O and v.
 
@@ -76,6 +113,9 @@ class FisherSolver:
         impl: operator implementation of `nncme.ops.fisher_solve`.
         max_raises: shift raises the operator may make before the SVD fallback.
         min_shift: floor of an adaptive lambda.
+        cv: choose the relative shift by cross-validation (`cross_validate`; the caller
+            passes the folds); `shift` is then used only where no folds are given.
+        grid: the relative shifts cross-validation tries.
     """
 
     def __init__(
@@ -87,6 +127,8 @@ class FisherSolver:
         impl: str = "auto",
         max_raises: int = 6,
         min_shift: float = 1e-12,
+        cv: bool = False,
+        grid: tuple[float, ...] = CV_GRID,
     ) -> None:
         if not shift >= 0:
             raise ValueError(f"shift must be >= 0, got {shift!r}")
@@ -98,18 +140,31 @@ class FisherSolver:
         self.impl = impl
         self.max_raises = int(max_raises)
         self.min_shift = float(min_shift)
+        self.cv = bool(cv)
+        if cv and not (grid and all(g > 0 for g in grid)):
+            raise ValueError(f"grid must hold positive shifts, got {grid!r}")
+        self.grid = tuple(float(g) for g in grid)
 
-    def shift_for(self, O: torch.Tensor, w: torch.Tensor) -> float:
+    def shift_for(self, O: torch.Tensor, w: torch.Tensor, shift: float | None = None) -> float:
         """The lambda this solver uses for gradients O (N, P) with weights w (N,)."""
+        shift = self.shift if shift is None else shift
         if not self.adaptive:
-            return self.shift
+            return shift
         N, P = O.shape
         mean = w @ O
         trace = float((w * ((O - mean) ** 2).sum(dim=1)).sum())
-        return max(self.min_shift, self.shift * trace / max(1, min(N - 1, P)))
+        return self._absolute(shift, trace, N, P)
+
+    def _absolute(self, shift: float, trace: float, N: int, P: int) -> float:
+        """lambda from a relative shift: shift * tr(S) / min(N - 1, P), floored."""
+        return max(self.min_shift, shift * trace / max(1, min(N - 1, P)))
 
     def solve(
-        self, O: torch.Tensor, v: torch.Tensor, w: torch.Tensor | None = None
+        self,
+        O: torch.Tensor,
+        v: torch.Tensor,
+        w: torch.Tensor | None = None,
+        shift: float | None = None,
     ) -> tuple[torch.Tensor, SolveInfo]:
         """Solve for x.
 
@@ -118,6 +173,7 @@ class FisherSolver:
             v: (N,) per-sample values (natural gradient: the coefficients scaled by 1/w; TDVP:
                 the local generator).
             w: (N,) non-negative weights (normalised here); None: 1/N each.
+            shift: the shift to use instead of this solver's (relative where adaptive).
 
         Returns:
             x (P,) and a SolveInfo.
@@ -128,7 +184,7 @@ class FisherSolver:
         w = (w / w.sum()).to(O.dtype)
         if not (torch.isfinite(O).all() and torch.isfinite(v).all()):
             raise NonFiniteError("the per-sample gradients or values contain NaN or inf")
-        lam = self.shift_for(O, w)
+        lam = self.shift_for(O, w, shift)
         space = self.space
         if space == "auto":
             space = "parameter" if P <= N else "sample"
@@ -141,7 +197,12 @@ class FisherSolver:
             return _svd_solve(O, v, w, max(lam, self.min_shift)), SolveInfo(lam, lam, space, True)
 
     def solve_gram(
-        self, K: torch.Tensor, v: torch.Tensor, w: torch.Tensor, num_params: int
+        self,
+        K: torch.Tensor,
+        v: torch.Tensor,
+        w: torch.Tensor,
+        num_params: int,
+        shift: float | None = None,
     ) -> GramSolution:
         """The same x as `solve`, in sample space, from the Gram matrix K = O O^T (N, N).
 
@@ -155,12 +216,11 @@ class FisherSolver:
         w = (w / w.sum()).to(K.dtype)
         if not (torch.isfinite(K).all() and torch.isfinite(v).all()):
             raise NonFiniteError("the Gram matrix or the values contain NaN or inf")
-        Kw = K @ w
-        Kc = K - Kw.unsqueeze(0) - Kw.unsqueeze(1) + w @ Kw
+        Kc = centred_gram(K, w)
         trace = float((w * Kc.diagonal()).sum())
-        lam = self.shift
+        lam = self.shift if shift is None else shift
         if self.adaptive:
-            lam = max(self.min_shift, self.shift * trace / max(1, min(N - 1, num_params)))
+            lam = self._absolute(lam, trace, N, num_params)
         sw = w.sqrt()
         A = sw.unsqueeze(1) * Kc * sw.unsqueeze(0)
         b = sw * (v - w @ v)
@@ -179,6 +239,69 @@ class FisherSolver:
         gamma = sw * y  # x = O_c^T gamma = sum_n (gamma_n - w_n sum(gamma)) O_n
         coef = gamma - w * gamma.sum()
         return GramSolution(coef, Kc @ gamma, SolveInfo(float(used), lam, "sample", fallback))
+
+    def cross_validate(
+        self, K: torch.Tensor, v: torch.Tensor, folds: torch.Tensor, num_params: int
+    ) -> CrossValidation:
+        """The relative shift of `grid` whose fits predict v best at held-out samples.
+
+        Args:
+            K: (N, N) Gram matrix O O^T of the N distinct states.
+            v: (N,) values at the states.
+            folds: (F, N) non-negative weights of each fold's samples on the states (F >= 2;
+                a state no sample of a fold holds has weight 0 there).
+            num_params: P (for the relative shift's scale).
+
+        Each fold f is fitted by the sample-space Tikhonov solution at every grid shift (one
+        eigendecomposition of its weighted, centred Gram matrix), and scored on the other
+        folds' samples: sum w' (O_c x - v_c)^2 / sum w' v_c^2, centred under w'.
+        """
+        if folds.shape[0] < 2:
+            raise ValueError(f"cross-validation needs at least 2 folds, got {folds.shape[0]}")
+        grid = torch.tensor(self.grid, dtype=K.dtype, device=K.device)
+        errors = torch.zeros_like(grid)
+        folds = folds.to(K.dtype)
+        for f in range(folds.shape[0]):
+            train, held = folds[f], folds.sum(0) - folds[f]
+            errors += self._held_out_misfit(K, v, train, held, grid, num_params)
+        errors /= folds.shape[0]
+        return CrossValidation(self.grid[int(torch.argmin(errors))], errors)
+
+    def _held_out_misfit(
+        self,
+        K: torch.Tensor,
+        v: torch.Tensor,
+        train: torch.Tensor,
+        held: torch.Tensor,
+        grid: torch.Tensor,
+        num_params: int,
+    ) -> torch.Tensor:
+        """(G,) held-out relative misfit of the fit on `train`'s weights at each shift."""
+        rows = (train > 0).nonzero().squeeze(1)
+        cols = (held > 0).nonzero().squeeze(1)
+        if rows.numel() < 2 or cols.numel() < 1:
+            return torch.ones_like(grid)
+        w = train[rows] / train[rows].sum()
+        Kc = centred_gram(K[rows][:, rows], w)
+        scale = 1.0
+        if self.adaptive:
+            scale = float((w * Kc.diagonal()).sum()) / max(1, min(rows.numel() - 1, num_params))
+        sw = w.sqrt()
+        evals, evecs = torch.linalg.eigh(sw.unsqueeze(1) * Kc * sw.unsqueeze(0))
+        proj = evecs.mT @ (sw * (v[rows] - w @ v[rows]))  # (M,)
+        # gamma for every shift at once: (M, G)
+        lam = (scale * grid).clamp(min=self.min_shift)
+        y = evecs @ (proj.unsqueeze(1) / (evals.clamp(min=0).unsqueeze(1) + lam))
+        gamma = sw.unsqueeze(1) * y
+        coef = gamma - w.unsqueeze(1) * gamma.sum(0, keepdim=True)
+        wh = held[cols] / held[cols].sum()
+        fitted = K[cols][:, rows] @ coef  # (H, G): O x at the held-out states
+        fitted = fitted - wh @ fitted
+        vh = v[cols] - wh @ v[cols]
+        norm = float((wh * vh * vh).sum())
+        if norm <= 0:
+            return torch.zeros_like(grid)
+        return (wh.unsqueeze(1) * (fitted - vh.unsqueeze(1)) ** 2).sum(0) / norm
 
 
 def _svd_solve(O: torch.Tensor, v: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:

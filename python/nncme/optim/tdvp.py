@@ -66,6 +66,9 @@ __all__ = [
     "make_integrator",
 ]
 
+# folds of the cross-validated shift (FisherSolver.cross_validate)
+CV_FOLDS = 2
+
 # The local generator does not depend on dt; transition_logsum needs some dt > 0 for log T q,
 # which TDVP does not use.
 _TINY_DT = 1e-300
@@ -83,6 +86,7 @@ class TDVPEvaluation:
         states: (U, L) the distinct states; weights: (U,) their weights.
         grads: (U, P) O there, or None where the solve went through the NADE Gram matrix.
         pareto_k: PSIS shape of the draw's weights (nan without smoothing).
+        held_out: held-out relative misfit at the chosen shift (nan without cross-validation).
     """
 
     theta_dot: torch.Tensor
@@ -93,6 +97,7 @@ class TDVPEvaluation:
     grads: torch.Tensor | None
     weights: torch.Tensor
     pareto_k: float = math.nan
+    held_out: float = math.nan
 
     def fisher_norm(self, delta: torch.Tensor) -> float:
         """sqrt(sum_u w_u (O_c(u) . delta)^2): the RMS change of log q for a change delta."""
@@ -178,6 +183,19 @@ class TDVPRightHandSide:
         capped = (1.0 + big + torch.log(-torch.expm1(-big))) / h
         return torch.where(torch.isfinite(R) & (h * R <= 1.0), R, capped)
 
+    def _fold_weights(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(F, U) the weights w of the distinct states dealt into `CV_FOLDS` folds at random.
+
+        Folds hold distinct states, not samples: a state drawn often then sits in one fold
+        only, so each fold is scored on states its fit has not seen, which is where an
+        interpolating fit goes wrong (see `FisherSolver.cross_validate`)."""
+        U = w.shape[0]
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        fold = (torch.randperm(U, generator=generator, device=gen_device) % CV_FOLDS).to(w.device)
+        folds = torch.zeros(CV_FOLDS, U, dtype=w.dtype, device=w.device)
+        folds[fold, torch.arange(U, device=w.device)] = w
+        return folds
+
     def __call__(
         self,
         model: Any,
@@ -208,28 +226,53 @@ class TDVPRightHandSide:
                 f"{int((~torch.isfinite(R)).sum())} of {R.numel()} states"
             )
         Rc = R - w @ R
-        if not need_grads and use_gram(model, states.shape[0], self.gradients, self.solver.space):
-            O = None
-            params = [p for p in model.parameters() if p.requires_grad]
-            sol = self.solver.solve_gram(
-                nade_gram(model, states), R, w, sum(p.numel() for p in params)
-            )
-            for p in params:
-                p.grad = None
-            grad_of_sum(model, states, sol.coef)
-            x, fitted, shift = flat_grad(model), sol.fitted, sol.info.shift
-            for p in params:
-                p.grad = None
+        P = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        gram = not need_grads and use_gram(
+            model, states.shape[0], self.gradients, self.solver.space
+        )
+        O = None if gram else per_sample_grads(model, states, _explicit(self.gradients))
+        K = nade_gram(model, states) if gram else None
+        shift, held_out = None, math.nan
+        if self.solver.cv:
+            folds = self._fold_weights(w, generator)
+            cv = self.solver.cross_validate(O @ O.mT if K is None else K, R, folds, P)
+            shift, held_out = cv.shift, cv.error
+        if gram:
+            x, fitted, shift = self._solve_gram(model, states, K, R, w, P, shift)
         else:
-            O = per_sample_grads(
-                model, states, self.gradients if self.gradients != "gram" else "auto"
-            )
-            x, info = self.solver.solve(O, R, w)
+            x, info = self.solver.solve(O, R, w, shift)
             fitted, shift = (O - w @ O) @ x, info.shift
         norm = float((w * Rc * Rc).sum())
         misfit = float((w * (fitted - Rc) ** 2).sum())
         residual = misfit / norm if norm > 0 else 0.0
-        return TDVPEvaluation(x, residual, shift, draw.ess, states, O, w, draw.pareto_k)
+        return TDVPEvaluation(x, residual, shift, draw.ess, states, O, w, draw.pareto_k, held_out)
+
+    def _solve_gram(
+        self,
+        model: Any,
+        states: torch.Tensor,
+        K: torch.Tensor,
+        R: torch.Tensor,
+        w: torch.Tensor,
+        P: int,
+        shift: float | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """The sample-space solve from the NADE Gram matrix: x = O^T beta by one backward pass
+        of sum_n beta_n log q(n) (no (N, P) matrix) -> (x, O_c x, lambda)."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        sol = self.solver.solve_gram(K, R, w, P, shift)
+        for p in params:
+            p.grad = None
+        grad_of_sum(model, states, sol.coef)
+        x = flat_grad(model)
+        for p in params:
+            p.grad = None
+        return x, sol.fitted, sol.info.shift
+
+
+def _explicit(gradients: str) -> str:
+    """The per-sample gradient method where the Gram path is not taken."""
+    return gradients if gradients != "gram" else "auto"
 
 
 # ---------------------------------------------------------------------- integrators
@@ -360,6 +403,7 @@ class TDVPUpdate(Update):
         report.shift = evaluations[-1].shift
         report.ess = min(e.ess for e in evaluations)
         report.pareto_k = evaluations[-1].pareto_k
+        report.held_out = sum(e.held_out for e in evaluations) / len(evaluations)
         report.seconds = time.perf_counter() - began
         return report
 

@@ -108,6 +108,9 @@ class StepReport:
         shift: the Fisher/TDVP shift lambda used (second-order updates; 0 otherwise).
         accepted, rejected: integrator steps accepted and rejected (TDVP).
         pareto_k: Pareto shape estimate of the largest importance weights (with PSIS).
+        held_out: TDVP with a cross-validated shift: the held-out relative misfit of the fit
+            (the fraction of the CME's motion it fails to predict at samples it did not see;
+            nan otherwise).
     """
 
     loss: float
@@ -124,6 +127,7 @@ class StepReport:
     accepted: int = 0
     rejected: int = 0
     pareto_k: float = math.nan
+    held_out: float = math.nan
 
 
 class Update:
