@@ -87,13 +87,19 @@ def gradient_timing(name: str, batch: int, hidden: int) -> dict:
 
 
 def run_case(
-    system: str, t_end: float, dt: float, reference, common: dict, optimizers: list[str]
+    system: str,
+    t_end: float,
+    dt: float,
+    reference,
+    common: dict,
+    optimizers: list[str],
+    saves: int = 5,
 ) -> list[dict]:
     net = systems.get(system)
     rows = []
     for opt in optimizers:
         extra = OPTIMIZERS[opt]
-        cfg = RunConfig(t_end=t_end, dt=dt, save_every=t_end / 5, quiet=True, **common, **extra)
+        cfg = RunConfig(t_end=t_end, dt=dt, save_every=t_end / saves, quiet=True, **common, **extra)
         began = time.perf_counter()
         out = Evolution(net, cfg).run()
         seconds = time.perf_counter() - began
@@ -121,12 +127,18 @@ def main() -> None:
     p.add_argument("--dt-mapk", type=float, default=0.0025)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--ssa", type=int, default=100_000)
+    p.add_argument(
+        "--saves", type=int, default=5, help="save times after t = 0 (where H is checked)"
+    )
+    p.add_argument("--explore-baseline", default="samples", choices=["samples", "own"])
     p.add_argument("--skip", nargs="*", default=[])
     p.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--tag", default="", help="suffix of the JSON file (partial runs)")
     p.add_argument("--no-timing", action="store_true", help="skip the gradient/solve timings")
     args = p.parse_args()
-    common = dict(batch=args.batch, hidden=16, eval_samples=20000)
+    common = dict(
+        batch=args.batch, hidden=16, eval_samples=20000, explore_baseline=args.explore_baseline
+    )
     payload: dict = {"target_hellinger": TARGET, "gradients": [], "runs": []}
     print("per-sample gradients (analytic NADE vs torch.func) and one sample-space solve")
     for name in () if args.no_timing else ("toggle_switch", "mapk"):
@@ -144,7 +156,7 @@ def main() -> None:
             return solve_fsp(net, times, FSPSettings(progress=False))
 
         payload["runs"] += run_case(
-            "toggle_switch", args.t_toggle, args.dt_toggle, fsp, common, args.optimizers
+            "toggle_switch", args.t_toggle, args.dt_toggle, fsp, common, args.optimizers, args.saves
         )
     if "mapk" not in args.skip:
         net = systems.get("mapk")
@@ -157,7 +169,9 @@ def main() -> None:
                 )
             return cache["r"]
 
-        payload["runs"] += run_case("mapk", args.t_mapk, args.dt_mapk, ssa, common, args.optimizers)
+        payload["runs"] += run_case(
+            "mapk", args.t_mapk, args.dt_mapk, ssa, common, args.optimizers, args.saves
+        )
     print_table(payload["runs"], [("system", "system", "s"), ("optimizer", "optimizer", "s"),
                 ("t_end", "t_end", "g"), ("seconds", "wall s", ".1f"),
                 ("seconds_per_step", "s/step", ".3f"), ("iterations_per_step", "iters", ".1f"),

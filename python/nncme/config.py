@@ -74,6 +74,13 @@ class RunConfig:
     explore: float = _opt(
         0.2, "fraction of extra training states one reaction away from the samples (0: off)"
     )
+    explore_baseline: str = _opt(
+        "samples",
+        "what the explored states' log q - log T q_old is measured against: the samples' mean "
+        "(they can draw mass off the samples, e.g. off a point mass) or their own (adam/sgd/"
+        "natgrad)",
+        ("samples", "own"),
+    )
     proposal: str = _opt(
         "auto",
         "where training states come from (importance-weighted); auto: vanilla, but mixture "

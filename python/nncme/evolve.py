@@ -253,6 +253,7 @@ class Evolution:
             relative_tolerance=cfg.relative_tolerance,
             min_iterations=cfg.min_iterations,
             explore=cfg.explore,
+            explore_baseline=cfg.explore_baseline,
             objective=cfg.objective,
             lr_decay=cfg.lr_decay,
         )
@@ -423,6 +424,7 @@ class Evolution:
             tolerance=cfg.first_tolerance,
             min_iterations=10,
             explore=cfg.explore,
+            explore_baseline=cfg.explore_baseline,
         )
         return first.run(self._problem(start, t, dt, 1, cfg.batch))
 
