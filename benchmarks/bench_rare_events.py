@@ -150,7 +150,8 @@ def main() -> None:
                        ess=float(np.mean([x["ess"] for x in hist])),
                        residual=float(np.mean([x["residual"] for x in hist])),
                        settings={**settings, **PROPOSALS[name], "integrator": args.integrator,
-                                 "batch": args.batch, "objective": args.objective},
+                                 "batch": args.batch, "objective": args.objective,
+                                 "explore_baseline": cfg.explore_baseline},
                        species=[])  # fmt: skip
             for i, sp in enumerate(out.result.species):
                 table = tail_table(fsp.marginals[-1, i], van[i])

@@ -172,8 +172,9 @@ class KLUpdate(Update):
     (exit rate 0.01 at the start, a batch of 500 all but entirely at the start state, whose
     explored states all lie one reaction from it and are equally far below their target), q
     stayed the initial point mass, 0.067 (Hellinger) from 1e5 SSA trajectories at t = 1,
-    where "samples" reached 0.021; on the toggle switch to t = 0.25 (batch 500), "samples"
-    was 0.040 at most and "own" 0.049.
+    where "samples" reached 0.016 (0.024 at most when checked at ten times, batch 1000); on
+    the toggle switch to t = 0.25 (batch 500), "samples" was 0.040 at most and "own" 0.049
+    (benchmarks/bench_second_order.py).
 
     Stopping rule. The residual of an iteration is 1/2 sum coef * (f - b), half the weighted
     variance of f: about the KL from q to the target, explored states included. After
