@@ -31,6 +31,7 @@ from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.optim import FisherSolver, per_sample_grads
 from nncme.optim.gradients import flat_grad, grad_of_sum, nade_gram
+from nncme.optim.updates import EXPLORE_BASELINES
 from nncme.sampling import unique_states
 from nncme.ssa import SSASettings, solve_ssa
 
@@ -130,7 +131,7 @@ def main() -> None:
     p.add_argument(
         "--saves", type=int, default=5, help="save times after t = 0 (where H is checked)"
     )
-    p.add_argument("--explore-baseline", default="samples", choices=["samples", "own"])
+    p.add_argument("--explore-baseline", default="samples", choices=EXPLORE_BASELINES)
     p.add_argument("--skip", nargs="*", default=[])
     p.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--tag", default="", help="suffix of the JSON file (partial runs)")
