@@ -90,7 +90,8 @@ class RunConfig:
     objective: str = _opt(
         "kl",
         "what each step minimises: reverse KL (importance-weighted), or the log-variance "
-        "divergence under the proposal (fits the tails a wide proposal draws; adam/sgd/natgrad)",
+        "divergence under the proposal (fits the tails a wide proposal draws; adam/sgd/natgrad; "
+        "with --proposal mixture, keeps a point-mass start's unseen states from filling up)",
         ("kl", "log_variance"),
     )
     mixture_eps: float = _opt(
