@@ -100,7 +100,8 @@ def run_case(
     rows = []
     for opt in optimizers:
         extra = OPTIMIZERS[opt]
-        cfg = RunConfig(t_end=t_end, dt=dt, save_every=t_end / saves, quiet=True, **common, **extra)
+        settings = {**common, **extra}  # an optimiser's own proposal (TDVP's) wins
+        cfg = RunConfig(t_end=t_end, dt=dt, save_every=t_end / saves, quiet=True, **settings)
         began = time.perf_counter()
         out = Evolution(net, cfg).run()
         seconds = time.perf_counter() - began
@@ -113,7 +114,7 @@ def run_case(
                    iterations_per_step=float(np.mean([x["iterations"] for x in hist])),
                    seconds_per_step=float(np.mean([x["seconds"] for x in hist])),
                    max_hellinger_per_time=np.nanmax(h, axis=1).tolist(),
-                   settings={**common, **extra})  # fmt: skip
+                   settings=settings)  # fmt: skip
         rows.append(row)
         print(f"  {system} {opt}: {seconds:.1f} s, max H {np.nanmax(h):.4f}", flush=True)
     return rows
@@ -132,13 +133,22 @@ def main() -> None:
         "--saves", type=int, default=5, help="save times after t = 0 (where H is checked)"
     )
     p.add_argument("--explore-baseline", default="samples", choices=EXPLORE_BASELINES)
+    p.add_argument(
+        "--proposal", default="auto", help="training proposal of adam/natgrad (TDVP: mixture)"
+    )
+    p.add_argument("--alpha", type=float, default=0.8, help="the alpha proposal's exponent")
     p.add_argument("--skip", nargs="*", default=[])
     p.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--tag", default="", help="suffix of the JSON file (partial runs)")
     p.add_argument("--no-timing", action="store_true", help="skip the gradient/solve timings")
     args = p.parse_args()
     common = dict(
-        batch=args.batch, hidden=16, eval_samples=20000, explore_baseline=args.explore_baseline
+        batch=args.batch,
+        hidden=16,
+        eval_samples=20000,
+        explore_baseline=args.explore_baseline,
+        proposal=args.proposal,
+        alpha=args.alpha,
     )
     payload: dict = {"target_hellinger": TARGET, "gradients": [], "runs": []}
     print("per-sample gradients (analytic NADE vs torch.func) and one sample-space solve")
