@@ -134,9 +134,13 @@ def main() -> None:
     )
     p.add_argument("--explore-baseline", default="samples", choices=EXPLORE_BASELINES)
     p.add_argument(
-        "--proposal", default="auto", help="training proposal of adam/natgrad (TDVP: mixture)"
+        "--proposal",
+        default=RunConfig().proposal,
+        help="training proposal of adam/natgrad (TDVP: mixture)",
     )
-    p.add_argument("--alpha", type=float, default=0.8, help="the alpha proposal's exponent")
+    p.add_argument(
+        "--alpha", type=float, default=RunConfig().alpha, help="the alpha proposal's exponent"
+    )
     p.add_argument("--skip", nargs="*", default=[])
     p.add_argument("--optimizers", nargs="*", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
     p.add_argument("--tag", default="", help="suffix of the JSON file (partial runs)")
