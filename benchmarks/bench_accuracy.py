@@ -26,7 +26,6 @@ import torch
 import nncme
 from nncme import systems
 from nncme.config import RunConfig
-from nncme.evolve import Evolution
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import compare
 
@@ -96,7 +95,7 @@ def run_case(name: str, device: str, seed: int, resume: bool = False) -> dict:
         device=device, seed=seed, quiet=True, out=str(run_dir), resume=resume, **settings
     )
     began = time.perf_counter()
-    out = Evolution(network, config).run()
+    out = nncme.run(network, config)
     van_s = time.perf_counter() - began
     began = time.perf_counter()
     exact = solve_fsp(network, out.result.times, FSPSettings(progress=False))

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nncme
 from bench_common import RESULTS, print_table, write_results
 from nncme import systems
 from nncme.config import RunConfig
-from nncme.evolve import Evolution
 from nncme.exact import FSP, FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 
@@ -139,7 +139,7 @@ def main() -> None:
                             objective=args.objective, **settings,
                             **PROPOSALS[name])  # fmt: skip
             began = time.perf_counter()
-            out = Evolution(net, cfg).run()
+            out = nncme.run(net, cfg)
             seconds = time.perf_counter() - began
             fsp = solve_fsp(net, out.result.times, FSPSettings(progress=False))
             van = out.result.marginals[-1]

@@ -23,14 +23,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nncme
 from bench_common import median_seconds, print_table, write_results
 from nncme import systems
 from nncme.config import RunConfig
-from nncme.evolve import Evolution
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.optim import FisherSolver, per_sample_grads
-from nncme.optim.gradients import flat_grad, grad_of_sum, nade_gram
 from nncme.optim.updates import EXPLORE_BASELINES
 from nncme.sampling import unique_states
 from nncme.ssa import SSASettings, solve_ssa
@@ -52,8 +51,9 @@ OPTIMIZERS = {
 
 def gradient_timing(name: str, batch: int, hidden: int) -> dict:
     """Per-sample gradients analytic vs torch.func, and one sample-space Fisher solve with the
-    gradients formed (analytic O, then `FisherSolver.solve`) vs from the NADE Gram matrix
-    (`nade_gram`, `solve_gram` and one backward pass for x = O^T beta)."""
+    gradients formed (`gradients="analytic"`) vs from the NADE Gram matrix (`"gram"`: the
+    closed-form O O^T, `fisher_solve.gram` and one backward pass for x = O^T beta), both
+    through `FisherSolver.solve_scores`, the path the runs take."""
     net = systems.get(name)
     from nncme.models import build_model
 
@@ -68,16 +68,14 @@ def gradient_timing(name: str, batch: int, hidden: int) -> dict:
     N, P = a.shape
     v = torch.randn(N, dtype=a.dtype, generator=torch.Generator().manual_seed(1))
     w = torch.full((N,), 1.0 / N, dtype=a.dtype)
-    solver = FisherSolver(1e-3, space="sample")
+    with_gradients = FisherSolver(1e-3, space="sample", gradients="analytic")
+    with_gram = FisherSolver(1e-3, space="sample", gradients="gram")
 
     def explicit() -> torch.Tensor:
-        return solver.solve(per_sample_grads(model, states, "analytic"), v, w)[0]
+        return with_gradients.solve_scores(model, states, v, w).x
 
     def gram() -> torch.Tensor:
-        sol = solver.solve_gram(nade_gram(model, states), v, w, P)
-        model.zero_grad(set_to_none=True)
-        grad_of_sum(model, states, sol.coef)
-        return flat_grad(model)
+        return with_gram.solve_scores(model, states, v, w).x
 
     solve_err = float((explicit() - gram()).abs().max() / explicit().abs().max())
     te, _ = median_seconds(explicit, "cpu", 3)
@@ -103,7 +101,7 @@ def run_case(
         settings = {**common, **extra}  # an optimiser's own proposal (TDVP's) wins
         cfg = RunConfig(t_end=t_end, dt=dt, save_every=t_end / saves, quiet=True, **settings)
         began = time.perf_counter()
-        out = Evolution(net, cfg).run()
+        out = nncme.run(net, cfg)
         seconds = time.perf_counter() - began
         ref = reference(out.result.times)
         h = hellinger(ref.marginals, out.result.marginals)  # (T, L)

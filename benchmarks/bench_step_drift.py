@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nncme
 from bench_common import RESULTS, print_table, write_results
 from nncme import systems
 from nncme.config import RunConfig
-from nncme.evolve import Evolution
 from nncme.exact import FSP, FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.models import build_model
@@ -77,7 +77,7 @@ def run_setting(net, start, name: str, steps: int, seed: int) -> dict:
     with torch.no_grad():
         p0 = torch.exp(start.log_prob(torch.as_tensor(FSP(net).states))).numpy()
     began = time.perf_counter()
-    out = Evolution(net, cfg, start=start).run()
+    out = nncme.run(net, cfg, start=start)
     seconds = time.perf_counter() - began
     exact = solve_fsp(net, out.result.times, FSPSettings(progress=False), p0=p0 / p0.sum())
     h = hellinger(exact.marginals[1:], out.result.marginals[1:])  # (T, L), after t0

@@ -37,10 +37,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import nncme
 from bench_common import median_seconds, print_table, write_results
 from nncme import ops, systems
+from nncme.api import build_driver
 from nncme.config import RunConfig
-from nncme.evolve import Evolution, StepInfo
 from nncme.optim.target import TransitionTarget
 from nncme.sampling import unique_states
 
@@ -81,35 +82,35 @@ def pretrained(args: argparse.Namespace):
     # Adam with Heun steps: TDVP cannot leave a point mass
     config = config.replace(explore=0.2, optimizer="adam", integrator="heun")
     began = time.perf_counter()
-    model = Evolution(systems.get(args.system), config).run().model
+    model = nncme.run(systems.get(args.system), config).model
     print(f"pretrained to t = {args.pretrain_t:g} in {time.perf_counter() - began:.0f} s")
     return model
 
 
 def step_times(args: argparse.Namespace, impl: str, start, timed: int, profile_steps: int = 0):
-    """Wall seconds of `timed` steps after `args.warmup`; optionally a profile before them."""
-    network = systems.get(args.system)
+    """Wall seconds of `timed` steps after `args.warmup`; optionally a profile before them.
+
+    The driver is stepped one step at a time, so each time holds everything a run does per
+    step (the observers included)."""
+    driver = build_driver(
+        systems.get(args.system),
+        settings(args, impl, args.warmup + profile_steps + timed, args.iterations),
+        start=start,
+    )
     stamps: list[float] = []
     profiler = None
-    window = (args.warmup, args.warmup + profile_steps)
-
-    def on_step(info: StepInfo) -> None:
-        nonlocal profiler
+    while not driver.done:
+        info = driver.step()
         if info.model.device.type == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
-        if profile_steps and info.step == window[0]:
+        if profile_steps and info.step == args.warmup:
             profiler = torch.profiler.profile(activities=_activities(args.device))
             profiler.start()
-        if profiler is not None and info.step == window[1]:
+        if profiler is not None and info.step == args.warmup + profile_steps:
             profiler.stop()
-
-    steps = args.warmup + profile_steps + timed
-    config = settings(args, impl, steps, args.iterations)
-    evolution = Evolution(network, config, start=start, callbacks=[on_step])
-    evolution.run()
     times = [b - a for a, b in itertools.pairwise(stamps)][-timed:]
-    return times, profiler, evolution
+    return times, profiler, driver.model
 
 
 def _activities(device: str):
@@ -119,9 +120,10 @@ def _activities(device: str):
     return acts
 
 
-def floor_seconds(evolution: Evolution, args: argparse.Namespace) -> dict:
+def floor_seconds(model, args: argparse.Namespace) -> dict:
     """The unavoidable work of one step, each piece timed alone with the fused operators."""
-    model, net, device = evolution.model, evolution.net, evolution.device
+    device = model.device
+    net = systems.get(args.system).compile(device, model.dtype)
     gen = torch.Generator(device=device).manual_seed(1)
     B = args.batch
     with torch.no_grad():
@@ -210,7 +212,7 @@ def main() -> None:
 
     rows = []
     start = pretrained(args)
-    fused_times, profiler, evolution = step_times(
+    fused_times, profiler, model = step_times(
         args, "auto", start, args.steps, args.profile_steps
     )
     ref_times, _, _ = step_times(args, "reference", start, args.reference_steps)
@@ -242,7 +244,7 @@ def main() -> None:
             ("nncme2_ms", "NNCME-2 ms", ".1f"),
         ],
     )
-    floor = floor_seconds(evolution, args)
+    floor = floor_seconds(model, args)
     print("\nfloor (each piece alone, fused, median ms):")
     for name, value in floor.items():
         print(f"  {name:34s} {value * 1e3 if isinstance(value, float) else value:10.3f}")

@@ -11,12 +11,15 @@ import numpy as np
 import pytest
 import torch
 
+import nncme
 from nncme import Reaction, ReactionNetwork
+from nncme.api import build_driver
 from nncme.config import ConfigError, RunConfig
-from nncme.evolve import CHECKPOINT, Evolution, StepSizeError, time_grid
+from nncme.evolve import StepSizeError, time_grid
 from nncme.exact import FSP, FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.models import NADE, Delta, Product
+from nncme.observers import CHECKPOINT
 from nncme.optim import NonFiniteError, TransitionTarget, transition_support
 
 FAST = dict(quiet=True, eval_samples=2000)
@@ -87,7 +90,7 @@ def test_first_step_from_a_point_mass_is_exact():
     # T delta_3 = (1 - dt a_0(3)) at 3, dt * 10 at 4, dt * 3 at 2
     got = dict(zip(states[:, 0].tolist(), torch.exp(log_tp).tolist()))
     assert got == pytest.approx({2: 0.03, 3: 1 - 0.13, 4: 0.1}, abs=1e-12)
-    out = Evolution(net, RunConfig(t_end=0.01, dt=0.01, save_every=0.01, **FAST)).run()
+    out = nncme.run(net, RunConfig(t_end=0.01, dt=0.01, save_every=0.01, **FAST))
     q = out.result.marginals[-1, 0]
     assert hellinger(q, np.eye(30)[0] * 0.9 + np.eye(30)[1] * 0.1) < 0.01
 
@@ -99,7 +102,7 @@ def _from_poisson(model: str, k: float) -> tuple[np.ndarray, np.ndarray]:
     net, run_net = birth_death(limit=25), birth_death(k=k, limit=25)
     start = Product.poisson([2.0], net.limits)
     cfg = RunConfig(model=model, t_end=0.4, dt=0.02, save_every=0.2, **BUDGET)
-    result = Evolution(run_net, cfg, start=start).run().result
+    result = nncme.run(run_net, cfg, start=start).result
     p0 = start.marginals()[0].numpy()
     exact = solve_fsp(net, result.times, FSPSettings(progress=False), p0=p0)
     h = hellinger(exact.marginals, result.marginals)[:, 0]
@@ -121,7 +124,7 @@ def test_the_accuracy_bound_catches_a_wrong_operator():
 def test_conservation_law_is_honoured_and_tracked():
     net = isomerisation()
     cfg = RunConfig(t_end=0.4, dt=0.01, save_every=0.2, **BUDGET)
-    out = Evolution(net, cfg).run()
+    out = nncme.run(net, cfg)
     s, _ = out.model.sample(2000, torch.Generator().manual_seed(0))
     assert torch.all(s.sum(1) == 6)  # A + B = 6 exactly, always
     exact = solve_fsp(net, out.result.times, FSPSettings(progress=False))
@@ -137,9 +140,9 @@ def test_product_and_model_starts():
     net = birth_death(limit=25)
     start = Product.poisson([2.0], net.limits)
     cfg = RunConfig(t_end=0.1, dt=0.01, save_every=0.1, **BUDGET)
-    out = Evolution(net, cfg, start=start).run()
+    out = nncme.run(net, cfg, start=start)
     np.testing.assert_allclose(out.result.marginals[0, 0], start.marginals()[0].numpy())
-    again = Evolution(net, cfg.replace(t_end=0.05, save_every=0.05), start=out.model).run()
+    again = nncme.run(net, cfg.replace(t_end=0.05, save_every=0.05), start=out.model)
     assert again.result.times[-1] == pytest.approx(0.05)
     np.testing.assert_allclose(
         again.result.marginals[0], out.result.marginals[-1], atol=1e-12
@@ -151,7 +154,7 @@ def _run(tmp, callbacks=(), resume=False, **kw):
         t_end=0.1, dt=0.01, save_every=0.03, batch=200, iterations=3, tolerance=0,
         out=str(tmp), resume=resume, **FAST, **kw,
     )  # fmt: skip
-    return Evolution(birth_death(limit=20), cfg, callbacks=callbacks).run()
+    return nncme.run(birth_death(limit=20), cfg, callbacks=callbacks)
 
 
 def test_resume_after_a_kill_gives_the_same_parameters(tmp_path):
@@ -194,7 +197,7 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
 def test_step_size_error_names_t_rate_and_a_working_dt():
     net = birth_death(limit=30)  # a_0 up to 10 + 29 = 39
     with pytest.raises(StepSizeError, match=r"dt \* a_0.*largest total propensity.*use dt <="):
-        Evolution(net, RunConfig(t_end=0.3, dt=0.1, **FAST)).run()
+        nncme.run(net, RunConfig(t_end=0.3, dt=0.1, **FAST))
 
 
 def test_outputs_written(tmp_path):
@@ -222,4 +225,6 @@ def test_config_errors_name_the_field(tmp_path):
     assert cfg.save_times(0.5) == [0.1, 0.3, 0.5]
     with pytest.raises(ConfigError, match="resume: needs out"):
         RunConfig(resume=True)
-    assert NADE  # the model used by default
+    with pytest.raises(ConfigError, match=r"adaptive_dt: .* tdvp"):
+        RunConfig(adaptive_dt=True)
+    assert isinstance(build_driver(birth_death(), RunConfig(quiet=True)).model, NADE)

@@ -10,9 +10,10 @@ import math
 import pytest
 import torch
 
+import nncme
 from nncme import Reaction, ReactionNetwork, systems
+from nncme.api import build_driver
 from nncme.config import ConfigError, RunConfig
-from nncme.evolve import Evolution
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.models import Product, build_model
@@ -21,13 +22,12 @@ from nncme.optim import (
     KLUpdate,
     NaturalGradientUpdate,
     StepProblem,
-    TDVPUpdate,
     TransitionTarget,
-    nade_gram,
     per_sample_grads,
 )
 from nncme.optim.target import explore_ahead
 from nncme.sampling import Mixture, unique_states
+from nncme.steppers import RK4, Fit, Flow
 
 
 def conserved_network() -> ReactionNetwork:
@@ -206,7 +206,8 @@ def test_nade_gram_matrix_is_o_o_transpose(activation):
             p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
     states, _ = model.sample(120, torch.Generator().manual_seed(0))
     O = per_sample_grads(model, states, "func")
-    torch.testing.assert_close(nade_gram(model, states), O @ O.T, rtol=1e-10, atol=1e-12)
+    gram = model.closed_form_scores().gram(states)
+    torch.testing.assert_close(gram, O @ O.T, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("adaptive", [True, False])
@@ -221,15 +222,22 @@ def test_gram_solve_equals_the_gradient_solve(adaptive):
     v = torch.randn(states.shape[0], generator=gen, dtype=torch.float64)
     solver = FisherSolver(1e-3, adaptive=adaptive, space="sample", impl="reference")
     x, info = solver.solve(O, v, w)
-    sol = solver.solve_gram(nade_gram(model, states), v, w, O.shape[1])
-    torch.testing.assert_close(sol.coef @ O, x, rtol=1e-8, atol=1e-10)
+    K = model.closed_form_scores().gram(states)
+    coef, fitted, gram_info = solver.solve_gram(K, v, w, O.shape[1])
+    torch.testing.assert_close(coef @ O, x, rtol=1e-8, atol=1e-10)
     wn = w / w.sum()
-    torch.testing.assert_close(sol.fitted, (O - wn @ O) @ x, rtol=1e-8, atol=1e-10)
-    assert sol.info.shift == pytest.approx(info.shift) and not sol.info.fallback
+    torch.testing.assert_close(fitted, (O - wn @ O) @ x, rtol=1e-8, atol=1e-10)
+    assert gram_info.shift == pytest.approx(info.shift) and not gram_info.fallback
+    # the path the updates take, from the model: the same solution
+    sol = solver.solve_scores(model, states, v, w)
+    torch.testing.assert_close(sol.x, x, rtol=1e-8, atol=1e-10)
+    assert sol.grads is None  # P > N: the Gram path, no (N, P) matrix
     # no Cholesky factor at any shift raise: the eigendecomposition gives the Tikhonov solution
     bad = FisherSolver(1e-3, adaptive=False, max_raises=0)
-    nan_free = bad.solve_gram(-torch.eye(states.shape[0], dtype=torch.float64), v, w, 10)
-    assert nan_free.info.fallback and torch.isfinite(nan_free.coef).all()
+    with pytest.warns(RuntimeWarning, match="could not be factored"):
+        negative = -torch.eye(states.shape[0], dtype=torch.float64)
+        coef, _, bad_info = bad.solve_gram(negative, v, w, 10)
+    assert bad_info.fallback and torch.isfinite(coef).all()
 
 
 @pytest.mark.parametrize("gradients", ["analytic", "gram"])
@@ -241,13 +249,13 @@ def test_natural_gradient_step_with_importance_weights(gradients):
     compiled = net.compile("cpu", torch.float64)
     lam, lr = 1e-3, 0.3
     update = NaturalGradientUpdate(
-        model, lr=lr, solver=FisherSolver(lam, adaptive=False), max_step=0, iterations=1,
-        gradients=gradients,
+        model, lr=lr, solver=FisherSolver(lam, adaptive=False, gradients=gradients), max_step=0,
+        iterations=1,
     )  # fmt: skip
     proposal = Mixture(0.3)
     problem = StepProblem(
         model, TransitionTarget(old, compiled, 0.0, 0.02), proposal, 300,
-        torch.Generator().manual_seed(5), 0.0, 0.02, 2,
+        torch.Generator().manual_seed(5), 0.0, 0.02,
     )  # fmt: skip
     theta0 = torch.cat([p.detach().reshape(-1).clone() for p in model.parameters()])
     draw = proposal.draw(model, 300, torch.Generator().manual_seed(5))
@@ -284,7 +292,7 @@ def test_natural_gradient_run_tracks_birth_death():
         optimizer="natgrad", t_end=0.2, dt=0.02, save_every=0.1, batch=400, iterations=10,
         quiet=True, eval_samples=1000,
     )  # fmt: skip
-    out = Evolution(net, cfg, start=start).run()
+    out = nncme.run(net, cfg, start=start)
     exact = solve_fsp(net, out.result.times, FSPSettings(progress=False), p0=start.marginals()[0])
     h = hellinger(exact.marginals, out.result.marginals)[:, 0]
     assert h.max() < 0.04, h
@@ -303,12 +311,19 @@ def test_config_names_and_defaults():
                 dict(objective="x")):  # fmt: skip
         with pytest.raises(ConfigError, match=next(iter(bad))):
             RunConfig(**bad)
-    ev = Evolution(birth_death(), RunConfig(optimizer="tdvp", integrator="rk4", quiet=True))
-    assert isinstance(ev.update, TDVPUpdate) and ev.update.integrator.name == "rk4"
-    assert isinstance(ev.proposal, Mixture) and ev.update.rhs.explore == 0.2  # "auto" for TDVP
+    stepper = build_driver(
+        birth_death(), RunConfig(optimizer="tdvp", integrator="rk4", quiet=True)
+    ).stepper
+    assert isinstance(stepper, RK4) and isinstance(stepper.motion, Flow)
+    rhs = stepper.motion.rhs
+    assert isinstance(rhs.proposal, Mixture) and rhs.explore == 0.2  # "auto" for TDVP
     assert RunConfig(optimizer="adam").sampling_proposal == "vanilla"
-    ev = Evolution(birth_death(), RunConfig(optimizer="natgrad", proposal="alpha", quiet=True))
-    assert isinstance(ev.update, NaturalGradientUpdate) and ev.proposal.transform.alpha == 0.8
+    cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True)
+    motion = build_driver(birth_death(), cfg).stepper.motion
+    assert isinstance(motion, Fit) and isinstance(motion.update, NaturalGradientUpdate)
+    assert motion.proposal.transform.alpha == 0.8
+    with pytest.raises(ValueError, match=r"rk4.*cannot be fitted"):
+        RK4(motion)
 
 
 class _Spy(KLUpdate):
@@ -327,9 +342,7 @@ def test_step_objective_coefficients(objective):
     proposal = Mixture(0.3)
     spy = _Spy(torch.optim.SGD(model.parameters(), lr=0.1), iterations=1, objective=objective)
     target = TransitionTarget(old, net.compile("cpu", torch.float64), 0.0, 0.02)
-    problem = StepProblem(
-        model, target, proposal, 300, torch.Generator().manual_seed(5), 0.0, 0.02, 2
-    )
+    problem = StepProblem(model, target, proposal, 300, torch.Generator().manual_seed(5), 0.0, 0.02)
     spy.run(problem)
     draw = proposal.draw(model, 300, torch.Generator().manual_seed(5))
     f = draw.log_q - target(draw.states).log_tq
@@ -359,9 +372,7 @@ def test_explored_states_coefficients(baseline):
     spy = _Spy(torch.optim.SGD(model.parameters(), lr=0.1), iterations=1, explore=0.25,
                explore_baseline=baseline)  # fmt: skip
     target = TransitionTarget(old, compiled, 0.0, 0.02)
-    problem = StepProblem(
-        model, target, proposal, 200, torch.Generator().manual_seed(5), 0.0, 0.02, 2
-    )
+    problem = StepProblem(model, target, proposal, 200, torch.Generator().manual_seed(5), 0.0, 0.02)
     spy.run(problem)
     gen = torch.Generator().manual_seed(5)  # the same stream: the draw, then the jumps
     draw = proposal.draw(model, 200, gen)
@@ -411,7 +422,7 @@ def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
     assert start_distance > 0.045
     h = {}
     for baseline in ("samples", "own"):
-        out = Evolution(net, RunConfig(explore_baseline=baseline, **cfg)).run()
+        out = nncme.run(net, RunConfig(explore_baseline=baseline, **cfg))
         h[baseline] = float(hellinger(exact.marginals, out.result.marginals).max())
     assert h["samples"] < 0.02
     assert h["own"] > 0.75 * start_distance
@@ -433,7 +444,7 @@ def test_mixture_and_log_variance_keep_a_point_mass_start_off_the_unseen_states(
         "mixture_lv": dict(proposal="mixture", mixture_eps=0.1, objective="log_variance"),
     }
     q = {
-        name: Evolution(net, RunConfig(**s, **cfg)).run().result.marginals[1, 0, : exact.size]
+        name: nncme.run(net, RunConfig(**s, **cfg)).result.marginals[1, 0, : exact.size]
         for name, s in runs.items()
     }
     assert q["mixture_lv"][unseen].sum() < 1e-6 and hellinger(exact, q["mixture_lv"]) < 0.02
@@ -455,7 +466,7 @@ def test_lr_decay_anneals_within_a_step_and_restores_the_rate():
     target = TransitionTarget(build_model("nade", net, hidden=4, seed=4),
                               net.compile("cpu", torch.float64), 0.0, 0.02)  # fmt: skip
     problem = StepProblem(
-        model, target, Mixture(0.3), 50, torch.Generator().manual_seed(5), 0.0, 0.02, 2
+        model, target, Mixture(0.3), 50, torch.Generator().manual_seed(5), 0.0, 0.02
     )
     for decay in (1.0, 0.1):
         spy = _LrSpy(torch.optim.Adam(model.parameters(), lr=0.02), iterations=9, lr_decay=decay)
@@ -469,5 +480,5 @@ def test_lr_decay_anneals_within_a_step_and_restores_the_rate():
         KLUpdate(spy.optimizer, lr_decay=0.0)
     with pytest.raises(ConfigError, match="lr_decay"):
         RunConfig(lr_decay=1.5)
-    ev = Evolution(birth_death(), RunConfig(lr_decay=0.2, quiet=True))
-    assert ev.update.lr_decay == 0.2
+    driver = build_driver(birth_death(), RunConfig(lr_decay=0.2, quiet=True))
+    assert driver.stepper.motion.update.lr_decay == 0.2

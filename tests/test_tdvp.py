@@ -12,24 +12,21 @@ import pytest
 import torch
 from scipy import stats
 
+import nncme
 from nncme import Reaction, ReactionNetwork
 from nncme.config import RunConfig
-from nncme.evolve import Evolution
 from nncme.exact import FSP, FSPSettings
 from nncme.metrics import hellinger
 from nncme.models import Product, build_model
 from nncme.optim import (
-    RK4,
-    Euler,
     FisherSolver,
-    Heun,
-    StepReport,
     TDVPEvaluation,
     TDVPRightHandSide,
-    TDVPUpdate,
+    flat_parameters,
     per_sample_grads,
 )
 from nncme.sampling import Alpha, Vanilla
+from nncme.steppers import RK4, Euler, Flow, Heun
 
 
 def conserved_network() -> ReactionNetwork:
@@ -58,8 +55,7 @@ def test_theta_dot_is_the_dense_least_squares_solution(proposal, gradients):
         net.compile("cpu", torch.float64),
         proposal=proposal,
         batch_size=400,
-        solver=FisherSolver(lam, adaptive=False),
-        gradients=gradients,
+        solver=FisherSolver(lam, adaptive=False, gradients=gradients),
     )
     ev = rhs(model, 0.0, torch.Generator().manual_seed(0))
     # R(n) = (W q)(n) / q(n) from the exact generator over every feasible state
@@ -86,10 +82,10 @@ def test_cross_validated_shift_is_used_by_the_solve(gradients):
     theta_dot is the dense least-squares solution at that shift."""
     net = conserved_network()
     model = build_model("nade", net, hidden=4, seed=7)
-    solver = FisherSolver(adaptive=False, cv=True, grid=(1e-5, 1e-3, 1e-1, 10.0))
-    rhs = TDVPRightHandSide(
-        net.compile("cpu", torch.float64), batch_size=400, solver=solver, gradients=gradients
+    solver = FisherSolver(
+        adaptive=False, cv=True, grid=(1e-5, 1e-3, 1e-1, 10.0), gradients=gradients
     )
+    rhs = TDVPRightHandSide(net.compile("cpu", torch.float64), batch_size=400, solver=solver)
     ev = rhs(model, 0.0, torch.Generator().manual_seed(0), need_grads=gradients == "analytic")
     assert ev.shift in solver.grid and 0 <= ev.held_out < 1
     R = rhs.local_generator(model, ev.states, 0.0)
@@ -100,46 +96,57 @@ def test_cross_validated_shift_is_used_by_the_solve(gradients):
     torch.testing.assert_close(ev.theta_dot, torch.linalg.solve(S, Oc.T @ (w * Rc)))
 
 
+class Parameters(torch.nn.Module):
+    """A bare parameter vector theta, moved by a `Flow` as a VAN's would be."""
+
+    def __init__(self, theta: torch.Tensor) -> None:
+        super().__init__()
+        self.theta = torch.nn.Parameter(theta.clone())
+
+
 def linear_field(rate: torch.Tensor):
-    """theta_dot = -rate * theta, as a TDVP right-hand side (grads = I for the error norm)."""
+    """theta_dot = -rate * theta as a TDVP right-hand side (grads = I for the error norm)."""
     P = rate.shape[0]
     eye = torch.eye(P, dtype=torch.float64)
     uniform = torch.full((P,), 1.0 / P, dtype=torch.float64)
 
-    def f(theta: torch.Tensor, t: float) -> TDVPEvaluation:
+    def rhs(model, t, generator, h, need_grads=False) -> TDVPEvaluation:
+        theta = flat_parameters(model)
         return TDVPEvaluation(-rate * theta, 0.0, 0.0, 1.0, eye, eye, uniform)
 
-    return f
+    return rhs
 
 
-@pytest.mark.parametrize("integrator,order", [(Euler(), 1), (Heun(), 2), (RK4(), 4)])
-def test_integrator_orders(integrator, order):
+@pytest.mark.parametrize("stepper,order", [(Euler, 1), (Heun, 2), (RK4, 4)])
+def test_flow_stepper_orders(stepper, order):
+    """Each scheme's Shu–Osher tableau, stepping theta along a linear ODE, converges at its
+    order and evaluates the right-hand side once per stage."""
     rate = torch.tensor([1.0, 3.0], dtype=torch.float64)
-    f = linear_field(rate)
     errors = []
     for n in (10, 20):
-        theta, h = torch.ones(2, dtype=torch.float64), 1.0 / n
+        model = Parameters(torch.ones(2, dtype=torch.float64))
+        scheme = stepper(Flow(model, linear_field(rate), None))
+        h = 1.0 / n
         for j in range(n):
-            theta, evals, _ = integrator.step(f, theta, j * h, h)
-        assert len(evals) == {1: 1, 2: 2, 4: 4}[order]
-        errors.append(float((theta - torch.exp(-rate)).abs().max()))
+            report = scheme.step(j * h, h)
+            assert report.iterations == len(stepper.scheme.stages)
+        errors.append(float((model.theta.detach() - torch.exp(-rate)).abs().max()))
     observed = math.log2(errors[0] / errors[1])
     assert abs(observed - order) < 0.3, (errors, observed)
 
 
-@pytest.mark.parametrize("integrator", ["heun", "rk4", "euler"])
-def test_adaptive_steps_meet_the_tolerance(integrator):
+@pytest.mark.parametrize("stepper", [Heun, RK4, Euler])
+def test_adaptive_steps_meet_the_tolerance(stepper):
     rate = torch.tensor([0.5, 4.0], dtype=torch.float64)
-    f = linear_field(rate)
     errs, accepted = [], []
     for tol in (1e-3, 1e-5):
-        update = TDVPUpdate(None, integrator=integrator, adaptive=True, tolerance=tol)
-        report = StepReport(loss=0.0)
-        theta = update._adaptive(f, torch.ones(2, dtype=torch.float64), 0.0, 1.0, 1.0, report)
-        errs.append(float((theta - torch.exp(-rate)).abs().max()))
+        model = Parameters(torch.ones(2, dtype=torch.float64))
+        scheme = stepper(Flow(model, linear_field(rate), None, need_grads=True), tolerance=tol)
+        report = scheme.step(0.0, 1.0)
+        errs.append(float((model.theta.detach() - torch.exp(-rate)).abs().max()))
         accepted.append(report.accepted)
-        assert report.accepted >= 2 and report.rejected >= 0
-        assert update.state_dict()["h"] > 0
+        assert report.accepted >= 2
+        assert scheme.state_dict()["h"] > 0
     assert errs[1] < errs[0] and accepted[1] > accepted[0]
     assert errs[1] < 1e-3
 
@@ -164,7 +171,7 @@ def test_tdvp_tracks_the_exact_poisson_solution():
         optimizer="tdvp", proposal="alpha", alpha=0.5, t_end=0.4, dt=0.02, save_every=0.2,
         batch=500, quiet=True, eval_samples=1000,
     )  # fmt: skip
-    out = Evolution(net, cfg, start=start).run()
+    out = nncme.run(net, cfg, start=start)
     times = out.result.times
     lam = k + (2.0 - k) * np.exp(-times)
     exact = np.stack([stats.poisson.pmf(np.arange(limit), m) for m in lam])[:, None, :]
@@ -175,7 +182,7 @@ def test_tdvp_tracks_the_exact_poisson_solution():
     assert all(0 <= line["residual"] < 0.05 for line in hist)
     # a wrong generator (birth rate 13) misses by far more
     wrong = birth_death(13.0, limit)
-    bad = Evolution(wrong, cfg, start=start).run().result.marginals
+    bad = nncme.run(wrong, cfg, start=start).result.marginals
     assert hellinger(exact, bad)[:, 0].max() > 0.08
 
 
@@ -192,7 +199,7 @@ def test_tdvp_leaves_a_point_mass_with_exploration():
     times = None
     errors = {}
     for explore in (0.2, 0.0):
-        out = Evolution(net, RunConfig(explore=explore, **common)).run()
+        out = nncme.run(net, RunConfig(explore=explore, **common))
         times = out.result.times
         lam = k * (1 - np.exp(-times))
         exact = np.stack([stats.poisson.pmf(np.arange(limit), m) for m in lam])[:, None, :]

@@ -1,15 +1,56 @@
-"""`nncme.run`: a VAN run from Python, with the same settings as `nncme run`."""
+"""A VAN run from its settings: `build_driver` assembles one from a `RunConfig`, `run` runs it.
+
+This is the one place that turns settings into objects: the model, the proposal, the fit or
+flow that makes a stage (`optimizer`), the time scheme (`integrator`), the first step, and
+the observers (progress bar, log, results, checkpoints). `nncme run` and `nncme study` call it
+with the same settings as Python does.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .config import RunConfig
-from .evolve import Evolution, RunOutput, StepInfo
-from .models import AutoregressiveModel
+import torch
 
-__all__ = ["run"]
+from .config import ConfigError, RunConfig
+from .evolve import Driver, StepInfo
+from .models import AutoregressiveModel, Delta, Product, build_model
+from .observers import Checkpoints, ProgressBar, Recorder, StepLog
+from .optim import (
+    OPTIMIZERS,
+    FisherSolver,
+    KLUpdate,
+    NaturalGradientUpdate,
+    TDVPRightHandSide,
+    Update,
+    make_optimizer,
+)
+from .sampling import Proposal, make_proposal
+from .steppers import Fit, Flow, Motion, StartFit, make_stepper
+
+__all__ = ["RunOutput", "build_driver", "run"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RunOutput:
+    """The outcome of `nncme.run`.
+
+    Attributes:
+        result: the results at t = 0 and every save time (method "van").
+        model: the trained VAN at t_end.
+        history: one dict per step (the JSONL log's lines).
+        out: the output directory, if any.
+    """
+
+    result: Any
+    model: AutoregressiveModel
+    history: list[dict[str, Any]] = field(default_factory=list)
+    out: Path | None = None
 
 
 def run(
@@ -18,7 +59,7 @@ def run(
     *,
     start: Any | None = None,
     model: AutoregressiveModel | None = None,
-    callbacks: Sequence[Callable[[StepInfo], None]] = (),
+    callbacks: Sequence[Callable[[StepInfo], Any]] = (),
     **overrides: Any,
 ) -> RunOutput:
     """Track P(n, t) of a network with a VAN from t = 0 to t_end.
@@ -27,9 +68,11 @@ def run(
         network: a ReactionNetwork, or a catalogue name / network file as `nncme run` takes.
         config: the settings (`RunConfig`); keyword overrides are applied on top, with the
             same names (e.g. `run(net, batch=2000, dt=0.005)`).
-        start: the distribution at t = 0 (default: the config's `initial`).
+        start: the distribution at t = 0 (default: the config's `initial`); a VAN of the
+            model's architecture is copied into the model.
         model: a VAN to train (default: built from the config).
-        callbacks: called with a `StepInfo` after every time step.
+        callbacks: called with a `StepInfo` after every time step; one that returns False
+            stops the run there (the results so far are written).
 
     Returns:
         RunOutput: the `Result` (marginals, moments, ... at t = 0 and every save time), the
@@ -37,7 +80,7 @@ def run(
 
     Example:
         >>> import nncme
-        >>> out = nncme.run("birth_death", t_end=2.0, progress=False)  # doctest: +SKIP
+        >>> out = nncme.run("birth_death", t_end=2.0, quiet=True)  # doctest: +SKIP
         >>> out.result.means[-1]  # doctest: +SKIP
     """
     if isinstance(network, str):
@@ -47,4 +90,224 @@ def run(
     config = config or RunConfig()
     if overrides:
         config = config.replace(**overrides)
-    return Evolution(network, config, start=start, model=model, callbacks=callbacks).run()
+    driver = build_driver(network, config, start=start, model=model)
+    driver.run(callbacks)
+    recorder = driver.observer(Recorder)
+    return RunOutput(
+        recorder.result(driver.elapsed),
+        driver.model,
+        driver.observer(StepLog).history,
+        Path(config.out) if config.out else None,
+    )
+
+
+def build_driver(
+    network: Any,
+    config: RunConfig | None = None,
+    *,
+    start: Any | None = None,
+    model: AutoregressiveModel | None = None,
+) -> Driver:
+    """A `Driver` for a network with everything the settings name, resumed if they say so.
+
+    Its observers are a `ProgressBar`, a `StepLog`, a `Recorder` and, with `out`,
+    `Checkpoints` (`driver.observer(Recorder).result()` is the Result).
+    """
+    cfg = (config or RunConfig()).validate()
+    t_end = float(cfg.t_end if cfg.t_end is not None else network.t_end)
+    dt = float(cfg.dt if cfg.dt is not None else network.dt)
+    if dt > t_end:
+        raise ConfigError(f"dt: {dt:g} is larger than t_end {t_end:g}")
+    device, dtype = _device(cfg.device), DTYPES[cfg.dtype]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    net = network.compile(device, dtype)
+    if model is None:
+        model = _model(cfg, network, dtype, device)
+    model.to(device=device, dtype=dtype)
+    start = start if start is not None else _default_start(cfg, network, dtype, device)
+    generator = torch.Generator(device).manual_seed(cfg.seed)
+    proposal = make_proposal(
+        cfg.sampling_proposal,
+        eps=cfg.mixture_eps,
+        width=cfg.diffusive_width,
+        alpha=cfg.alpha,
+        psis=cfg.psis,
+    )
+    motion = _motion(cfg, model, net, proposal, generator)
+    tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
+    stepper = make_stepper(cfg.integrator, motion, tolerance=tolerance)
+    first = None
+    if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
+        model.load_state_dict(start.state_dict())  # step from it as from any later time
+    else:
+        first = _start_fit(cfg, model, start, net, proposal, generator)
+    out = Path(cfg.out) if cfg.out else None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    save_times = cfg.save_times(t_end, dt)
+    settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}
+    summary = {
+        "network": network.to_dict(),
+        "settings": settings,
+        "model": repr(model),
+        "parameters": model.num_parameters(),
+    }
+    observers = [
+        ProgressBar(network.name, quiet=cfg.quiet),
+        StepLog(out),
+        Recorder(
+            network,
+            start,
+            summary,
+            eval_samples=cfg.eval_samples,
+            joint_max_states=cfg.joint_max_states,
+            seed=cfg.seed,
+            directory=out,
+        ),
+    ]
+    if out is not None:
+        observers.append(Checkpoints(out, cfg.to_dict(), network.name, RunConfig.RESUMABLE))
+    driver = Driver(
+        model,
+        stepper,
+        t_end=t_end,
+        dt=dt,
+        save_times=save_times,
+        first=first,
+        generator=generator,
+        observers=observers,
+    )
+    summary["steps"] = driver.num_steps
+    if cfg.resume:
+        driver.observer(Checkpoints).restore(driver)
+        summary["steps"] = driver.num_steps
+    return driver
+
+
+def _model(
+    cfg: RunConfig, network: Any, dtype: torch.dtype, device: torch.device
+) -> AutoregressiveModel:
+    options: dict[str, Any] = {"hidden": cfg.hidden}
+    if cfg.model == "nade":
+        options.update(activation=cfg.activation, impl=cfg.impl)
+    else:
+        options.update(layers=cfg.layers, heads=cfg.heads)
+    return build_model(cfg.model, network, dtype=dtype, device=device, seed=cfg.seed, **options)
+
+
+def _default_start(cfg: RunConfig, network: Any, dtype: torch.dtype, device: torch.device) -> Any:
+    if cfg.initial == "poisson":
+        return Product.poisson(network.initial_state, network.limits, dtype=dtype, device=device)
+    return Delta(network.initial_state, network.limits, dtype=dtype, device=device)
+
+
+def _solver(cfg: RunConfig) -> FisherSolver:
+    return FisherSolver(
+        cfg.shift,
+        adaptive=cfg.adaptive_shift,
+        space=cfg.solve_space,
+        gradients=cfg.gradients,
+        impl=cfg.impl,
+        cv=cfg.cv_shift and cfg.optimizer == "tdvp",
+    )
+
+
+def _fit_options(cfg: RunConfig) -> dict[str, Any]:
+    """The `KLUpdate` options of the config."""
+    return dict(
+        iterations=cfg.iterations,
+        tolerance=cfg.tolerance,
+        relative_tolerance=cfg.relative_tolerance,
+        min_iterations=cfg.min_iterations,
+        explore=cfg.explore,
+        explore_baseline=cfg.explore_baseline,
+        objective=cfg.objective,
+        lr_decay=cfg.lr_decay,
+    )
+
+
+def _motion(
+    cfg: RunConfig,
+    model: AutoregressiveModel,
+    net: Any,
+    proposal: Proposal,
+    generator: torch.Generator,
+) -> Motion:
+    """How a stage is made: a TDVP flow, or a fit by the config's optimiser."""
+    if cfg.optimizer == "tdvp":
+        rhs = TDVPRightHandSide(
+            net,
+            proposal=proposal,
+            batch_size=cfg.batch,
+            solver=_solver(cfg),
+            impl=cfg.impl,
+            explore=cfg.explore,
+        )
+        return Flow(model, rhs, generator, need_grads=cfg.adaptive_dt)
+    update: Update
+    if cfg.optimizer == "natgrad":
+        update = NaturalGradientUpdate(
+            model,
+            lr=cfg.learning_rate,
+            solver=_solver(cfg),
+            max_step=cfg.max_step,
+            **_fit_options(cfg),
+        )
+    else:
+        optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.learning_rate)
+        update = KLUpdate(optimizer, **_fit_options(cfg))
+    return Fit(model, update, net, proposal, cfg.batch, generator, impl=cfg.impl)
+
+
+def _start_fit(
+    cfg: RunConfig,
+    model: AutoregressiveModel,
+    start: Any,
+    net: Any,
+    proposal: Proposal,
+    generator: torch.Generator,
+) -> StartFit:
+    """The first step's own fit of T p0 (Adam, or SGD where the run uses SGD)."""
+    name = cfg.optimizer if cfg.optimizer in OPTIMIZERS else "adam"
+    optimizer = make_optimizer(name, model.parameters(), cfg.first_lr)
+    update = KLUpdate(
+        optimizer,
+        iterations=cfg.first_iterations,
+        tolerance=cfg.first_tolerance,
+        min_iterations=10,
+        explore=cfg.explore,
+        explore_baseline=cfg.explore_baseline,
+    )
+    return StartFit(
+        model,
+        start,
+        net,
+        optimizer,
+        update,
+        proposal,
+        cfg.batch,
+        generator,
+        iterations=cfg.first_iterations,
+        tolerance=cfg.first_tolerance,
+        impl=cfg.impl,
+    )
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: not a torch device: {name!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {name} requested but torch sees no CUDA GPU")
+    return device
+
+
+def _same_architecture(a: AutoregressiveModel, b: AutoregressiveModel) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return (
+        type(a) is type(b)
+        and sa.keys() == sb.keys()
+        and all(sa[k].shape == sb[k].shape for k in sa)
+    )

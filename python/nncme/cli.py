@@ -520,9 +520,11 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from .api import build_driver
     from .config import ConfigError
-    from .evolve import Evolution, TrainingError
+    from .evolve import TrainingError
     from .io import resolve_network
+    from .observers import Recorder
 
     network = resolve_network(args.network)
     config = _run_config(args)
@@ -530,27 +532,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
         name = "".join(c if c.isalnum() or c in "-_." else "_" for c in network.name)
         config = config.replace(out=str(Path("results") / name / "van"))
     try:
-        evolution = Evolution(network, config)
-    except ValueError as exc:  # ConfigError and model-option errors
+        driver = build_driver(network, config)
+    except ValueError as exc:  # ConfigError, model-option errors, a checkpoint of another run
         raise UsageError(str(exc)) from None
-    model = evolution.model
+    model = driver.model
     print(
         f"van {network.name}: {config.model} ({model.num_parameters():,} parameters, "
-        f"{config.dtype}, {evolution.device}), {len(evolution.grid) - 1} steps of dt "
-        f"{evolution.dt:g} to t = {evolution.t_end:g}, batch {config.batch}"
+        f"{config.dtype}, {model.device}), {driver.num_steps} steps of dt "
+        f"{driver.dt:g} to t = {driver.t_end:g}, batch {config.batch}"
     )
     try:
-        out = evolution.run()
-    except ConfigError as exc:  # e.g. resuming a run that has no checkpoint
+        driver.run()
+    except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except TrainingError as exc:
         print(f"nncme run: error: {exc}", file=sys.stderr)
         return 1
-    result = out.result
-    seconds = result.summary["timings"]["run_seconds"]
-    steps = max(1, len(out.history))
+    result = driver.observer(Recorder).result(driver.elapsed)
+    seconds = driver.elapsed
+    steps = max(1, driver.num_steps)
     print(f"  {seconds:.1f} s ({1000 * seconds / steps:.1f} ms per step)")
-    _print_final_moments(result, out.out)
+    _print_final_moments(result, Path(config.out))
     return 0
 
 
@@ -589,7 +591,8 @@ def _cmd_study(args: argparse.Namespace) -> int:
     import time
 
     from . import metrics
-    from .evolve import Evolution, TrainingError
+    from .api import run
+    from .evolve import TrainingError
     from .exact import FSPSettings, solve_fsp
     from .io import resolve_network
     from .plot import plot_comparison
@@ -601,7 +604,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     print(f"nncme study: {network.name}, VAN ({config.model}) against the exact solution")
     began = time.perf_counter()
     try:
-        van = Evolution(network, config).run().result
+        van = run(network, config).result
     except TrainingError as exc:
         print(f"nncme study: error: {exc}", file=sys.stderr)
         return 1

@@ -128,7 +128,7 @@ class RunConfig:
         "per step), rk4 (TDVP only)",
         ("euler", "heun", "rk4"),
     )
-    adaptive_dt: bool = _opt(False, "TDVP: adaptive integrator steps within each dt")
+    adaptive_dt: bool = _opt(False, "tdvp: adaptive integrator sub-steps within each dt")
     dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)")
     first_iterations: int = _opt(3000, "iterations of the first step's fit")
     first_lr: float = _opt(0.1, "learning rate of the first step's fit")
@@ -182,6 +182,10 @@ class RunConfig:
         if self.integrator == "rk4" and self.optimizer != "tdvp":
             raise ConfigError(
                 f"integrator: rk4 is for optimizer tdvp; {self.optimizer} steps take euler or heun"
+            )
+        if self.adaptive_dt and self.optimizer != "tdvp":
+            raise ConfigError(
+                f"adaptive_dt: adaptive sub-steps are for optimizer tdvp, not {self.optimizer}"
             )
         if self.hidden % self.heads and self.model == "transformer":
             raise ConfigError(f"hidden: {self.hidden} must be a multiple of heads ({self.heads})")

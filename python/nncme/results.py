@@ -474,6 +474,41 @@ class ResultBuilder:
         if self._keep_joint:
             self._add_joint(t_index, states, w)
 
+    def add_conditionals(self, t_index: int, states: np.ndarray, conditionals: np.ndarray) -> None:
+        """Add samples of an autoregressive model through their conditionals (weight 1 each).
+
+        The Rao–Blackwellised estimate: the marginal of species i is the mean over samples of
+        q(. | n_<i), exact for species 0 and of far lower variance than counting, most of all
+        in the tails. Second moments come from the conditional moments: E[n_i^2 | n_<i] on the
+        diagonal, n_a E[n_b | n_<b] for a < b; the pair joint from onehot(n_a) q(. | n_<b).
+
+        Args:
+            t_index: which stored time.
+            states: (B, L) int samples of the model, inside the box.
+            conditionals: (B, L, Mmax) q(m | n_<i) of every species given each sample's prefix.
+        """
+        states = np.asarray(states).astype(np.int64, copy=False)
+        cond = np.asarray(conditionals, dtype=np.float64)
+        B, L = states.shape
+        if cond.shape != (B, L, self.mmax):
+            raise ValueError(f"conditionals: shape {cond.shape}, expected ({B}, {L}, {self.mmax})")
+        counts = np.arange(self.mmax, dtype=np.float64)
+        self._hist[t_index] += cond.sum(axis=0).reshape(-1)
+        self._total[t_index] += B
+        mean_given_prefix = cond @ counts  # (B, L)
+        self._sums[t_index] += mean_given_prefix.sum(axis=0)
+        if self._moment2 is not None:
+            cross = np.triu(states.astype(np.float64).T @ mean_given_prefix, k=1)
+            self._moment2[t_index] += cross + cross.T + np.diag((cond @ counts**2).sum(axis=0))
+        if self.pair is not None:
+            a, b = self.pair
+            hist = np.zeros((int(self.limits[a]), int(self.limits[b])))
+            np.add.at(hist, states[:, a], cond[:, b, : int(self.limits[b])])
+            self._pair[t_index] += hist.reshape(-1)
+        if self._boundary_rules is not None:
+            on = boundary_mask(states, *self._boundary_rules, self.limits)
+            self._boundary[t_index] += on.sum()
+
     def _add_joint(self, t_index: int, states: np.ndarray, w: np.ndarray) -> None:
         keep = w != 0
         self._joint_entries += int(keep.sum()) * (states.shape[1] + 1)

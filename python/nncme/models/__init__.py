@@ -15,8 +15,14 @@ from typing import Any
 
 import torch
 
-from .base import AutoregressiveModel, ConditionalTransform, Tempering, inverse_cdf
-from .nade import NADE
+from .base import (
+    AutoregressiveModel,
+    ClosedFormScores,
+    ConditionalTransform,
+    Tempering,
+    inverse_cdf,
+)
+from .nade import NADE, NADEScores
 from .simple import Delta, Product
 from .transformer import Transformer
 
@@ -24,8 +30,10 @@ __all__ = [
     "MODELS",
     "NADE",
     "AutoregressiveModel",
+    "ClosedFormScores",
     "ConditionalTransform",
     "Delta",
+    "NADEScores",
     "Product",
     "Tempering",
     "Transformer",

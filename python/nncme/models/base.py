@@ -24,7 +24,13 @@ from torch import nn
 
 from ..ops.masks import ConservationMask, allowed_counts, allowed_counts_all
 
-__all__ = ["AutoregressiveModel", "ConditionalTransform", "Tempering", "inverse_cdf"]
+__all__ = [
+    "AutoregressiveModel",
+    "ClosedFormScores",
+    "ConditionalTransform",
+    "Tempering",
+    "inverse_cdf",
+]
 
 
 class ConditionalTransform(Protocol):
@@ -38,6 +44,25 @@ class ConditionalTransform(Protocol):
     def __call__(self, i: int, log_q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """log_q, allowed: (B, M) masked log q(. | n_<i) and its mask -> (B, M) log rho, each
         row normalised over the allowed counts and -inf elsewhere."""
+        ...
+
+
+class ClosedFormScores(Protocol):
+    """A model's score vectors O(n) = grad_theta log q(n) in closed form.
+
+    Natural gradient and TDVP need O for a batch of states, or only its Gram matrix O O^T when
+    they solve in sample space. Any model gets O from torch.func; a model that knows its own
+    gradients returns one of these from `AutoregressiveModel.closed_form_scores` and the
+    solvers use it instead (faster, and the Gram matrix without the (N, P) matrix O).
+    Columns follow `named_parameters()` over the trainable parameters.
+    """
+
+    def vectors(self, states: torch.Tensor) -> torch.Tensor:
+        """states (N, L) int64 in the box -> O (N, P)."""
+        ...
+
+    def gram(self, states: torch.Tensor) -> torch.Tensor:
+        """states (N, L) int64 in the box -> O O^T (N, N)."""
         ...
 
 
@@ -167,6 +192,10 @@ class AutoregressiveModel(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def closed_form_scores(self) -> ClosedFormScores | None:
+        """The model's closed-form score vectors, or None (the solvers then use torch.func)."""
+        return None
 
     # ------------------------------------------------------------------ inputs
     def _context(self, context: torch.Tensor | None, batch_size: int) -> torch.Tensor | None:

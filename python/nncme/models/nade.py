@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from .. import ops
-from .base import AutoregressiveModel, ConditionalTransform, Tempering
+from .base import AutoregressiveModel, ClosedFormScores, ConditionalTransform, Tempering
 
-__all__ = ["NADE"]
+__all__ = ["NADE", "NADEScores"]
 
 ACTIVATIONS = {"sigmoid": 0, "tanh": 1}
 
@@ -187,5 +187,97 @@ class NADE(AutoregressiveModel):
             impl=self.impl,
         )
 
+    # ------------------------------------------------------------------ closed-form scores
+    def closed_form_scores(self) -> ClosedFormScores | None:
+        """NADE's score vectors in closed form (see `NADEScores`); None for a conditional
+        NADE or one with frozen parameters, whose columns the closed form does not cover."""
+        trainable = [n for n, p in self.named_parameters() if p.requires_grad]
+        if self.context_dim or trainable != ["bias", "embed", "head_w", "head_b"]:
+            return None
+        return NADEScores(self)
+
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, hidden={self.hidden}, activation={self.activation}"
+
+
+class NADEScores:
+    """O(n) = grad_theta log q(n) of an unconditional NADE, and O O^T, in closed form.
+
+    With a_i the pre-activation at species i, h_i = act(a_i), p_i the masked conditional and
+    g_i = onehot(n_i) - p_i (B, M):
+
+        d log q / d head_b[i]       = g_i
+        d log q / d head_w[i, m]    = g_i[m] h_i
+        delta_i = act'(a_i) * (head_w[i]^T g_i)                     (B, H)
+        d log q / d embed[i, n_i]   = sum_{j > i} delta_j            (zero at every other count)
+        d log q / d bias            = sum_j delta_j
+
+    The Gram matrix of states n and m follows block by block without forming O:
+
+        bias:    from_here_0(n) . from_here_0(m)
+        embed:   sum_i [n_i = m_i] after_i(n) . after_i(m)    (one embedding row per count)
+        head_w:  sum_i (g_i(n) . g_i(m)) (h_i(n) . h_i(m))
+        head_b:  sum_i  g_i(n) . g_i(m)
+
+    which costs N^2 L (2H + M) instead of the N^2 P (P about 2 L M H) of O O^T, and holds no
+    (N, P) matrix.
+    """
+
+    def __init__(self, model: NADE) -> None:
+        self.model = model
+
+    @torch.no_grad()
+    def _factors(
+        self, states: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """h (B, L, H), g (B, L, M), from_here (B, L, H) and after (B, L, H)."""
+        model = self.model
+        B, L = states.shape
+        species = torch.arange(L, device=states.device)
+        e = model.embed[species.unsqueeze(0), states]  # (B, L, H)
+        h0 = model.hidden0(B, None).unsqueeze(1)
+        a = torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)  # (B, L, H) as in _logits
+        h = model._act(a)
+        masked, _ = model._masked_logits(states, None, None)
+        g = -torch.softmax(masked, dim=-1)  # (B, L, M), 0 at masked counts
+        g.scatter_add_(2, states.unsqueeze(-1), torch.ones_like(g[..., :1]))
+        slope = 1 - h * h if model.activation == "tanh" else h * (1 - h)
+        delta = slope * torch.einsum("blm,lmh->blh", g, model.head_w)  # (B, L, H)
+        from_here = delta.flip(1).cumsum(1).flip(1)  # sum_{j >= i}
+        after = torch.cat([from_here[:, 1:], torch.zeros_like(from_here[:, :1])], dim=1)
+        return h, g, from_here, after
+
+    @torch.no_grad()
+    def vectors(self, states: torch.Tensor) -> torch.Tensor:
+        """(N, L) states -> O (N, P), columns in `named_parameters()` order."""
+        states = self.model._check_states(states)
+        h, g, from_here, after = self._factors(states)
+        B, L, M = g.shape
+        H = h.shape[-1]
+        embed = torch.zeros(B, L, M, H, dtype=h.dtype, device=h.device)
+        embed.scatter_(2, states[:, :, None, None].expand(B, L, 1, H), after.unsqueeze(2))
+        blocks = {
+            "bias": from_here[:, 0],
+            "embed": embed,
+            "head_w": g.unsqueeze(-1) * h.unsqueeze(2),  # (B, L, M, H)
+            "head_b": g,
+        }
+        return torch.cat([blocks[n].reshape(B, -1) for n, _ in self.model.named_parameters()], 1)
+
+    @torch.no_grad()
+    def gram(self, states: torch.Tensor) -> torch.Tensor:
+        """(N, L) states -> K = O O^T (N, N), block by block (class docstring)."""
+        states = self.model._check_states(states)
+        h, g, from_here, after = self._factors(states)
+        K = from_here[:, 0] @ from_here[:, 0].T
+        # two (N, N) buffers reused for every species: fresh N^2 temporaries cost more in page
+        # faults than the products themselves
+        gg, other = torch.empty_like(K), torch.empty_like(K)
+        for i in range(states.shape[1]):
+            torch.mm(g[:, i], g[:, i].T, out=gg)
+            torch.mm(h[:, i], h[:, i].T, out=other)
+            K.addcmul_(gg, other.add_(1.0))
+            torch.mm(after[:, i], after[:, i].T, out=other)
+            same = states[:, i].unsqueeze(1) == states[:, i].unsqueeze(0)
+            K.add_(other.masked_fill_(~same, 0.0))
+        return K

@@ -1,13 +1,13 @@
-"""How a VAN moves from one time step to the next.
+"""How a VAN moves within one stage of a time step.
 
-`TransitionTarget` computes log (T q_old)(n) at given states (`HeunTarget` the corrector of
-the second-order step); an `Update` changes the model to
-fit it: `KLUpdate` (reverse KL with a torch optimiser), `NaturalGradientUpdate` (the same
-gradient preconditioned by the centred Fisher matrix) or `TDVPUpdate` (d theta/dt from the
-local generator, integrated by `Euler`, `Heun` or `RK4`, optionally with adaptive steps).
-`FisherSolver` is their shared regularised solve on `nncme.ops.fisher_solve`, and
-`per_sample_grads` their per-sample gradients. `fit_enumerated` fits a distribution given on
-a list of states exactly.
+`TransitionTarget` computes log (T q_old)(n) at given states and `StageTarget` a convex
+combination of such maps (a stage of a Runge–Kutta step); an `Update` fits the model to a
+target: `KLUpdate` (reverse KL, or the log-variance divergence, with a torch optimiser) or
+`NaturalGradientUpdate` (the same gradient preconditioned by the centred Fisher matrix).
+`TDVPRightHandSide` gives d theta/dt from the local generator instead. `FisherSolver` is the
+regularised solve both second-order methods share, on `nncme.ops.fisher_solve`.
+`fit_enumerated` fits a distribution given on a list of states exactly. The time schemes that
+combine these into whole steps are `nncme.steppers`.
 """
 
 from __future__ import annotations
@@ -15,36 +15,29 @@ from __future__ import annotations
 from .gradients import (
     GRADIENTS,
     add_to_parameters,
+    flat_grad,
     flat_parameters,
-    nade_gram,
+    grad_of_sum,
     per_sample_grads,
     set_flat_parameters,
     use_gram,
 )
-from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, GramSolution, SolveInfo
+from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, ScoreSolution, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
     Distribution,
-    HeunTarget,
     NonFiniteError,
+    StageTarget,
     StepSizeError,
     TargetValues,
+    Term,
     TrainingError,
     TransitionTarget,
     check_step_size,
+    explore_ahead,
     transition_support,
 )
-from .tdvp import (
-    INTEGRATORS,
-    RK4,
-    Euler,
-    Heun,
-    Integrator,
-    TDVPEvaluation,
-    TDVPRightHandSide,
-    TDVPUpdate,
-    make_integrator,
-)
+from .tdvp import TDVPEvaluation, TDVPRightHandSide
 from .updates import (
     OPTIMIZERS,
     KLUpdate,
@@ -58,39 +51,35 @@ from .updates import (
 __all__ = [
     "CV_GRID",
     "GRADIENTS",
-    "INTEGRATORS",
     "OPTIMIZERS",
-    "RK4",
     "SPACES",
     "CrossValidation",
     "Distribution",
-    "Euler",
     "FisherSolver",
-    "GramSolution",
-    "Heun",
-    "HeunTarget",
-    "Integrator",
     "KLUpdate",
     "NaturalGradientUpdate",
     "NonFiniteError",
+    "ScoreSolution",
     "SolveInfo",
+    "StageTarget",
     "StepProblem",
     "StepReport",
     "StepSizeError",
     "TDVPEvaluation",
     "TDVPRightHandSide",
-    "TDVPUpdate",
     "TargetValues",
+    "Term",
     "TrainingError",
     "TransitionTarget",
     "Update",
     "add_to_parameters",
     "check_step_size",
+    "explore_ahead",
     "fit_enumerated",
+    "flat_grad",
     "flat_parameters",
-    "make_integrator",
+    "grad_of_sum",
     "make_optimizer",
-    "nade_gram",
     "per_sample_grads",
     "set_flat_parameters",
     "transition_support",

@@ -1,47 +1,59 @@
-"""The regularised least-squares solve shared by natural gradient and TDVP.
+"""The regularised least-squares solve shared by natural gradient and TDVP: one path, through
+`nncme.ops.fisher_solve`.
 
 Both solve (S + lambda I) x = b with the centred, weighted Fisher matrix
-S = sum_n w_n (O_n - Obar)(O_n - Obar)^T of per-sample gradients O (N, P) and
-b = sum_n w_n (O_n - Obar)(v_n - vbar), through `nncme.ops.fisher_solve` (fused where it is
-built, the plain-PyTorch reference otherwise): in parameter space (P x P) when P <= N and in
-sample space (N x N, Woodbury) when P > N, with no P x P matrix formed.
+S = sum_n w_n (O_n - Obar)(O_n - Obar)^T of the score vectors O (N, P) at N distinct states and
+b = sum_n w_n (O_n - Obar)(v_n - vbar). `FisherSolver.solve_scores` is the one entry point the
+updates call: from the model and the states it takes either the Gram matrix O O^T from the
+model's closed form (`fisher_solve.gram`: sample space, no (N, P) matrix; the default for a NADE
+with more parameters than states) or the score vectors themselves (`fisher_solve`: parameter
+space when P <= N, sample space through Woodbury otherwise).
 
-The shift lambda. Fixed (`adaptive=False`: lambda = shift), or scaled to the spectrum of S
-(`adaptive=True`, the default): lambda = shift * tr(S) / min(N - 1, P), the shift relative to
-the mean non-zero eigenvalue of S (S has rank at most N - 1 after centring). A fixed shift
-means a different regularisation as the model's gradients grow or shrink during a run; the
-relative one keeps the conditioning of (S + lambda I) about the same. The value used is
-reported (`SolveInfo.shift`) and logged per step.
+The shift lambda, in one place. This class chooses the lambda to ask for: fixed
+(`adaptive=False`), or relative to the mean non-zero eigenvalue of S (`adaptive=True`, the
+default): lambda = shift * tr(S) / min(N - 1, P), so the conditioning of (S + lambda I) stays
+about the same as the gradients grow or shrink during a run; or, with `cv=True` (TDVP), the
+relative shift of a grid that predicts v best at held-out states (`cross_validate`). The
+operator raises the lambda it is given where a Cholesky factorisation fails (x10, at most
+`max_raises` times; from 0 to a rounding error of S) and reports the value it used
+(`SolveInfo.shift`, logged per step).
 
-Cross-validated shift (`cv=True`, for TDVP). With fewer samples than parameters the
-least-squares fit interpolates v at the samples (residual 0) and nothing constrains x elsewhere;
-a small fixed shift then follows the sampling noise, and TDVP drifts away (MAPK at 500 samples
-for 12,160 parameters: Hellinger 0.44 at t = 1 against SSA). `cross_validate` picks the
-relative shift from `CV_GRID` whose solution predicts v best at held-out states: the caller
-deals its distinct states into folds (TDVP: two, at random; a state drawn often then sits in
-one fold only, so each fit is scored at states it has not seen, where an interpolating fit goes
-wrong; folds of samples, which put such a state in both, scored MAPK at 0.065 instead of
-0.030), each fold's fit is scored on the others, and the shift with the least mean held-out
-relative misfit is used for the solve on all samples. A held-out misfit >= 1 at every shift
-says the fit predicts nothing beyond its own samples; the largest shift then moves x only a
-little, along O_c^T v_c.
+Cross-validated shift. With fewer states than parameters the least-squares fit interpolates v
+at the states (residual 0) and nothing constrains x elsewhere; a small fixed shift then
+follows the sampling noise. The caller deals its distinct states into folds (a state drawn
+often then sits in one fold only, so each fit is scored at states it has not seen, which is
+where an interpolating fit goes wrong), each fold's fit is scored on the others at every grid
+shift, and the shift with the least mean held-out relative misfit is used for the solve on all
+states. A held-out misfit >= 1 at every shift says the fit predicts nothing beyond its own
+states; the largest shift then moves x only a little, along O_c^T v_c.
 
-Fallback. The operator raises the shift x10 when a Cholesky factorisation fails (reported in
-`SolveInfo.shift`); when it still fails after `max_raises`, the same Tikhonov solution is
-computed from the SVD of the centred gradients, x = V diag(s / (s^2 + lambda)) U^T v_c,
-which needs no factorisation (`SolveInfo.fallback` is True).
+Fallback. When the operator cannot factor the system even after its raises (it raises
+`torch.linalg.LinAlgError`, and only then), the same Tikhonov solution comes from an
+eigendecomposition (Gram path) or an SVD (score path), which need no factorisation;
+`SolveInfo.fallback` says so, the step's log counts it, and a warning is issued. NaN or inf in
+the inputs is a `NonFiniteError` before any solve.
 """
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
 from .. import ops
+from ..models.base import AutoregressiveModel
+from .gradients import GRADIENTS, num_trainable, per_sample_grads, scores_transposed_times, use_gram
 from .target import NonFiniteError
 
-__all__ = ["CV_GRID", "SPACES", "CrossValidation", "FisherSolver", "GramSolution", "SolveInfo"]
+__all__ = [
+    "CV_GRID",
+    "SPACES",
+    "CrossValidation",
+    "FisherSolver",
+    "ScoreSolution",
+    "SolveInfo",
+]
 
 SPACES = ("auto", "parameter", "sample")
 # relative shifts tried by cross-validation (see the module docstring)
@@ -53,10 +65,10 @@ class SolveInfo:
     """What a solve did.
 
     Attributes:
-        shift: lambda actually used (after any raise).
-        requested: lambda before any raise.
+        shift: lambda actually used (after any raise by the operator).
+        requested: lambda asked for.
         space: "parameter" or "sample".
-        fallback: the SVD fallback ran (every Cholesky attempt failed).
+        fallback: the operator could not factor the system; the eigen/SVD solution was used.
     """
 
     shift: float
@@ -66,19 +78,22 @@ class SolveInfo:
 
 
 @dataclass
-class GramSolution:
-    """The solution of a sample-space solve from the Gram matrix K = O O^T (`solve_gram`).
+class ScoreSolution:
+    """The solution x of a solve from a model's scores at N distinct states.
 
     Attributes:
-        coef: (N,) beta with x = sum_n beta_n O_n: the parameter vector is the gradient of
-            sum_n beta_n log q(n_n) (one backward pass; no (N, P) matrix).
-        fitted: (N,) O_c x, the change of centred log q that x makes at each sample.
-        info: the shift used and the rest, as for `solve`.
+        x: (P,) the solution, in `flat_parameters` order.
+        fitted: (N,) O_c x, the change of centred log q that x makes at each state.
+        info: the shift used, the space, whether the fallback ran.
+        grads: (N, P) the score vectors where they were formed (None on the Gram path).
+        held_out: the held-out relative misfit at the cross-validated shift (nan without cv).
     """
 
-    coef: torch.Tensor
+    x: torch.Tensor
     fitted: torch.Tensor
     info: SolveInfo
+    grads: torch.Tensor | None = None
+    held_out: float = float("nan")
 
 
 @dataclass
@@ -106,17 +121,19 @@ def centred_gram(K: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 class FisherSolver:
-    """(S + lambda I) x = O_c^T v_c with centred, importance-weighted O and v.
+    """(S + lambda I) x = O_c^T v_c with centred, importance-weighted scores and values.
 
     Args:
         shift: lambda (absolute, or relative to the mean non-zero eigenvalue when adaptive).
         adaptive: scale the shift to tr(S) / min(N - 1, P) (see the module docstring).
         space: "auto" | "parameter" | "sample".
+        gradients: how `solve_scores` gets the scores: "auto" (the Gram matrix where the model
+            has a closed form and the solve is in sample space, else the closed-form score
+            vectors, else torch.func), "gram", "analytic" or "func".
         impl: operator implementation of `nncme.ops.fisher_solve`.
-        max_raises: shift raises the operator may make before the SVD fallback.
+        max_raises: shift raises the operator may make before the fallback.
         min_shift: floor of an adaptive lambda.
-        cv: choose the relative shift by cross-validation (`cross_validate`; the caller
-            passes the folds); `shift` is then used only where no folds are given.
+        cv: choose the relative shift by cross-validation where the caller passes folds.
         grid: the relative shifts cross-validation tries.
     """
 
@@ -126,6 +143,7 @@ class FisherSolver:
         *,
         adaptive: bool = True,
         space: str = "auto",
+        gradients: str = "auto",
         impl: str = "auto",
         max_raises: int = 6,
         min_shift: float = 1e-12,
@@ -136,31 +154,35 @@ class FisherSolver:
             raise ValueError(f"shift must be >= 0, got {shift!r}")
         if space not in SPACES:
             raise ValueError(f"space must be one of {SPACES}, got {space!r}")
+        if gradients not in GRADIENTS:
+            raise ValueError(f"gradients must be one of {GRADIENTS}, got {gradients!r}")
+        if cv and not (grid and all(g > 0 for g in grid)):
+            raise ValueError(f"grid must hold positive shifts, got {grid!r}")
         self.shift = float(shift)
         self.adaptive = bool(adaptive)
         self.space = space
+        self.gradients = gradients
         self.impl = impl
         self.max_raises = int(max_raises)
         self.min_shift = float(min_shift)
         self.cv = bool(cv)
-        if cv and not (grid and all(g > 0 for g in grid)):
-            raise ValueError(f"grid must hold positive shifts, got {grid!r}")
         self.grid = tuple(float(g) for g in grid)
 
-    def shift_for(self, O: torch.Tensor, w: torch.Tensor, shift: float | None = None) -> float:
-        """The lambda this solver uses for gradients O (N, P) with weights w (N,)."""
+    # ------------------------------------------------------------------ the shift
+    def _lambda(self, shift: float | None, trace: float, N: int, P: int) -> float:
+        """The lambda to ask the operator for: fixed, or relative to the mean eigenvalue."""
         shift = self.shift if shift is None else shift
         if not self.adaptive:
             return shift
-        N, P = O.shape
-        mean = w @ O
-        trace = float((w * ((O - mean) ** 2).sum(dim=1)).sum())
-        return self._absolute(shift, trace, N, P)
-
-    def _absolute(self, shift: float, trace: float, N: int, P: int) -> float:
-        """lambda from a relative shift: shift * tr(S) / min(N - 1, P), floored."""
         return max(self.min_shift, shift * _mean_eigenvalue(trace, N, P))
 
+    def shift_for(self, O: torch.Tensor, w: torch.Tensor, shift: float | None = None) -> float:
+        """The lambda this solver asks for with scores O (N, P) and weights w (N,)."""
+        w = w / w.sum()
+        trace = float((w * ((O - w @ O) ** 2).sum(dim=1)).sum())
+        return self._lambda(shift, trace, *O.shape)
+
+    # ------------------------------------------------------------------ the two solves
     def solve(
         self,
         O: torch.Tensor,
@@ -168,7 +190,7 @@ class FisherSolver:
         w: torch.Tensor | None = None,
         shift: float | None = None,
     ) -> tuple[torch.Tensor, SolveInfo]:
-        """Solve for x.
+        """x from the score vectors.
 
         Args:
             O: (N, P) per-sample gradients of log q.
@@ -181,22 +203,20 @@ class FisherSolver:
             x (P,) and a SolveInfo.
         """
         N, P = O.shape
-        if w is None:
-            w = torch.full((N,), 1.0 / N, dtype=O.dtype, device=O.device)
-        w = (w / w.sum()).to(O.dtype)
+        w = _normalised(w, N, O)
         if not (torch.isfinite(O).all() and torch.isfinite(v).all()):
             raise NonFiniteError("the per-sample gradients or values contain NaN or inf")
         lam = self.shift_for(O, w, shift)
-        space = self.space
-        if space == "auto":
-            space = "parameter" if P <= N else "sample"
+        space = self.space if self.space != "auto" else ("parameter" if P <= N else "sample")
         try:
             x, used = ops.fisher_solve(
                 O, v, w, lam, space=space, max_raises=self.max_raises, impl=self.impl
             )
             return x, SolveInfo(float(used), lam, space)
-        except RuntimeError:
-            return _svd_solve(O, v, w, max(lam, self.min_shift)), SolveInfo(lam, lam, space, True)
+        except torch.linalg.LinAlgError as exc:
+            _warn_fallback(exc)
+            x = _svd_solve(O, v, w, max(lam, self.min_shift))
+            return x, SolveInfo(lam, lam, space, fallback=True)
 
     def solve_gram(
         self,
@@ -205,43 +225,73 @@ class FisherSolver:
         w: torch.Tensor,
         num_params: int,
         shift: float | None = None,
-    ) -> GramSolution:
+    ) -> tuple[torch.Tensor, torch.Tensor, SolveInfo]:
         """The same x as `solve`, in sample space, from the Gram matrix K = O O^T (N, N).
 
-        x = O_c^T W^1/2 (W^1/2 K_c W^1/2 + lambda I)^-1 W^1/2 v_c (Woodbury), returned as
-        coefficients on the rows of O, with K_c the centred Gram matrix (see
-        `nncme.optim.gradients.nade_gram`, which forms K without O). The Cholesky factor comes
-        from torch.linalg; the shift is raised x10 when it fails, as `ops.fisher_solve` does,
-        then the eigendecomposition gives the same Tikhonov solution.
+        Returns:
+            coef (N,) with x = sum_n coef_n O_n (so x is the gradient of
+            sum_n coef_n log q(n): one backward pass), fitted (N,) = O_c x, and a SolveInfo.
         """
         N = K.shape[0]
-        w = (w / w.sum()).to(K.dtype)
+        w = _normalised(w, N, K)
         if not (torch.isfinite(K).all() and torch.isfinite(v).all()):
             raise NonFiniteError("the Gram matrix or the values contain NaN or inf")
         Kc = centred_gram(K, w)
-        trace = float((w * Kc.diagonal()).sum())
-        lam = self.shift if shift is None else shift
-        if self.adaptive:
-            lam = self._absolute(lam, trace, N, num_params)
-        sw = w.sqrt()
-        A = sw.unsqueeze(1) * Kc * sw.unsqueeze(0)
-        b = sw * (v - w @ v)
-        eye = torch.eye(N, dtype=K.dtype, device=K.device)
-        used, fallback = lam, False
-        for _ in range(self.max_raises + 1):
-            L, bad = torch.linalg.cholesky_ex(A + used * eye)
-            if not bool(bad):
-                y = torch.cholesky_solve(b.unsqueeze(1), L).squeeze(1)
-                break
-            used *= 10.0
-        else:
-            used, fallback = max(lam, self.min_shift), True
-            evals, evecs = torch.linalg.eigh(A)
-            y = evecs @ ((evecs.mT @ b) / (evals.clamp(min=0) + used))
-        gamma = sw * y  # x = O_c^T gamma = sum_n (gamma_n - w_n sum(gamma)) O_n
-        coef = gamma - w * gamma.sum()
-        return GramSolution(coef, Kc @ gamma, SolveInfo(float(used), lam, "sample", fallback))
+        lam = self._lambda(shift, float((w * Kc.diagonal()).sum()), N, num_params)
+        try:
+            coef, used = ops.fisher_solve_gram(
+                K, v, w, lam, max_raises=self.max_raises, impl=self.impl
+            )
+            info = SolveInfo(float(used), lam, "sample")
+        except torch.linalg.LinAlgError as exc:
+            _warn_fallback(exc)
+            coef = _eigh_solve(Kc, v, w, max(lam, self.min_shift))
+            info = SolveInfo(lam, lam, "sample", fallback=True)
+        fitted = K @ coef
+        return coef, fitted - w @ fitted, info
 
+    def solve_scores(
+        self,
+        model: AutoregressiveModel,
+        states: torch.Tensor,
+        v: torch.Tensor,
+        w: torch.Tensor,
+        *,
+        need_grads: bool = False,
+        folds: torch.Tensor | None = None,
+    ) -> ScoreSolution:
+        """x for a model's scores at distinct states: the path natural gradient and TDVP take.
+
+        Args:
+            model: the VAN (its trainable parameters define P).
+            states: (N, L) distinct states with log q > -inf.
+            v: (N,) values; w: (N,) non-negative weights (normalised here).
+            need_grads: form the score vectors (returned in `grads`) even where the Gram
+                matrix would do.
+            folds: (F, N) weights of F >= 2 folds over the states: choose the shift by
+                cross-validation (only where this solver has `cv`).
+
+        Returns:
+            A ScoreSolution.
+        """
+        N, P = states.shape[0], num_trainable(model)
+        w = _normalised(w, N, v)
+        gram = not need_grads and use_gram(model, N, self.gradients, self.space)
+        method = "auto" if self.gradients == "gram" else self.gradients
+        O = None if gram else per_sample_grads(model, states, method)
+        K = model.closed_form_scores().gram(states) if gram else None
+        shift, held_out = None, float("nan")
+        if self.cv and folds is not None:
+            cv = self.cross_validate(O @ O.mT if K is None else K, v, folds, P)
+            shift, held_out = cv.shift, cv.error
+        if K is not None:
+            coef, fitted, info = self.solve_gram(K, v, w, P, shift)
+            x = scores_transposed_times(model, states, coef)
+            return ScoreSolution(x, fitted, info, None, held_out)
+        x, info = self.solve(O, v, w, shift)
+        return ScoreSolution(x, (O - w @ O) @ x, info, O, held_out)
+
+    # ------------------------------------------------------------------ cross-validation
     def cross_validate(
         self, K: torch.Tensor, v: torch.Tensor, folds: torch.Tensor, num_params: int
     ) -> CrossValidation:
@@ -305,9 +355,24 @@ class FisherSolver:
         return (wh.unsqueeze(1) * (fitted - vh.unsqueeze(1)) ** 2).sum(0) / norm
 
 
+def _normalised(w: torch.Tensor | None, N: int, like: torch.Tensor) -> torch.Tensor:
+    """w / sum(w) in the dtype of `like`; 1/N each for None."""
+    if w is None:
+        return torch.full((N,), 1.0 / N, dtype=like.dtype, device=like.device)
+    return (w / w.sum()).to(like.dtype)
+
+
 def _mean_eigenvalue(trace: float, N: int, P: int) -> float:
     """tr(S) / min(N - 1, P): the mean non-zero eigenvalue of a centred S of N samples."""
     return trace / max(1, min(N - 1, P))
+
+
+def _warn_fallback(exc: Exception) -> None:
+    warnings.warn(
+        f"the Fisher/TDVP system could not be factored ({exc}); used the eigen/SVD solution",
+        RuntimeWarning,
+        stacklevel=3,
+    )
 
 
 def _svd_solve(O: torch.Tensor, v: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
@@ -317,3 +382,13 @@ def _svd_solve(O: torch.Tensor, v: torch.Tensor, w: torch.Tensor, lam: float) ->
     vc = (v - w @ v) * sw
     U, s, Vh = torch.linalg.svd(Oc, full_matrices=False)
     return Vh.mT @ ((s / (s * s + lam)) * (U.mT @ vc))
+
+
+def _eigh_solve(Kc: torch.Tensor, v: torch.Tensor, w: torch.Tensor, lam: float) -> torch.Tensor:
+    """The Tikhonov coefficients from the eigendecomposition of the weighted, centred Gram
+    matrix (the fallback of `solve_gram`)."""
+    sw = w.sqrt()
+    evals, evecs = torch.linalg.eigh(sw.unsqueeze(1) * Kc * sw.unsqueeze(0))
+    y = evecs @ ((evecs.mT @ (sw * (v - w @ v))) / (evals.clamp(min=0) + lam))
+    gamma = sw * y
+    return gamma - w * gamma.sum()

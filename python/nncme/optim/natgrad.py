@@ -1,4 +1,4 @@
-"""Natural gradient on the reverse KL of a time step (DESIGN section 2).
+"""Natural gradient on the reverse KL of a fit (DESIGN section 2).
 
 The score-function gradient of `KLUpdate`, g = sum_u c_u O_u over the distinct training states
 u (c_u their summed coefficients w (f - b), O_u = grad log q(n_u)), is preconditioned by the
@@ -12,11 +12,7 @@ E_q[O] = 0 only in expectation over q itself, so with finite batches, explored s
 importance-weighted proposal the uncentred matrix adds a spurious direction (tests check that
 the centred solve matches a dense one and the uncentred does not). Because sum_u c_u = 0, g is
 also sum_u W_u (O_u - Obar)(v_u - vbar) with v_u = c_u / W_u, which is exactly the right-hand
-side `nncme.ops.fisher_solve` forms; it solves in sample space (Woodbury) when P > N.
-
-For a NADE solved in sample space (`gradients` "auto" or "gram") the Gram matrix O O^T comes
-from `nncme.optim.gradients.nade_gram` without forming O, and the step x = O^T beta from one
-backward pass of sum beta_u log q(n_u).
+side `FisherSolver.solve_scores` solves for (from the model's Gram matrix or its scores).
 
 Near the optimum the Fisher matrix is the Hessian of the KL, so a step with lr = 1 is a
 (regularised) Newton step; `lr` below 1 damps the sampling noise.
@@ -28,8 +24,7 @@ from typing import Any
 
 import torch
 
-from .gradients import grad_of_sum, nade_gram, per_sample_grads, use_gram
-from .linear import FisherSolver
+from .linear import FisherSolver, SolveInfo
 from .updates import KLUpdate, StepProblem, StepReport
 
 __all__ = ["NaturalGradientUpdate"]
@@ -41,12 +36,11 @@ class NaturalGradientUpdate(KLUpdate):
     Args:
         model: the VAN whose parameters are updated.
         lr: step length (1: the full natural-gradient step).
-        solver: the `FisherSolver` (shift, adaptive shift, space, operator impl).
-        gradients: "auto" | "gram" | "analytic" | "func" (see `optim.gradients.use_gram`).
+        solver: the `FisherSolver` (shift, adaptive shift, space, scores, operator impl).
         max_step: largest step length in the Fisher metric, sqrt(dtheta^T S dtheta) (the RMS
             change of log q over the batch, in nats); longer steps are scaled down. 0: no cap.
         **kl: the `KLUpdate` options (iterations, tolerance, relative_tolerance,
-            min_iterations, window, explore).
+            min_iterations, window, explore, ...).
     """
 
     name = "natgrad"
@@ -57,20 +51,19 @@ class NaturalGradientUpdate(KLUpdate):
         *,
         lr: float = 0.5,
         solver: FisherSolver | None = None,
-        gradients: str = "auto",
         max_step: float = 1.0,
         **kl: Any,
     ) -> None:
         params = [p for p in model.parameters() if p.requires_grad]
         super().__init__(torch.optim.SGD(params, lr=lr), **kl)
         self.solver = solver or FisherSolver()
-        self.gradients = gradients
         self.max_step = float(max_step)
-        self._shift = 0.0
+        self._last = SolveInfo(0.0, 0.0, "sample")
 
     def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
         super()._iteration(problem, it, report)
-        report.shift = self._shift
+        report.shift = self._last.shift
+        report.fallbacks += int(self._last.fallback)
 
     def apply_gradient(
         self,
@@ -79,30 +72,14 @@ class NaturalGradientUpdate(KLUpdate):
         coef: torch.Tensor,
         weights: torch.Tensor,
     ) -> None:
-        model = problem.model
         w = weights / weights.sum()
-        if use_gram(model, states.shape[0], self.gradients, self.solver.space):
-            self._gram_step(model, states, coef / w, w)
-            return
-        O = per_sample_grads(model, states, self.gradients)  # (U, P)
-        x, info = self.solver.solve(O, coef / w, w)
-        self._shift = info.shift
-        x = x * self._step_scale((O - w @ O) @ x, w)
+        sol = self.solver.solve_scores(problem.model, states, coef / w, w)
+        self._last = sol.info
+        x = sol.x * self._step_scale(sol.fitted, w)
         offset = 0
         for p in self.optimizer.param_groups[0]["params"]:
             p.grad = x[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
-        self.optimizer.step()
-
-    def _gram_step(
-        self, model: torch.nn.Module, states: torch.Tensor, v: torch.Tensor, w: torch.Tensor
-    ) -> None:
-        """The same step from the NADE Gram matrix: x = O^T beta by one backward pass."""
-        params = self.optimizer.param_groups[0]["params"]
-        sol = self.solver.solve_gram(nade_gram(model, states), v, w, sum(p.numel() for p in params))
-        self._shift = sol.info.shift
-        self.optimizer.zero_grad(set_to_none=True)
-        grad_of_sum(model, states, sol.coef * self._step_scale(sol.fitted, w))
         self.optimizer.step()
 
     def _step_scale(self, fitted: torch.Tensor, w: torch.Tensor) -> float:

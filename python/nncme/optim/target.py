@@ -7,15 +7,8 @@ The previous distribution is scored at the states and at their K neighbours n - 
 K*L, and `nncme.ops.transition_logsum` forms the stable log-sum-exp; it also returns the TDVP
 local generator (W q)(n)/q(n) and the exit rate a_0(n).
 
-`HeunTarget` is the second-order step in Shu–Osher form (strong-stability-preserving Heun):
-fit a predictor q* to T(t) q_old, then the new distribution to
-
-    q_new = 1/2 q_old + 1/2 T(t + dt) q*
-
-which, were both fits exact, is (I + dt W + dt^2 W^2 / 2) q_old for constant rates: a convex
-mixture of probability vectors, so positive under the same condition as T, and second order in
-dt. On the toggle switch, exact steps of it at dt = 0.0025 are 0.0008 (Hellinger) from the exact
-solution at t = 0.1, where exact Euler steps are 0.029.
+`StageTarget` is what a stage of a Runge–Kutta step in Shu–Osher form fits: a convex
+combination of distributions and their explicit maps (`nncme.steppers` holds the schemes).
 
 The explicit first-order T is a probability map only while dt * a_0(n) < 1 at every state the
 distribution visits (the stay term 1 - dt a_0 must stay positive). `check_step_size` stops a run
@@ -35,10 +28,11 @@ from ..sampling import state_keys, unique_states
 
 __all__ = [
     "Distribution",
-    "HeunTarget",
     "NonFiniteError",
+    "StageTarget",
     "StepSizeError",
     "TargetValues",
+    "Term",
     "TrainingError",
     "TransitionTarget",
     "check_step_size",
@@ -167,30 +161,74 @@ class TransitionTarget:
         return values
 
 
-class HeunTarget:
-    """log of 1/2 q_old(n) + 1/2 (T(t + dt) q*)(n): the corrector of the Heun step.
+@dataclass(frozen=True)
+class Term:
+    """One term alpha u + beta dt W(t) u of a stage of an explicit Runge–Kutta step in
+    Shu–Osher form (`nncme.steppers`).
 
-    Args:
-        old: the distribution at t; predictor: q*, fitted to T(t) q_old.
-        net, t, dt, impl: as for `TransitionTarget` (T here takes the rates at t + dt).
-
-    The values returned hold log of the mixture; the local generator and exit rate are those
-    of the predictor's map (the exit rate is what the step-size check needs).
+    Attributes:
+        value: the distribution u (a frozen VAN, a `Delta`, ...).
+        t: the time of W's rates.
+        alpha: the weight of u itself (> 0 wherever beta > 0: see `StageTarget`).
+        beta: the weight of dt W(t) u.
     """
 
-    def __init__(
-        self, old: Any, predictor: Any, net: Any, t: float, dt: float, *, impl: str = "auto"
-    ) -> None:
-        self.net, self.t, self.dt = net, float(t), float(dt)
-        self.old = TransitionTarget(old, net, t, dt, impl=impl)
-        self.moved = TransitionTarget(predictor, net, t + dt, dt, impl=impl)
+    value: Any
+    t: float
+    alpha: float
+    beta: float
+
+
+class StageTarget:
+    """log sum_j [alpha_j u_j(n) + beta_j dt (W(t_j) u_j)(n)]: the distribution a stage fits.
+
+    Each term is alpha_j (T_j u_j)(n) with the explicit map T_j = I + c_j dt W(t_j),
+    c_j = beta_j / alpha_j (u_j itself where beta_j = 0), so with non-negative weights the
+    target is a probability distribution wherever every c_j dt a_0 < 1, and its log is a
+    log-sum-exp over the terms. One term (1, 1) is explicit Euler, `TransitionTarget`; Heun's
+    corrector is 1/2 q_old + 1/2 T(t + dt) q* (`nncme.steppers.Heun`).
+
+    Args:
+        terms: the stage's terms (alpha > 0; beta >= 0).
+        net: the compiled network.  dt: the step.  impl: operator implementation.
+
+    The values returned hold the log of the combination; `exit_rate` is max_j c_j a_0(n, t_j),
+    the exit rate as the step-size check sees it (dt * exit_rate < 1 keeps every term
+    positive), and `local_gen` that of the last moving term.
+    """
+
+    def __init__(self, terms: list[Term], net: Any, dt: float, *, impl: str = "auto") -> None:
+        if not terms or any(not (tm.alpha > 0 and tm.beta >= 0) for tm in terms):
+            raise ValueError(
+                "a fitted stage needs terms with alpha > 0 and beta >= 0 (a convex combination "
+                f"of explicit maps), got {[(tm.alpha, tm.beta) for tm in terms]}"
+            )
+        self.net, self.dt, self.terms = net, float(dt), list(terms)
+        self.maps = [
+            TransitionTarget(tm.value, net, tm.t, dt * (tm.beta / tm.alpha or 1.0), impl=impl)
+            for tm in terms
+        ]
 
     @torch.no_grad()
     def __call__(self, states: torch.Tensor) -> TargetValues:
-        moved = self.moved(states)
-        log_old = self.old.old_log_prob(states).to(moved.log_tq.dtype)
-        log_mix = torch.logaddexp(log_old, moved.log_tq) - math.log(2.0)
-        return TargetValues(log_mix, moved.local_gen, moved.exit_rate)
+        parts, local_gen, exit_rate = [], None, None
+        for term, move in zip(self.terms, self.maps):
+            if term.beta == 0:
+                log_u = move.old_log_prob(states)
+            else:
+                values = move(states)
+                log_u, local_gen = values.log_tq, values.local_gen
+                rate = values.exit_rate * (term.beta / term.alpha)
+                exit_rate = rate if exit_rate is None else torch.maximum(exit_rate, rate)
+            log_u = log_u.to(self.net.dtype)
+            parts.append(log_u + math.log(term.alpha) if term.alpha != 1 else log_u)
+        log_mix = parts[0] if len(parts) == 1 else torch.logsumexp(torch.stack(parts), dim=0)
+        zeros = torch.zeros_like(log_mix)
+        return TargetValues(
+            log_mix,
+            local_gen if local_gen is not None else zeros,
+            exit_rate if exit_rate is not None else zeros,
+        )
 
 
 def check_step_size(exit_rate: torch.Tensor, t: float, dt: float) -> float:

@@ -1,29 +1,26 @@
-"""Per-time-step updates of a VAN: the pluggable objects the trainer calls once per step.
+"""Fits of a VAN to a target distribution: what one stage of a time step does.
 
-An `Update` gets a `StepProblem` (the model to change in place, the target log T q_old, the
-proposal, the batch size and the generator) and returns a `StepReport`. `KLUpdate` minimises
-the reverse KL D(q || T q_old) = E_q[log q - log T q_old] with a torch optimiser (Adam by
-default), using the score-function gradient
+An `Update` gets a `StepProblem` (the model to change in place, the target log p at given
+states, the proposal, the batch size and the generator) and returns a `StepReport`.
+`KLUpdate` minimises the reverse KL D(q || p) = E_q[log q - log p] with a torch optimiser (Adam
+by default), using the score-function gradient
 
-    g = E_rho[w (f - b) grad log q],   f = log q - log T q_old,   b = E_rho[w f]
+    g = E_rho[w (f - b) grad log q],   f = log q - log p,   b = E_rho[w f]
 
 (self-normalised importance weights w from the proposal, the weighted batch mean as baseline).
-Two seams for the second-order methods of a later issue:
-- natural gradient preconditions the same gradient: subclass `KLUpdate` and override
-  `apply_gradient(problem, states, coef, weights)` (distinct states, their coefficients
-  w (f - b) and sampling weights);
-- TDVP integrates d theta / dt from the local generator (W q)(n)/q(n) instead: a new `Update`
-  whose `run` uses `problem.target_for(problem.model)` (a `TransitionTarget` of the current
-  model, whose `local_gen` is exactly that generator).
+`NaturalGradientUpdate` (natgrad.py) preconditions the same gradient through the seam
+`apply_gradient(problem, states, coef, weights)`. The time schemes that decide what p is
+(T q_old for Euler, a Heun corrector, ...) live in `nncme.steppers`; TDVP, which moves theta
+along a flow instead of fitting, is `nncme.optim.tdvp`.
 
-`fit_enumerated` is the exact first step from a start with few states (see `nncme.evolve`).
+`fit_enumerated` fits a distribution given on an explicit list of states exactly (the first
+step from a start with few states).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +31,7 @@ from ..sampling import Draw, Proposal, unique_states
 from .gradients import grad_of_sum
 from .target import (
     NonFiniteError,
+    StageTarget,
     TransitionTarget,
     check_step_size,
     explore_ahead,
@@ -75,19 +73,16 @@ class StepProblem:
         proposal: where training states come from.
         batch_size: states per iteration.
         generator: the run's random stream.
-        t, dt, step: the step's start, length and index (1-based).
-        target_for: makes a TransitionTarget of any distribution at this t, dt (for TDVP).
+        t, dt: the step's start and length (t is where explored states take their rates).
     """
 
     model: AutoregressiveModel
-    target: TransitionTarget
+    target: TransitionTarget | StageTarget
     proposal: Proposal
     batch_size: int
     generator: torch.Generator | None
     t: float
     dt: float
-    step: int
-    target_for: Callable[[Any], TransitionTarget] | None = None
 
 
 @dataclass
@@ -112,6 +107,8 @@ class StepReport:
         held_out: TDVP with a cross-validated shift: the held-out relative misfit of the fit
             (the fraction of the CME's motion it fails to predict at samples it did not see;
             nan otherwise).
+        fallbacks: second-order solves that could not be factored and took the eigen/SVD
+            solution instead (see `nncme.optim.linear`).
     """
 
     loss: float
@@ -129,6 +126,17 @@ class StepReport:
     rejected: int = 0
     pareto_k: float = math.nan
     held_out: float = math.nan
+    fallbacks: int = 0
+
+    LOGGED = (
+        "loss", "loss_std", "iterations", "rate_dt", "residual", "gap", "ess", "shift",
+        "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "seconds",
+    )  # fmt: skip
+
+    def log_fields(self) -> dict[str, Any]:
+        """The report's line of the run's JSONL log (nan written as null)."""
+        values = {name: getattr(self, name) for name in self.LOGGED}
+        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
 
 
 class Update:
@@ -168,13 +176,10 @@ class KLUpdate(Update):
     `explore_baseline="own"` centres them on their own mean instead: the gradient of the
     log-variance divergence over them (Richter et al., 2020), which sums to zero over the
     explored states, so it reshapes q among them but moves no mass between them and the
-    samples. From a point mass that leaks slowly it cannot move the model at all: on MAPK
-    (exit rate 0.01 at the start, a batch of 500 all but entirely at the start state, whose
-    explored states all lie one reaction from it and are equally far below their target), q
-    stayed the initial point mass, 0.067 (Hellinger) from 1e5 SSA trajectories at t = 1,
-    where "samples" reached 0.016 (0.024 at most when checked at ten times, batch 1000); on
-    the toggle switch to t = 0.25 (batch 500), "samples" was 0.040 at most and "own" 0.049
-    (benchmarks/bench_second_order.py).
+    samples. From a point mass that leaks slowly it cannot move the model at all: a batch
+    then holds almost only the start state, whose explored states all lie one reaction from it
+    and are equally far below their target, so their centred coefficients cancel (the README's
+    MAPK measurements, from benchmarks/bench_second_order.py, show both baselines).
 
     Stopping rule. The residual of an iteration is 1/2 sum coef * (f - b), half the weighted
     variance of f: about the KL from q to the target, explored states included. After

@@ -1,0 +1,411 @@
+"""What a run does besides stepping: observers the `Driver` calls, each with one job.
+
+- `ProgressBar`: the tqdm bar.
+- `StepLog`: one line per step (loss, iterations, dt * a_0, ...) in memory and in log.jsonl.
+- `Recorder`: the distribution's statistics at t = 0 and every save time, the `Result` built
+  from them (written at each save time and at the end).
+- `Checkpoints`: checkpoint.pt at every save time (model, stepper and optimiser state, random
+  stream, step, and every observer's state), and `restore` to resume from it.
+
+The driver calls, in the order the observers were given: `start` before the first step of a
+run (fresh or resumed), `step` after every step, `save` after a step that ends on a save time,
+`finish` after the last step, `close` always, and `failure_note` when a step fails (a line for
+the error message). An observer with a `key` keeps state in the checkpoint under that key.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .config import ConfigError
+from .models import AutoregressiveModel
+from .optim import StepReport
+from .results import Result, ResultBuilder, versions
+
+if TYPE_CHECKING:
+    from .evolve import Driver
+
+__all__ = [
+    "CHECKPOINT",
+    "LOG",
+    "Checkpoints",
+    "Observer",
+    "ProgressBar",
+    "Recorder",
+    "StepInfo",
+    "StepLog",
+    "box_states",
+    "summarize",
+]
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.jsonl"
+CHECKPOINT_FORMAT = 2
+# Largest support of a distribution whose statistics are computed over its listed states.
+MAX_ENUMERATED = 200_000
+
+
+@dataclass
+class StepInfo:
+    """What observers and callbacks receive after every time step.
+
+    Attributes:
+        step: index of the step just done (1-based); t: the time reached; dt: its length.
+        report: what the stepper did.  model: the VAN (do not modify).
+        elapsed: seconds since the run (or its resumption) began.
+    """
+
+    step: int
+    t: float
+    dt: float
+    report: StepReport
+    model: AutoregressiveModel
+    elapsed: float
+
+
+class Observer:
+    """Base class: every hook does nothing."""
+
+    key: str | None = None
+
+    def start(self, driver: Driver) -> None:
+        pass
+
+    def step(self, driver: Driver, info: StepInfo) -> None:
+        pass
+
+    def save(self, driver: Driver, info: StepInfo) -> None:
+        pass
+
+    def finish(self, driver: Driver) -> None:
+        pass
+
+    def close(self, driver: Driver) -> None:
+        pass
+
+    def failure_note(self, driver: Driver) -> str:
+        return ""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class ProgressBar(Observer):
+    """A tqdm bar over the steps, with t and the loss."""
+
+    def __init__(self, name: str, *, quiet: bool = False) -> None:
+        self.name, self.quiet = name, quiet
+        self.bar: Any = None
+
+    def start(self, driver: Driver) -> None:
+        self.bar = tqdm(
+            total=driver.num_steps,
+            initial=driver.index,
+            unit="step",
+            desc=self.name,
+            disable=self.quiet,
+            mininterval=0.5,
+            dynamic_ncols=True,
+        )
+
+    def step(self, driver: Driver, info: StepInfo) -> None:
+        self.bar.update(1)
+        self.bar.set_postfix_str(f"t={info.t:.4g} loss={info.report.loss:.2e}", refresh=False)
+
+    def close(self, driver: Driver) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StepLog(Observer):
+    """One dict per step (`history`), appended to `directory/log.jsonl` when given."""
+
+    key = "history"
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.path = directory / LOG if directory is not None else None
+        self.history: list[dict[str, Any]] = []
+
+    def start(self, driver: Driver) -> None:
+        """A fresh log, or, on resume, the log as it was at the checkpoint."""
+        if self.path is not None:
+            self.path.write_text("".join(json.dumps(line) + "\n" for line in self.history))
+
+    def step(self, driver: Driver, info: StepInfo) -> None:
+        line = {"step": info.step, "t": info.t, "dt": info.dt, **info.report.log_fields()}
+        self.history.append(line)
+        if self.path is not None:
+            with open(self.path, "a") as fh:
+                fh.write(json.dumps(line) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"lines": list(self.history)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history = list(state["lines"])
+
+
+class Recorder(Observer):
+    """Statistics of the distribution at t = 0 and every save time, and the `Result`.
+
+    Args:
+        network: the ReactionNetwork.
+        start: the distribution at t = 0.
+        summary: what the result's summary.json says of the run (network, settings, model).
+        eval_samples: samples behind a VAN's statistics.
+        joint_max_states: store the joint where the box holds at most this many states.
+        seed: seeds each save time's own sampling stream (apart from the run's).
+        directory: where the result is written (None: not written).
+    """
+
+    key = "records"
+
+    def __init__(
+        self,
+        network: Any,
+        start: Any,
+        summary: dict[str, Any],
+        *,
+        eval_samples: int,
+        joint_max_states: int,
+        seed: int,
+        directory: Path | None = None,
+    ) -> None:
+        self.network, self.start_distribution, self.summary = network, start, summary
+        self.eval_samples, self.joint_max_states, self.seed = eval_samples, joint_max_states, seed
+        self.directory = directory
+        self.times: list[float] = []
+        self.records: list[dict[str, torch.Tensor]] = []
+        self.final_loss: float | None = None
+
+    def _record(self, distribution: Any, t: float, device: torch.device) -> None:
+        # each save time samples from its own stream, apart from the run's
+        seed = self.seed * 1_000_003 + 7919 * len(self.records) + 1
+        record = summarize(
+            distribution,
+            self.network,
+            eval_samples=self.eval_samples,
+            joint_max_states=self.joint_max_states,
+            generator=torch.Generator(device).manual_seed(seed),
+        )
+        self.records.append(record)
+        self.times.append(float(t))
+
+    def start(self, driver: Driver) -> None:
+        if not self.records:
+            self._record(self.start_distribution, 0.0, driver.model.device)
+
+    def step(self, driver: Driver, info: StepInfo) -> None:
+        self.final_loss = info.report.loss
+
+    def save(self, driver: Driver, info: StepInfo) -> None:
+        self._record(driver.model, info.t, driver.model.device)
+        if self.directory is not None and not driver.done:
+            self.result(driver.elapsed).save(self.directory, plots=False)
+
+    def finish(self, driver: Driver) -> None:
+        if self.directory is not None:
+            self.result(driver.elapsed).save(self.directory)
+
+    def result(self, seconds: float = 0.0) -> Result:
+        """The Result at the times recorded so far."""
+        net = self.network
+
+        def stack(key: str) -> np.ndarray | None:
+            if any(r.get(key) is None for r in self.records):
+                return None
+            return np.stack([r[key].cpu().numpy() for r in self.records])
+
+        joint = stack("joint")
+        pair = stack("pair")
+        summary = {
+            **self.summary,
+            "eval_samples": self.eval_samples,
+            "marginals_from": "joint" if joint is not None else "averaged conditionals",
+            "timings": {"run_seconds": seconds},
+            "final_loss": self.final_loss,
+            "versions": versions(),
+        }
+        return Result(
+            method="van",
+            species=net.species_names,
+            limits=net.limits,
+            times=np.array(self.times),
+            marginals=stack("marginals"),
+            means=stack("means"),
+            stds=stack("stds"),
+            covariances=stack("covariances"),
+            joint_states=box_states(net.limits, "cpu").numpy() if joint is not None else None,
+            joint=joint,
+            pair=tuple(self.records[0]["pair_species"].tolist()) if pair is not None else None,
+            pair_marginal=pair,
+            boundary=stack("boundary"),
+            summary=summary,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"times": list(self.times), "records": self.records, "final_loss": self.final_loss}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.times, self.records = list(state["times"]), list(state["records"])
+        self.final_loss = state["final_loss"]
+
+
+class Checkpoints(Observer):
+    """checkpoint.pt in `directory` at every save time, written atomically; `restore` resumes.
+
+    Args:
+        directory: the run's output directory.
+        settings: the run's settings (as a dict), stored and compared on resume.
+        network: the network's name, compared on resume.
+        resumable: settings that may differ when a run resumes.
+    """
+
+    def __init__(
+        self, directory: Path, settings: dict[str, Any], network: str, resumable: Sequence[str]
+    ) -> None:
+        self.path = directory / CHECKPOINT
+        self.settings, self.network, self.resumable = settings, network, tuple(resumable)
+
+    def save(self, driver: Driver, info: StepInfo) -> None:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            **driver.state_dict(),
+            "settings": self.settings,
+            "network": self.network,
+            "observers": {o.key: o.state_dict() for o in driver.observers if o.key},
+        }
+        tmp = self.path.with_name(CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)  # atomic: a kill never leaves half a file
+
+    def failure_note(self, driver: Driver) -> str:
+        if self.path.exists():
+            return f"the last good checkpoint is kept in {self.path}"
+        return ""
+
+    def restore(self, driver: Driver) -> None:
+        """Load the checkpoint into the driver and its observers (ConfigError if it is not a
+        checkpoint of this run)."""
+        if not self.path.exists():
+            raise ConfigError(f"resume: no checkpoint in {self.path.parent} (expected {self.path})")
+        state = torch.load(self.path, map_location=driver.model.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(
+                f"resume: {self.path} has checkpoint format {state.get('format')}, this nncme "
+                f"reads format {CHECKPOINT_FORMAT}; start the run again"
+            )
+        saved = state["settings"]
+        changed = [
+            k for k, v in self.settings.items() if k not in self.resumable and saved.get(k) != v
+        ]
+        if changed:
+            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {self.settings[k]!r}" for k in changed)
+            raise ConfigError(
+                f"resume: the run in {self.path.parent} used other settings ({diffs})"
+            )
+        if state["network"] != self.network:
+            raise ConfigError(
+                f"resume: the run in {self.path.parent} is of network {state['network']!r}, "
+                f"not {self.network!r}"
+            )
+        driver.load_state_dict(state)
+        for observer in driver.observers:
+            if observer.key:
+                observer.load_state_dict(state["observers"][observer.key])
+
+
+# ---------------------------------------------------------------------- statistics
+def box_states(limits: Sequence[int], device: torch.device | str) -> torch.Tensor:
+    """Every state of the box (prod M_i, L), lexicographic (last species fastest)."""
+    axes = [torch.arange(int(m), device=device) for m in limits]
+    grid = torch.cartesian_prod(*axes) if len(axes) > 1 else axes[0].unsqueeze(1)
+    return grid.reshape(-1, len(axes))
+
+
+@torch.no_grad()
+def summarize(
+    distribution: Any,
+    network: Any,
+    *,
+    eval_samples: int,
+    joint_max_states: int,
+    generator: torch.Generator,
+) -> dict[str, torch.Tensor]:
+    """Marginals, moments, pair joint, boundary mass (and the joint) of one distribution.
+
+    Exact over the box where it holds at most `joint_max_states` states (the joint is kept),
+    exact over a listed support (a point mass), else from `eval_samples` samples: a VAN's
+    through its conditionals (`ResultBuilder.add_conditionals`), any other distribution's by
+    counting.
+
+    Returns:
+        One time's arrays as tensors: marginals (L, Mmax), means, stds (L,), boundary (),
+        and where kept covariances (L, L), pair (M_a, M_b) with pair_species (2,), joint (S,).
+    """
+    builder = ResultBuilder(
+        "van",
+        network.species_names,
+        network.limits,
+        [0.0],
+        keep_joint=False,
+        reactants=network.reactant_matrix,
+        change=network.change_matrix,
+    )
+    joint = None
+    box = math.prod(int(m) for m in network.limits)
+    support = getattr(distribution, "support", None)
+    listed = support(MAX_ENUMERATED) if support is not None and box > joint_max_states else None
+    if 0 < box <= joint_max_states:
+        states = box_states(network.limits, generator.device)
+        joint = torch.cat([torch.exp(distribution.log_prob(c)) for c in states.split(65536)])
+        builder.add(0, states.cpu().numpy(), joint.cpu().numpy())
+    elif listed is not None:
+        states, log_p = listed
+        builder.add(0, states.cpu().numpy(), torch.exp(log_p).cpu().numpy())
+    else:
+        _add_samples(builder, distribution, eval_samples, generator)
+    result = builder.build(normalize=joint is None and listed is None)
+    out = {
+        name: torch.as_tensor(getattr(result, name)[0])
+        for name in ("marginals", "means", "stds", "boundary", "covariances", "pair_marginal")
+        if getattr(result, name) is not None
+    }
+    if "pair_marginal" in out:
+        out["pair"] = out.pop("pair_marginal")
+        out["pair_species"] = torch.tensor(result.pair)
+    if joint is not None:
+        out["joint"] = joint.cpu().double()
+    return out
+
+
+def _add_samples(
+    builder: ResultBuilder, distribution: Any, num_samples: int, generator: torch.Generator
+) -> None:
+    """num_samples draws of the distribution into the builder, in chunks of bounded memory."""
+    is_van = isinstance(distribution, AutoregressiveModel)
+    width = distribution.num_species * distribution.max_count if is_van else 1
+    rows = max(64, min(8192, (1 << 23) // width))  # conditionals of at most 2^23 numbers
+    left = num_samples
+    while left > 0:
+        n = min(left, rows)
+        states, _ = distribution.sample(n, generator)
+        if is_van:
+            cond = torch.exp(distribution.conditionals(states)).double()
+            builder.add_conditionals(0, states.cpu().numpy(), cond.cpu().numpy())
+        else:
+            builder.add(0, states.cpu().numpy())
+        left -= n

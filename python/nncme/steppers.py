@@ -1,0 +1,543 @@
+"""Time schemes: one class per `integrator` name, each owning a whole step t -> t + dt.
+
+A step of an explicit Runge–Kutta method in Shu–Osher form builds stage values
+u_0 = q(t), u_1, ..., u_s = q(t + dt), each a combination of earlier ones and their Euler
+moves,
+
+    u_i = sum_{j < i} alpha_ij u_j + beta_ij dt W(t + c_j dt) u_j,
+
+(`Scheme`: the coefficients, and c_j, the time of u_j as a fraction of dt). `Euler`, `Heun`
+(strong-stability-preserving: 1/2 q + 1/2 T(t + dt) q*, second order) and `RK4` (the classical
+fourth-order method) are such tableaus. How a stage value is made is the `Motion`'s job, so one
+scheme class serves both ways nncme moves a VAN:
+
+- `Fit` (adam, sgd, natgrad): the model is fitted to the stage's target distribution,
+  log sum_j alpha_j T_j u_j (`nncme.optim.StageTarget`), warm-started from the last stage.
+  This needs non-negative weights with alpha_ij > 0 wherever beta_ij > 0 (a convex mixture of
+  explicit maps, a probability distribution while dt a_0 < 1): Euler and Heun, not RK4.
+- `Flow` (tdvp): theta moves linearly, theta_i = sum_j alpha_ij theta_j + beta_ij dt
+  theta_dot(theta_j, t_j), with theta_dot the TDVP right-hand side, each evaluated once per
+  stage value; any tableau works.
+
+Adaptive sub-steps (`tolerance`, Flow only): the step [t, t + dt] is crossed in sub-steps whose
+length follows an error estimate in the Fisher metric of the sub-step's first evaluation (the
+RMS difference of log q, nats): the embedded lower-order solution where the scheme has one
+(Heun: its Euler stage), else one step against two half steps. A sub-step is accepted when
+err <= tolerance; the next length is h clip(0.9 (tolerance / err)^(1/(p+1)), 0.2, 2) with p
+the order of the error estimate's lower solution, and it carries over to the next step.
+Sampling noise enters err, so a tolerance far below the noise drives h down; below
+`min_step` dt the step stops with a `TrainingError`.
+
+`StartFit` is the first step from a start distribution that is not a VAN (a point mass, a
+product of marginals): it fits T p0 directly, with its own optimiser.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .models import AutoregressiveModel
+from .optim import (
+    KLUpdate,
+    StageTarget,
+    StepProblem,
+    StepReport,
+    TDVPEvaluation,
+    TDVPRightHandSide,
+    Term,
+    TrainingError,
+    Update,
+    fit_enumerated,
+    flat_parameters,
+    set_flat_parameters,
+    transition_support,
+)
+from .sampling import Proposal
+
+__all__ = [
+    "RK4",
+    "STEPPERS",
+    "Euler",
+    "Fit",
+    "Flow",
+    "Heun",
+    "Motion",
+    "RungeKutta",
+    "Scheme",
+    "StartFit",
+    "make_stepper",
+]
+
+# Largest support of a start distribution that the first step enumerates exactly.
+MAX_ENUMERATED = 200_000
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """An explicit Runge–Kutta tableau in Shu–Osher form.
+
+    Attributes:
+        times: c_j, the time of stage value j as a fraction of dt (c_0 = 0).
+        stages: for each stage i = 1..s, its terms (j, alpha_ij, beta_ij).
+        order: the order of the method.
+        embedded: the stage value that is an embedded lower-order solution (None: none).
+        embedded_order: its order.
+    """
+
+    times: tuple[float, ...]
+    stages: tuple[tuple[tuple[int, float, float], ...], ...]
+    order: int
+    embedded: int | None = None
+    embedded_order: int | None = None
+
+    @property
+    def fittable(self) -> bool:
+        """Every stage a convex mixture of explicit maps (what a `Fit` can target)."""
+        terms = [term for stage in self.stages for term in stage]
+        return all(a >= 0 and b >= 0 and (a > 0 or b == 0) for _, a, b in terms)
+
+    @property
+    def error_order(self) -> int:
+        """p of the step-length rule: the lower order of the error estimate."""
+        return self.embedded_order if self.embedded is not None else self.order
+
+
+class Motion:
+    """How stage values are made and kept; a `RungeKutta` step drives it.
+
+    The model holds the newest stage value. `snapshot` keeps it (a value later stages can
+    combine), `stage` makes the next one from terms (value, t_j, alpha, beta), `restore`
+    puts a kept value back into the model.
+    """
+
+    model: AutoregressiveModel
+
+    def begin(self, t: float, dt: float) -> None:
+        """A new step from t of length dt starts (dt: the trainer's step, not a sub-step)."""
+
+    def snapshot(self, slot: int) -> Any:
+        raise NotImplementedError
+
+    def stage(self, terms: list[tuple[Any, float, float, float]], dt: float) -> StepReport:
+        raise NotImplementedError
+
+    def restore(self, value: Any) -> None:
+        raise NotImplementedError(f"{type(self).__name__} cannot restore a stage value")
+
+    def distance(self, a: Any, b: Any, at: Any) -> float:
+        raise NotImplementedError(f"{type(self).__name__} has no error estimate")
+
+    def merge(self, reports: list[StepReport]) -> StepReport:
+        """One report for the step from its stages' reports."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+class Fit(Motion):
+    """Stage values by fitting the model to each stage's target with an `Update`.
+
+    Args:
+        model: the VAN (changed in place).
+        update: the fit (`KLUpdate`, `NaturalGradientUpdate`); its optimiser state carries
+            over from step to step.
+        net: the compiled network.  proposal: where training states come from.
+        batch_size: states per iteration.  generator: the run's random stream.
+        impl: operator implementation.
+    """
+
+    def __init__(
+        self,
+        model: AutoregressiveModel,
+        update: Update,
+        net: Any,
+        proposal: Proposal,
+        batch_size: int,
+        generator: torch.Generator | None,
+        *,
+        impl: str = "auto",
+    ) -> None:
+        self.model, self.update, self.net, self.impl = model, update, net, impl
+        self.proposal, self.batch_size, self.generator = proposal, batch_size, generator
+        self._twins: dict[int, AutoregressiveModel] = {}
+        self._t = 0.0
+
+    def begin(self, t: float, dt: float) -> None:
+        self._t = t
+
+    def snapshot(self, slot: int) -> AutoregressiveModel:
+        """A frozen copy of the model, kept per slot and refreshed in place (no new model
+        per step)."""
+        twin = self._twins.get(slot)
+        if twin is None:
+            twin = copy.deepcopy(self.model)
+            for p in twin.parameters():
+                p.requires_grad_(False)
+            self._twins[slot] = twin
+        twin.load_state_dict(self.model.state_dict())
+        return twin
+
+    def stage(self, terms: list[tuple[Any, float, float, float]], dt: float) -> StepReport:
+        target = StageTarget([Term(*term) for term in terms], self.net, dt, impl=self.impl)
+        problem = StepProblem(
+            self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt
+        )
+        return self.update.run(problem)
+
+    def merge(self, reports: list[StepReport]) -> StepReport:
+        """The last fit's report, with the work and the step-size check of all of them."""
+        last = reports[-1]
+        last.iterations = sum(r.iterations for r in reports)
+        last.seconds = sum(r.seconds for r in reports)
+        last.rate_dt = max(r.rate_dt for r in reports)
+        last.fallbacks = sum(r.fallbacks for r in reports)
+        return last
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.update.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.update.load_state_dict(state)
+
+
+@dataclass
+class _FlowValue:
+    """A stage value of a `Flow`: theta, and theta_dot there once it was evaluated."""
+
+    theta: torch.Tensor
+    slope: TDVPEvaluation | None = None
+
+
+class Flow(Motion):
+    """Stage values by moving theta along the TDVP flow (`nncme.optim.TDVPRightHandSide`).
+
+    Args:
+        model: the VAN (its parameters are set to each stage value).
+        rhs: theta -> theta_dot at the model's parameters (or any callable with its
+            signature: (model, t, generator, h, need_grads) -> TDVPEvaluation).
+        generator: the run's random stream.
+        need_grads: keep the per-sample gradients of each evaluation (the adaptive error
+            estimate's metric needs them).
+    """
+
+    def __init__(
+        self,
+        model: AutoregressiveModel,
+        rhs: TDVPRightHandSide,
+        generator: torch.Generator | None,
+        *,
+        need_grads: bool = False,
+    ) -> None:
+        self.model, self.rhs, self.generator, self.need_grads = model, rhs, generator, need_grads
+        self._dt, self._began = 0.0, 0.0
+        self._evaluations: list[TDVPEvaluation] = []
+
+    def begin(self, t: float, dt: float) -> None:
+        self._dt, self._evaluations = dt, []
+        self._began = time.perf_counter()
+
+    def snapshot(self, slot: int) -> _FlowValue:
+        return _FlowValue(flat_parameters(self.model))
+
+    def restore(self, value: _FlowValue) -> None:
+        set_flat_parameters(self.model, value.theta)
+
+    def _slope(self, value: _FlowValue, t: float) -> torch.Tensor:
+        """theta_dot at a stage value (evaluated once; R capped for the trainer's dt)."""
+        if value.slope is None:
+            set_flat_parameters(self.model, value.theta)
+            value.slope = self.rhs(
+                self.model, t, self.generator, self._dt, need_grads=self.need_grads
+            )
+            self._evaluations.append(value.slope)
+        return value.slope.theta_dot
+
+    def stage(self, terms: list[tuple[Any, float, float, float]], dt: float) -> StepReport:
+        theta = torch.zeros_like(terms[0][0].theta)
+        for value, _, alpha, _ in terms:
+            if alpha:
+                theta += alpha * value.theta
+        for value, t, _, beta in terms:  # slopes in term order: the order they are drawn
+            if beta:
+                theta += (beta * dt) * self._slope(value, t)
+        set_flat_parameters(self.model, theta)
+        return StepReport(loss=math.nan)
+
+    def distance(self, a: _FlowValue, b: _FlowValue, at: _FlowValue) -> float:
+        """RMS change of log q between two values, in the Fisher metric of `at`'s slope."""
+        return at.slope.fisher_norm(a.theta - b.theta)
+
+    def merge(self, reports: list[StepReport]) -> StepReport:
+        """The step's evaluations: mean residual (the loss), least ESS, last shift."""
+        evaluations = self._evaluations
+        residuals = [e.residual for e in evaluations]
+        mean = sum(residuals) / len(residuals)
+        return StepReport(
+            loss=mean,
+            residual=mean,
+            losses=residuals,
+            residuals=residuals,
+            iterations=len(evaluations),
+            shift=evaluations[-1].shift,
+            ess=min(e.ess for e in evaluations),
+            pareto_k=evaluations[-1].pareto_k,
+            held_out=sum(e.held_out for e in evaluations) / len(evaluations),
+            fallbacks=sum(e.fallback for e in evaluations),
+            seconds=time.perf_counter() - self._began,
+        )
+
+
+class RungeKutta:
+    """A time step by an explicit Runge–Kutta scheme in Shu–Osher form (module docstring).
+
+    Subclasses set `scheme`; one subclass per `integrator` name.
+
+    Args:
+        motion: how stage values are made (`Fit` or `Flow`).
+        tolerance: adaptive sub-steps with this error per sub-step (nats; None: one step per
+            dt). Needs a motion with an error estimate (`Flow`).
+        min_step: the shortest sub-step allowed, relative to dt, before the step gives up.
+    """
+
+    name = "runge_kutta"
+    scheme: Scheme
+
+    def __init__(
+        self, motion: Motion, *, tolerance: float | None = None, min_step: float = 1e-6
+    ) -> None:
+        if isinstance(motion, Fit) and not self.scheme.fittable:
+            raise ValueError(
+                f"integrator {self.name!r} has stages that are not convex mixtures of explicit "
+                "maps, so they cannot be fitted; use it with TDVP (optimizer 'tdvp')"
+            )
+        if tolerance is not None and not tolerance > 0:
+            raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+        self.motion = motion
+        self.tolerance = tolerance
+        self.min_step = float(min_step)
+        self.h: float | None = None  # the adaptive sub-step length, carried across steps
+
+    @property
+    def model(self) -> AutoregressiveModel:
+        return self.motion.model
+
+    def step(self, t: float, dt: float) -> StepReport:
+        """Advance the model from t to t + dt; the report covers the whole step."""
+        self.motion.begin(t, dt)
+        if self.tolerance is None:
+            _, reports = self._advance(t, dt, keep_last=False)
+            report = self.motion.merge(reports)
+            report.accepted = 1
+            return report
+        reports: list[StepReport] = []
+        accepted, rejected = self._adaptive(t, dt, reports)
+        report = self.motion.merge(reports)
+        report.accepted, report.rejected = accepted, rejected
+        return report
+
+    def _advance(
+        self, t: float, h: float, *, keep_last: bool = True
+    ) -> tuple[list[Any], list[StepReport]]:
+        """One step of length h from the model's state at t -> (stage values, reports)."""
+        values = [self.motion.snapshot(0)]
+        reports = []
+        last = len(self.scheme.stages) - 1
+        for i, stage in enumerate(self.scheme.stages):
+            terms = [(values[j], t + self.scheme.times[j] * h, a, b) for j, a, b in stage]
+            reports.append(self.motion.stage(terms, h))
+            if i < last or keep_last:
+                values.append(self.motion.snapshot(i + 1))
+        return values, reports
+
+    def _adaptive(self, t: float, dt: float, reports: list[StepReport]) -> tuple[int, int]:
+        """Cross [t, t + dt] in sub-steps controlled by the error estimate."""
+        t_end = t + dt
+        h = self.h if self.h is not None else dt
+        accepted = rejected = 0
+        p = self.scheme.error_order
+        while t < t_end - 1e-12 * max(1.0, abs(t_end)):
+            step = min(h, t_end - t)
+            start = self.motion.snapshot(-1)
+            err = self._trial(t, step, reports)
+            if err <= self.tolerance:
+                t += step
+                accepted += 1
+            else:
+                self.motion.restore(start)
+                rejected += 1
+            factor = 2.0 if err == 0 else 0.9 * (self.tolerance / err) ** (1.0 / (p + 1))
+            h = step * min(2.0, max(0.2, factor))
+            if h < self.min_step * dt:
+                raise TrainingError(
+                    f"the adaptive step fell to {h:.3g} at t = {t:g} (error {err:.3g} nats per "
+                    f"step against tolerance {self.tolerance:g}); raise the tolerance or the "
+                    "batch (sampling noise sets a floor on the error estimate)"
+                )
+            self.h = h
+        return accepted, rejected
+
+    def _trial(self, t: float, h: float, reports: list[StepReport]) -> float:
+        """One sub-step (the model ends at its solution) and its error estimate."""
+        values, stage_reports = self._advance(t, h)
+        reports += stage_reports
+        if self.scheme.embedded is not None:
+            return self.motion.distance(values[-1], values[self.scheme.embedded], at=values[0])
+        full = values[-1]
+        self.motion.restore(values[0])
+        halves, stage_reports = self._advance(t, 0.5 * h, keep_last=False)
+        reports += stage_reports
+        _, stage_reports = self._advance(t + 0.5 * h, 0.5 * h)
+        reports += stage_reports
+        two = self.motion.snapshot(-2)
+        scale = 2.0**self.scheme.order - 1
+        return self.motion.distance(two, full, at=halves[0]) / scale
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"h": self.h, "motion": self.motion.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.h = state.get("h")
+        self.motion.load_state_dict(state.get("motion", {}))
+
+
+class Euler(RungeKutta):
+    """u_1 = u_0 + dt W(t) u_0. First order."""
+
+    name = "euler"
+    scheme = Scheme(times=(0.0,), stages=(((0, 1.0, 1.0),),), order=1)
+
+
+class Heun(RungeKutta):
+    """Strong-stability-preserving Heun: u_1 = T(t) u_0, u_2 = 1/2 u_0 + 1/2 T(t + dt) u_1.
+
+    Second order (with exact stages, (I + dt W + dt^2 W^2 / 2) u_0 for constant rates), and a
+    convex mixture of explicit maps, so positive under the same condition as Euler. u_1 is the
+    embedded Euler solution of the adaptive error estimate.
+    """
+
+    name = "heun"
+    scheme = Scheme(
+        times=(0.0, 1.0),
+        stages=(((0, 1.0, 1.0),), ((0, 0.5, 0.0), (1, 0.5, 0.5))),
+        order=2,
+        embedded=1,
+        embedded_order=1,
+    )
+
+
+class RK4(RungeKutta):
+    """The classical fourth-order Runge–Kutta method (TDVP only: its stages move a value
+    along another value's slope, which no fit can target)."""
+
+    name = "rk4"
+    scheme = Scheme(
+        times=(0.0, 0.5, 0.5, 1.0),
+        stages=(
+            ((0, 1.0, 0.5),),
+            ((0, 1.0, 0.0), (1, 0.0, 0.5)),
+            ((0, 1.0, 0.0), (2, 0.0, 1.0)),
+            ((0, 1.0, 1 / 6), (1, 0.0, 1 / 3), (2, 0.0, 1 / 3), (3, 0.0, 1 / 6)),
+        ),
+        order=4,
+    )
+
+
+STEPPERS: dict[str, type[RungeKutta]] = {"euler": Euler, "heun": Heun, "rk4": RK4}
+
+
+def make_stepper(name: str, motion: Motion, **options: Any) -> RungeKutta:
+    """The stepper of an `integrator` name ("euler", "heun", "rk4") around a motion."""
+    if name not in STEPPERS:
+        raise ValueError(f"integrator must be one of {tuple(STEPPERS)}, got {name!r}")
+    return STEPPERS[name](motion, **options)
+
+
+class StartFit:
+    """The first step, t = 0 -> t_1, from a start distribution that is not a VAN.
+
+    A start that lists its support (a point mass, or product marginals with few states) has an
+    enumerable T p0, since each state reaches at most K others in one step: the model is fitted
+    to it exactly, by minimising KL(T p0 || q) over those states (`fit_enumerated`) to
+    `tolerance` nats. Reverse KL would not do here: a point mass has log p0 = -inf off its
+    state, so log q - log T p0 is +inf at almost every state the model samples. A start without
+    a listable support has full support, and the first step is reverse KL like every other
+    (`update`, for `iterations`).
+
+    Args:
+        model: the VAN.  start: the distribution at t = 0 (`sample`, `log_prob`, and
+            optionally `support`).  net: the compiled network.
+        optimizer: the first step's own optimiser (it fits a fixed distribution, where a
+            first-order method does well whatever the run's optimiser).
+        update: the reverse-KL fit for a start without a listable support.
+        proposal, batch_size, generator, impl: as for `Fit`.
+        iterations, tolerance: of the exact fit.
+    """
+
+    def __init__(
+        self,
+        model: AutoregressiveModel,
+        start: Any,
+        net: Any,
+        optimizer: torch.optim.Optimizer,
+        update: KLUpdate,
+        proposal: Proposal,
+        batch_size: int,
+        generator: torch.Generator | None,
+        *,
+        iterations: int,
+        tolerance: float,
+        impl: str = "auto",
+        max_states: int = MAX_ENUMERATED,
+    ) -> None:
+        self.model, self.start, self.net = model, start, net
+        self.optimizer, self.update = optimizer, update
+        self.proposal, self.batch_size, self.generator = proposal, batch_size, generator
+        self.iterations, self.tolerance, self.impl = iterations, tolerance, impl
+        self.max_states = max_states
+
+    def step(self, t: float, dt: float) -> StepReport:
+        start = self.start
+        exact = transition_support(
+            start, self.net, t, dt, max_states=self.max_states, impl=self.impl
+        )
+        if exact is None:
+            target = StageTarget([Term(start, t, 1.0, 1.0)], self.net, dt, impl=self.impl)
+            problem = StepProblem(
+                self.model, target, self.proposal, self.batch_size, self.generator, t, dt
+            )
+            return self.update.run(problem)
+        states, log_tp = exact
+        keep = torch.isfinite(self.model.log_prob(states).detach())
+        lost = float(torch.exp(log_tp[~keep]).sum()) if not keep.all() else 0.0
+        if lost > 1e-9:
+            import warnings
+
+            warnings.warn(
+                f"the start puts probability {lost:.2e} on states off the network's "
+                "conservation laws; the model cannot hold them and renormalises",
+                stacklevel=3,
+            )
+        return fit_enumerated(
+            self.model,
+            states[keep],
+            log_tp[keep],
+            self.optimizer,
+            iterations=self.iterations,
+            tolerance=self.tolerance,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}  # used for the first step only, never checkpointed
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
