@@ -1,6 +1,15 @@
-"""Shared fixtures: devices to test on, and random reaction networks."""
+"""Shared fixtures: devices to test on, a seeded random generator, random reaction networks.
+
+The `rng` fixture is seeded from NNCME_TEST_SEED (default 0, so a run is reproducible; an
+integer, or "random" for a fresh seed) and the test's name, so each test's draws do not depend
+on which other tests ran. A failing test's report prints the setting that replays it.
+"""
 
 from __future__ import annotations
+
+import os
+import secrets
+import zlib
 
 import numpy as np
 import pytest
@@ -83,9 +92,31 @@ def random_states(
     return torch.as_tensor(states, dtype=torch.int64)
 
 
+def _session_seed() -> int:
+    text = os.environ.get("NNCME_TEST_SEED", "0").strip()
+    if text == "random":
+        return secrets.randbits(32)
+    try:
+        return int(text)
+    except ValueError:
+        raise pytest.UsageError(f"NNCME_TEST_SEED: an integer or 'random', got {text!r}") from None
+
+
+SEED = _session_seed()
+
+
+def pytest_report_header(config) -> str:
+    return f"nncme: random inputs seeded with NNCME_TEST_SEED={SEED}"
+
+
 @pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng()
+def rng(request) -> np.random.Generator:
+    """A numpy generator seeded by the session seed and the test's id."""
+    seed = (SEED * 1_000_003 + zlib.crc32(request.node.nodeid.encode())) % 2**63
+    request.node.add_report_section(
+        "call", "seed", f"random inputs from NNCME_TEST_SEED={SEED} (test seed {seed})"
+    )
+    return np.random.default_rng(seed)
 
 
 assert nncme  # the package must import (and with NNCME_REQUIRE_EXTENSION=1, its extension)

@@ -34,8 +34,10 @@ class Table:
 def heun_corrector(old, predictor, net, t: float, dt: float, impl: str = "auto") -> StageTarget:
     """The target of Heun's second stage, from the stepper's own tableau."""
     values = [old, predictor]
-    terms = [(values[j], t + Heun.scheme.times[j] * dt, a, b) for j, a, b in Heun.scheme.stages[1]]
-    return StageTarget([Term(*term) for term in terms], net, dt, impl=impl)
+    terms = [
+        Term(values[j], t + Heun.scheme.times[j] * dt, a, b) for j, a, b in Heun.scheme.stages[1]
+    ]
+    return StageTarget(terms, net, dt, impl=impl)
 
 
 def _dense(net, t: float):

@@ -4,8 +4,6 @@ the start distributions."""
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
@@ -309,5 +307,4 @@ def test_unique_states_round_trip():
     assert torch.equal(u[inv], s) and u.shape[0] == torch.unique(s, dim=0).shape[0]
     big = torch.tensor([1 << 40] * 3)  # too many states for one int64 key
     u2, inv2 = unique_states(s, big)
-    assert torch.equal(u2[inv2], s)
-    assert math.isfinite(float(inv2.max()))
+    assert torch.equal(u2[inv2], s) and torch.equal(u2, u)  # the same rows, without a key

@@ -112,8 +112,9 @@ class Motion:
     """How stage values are made and kept; a `RungeKutta` step drives it.
 
     The model holds the newest stage value. `snapshot` keeps it (a value later stages can
-    combine), `stage` makes the next one from terms (value, t_j, alpha, beta), `restore`
-    puts a kept value back into the model.
+    combine), `stage` makes the next one from its terms alpha u_j + beta dt W(t_j) u_j
+    (`nncme.optim.Term`, whose value is a kept snapshot), `restore` puts a kept value back
+    into the model.
     """
 
     model: AutoregressiveModel
@@ -124,7 +125,7 @@ class Motion:
     def snapshot(self, slot: int) -> Any:
         raise NotImplementedError
 
-    def stage(self, terms: list[tuple[Any, float, float, float]], dt: float) -> StepReport:
+    def stage(self, terms: list[Term], dt: float) -> StepReport:
         raise NotImplementedError
 
     def restore(self, value: Any) -> None:
@@ -187,8 +188,8 @@ class Fit(Motion):
         twin.load_state_dict(self.model.state_dict())
         return twin
 
-    def stage(self, terms: list[tuple[Any, float, float, float]], dt: float) -> StepReport:
-        target = StageTarget([Term(*term) for term in terms], self.net, dt, impl=self.impl)
+    def stage(self, terms: list[Term], dt: float) -> StepReport:
+        target = StageTarget(terms, self.net, dt, impl=self.impl)
         problem = StepProblem(
             self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt
         )
@@ -262,14 +263,16 @@ class Flow(Motion):
             self._evaluations.append(value.slope)
         return value.slope.theta_dot
 
-    def stage(self, terms: list[tuple[Any, float, float, float]], dt: float) -> StepReport:
-        theta = torch.zeros_like(terms[0][0].theta)
-        for value, _, alpha, _ in terms:
-            if alpha:
-                theta += alpha * value.theta
-        for value, t, _, beta in terms:  # slopes in term order: the order they are drawn
-            if beta:
-                theta += (beta * dt) * self._slope(value, t)
+    def stage(self, terms: list[Term], dt: float) -> StepReport:
+        """theta = sum alpha theta_j + beta dt theta_dot(theta_j, t_j); the step's report is
+        made from its evaluations (`merge`)."""
+        theta = torch.zeros_like(terms[0].value.theta)
+        for term in terms:
+            if term.alpha:
+                theta += term.alpha * term.value.theta
+        for term in terms:  # slopes in term order: the order their samples are drawn
+            if term.beta:
+                theta += (term.beta * dt) * self._slope(term.value, term.t)
         set_flat_parameters(self.model, theta)
         return StepReport(loss=math.nan)
 
@@ -353,7 +356,7 @@ class RungeKutta:
         reports = []
         last = len(self.scheme.stages) - 1
         for i, stage in enumerate(self.scheme.stages):
-            terms = [(values[j], t + self.scheme.times[j] * h, a, b) for j, a, b in stage]
+            terms = [Term(values[j], t + self.scheme.times[j] * h, a, b) for j, a, b in stage]
             reports.append(self.motion.stage(terms, h))
             if i < last or keep_last:
                 values.append(self.motion.snapshot(i + 1))
