@@ -109,7 +109,7 @@ def _from_poisson(model: str, k: float) -> tuple[np.ndarray, np.ndarray]:
     return h, np.abs(result.means[:, 0] / exact.means[:, 0] - 1)
 
 
-@pytest.mark.parametrize("model", ["nade", "transformer"])
+@pytest.mark.parametrize("model", ["nade", pytest.param("transformer", marks=pytest.mark.slow)])
 def test_birth_death_tracks_the_exact_solution(model):
     h, mean_err = _from_poisson(model, 10.0)
     assert h.max() < 0.06 and mean_err.max() < 0.05, (h, mean_err)

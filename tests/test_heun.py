@@ -4,6 +4,7 @@ and a run that beats explicit Euler at the same dt against the exact solution.""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import nncme
@@ -80,6 +81,7 @@ def test_exact_heun_steps_are_second_order_taylor():
     np.testing.assert_allclose(got, taylor, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_heun_run_beats_exact_euler_steps():
     """A Heun VAN run ends closer to the exact solution than exact Euler steps of the same dt
     can (the first-order floor), and closer than the Euler VAN run."""

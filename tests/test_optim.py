@@ -410,6 +410,7 @@ def slow_leak() -> ReactionNetwork:
     )
 
 
+@pytest.mark.slow
 def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
     """With the samples' baseline the explored states pull mass off the start: within 0.02 of
     FSP at t = 0.5 and 1, where the start itself is 0.05 away. Centred on their own mean they
@@ -428,6 +429,7 @@ def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
     assert h["own"] > 0.75 * start_distance
 
 
+@pytest.mark.slow
 def test_mixture_and_log_variance_keep_a_point_mass_start_off_the_unseen_states():
     """Schlögl from a point mass: vanilla samples never see the counts far from it, and within
     a few steps the NADE's shared hidden layer lifts all of them together (a floor that the
