@@ -31,7 +31,7 @@ class Table:
 
 
 def _dense(net, t: float):
-    fsp = FSP(net, FSPSettings(progress=False))
+    fsp = FSP(net, FSPSettings(quiet=True))
     return fsp, fsp.generator(t).toarray()
 
 
@@ -81,9 +81,7 @@ def test_heun_run_beats_exact_euler_steps():
     for scheme in ("euler", "heun"):
         cfg = RunConfig(integrator=scheme, iterations=150, **common)
         out = Evolution(net, cfg, start=start).run()
-        exact = solve_fsp(
-            net, out.result.times, FSPSettings(progress=False), p0=start.marginals()[0]
-        )
+        exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True), p0=start.marginals()[0])
         worst[scheme] = float(hellinger(exact.marginals, out.result.marginals).max())
     _, W = _dense(net, 0.0)
     p = start.marginals()[0].numpy().astype(float)

@@ -37,7 +37,7 @@ def run(
 
     Example:
         >>> import nncme
-        >>> out = nncme.run("birth_death", t_end=2.0, progress=False)  # doctest: +SKIP
+        >>> out = nncme.run("birth_death", t_end=2.0, quiet=True)  # doctest: +SKIP
         >>> out.result.means[-1]  # doctest: +SKIP
     """
     if isinstance(network, str):
