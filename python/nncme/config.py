@@ -587,9 +587,11 @@ def torch_threads(threads: int) -> Iterator[None]:
     """The `threads` setting for the duration of a block: torch's CPU threads (0: unchanged)."""
     import torch
 
+    if not threads:  # 0: leave torch's setting untouched (no set_num_threads call at all)
+        yield
+        return
     before = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(int(threads))
+    torch.set_num_threads(int(threads))
     try:
         yield
     finally:
