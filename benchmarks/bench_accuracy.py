@@ -98,7 +98,7 @@ def run_case(name: str, device: str, seed: int, resume: bool = False) -> dict:
     out = nncme.run(network, config)
     van_s = time.perf_counter() - began
     began = time.perf_counter()
-    exact = solve_fsp(network, out.result.times, FSPSettings(progress=False))
+    exact = solve_fsp(network, out.result.times, FSPSettings(quiet=True))
     fsp_s = time.perf_counter() - began
     d = compare(exact, out.result)
     h = np.asarray(d["hellinger"])

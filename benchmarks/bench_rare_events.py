@@ -102,7 +102,7 @@ def with_earlier(payload: dict, tag: str) -> dict:
 
 def discrete_map(net, settings: dict, integrator: str) -> np.ndarray:
     """Marginals (L, Mmax) at t_end of the exact P stepped by the VAN's own time steps."""
-    fsp = FSP(net, FSPSettings(progress=False))
+    fsp = FSP(net, FSPSettings(quiet=True))
     W = fsp.generator(0.0)  # the Schlögl networks' rates do not depend on time
     dt, steps = settings["dt"], round(settings["t_end"] / settings["dt"])
     p = fsp.initial_distribution()
@@ -141,7 +141,7 @@ def main() -> None:
             began = time.perf_counter()
             out = nncme.run(net, cfg)
             seconds = time.perf_counter() - began
-            fsp = solve_fsp(net, out.result.times, FSPSettings(progress=False))
+            fsp = solve_fsp(net, out.result.times, FSPSettings(quiet=True))
             van = out.result.marginals[-1]
             h = hellinger(fsp.marginals[-1], van)
             hist = out.history[1:]

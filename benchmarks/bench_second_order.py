@@ -166,7 +166,7 @@ def main() -> None:
         net = systems.get("toggle_switch")
 
         def fsp(times):
-            return solve_fsp(net, times, FSPSettings(progress=False))
+            return solve_fsp(net, times, FSPSettings(quiet=True))
 
         payload["runs"] += run_case(
             "toggle_switch", args.t_toggle, args.dt_toggle, fsp, common, args.optimizers, args.saves
@@ -178,7 +178,7 @@ def main() -> None:
         def ssa(times):
             if "r" not in cache:
                 cache["r"] = solve_ssa(
-                    net, times, SSASettings(trajectories=args.ssa, seed=0, progress=False)
+                    net, times, SSASettings(trajectories=args.ssa, seed=0, quiet=True)
                 )
             return cache["r"]
 

@@ -104,9 +104,9 @@ def _mass_action(n: int, r: int, conv: int) -> float:
 
 def _check(net: ReactionNetwork, t_end: float, device: str) -> None:
     """Batched SSA, the reference loop and FSP agree on the means at t_end."""
-    exact = solve_fsp(net, [0.0, t_end], FSPSettings(progress=False))
+    exact = solve_fsp(net, [0.0, t_end], FSPSettings(quiet=True))
     n = 2000
-    states, _ = simulate(net, [t_end], SSASettings(n, device=device, seed=1, progress=False))
+    states, _ = simulate(net, [t_end], SSASettings(n, device=device, seed=1, quiet=True))
     loop, _ = python_loop(net, t_end, 300, seed=2)
     se = np.maximum(exact.stds[-1], 1e-9)
     for name, x, m in (("batched", states[:, 0].cpu().numpy(), n), ("loop", np.array(loop), 300)):
@@ -140,7 +140,7 @@ def bench(device: str, trajectories: list[int], ref_trajectories: int, repeats: 
         for n in trajectories:
 
             def run(net=net, t_end=t_end, n=n):
-                settings = SSASettings(n, device=device, seed=4, progress=False)
+                settings = SSASettings(n, device=device, seed=4, quiet=True)
                 _, info = simulate(net, [t_end], settings)
                 if dev.type == "cuda":
                     torch.cuda.synchronize()

@@ -53,7 +53,7 @@ def fitted_start(net, t0: float, iterations: int) -> torch.nn.Module:
     if cache.exists():
         model.load_state_dict(torch.load(cache))
         return model
-    exact = solve_fsp(net, [0.0, t0], FSPSettings(progress=False))
+    exact = solve_fsp(net, [0.0, t0], FSPSettings(quiet=True))
     p = torch.as_tensor(exact.joint[1])
     keep = p > 1e-9
     states, p = torch.as_tensor(exact.joint_states)[keep], p[keep] / p[keep].sum()
@@ -79,7 +79,7 @@ def run_setting(net, start, name: str, steps: int, seed: int) -> dict:
     began = time.perf_counter()
     out = nncme.run(net, cfg, start=start)
     seconds = time.perf_counter() - began
-    exact = solve_fsp(net, out.result.times, FSPSettings(progress=False), p0=p0 / p0.sum())
+    exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True), p0=p0 / p0.sum())
     h = hellinger(exact.marginals[1:], out.result.marginals[1:])  # (T, L), after t0
     hist = out.history[1:]
     return dict(setting=name, settings=settings, steps=steps, seconds=seconds,

@@ -63,7 +63,7 @@ def test_time_grid_hits_every_save_time():
 def test_transition_target_is_the_exact_one_step_map():
     net = isomerisation()
     compiled = net.compile("cpu", torch.float64)
-    fsp = FSP(net, FSPSettings(progress=False))
+    fsp = FSP(net, FSPSettings(quiet=True))
     states = torch.as_tensor(fsp.states)
     p = np.random.default_rng(0).random(len(states))
     p /= p.sum()
@@ -104,7 +104,7 @@ def _from_poisson(model: str, k: float) -> tuple[np.ndarray, np.ndarray]:
     cfg = RunConfig(model=model, t_end=0.4, dt=0.02, save_every=0.2, **BUDGET)
     result = nncme.run(run_net, cfg, start=start).result
     p0 = start.marginals()[0].numpy()
-    exact = solve_fsp(net, result.times, FSPSettings(progress=False), p0=p0)
+    exact = solve_fsp(net, result.times, FSPSettings(quiet=True), p0=p0)
     h = hellinger(exact.marginals, result.marginals)[:, 0]
     return h, np.abs(result.means[:, 0] / exact.means[:, 0] - 1)
 
@@ -127,7 +127,7 @@ def test_conservation_law_is_honoured_and_tracked():
     out = nncme.run(net, cfg)
     s, _ = out.model.sample(2000, torch.Generator().manual_seed(0))
     assert torch.all(s.sum(1) == 6)  # A + B = 6 exactly, always
-    exact = solve_fsp(net, out.result.times, FSPSettings(progress=False))
+    exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True))
     assert hellinger(exact.marginals, out.result.marginals).max() < 0.08
     # joint stored (small box) and normalised on the law's states
     joint = out.result.joint[-1]

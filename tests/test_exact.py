@@ -17,7 +17,7 @@ from nncme.results import BoundaryWarning
 
 from .conftest import random_network
 
-QUIET = dict(progress=False)
+QUIET = dict(quiet=True)
 
 
 def birth_death(k=10.0, g=1.0, limit=80, rate=None, t_end=5.0) -> ReactionNetwork:

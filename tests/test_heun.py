@@ -42,7 +42,7 @@ def heun_corrector(old, predictor, net, t: float, dt: float, impl: str = "auto")
 
 
 def _dense(net, t: float):
-    fsp = FSP(net, FSPSettings(progress=False))
+    fsp = FSP(net, FSPSettings(quiet=True))
     return fsp, fsp.generator(t).toarray()
 
 
@@ -94,7 +94,7 @@ def test_heun_run_beats_exact_euler_steps():
         cfg = RunConfig(integrator=scheme, iterations=150, **common)
         out = nncme.run(net, cfg, start=start)
         exact = solve_fsp(
-            net, out.result.times, FSPSettings(progress=False), p0=start.marginals()[0]
+            net, out.result.times, FSPSettings(quiet=True), p0=start.marginals()[0]
         )
         worst[scheme] = float(hellinger(exact.marginals, out.result.marginals).max())
     _, W = _dense(net, 0.0)

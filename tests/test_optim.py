@@ -293,7 +293,7 @@ def test_natural_gradient_run_tracks_birth_death():
         quiet=True, eval_samples=1000,
     )  # fmt: skip
     out = nncme.run(net, cfg, start=start)
-    exact = solve_fsp(net, out.result.times, FSPSettings(progress=False), p0=start.marginals()[0])
+    exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True), p0=start.marginals()[0])
     h = hellinger(exact.marginals, out.result.marginals)[:, 0]
     assert h.max() < 0.04, h
     assert all(line["shift"] > 0 for line in out.history[1:])
@@ -418,7 +418,7 @@ def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
     net = slow_leak()
     cfg = dict(t_end=1.0, dt=0.01, save_every=0.5, batch=200, hidden=8, seed=0, quiet=True,
                eval_samples=20000)  # fmt: skip
-    exact = solve_fsp(net, [0.0, 0.5, 1.0], FSPSettings(progress=False))
+    exact = solve_fsp(net, [0.0, 0.5, 1.0], FSPSettings(quiet=True))
     start_distance = float(hellinger(exact.marginals[0], exact.marginals[2]).max())
     assert start_distance > 0.045
     h = {}
@@ -438,7 +438,7 @@ def test_mixture_and_log_variance_keep_a_point_mass_start_off_the_unseen_states(
     the mass where the exact law has < 1e-10 stays below 1e-6 (vanilla: above 1e-4)."""
     net = systems.get("schlogl", limit=400)
     cfg = dict(t_end=4e-4, dt=4e-5, save_every=4e-4, batch=500, seed=0, quiet=True)
-    exact = solve_fsp(net, [0.0, 4e-4], FSPSettings(progress=False)).marginals[1, 0]
+    exact = solve_fsp(net, [0.0, 4e-4], FSPSettings(quiet=True)).marginals[1, 0]
     unseen = exact < 1e-10
     assert unseen.sum() > 300  # the law is still within ~20 counts of x0 = 250
     runs = {

@@ -162,11 +162,10 @@ def test_cli_fsp_ssa_compare(tmp_path, capsys):
     from nncme.cli import main
 
     fsp, ssa = tmp_path / "fsp", tmp_path / "ssa"
-    common = ["--t-end", "2", "--num-times", "5", "--quiet"]
+    common = ["--t-end", "2", "--save-every", "0.5", "--quiet"]
     assert main(["fsp", "birth_death", *common, "--out", str(fsp)]) == 0
-    assert (
-        main(["ssa", "birth_death", *common, "-n", "4000", "--seed", "1", "--out", str(ssa)]) == 0
-    )
+    ssa_args = ["--trajectories", "4000", "--seed", "1", "--out", str(ssa)]
+    assert main(["ssa", "birth_death", *common, *ssa_args]) == 0
     assert (fsp / "marginals.png").exists() and (ssa / "results.npz").exists()
     assert Result.load(ssa).summary["ssa"]["seed"] == 1
     out = capsys.readouterr().out
@@ -188,7 +187,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     from nncme.cli import main
 
     assert main(["fsp", "birth_death", "--times", "1,0.5", "--quiet"]) == 2
-    assert "--times: must be strictly increasing" in capsys.readouterr().err
+    assert "times: must be strictly increasing" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2
     assert "no results.npz" in capsys.readouterr().err
     assert main(["fsp", "birth_death", "--max-states", "3", "--quiet"]) == 2

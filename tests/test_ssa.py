@@ -27,7 +27,7 @@ from .test_exact import birth_death, sinusoidal_poisson_mean, sir
 
 def settings(n: int, seed: int = 7, **kw) -> SSASettings:
     kw.setdefault("threads", 1)  # small steps: one thread is as fast, and robust to busy cores
-    return SSASettings(trajectories=n, seed=seed, progress=False, **kw)
+    return SSASettings(trajectories=n, seed=seed, quiet=True, **kw)
 
 
 def chi2_pvalue(counts: np.ndarray, p: np.ndarray) -> float:
@@ -134,7 +134,7 @@ def test_ssa_matches_fsp_on_forced_sirs():
     """A bimolecular, time-dependent, conserved network: every marginal within noise."""
     net = sir(12, forcing=True)
     times = np.linspace(0, 6, 7)
-    exact = solve_fsp(net, times, FSPSettings(progress=False))
+    exact = solve_fsp(net, times, FSPSettings(quiet=True))
     n = 20_000
     sampled = solve_ssa(net, times, settings(n))
     d = metrics.compare(exact, sampled)
@@ -150,7 +150,7 @@ def test_ssa_matches_fsp_on_forced_sirs():
 def test_cuda_matches_fsp():
     net = sir(12, forcing=True)
     times = np.linspace(0, 6, 4)
-    exact = solve_fsp(net, times, FSPSettings(progress=False))
+    exact = solve_fsp(net, times, FSPSettings(quiet=True))
     sampled = solve_ssa(net, times, settings(100_000, device="cuda"))
     d = metrics.compare(exact, sampled)
     assert d["max_hellinger"] <= 0.01
@@ -179,7 +179,7 @@ def check_against_fsp(name: str, n: int, times: np.ndarray, **params) -> dict:
     5 standard errors.
     """
     net = systems.get(name, **params)
-    exact = solve_fsp(net, times, FSPSettings(progress=False))
+    exact = solve_fsp(net, times, FSPSettings(quiet=True))
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sampled = solve_ssa(net, times, settings(n, seed=11, device=device))
     d = metrics.compare(exact, sampled)

@@ -59,7 +59,7 @@ def test_theta_dot_is_the_dense_least_squares_solution(proposal, gradients):
     )
     ev = rhs(model, 0.0, torch.Generator().manual_seed(0))
     # R(n) = (W q)(n) / q(n) from the exact generator over every feasible state
-    fsp = FSP(net, FSPSettings(progress=False))
+    fsp = FSP(net, FSPSettings(quiet=True))
     q = torch.exp(model.log_prob(torch.as_tensor(fsp.states))).detach().numpy()
     wq = fsp.generator(0.0) @ q
     R = torch.as_tensor((wq / q)[fsp.index(ev.states.numpy())])

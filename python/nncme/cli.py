@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import ConfigError, add_settings_arguments, settings_from_args
 from .network import NetworkError
 
 __all__ = ["build_parser", "main"]
@@ -103,99 +104,35 @@ def _cmd_systems(args: argparse.Namespace) -> int:
     return 0
 
 
-# ------------------------------------------------------------------- shared solver options
-def add_time_options(p: argparse.ArgumentParser) -> None:
-    """--times / --num-times / --t-end: the times at which results are recorded."""
-    g = p.add_argument_group("times")
-    g.add_argument(
-        "--times",
-        metavar="LIST",
-        help="record times: a comma list (0,0.5,2) or START:STOP:NUM (evenly spaced); "
-        "default: --num-times points on [0, --t-end]",
-    )
-    g.add_argument(
-        "--t-end", type=float, metavar="T", help="end time (default: the network's t_end)"
-    )
-    g.add_argument(
-        "--num-times",
-        type=int,
-        default=11,
-        metavar="N",
-        help="number of evenly spaced record times on [0, t_end] (default 11)",
-    )
-
-
-def add_run_options(p: argparse.ArgumentParser, default_device: str = "cpu") -> None:
-    """--out / --device / --seed / --quiet, shared by the solver commands."""
-    g = p.add_argument_group("run")
-    g.add_argument(
-        "--out", metavar="DIR", help="result directory (default: results/NETWORK/METHOD)"
-    )
-    g.add_argument(
-        "--device",
-        default=default_device,
-        help=f"torch device: cpu, cuda, cuda:N (default {default_device})",
-    )
-    g.add_argument(
-        "--seed",
-        type=int,
-        help="random seed of sampling solvers (default: fresh, reported in summary.json); "
-        "FSP is deterministic and ignores it",
-    )
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
-
-
-def times_from_args(args: argparse.Namespace, network) -> np.ndarray:
-    """The record times given by add_time_options' flags, for this network."""
-    if args.times:
-        text = args.times.strip()
-        try:
-            if ":" in text:
-                start, stop, num = text.split(":")
-                times = np.linspace(float(start), float(stop), int(num))
-            else:
-                times = np.array([float(x) for x in text.split(",") if x.strip()])
-        except ValueError:
-            raise UsageError(
-                f"--times: expected a comma list or START:STOP:NUM, got {args.times!r}"
-            ) from None
-        if args.t_end is not None:
-            raise UsageError("--times and --t-end: give one of them")
-    else:
-        t_end = network.t_end if args.t_end is None else args.t_end
-        if not t_end > 0:
-            raise UsageError(f"--t-end: must be > 0, got {t_end!r}")
-        if args.num_times < 1:
-            raise UsageError(f"--num-times: must be >= 1, got {args.num_times}")
-        times = np.linspace(0.0, t_end, args.num_times) if args.num_times > 1 else np.array([t_end])
-    if times.size == 0 or not np.all(np.isfinite(times)) or times[0] < 0:
-        raise UsageError("--times: need finite times >= 0")
-    if np.any(np.diff(times) <= 0):
-        raise UsageError("--times: must be strictly increasing")
-    return times
-
-
-def out_dir(args: argparse.Namespace, network, method: str) -> Path:
-    """--out, or results/NETWORK/METHOD."""
-    if args.out:
-        return Path(args.out)
+# ------------------------------------------------------------------- nncme fsp / nncme ssa
+def _default_out(network, method: str) -> str:
+    """results/NETWORK/METHOD: where a command writes when --out is not given."""
     name = "".join(c if c.isalnum() or c in "-_." else "_" for c in network.name)
-    return Path("results") / name / method
+    return str(Path("results") / name / method)
 
 
-def _solve_and_save(args: argparse.Namespace, method: str, solve) -> int:
-    """Resolve the network, run `solve(network, times)`, save, print a short report."""
+def _solve_and_save(args: argparse.Namespace, method: str, settings_class, solve) -> int:
+    """Resolve the network and the settings, run `solve(network, times, settings)` (which
+    writes the result to settings.out), print a short report."""
     from .io import resolve_network
 
+    settings = settings_from_args(settings_class, args)
     network = resolve_network(args.network)
-    times = times_from_args(args, network)
+    if settings.out is None:
+        settings = settings.replace(out=_default_out(network, method))
+    times = settings.record_times(network.t_end)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = solve(network, times)
-        out = result.save(out_dir(args, network, method), plots=not args.no_plots)
+        result = solve(network, times, settings)
     for w in caught:  # one line each, like errors
         print(f"nncme {method}: warning: {w.message}", file=sys.stderr)
-    info = result.summary
+    _print_solver_report(method, network, result)
+    _print_final_moments(result, settings.out)
+    return 0
+
+
+def _print_solver_report(method: str, network, result) -> None:
+    times, info = result.times, result.summary
     print(f"{method} {network.name}: {len(times)} times on [{times[0]:g}, {times[-1]:g}]")
     if method == "fsp":
         tm = info["timings"]
@@ -212,8 +149,6 @@ def _solve_and_save(args: argparse.Namespace, method: str, solve) -> int:
         )
     if result.boundary is not None:
         print(f"  boundary probability: max {float(result.boundary.max()):.2e}")
-    _print_final_moments(result, out)
-    return 0
 
 
 def _print_final_moments(result, out) -> None:
@@ -229,6 +164,8 @@ def _print_final_moments(result, out) -> None:
 
 
 def _add_fsp(sub: argparse._SubParsersAction) -> None:
+    from .exact import FSPSettings
+
     p = sub.add_parser(
         "fsp",
         help="exact solution by finite state projection (small networks)",
@@ -236,46 +173,19 @@ def _add_fsp(sub: argparse._SubParsersAction) -> None:
         "laws) and write results.npz, summary.json and plots.",
     )
     p.add_argument("network", help="a built-in system (see `nncme systems`) or a .toml/.json file")
-    add_time_options(p)
-    add_run_options(p)
-    g = p.add_argument_group("fsp")
-    g.add_argument(
-        "--max-states",
-        type=int,
-        default=None,
-        help="refuse larger state spaces (default 2,000,000)",
-    )
-    g.add_argument(
-        "--method",
-        default="auto",
-        choices=["auto", "uniformization", "expm", "DOP853", "BDF", "Radau"],
-        help="integrator (default auto: uniformization for constant rates, DOP853 for "
-        "time-dependent ones, BDF where either would need millions of sparse products)",
-    )
-    g.add_argument("--rtol", type=float, default=None, help="ODE relative tolerance (1e-10)")
-    g.add_argument("--atol", type=float, default=None, help="ODE absolute tolerance (1e-14)")
-    g.add_argument("--no-joint", action="store_true", help="do not store the joint distribution")
-    g.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
+    add_settings_arguments(p, FSPSettings)
     p.set_defaults(handler=_cmd_fsp)
 
 
 def _cmd_fsp(args: argparse.Namespace) -> int:
     from .exact import FSPSettings, solve_fsp
 
-    fields = {
-        "method": args.method,
-        "device": args.device,
-        "keep_joint": not args.no_joint,
-        "progress": not args.quiet,
-    }
-    for name in ("max_states", "rtol", "atol"):
-        if getattr(args, name) is not None:
-            fields[name] = getattr(args, name)
-    settings = FSPSettings(**fields)
-    return _solve_and_save(args, "fsp", lambda net, times: solve_fsp(net, times, settings))
+    return _solve_and_save(args, "fsp", FSPSettings, solve_fsp)
 
 
 def _add_ssa(sub: argparse._SubParsersAction) -> None:
+    from .ssa import SSASettings
+
     p = sub.add_parser(
         "ssa",
         help="batched Gillespie simulation (any size; CPU or GPU)",
@@ -283,42 +193,14 @@ def _add_ssa(sub: argparse._SubParsersAction) -> None:
         "time-dependent rates) and write their statistics in the results format.",
     )
     p.add_argument("network", help="a built-in system (see `nncme systems`) or a .toml/.json file")
-    g = p.add_argument_group("ssa")
-    g.add_argument(
-        "--trajectories", "-n", type=int, default=100_000, help="number of trajectories (100000)"
-    )
-    g.add_argument(
-        "--batch-size",
-        type=int,
-        default=None,
-        help="trajectories simulated together (default: up to 32768 on CPU, 131072 on GPU)",
-    )
-    g.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="CPU threads for torch (default: torch's; 1 is best on a busy machine)",
-    )
-    g.add_argument("--no-joint", action="store_true", help="do not store the empirical joint")
-    g.add_argument("--no-plots", action="store_true", help="do not write PNG figures")
-    add_time_options(p)
-    add_run_options(p)
+    add_settings_arguments(p, SSASettings)
     p.set_defaults(handler=_cmd_ssa)
 
 
 def _cmd_ssa(args: argparse.Namespace) -> int:
     from .ssa import SSASettings, solve_ssa
 
-    settings = SSASettings(
-        trajectories=args.trajectories,
-        batch_size=args.batch_size,
-        device=args.device,
-        seed=args.seed,
-        threads=args.threads,
-        keep_joint=not args.no_joint,
-        progress=not args.quiet,
-    )
-    return _solve_and_save(args, "ssa", lambda net, times: solve_ssa(net, times, settings))
+    return _solve_and_save(args, "ssa", SSASettings, solve_ssa)
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:
@@ -444,65 +326,11 @@ def _jsonable(x):
 
 
 # ------------------------------------------------------------------- nncme run / nncme study
-def _parse_times(text: str) -> list[float]:
-    """--times as the solver commands take it: a comma list or START:STOP:NUM."""
-    try:
-        if ":" in text:
-            start, stop, num = text.split(":")
-            return np.linspace(float(start), float(stop), int(num)).tolist()
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UsageError(
-            f"--times: expected a comma list or START:STOP:NUM, got {text!r}"
-        ) from None
-
-
-def _add_config_options(p: argparse.ArgumentParser) -> None:
-    """One option per RunConfig field, same name with dashes (--t-end <-> t_end)."""
-    import dataclasses
-
-    from .config import RunConfig
-
-    g = p.add_argument_group("run settings (also valid as keys of a --config TOML file)")
-    for f in dataclasses.fields(RunConfig):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f.metadata.get("help", "")
-        kind = str(f.type)
-        kw: dict = {"default": argparse.SUPPRESS, "help": help_text}
-        if kind == "bool":
-            action = argparse.BooleanOptionalAction if f.default else "store_true"
-            g.add_argument(flag, action=action, **kw)
-            continue
-        if f.metadata.get("choices"):
-            kw["choices"] = f.metadata["choices"]
-        if kind.startswith("list"):
-            kw.update(type=_parse_times, metavar="LIST")
-        elif kind.startswith("int"):
-            kw.update(type=int, metavar="N")
-        elif kind.startswith("float"):
-            kw.update(type=float, metavar="X")
-        if f.default is not None and not isinstance(f.default, bool):
-            kw["help"] = f"{help_text} (default {f.default})"
-        g.add_argument(flag, **kw)
-
-
 def _run_config(args: argparse.Namespace, **defaults):
     """The RunConfig of `nncme run`: defaults < --config file < command-line options."""
-    import dataclasses
+    from .config import RunConfig
 
-    from .config import ConfigError, RunConfig
-
-    given = {
-        f.name: getattr(args, f.name)
-        for f in dataclasses.fields(RunConfig)
-        if hasattr(args, f.name)
-    }
-    try:
-        from_file = RunConfig.read_toml(args.config) if getattr(args, "config", None) else {}
-        source = args.config if from_file else "options"
-        return RunConfig.from_dict({**defaults, **from_file, **given}, source=source)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
+    return settings_from_args(RunConfig, args, **defaults)
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:
@@ -514,8 +342,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
         "(at each save time; --resume continues from it).",
     )
     p.add_argument("network", help="a built-in system (see `nncme systems`) or a .toml/.json file")
-    p.add_argument("--config", metavar="TOML", help="run settings file (same names as options)")
-    _add_config_options(p)
+    from .config import RunConfig
+
+    add_settings_arguments(p, RunConfig)
     p.set_defaults(handler=_cmd_run)
 
 
@@ -529,8 +358,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     network = resolve_network(args.network)
     config = _run_config(args)
     if config.out is None:
-        name = "".join(c if c.isalnum() or c in "-_." else "_" for c in network.name)
-        config = config.replace(out=str(Path("results") / name / "van"))
+        config = config.replace(out=_default_out(network, "van"))
     try:
         driver = build_driver(network, config)
     except ValueError as exc:  # ConfigError, model-option errors, a checkpoint of another run
@@ -561,7 +389,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 # gives its distribution a long shoulder), from the free gene and no protein, tracked by a NADE
 # and checked against the exact solution at every save time. The run's default budget (batch
 # 1000, up to 60 iterations per fit, Heun steps); dt as large as dt * a_0 < 1 allows, so it
-# takes about 3 minutes on one core of the 2-core development machine.
+# takes a few minutes on a laptop core.
 STUDY_SYSTEM = "autoregulation"
 STUDY_SETTINGS: dict = {
     "t_end": 2.0,
@@ -610,7 +438,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
         return 1
     van_s = time.perf_counter() - began
     began = time.perf_counter()
-    fsp = solve_fsp(network, van.times, FSPSettings(progress=not config.quiet))
+    fsp = solve_fsp(network, van.times, FSPSettings(quiet=config.quiet))
     fsp.save(out / "fsp")
     fsp_s = time.perf_counter() - began
     d = metrics.compare(fsp, van)
@@ -654,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (NetworkError, UsageError, FileNotFoundError) as exc:
+    except (ConfigError, NetworkError, UsageError, FileNotFoundError) as exc:
         print(f"nncme {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

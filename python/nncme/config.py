@@ -1,54 +1,385 @@
-"""`RunConfig`: every knob of a VAN run, one name per idea for the CLI, TOML files and Python.
+"""Settings of `nncme run`, `nncme fsp` and `nncme ssa`: one name per idea for the command line,
+TOML files and Python.
 
-    nncme run toggle_switch --batch 2000 --dt 0.005         # command line
-    nncme run toggle_switch --config run.toml                # a file: the same names
-    nncme.run(network, RunConfig(batch=2000, dt=0.005))      # Python
+    nncme run toggle_switch --batch 2000 --dt 0.005          # command line
+    nncme ssa toggle_switch --config study.toml               # a file: the same names
+    nncme.run(network, RunConfig(batch=2000, dt=0.005))       # Python
+    solve_ssa(network, settings=SSASettings(seed=3, t_end=5))
 
-A TOML file holds the fields at its top level or in a [run] table; command-line options
-override the file, which overrides the defaults. Bad values raise `ConfigError` naming the field.
+Each command's settings are a dataclass derived from `Settings`. A field's type and metadata
+(`_opt`: help, choices, limits) drive everything else: validation (`ConfigError` names the
+field), the command-line flags (`add_settings_arguments`: flag = field name with dashes) and the
+reading of command lines and files (`settings_from_args`: defaults < --config file < options).
+
+The ideas every command shares have one name, type, default and meaning, declared once in
+`SHARED` and taken with `shared(name)`: the time options (`t_end`, `times`, `save_every`),
+`device`, `threads`, `seed`, `out` and `quiet`. A list of times is read by `parse_times` alone.
+
+A TOML file holds settings at its top level (for any command) and in a table named after the
+command ([run], [fsp], [ssa]), whose values win; the tables of the other commands are ignored,
+so one file can serve a whole study.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import dataclasses
 import difflib
+import functools
+import itertools
 import math
 import sys
-from collections.abc import Mapping
+import typing
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["ConfigError", "RunConfig"]
+__all__ = [
+    "SHARED",
+    "ConfigError",
+    "RunConfig",
+    "Settings",
+    "add_settings_arguments",
+    "parse_times",
+    "settings_from_args",
+    "shared",
+    "torch_threads",
+]
 
 
 class ConfigError(ValueError):
-    """A run option is invalid; the message names the option."""
+    """A setting is invalid; the message names the setting."""
 
 
+S = TypeVar("S", bound="Settings")
+# The TOML tables of the commands; a file may hold all of them (each command reads its own).
+COMMAND_TABLES = ("run", "fsp", "ssa")
+
+
+# ------------------------------------------------------------------------------ fields
+def _opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    positive: bool = False,
+    check: Callable[[Any], str | None] | None = None,
+) -> Any:
+    """A settings field: its default and the metadata that validation and the CLI read.
+
+    Args:
+        default: the default value.
+        help: what the setting does (the CLI adds the default).
+        choices: the allowed values of a string field.
+        minimum: smallest allowed value of a number (default 0: no setting here is negative).
+        maximum: largest allowed value of a number.
+        positive: a float must be > 0, not only >= 0.
+        check: value -> an error message or None, for rules the type does not say.
+    """
+    meta = {"help": help, "choices": choices, "minimum": minimum, "maximum": maximum}
+    return field(default=default, metadata={**meta, "positive": positive, "check": check})
+
+
+def _torch_device(value: str) -> str | None:
+    import torch
+
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return f"not a torch device: {value!r} (cpu, cuda, cuda:1, ...)"
+    return None
+
+
+class Shared(NamedTuple):
+    """One idea every command has: its type, default and help."""
+
+    type: Any
+    default: Any
+    help: str
+    options: dict[str, Any]
+
+
+SHARED: dict[str, Shared] = {
+    "t_end": Shared(float | None, None, "end time (default: the network's)", {"positive": True}),
+    "times": Shared(
+        list[float] | None,
+        None,
+        "explicit times: a comma list 0,0.5,2 or START:STOP:NUM (overrides save_every)",
+        {},
+    ),
+    "save_every": Shared(
+        float | None,
+        None,
+        "time between saved results (default: t_end / 10, so 11 times on [0, t_end])",
+        {"positive": True},
+    ),
+    "device": Shared(str, "cpu", "torch device (cpu, cuda, cuda:1, ...)", {"check": _torch_device}),
+    "threads": Shared(int, 0, "CPU threads for torch (0: torch's default)", {}),
+    "seed": Shared(int, 0, "random seed: the same seed repeats the same run", {}),
+    "out": Shared(str | None, None, "output directory", {}),
+    "quiet": Shared(bool, False, "no progress bars", {}),
+}
+
+
+def shared(name: str, help: str | None = None) -> Any:
+    """The field of shared idea `name` (see SHARED); `help` may say more for one command."""
+    spec = SHARED[name]
+    return _opt(spec.default, help or spec.help, **spec.options)
+
+
+# ------------------------------------------------------------------------------ times
+def parse_times(value: str | Sequence[float]) -> list[float]:
+    """A list of times, from text (a comma list "0,0.5,2" or "START:STOP:NUM") or numbers.
+
+    Every command reads its `times` here, so all take the same forms and give the same errors.
+
+    Raises:
+        ConfigError: text in neither form, or times that are not finite, >= 0 and strictly
+            increasing.
+    """
+    times = _times_from_text(value) if isinstance(value, str) else value
+    try:
+        times = [float(t) for t in times]
+    except (TypeError, ValueError):
+        raise ConfigError(f"times: must be a list of numbers, got {value!r}") from None
+    if not times:
+        raise ConfigError("times: give at least one time")
+    if any(not math.isfinite(t) or t < 0 for t in times):
+        raise ConfigError(f"times: must be finite and >= 0, got {value!r}")
+    if any(b <= a for a, b in itertools.pairwise(times)):
+        raise ConfigError(f"times: must be strictly increasing, got {value!r}")
+    return times
+
+
+def _times_from_text(text: str) -> list[float]:
+    text = text.strip()
+    form = "a comma list (0,0.5,2) or START:STOP:NUM"
+    try:
+        if ":" not in text:
+            return [float(x) for x in text.split(",") if x.strip()]
+        start, stop, num = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise ConfigError(f"times: expected {form}, got {text!r}") from None
+    if not num.is_integer() or num < 1:
+        raise ConfigError(f"times: NUM in START:STOP:NUM must be an integer >= 1, got {text!r}")
+    n = int(num)
+    return [start + (stop - start) * k / max(n - 1, 1) for k in range(n)]
+
+
+# ------------------------------------------------------------------------------ the base
+class Settings:
+    """Base of the settings dataclasses: validation from field types and metadata, and I/O.
+
+    A subclass is a `@dataclass` whose fields are made with `_opt` or `shared`; it sets TABLE
+    (its TOML table and command name) and may override `check` for rules between fields.
+    Fields typed `list[float]` are lists of times (read by `parse_times`).
+    """
+
+    TABLE: ClassVar[str] = ""
+    # Every subclass has the shared fields (declared here for type checkers, not as fields).
+    t_end: float | None
+    times: list[float] | None
+    save_every: float | None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ---------------------------------------------------------------------- validation
+    def validate(self: S) -> S:
+        """Check (and normalise: 3.0 -> 3 for ints) every field, then `check`.
+
+        Raises:
+            ConfigError: naming the first bad field.
+        """
+        hints = _hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = _checked(f, hints[f.name], getattr(self, f.name))
+            setattr(self, f.name, value)
+        self.check()
+        return self
+
+    def check(self) -> None:
+        """Rules between fields (none here); raise ConfigError naming a field."""
+
+    # ---------------------------------------------------------------------- construction
+    @classmethod
+    def from_dict(cls: type[S], data: Mapping[str, Any], *, source: str = "config") -> S:
+        """Settings from a mapping of field names (unknown names are an error, with a hint)."""
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        for key in data:
+            if key not in names:
+                close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ConfigError(f"{source}: unknown option {key!r}{hint}")
+        return cls(**dict(data))
+
+    @classmethod
+    def from_toml(cls: type[S], path: str | Path, **overrides: Any) -> S:
+        """Read a TOML file (see `read_toml`), then apply overrides."""
+        return cls.from_dict({**cls.read_toml(path), **overrides}, source=str(path))
+
+    @classmethod
+    def read_toml(cls, path: str | Path) -> dict[str, Any]:
+        """This command's settings in a TOML file, not yet validated: the top-level keys, and
+        over them those of the table named TABLE; other commands' tables are left out."""
+        path = Path(path)
+        if not path.exists():
+            raise ConfigError(f"config: no such file {str(path)!r}")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        own = data.get(cls.TABLE, {})
+        if not isinstance(own, dict):
+            raise ConfigError(f"{path}: {cls.TABLE} must be a table, got {own!r}")
+        top = {k: v for k, v in data.items() if k not in COMMAND_TABLES}
+        return {**top, **own}
+
+    def replace(self: S, **changes: Any) -> S:
+        """A copy with some fields changed (validated)."""
+        return type(self).from_dict({**self.to_dict(), **changes}, source="replace")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict (what summary.json records)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore
+
+    # ---------------------------------------------------------------------- times
+    def save_times(self, t_end: float, dt: float | None = None) -> list[float]:
+        """The times after 0 at which results are written, up to and including t_end.
+
+        `times` (those in (0, t_end]), else every `save_every`; without either, t_end / 10,
+        rounded to a whole number of steps when the solver steps by dt.
+        """
+        times = self.times
+        if times is not None:
+            later = [t for t in times if 0 < t <= t_end * (1 + 1e-12)]
+            if not later:
+                raise ConfigError(f"times: none lies in (0, t_end = {t_end:g}]")
+            if later[-1] < t_end * (1 - 1e-12):
+                later.append(t_end)
+            return later
+        every = self.save_every
+        if every is None:
+            every = t_end / 10
+            if dt is not None:
+                every = max(1, round(every / dt)) * dt
+        n = max(1, math.floor(t_end / every * (1 + 1e-9)))
+        out = [min(k * every, t_end) for k in range(1, n + 1)]
+        if out[-1] < t_end * (1 - 1e-9):
+            out.append(t_end)
+        return out
+
+    def record_times(self, default_t_end: float) -> list[float]:
+        """The times at which fsp and ssa record results.
+
+        `times` as given (with `t_end` also given: those up to t_end, and t_end); else 0 and
+        every `save_every` up to `t_end` (default: `default_t_end`, the network's).
+        """
+        times, t_end = self.times, self.t_end
+        if times is not None and t_end is None:
+            return list(times)
+        t_end = default_t_end if t_end is None else t_end
+        start = [0.0] if times is None or times[0] == 0 else []
+        return [*start, *self.save_times(t_end)]
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _kind(hint: Any) -> tuple[Any, bool]:
+    """(base type, whether None is allowed) of a field's type hint: float | None -> float."""
+    args = typing.get_args(hint)
+    if type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return typing.get_origin(rest[0]) or rest[0], True
+    return typing.get_origin(hint) or hint, False
+
+
+def _checked(f: dataclasses.Field, hint: Any, value: Any) -> Any:
+    """`value` of field f, checked against its type and metadata (and normalised)."""
+    kind, optional = _kind(hint)
+    if value is None and optional:
+        return None
+    meta = f.metadata
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{f.name}: must be true or false, got {value!r}")
+    elif kind is int:
+        value = _integer(f.name, value, meta)
+    elif kind is float:
+        value = _number(f.name, value, meta)
+    elif kind is list:  # the only lists are lists of times
+        value = parse_times(value)
+    elif kind is str and not isinstance(value, str):
+        raise ConfigError(f"{f.name}: must be a string, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{f.name}: must be one of {', '.join(choices)}, got {value!r}")
+    problem = meta["check"](value) if meta.get("check") else None
+    if problem:
+        raise ConfigError(f"{f.name}: {problem}")
+    return value
+
+
+def _integer(name: str, value: Any, meta: Mapping[str, Any]) -> int:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    minimum = meta.get("minimum") or 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+    maximum = meta.get("maximum")
+    if maximum is not None and value > maximum:
+        raise ConfigError(f"{name}: must be an integer <= {maximum}, got {value!r}")
+    return value
+
+
+def _number(name: str, value: Any, meta: Mapping[str, Any]) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{name}: must be a number, got {value!r}")
+    value = float(value)
+    low, high, positive = meta.get("minimum") or 0.0, meta.get("maximum"), meta.get("positive")
+    above = value > low if positive else value >= low
+    if not (math.isfinite(value) and above and (high is None or value <= high)):
+        raise ConfigError(
+            f"{name}: must be finite and {_range(low, high, positive)}, got {value!r}"
+        )
+    return value
+
+
+def _range(low: float, high: float | None, positive: bool) -> str:
+    if high is None:
+        return f"> {low:g}" if positive else f">= {low:g}"
+    return f"in {'(' if positive else '['}{low:g}, {high:g}]"
+
+
+# ------------------------------------------------------------------------------ nncme run
 SOLVE_SPACES = ("auto", "parameter", "sample")
 # Learning rates used when `lr` is not given.
 DEFAULT_LR = {"adam": 1e-2, "sgd": 1e-2, "natgrad": 0.5, "tdvp": 0.0}
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
-
-
 @dataclass
-class RunConfig:
+class RunConfig(Settings):
     """Settings of a VAN run (`nncme run`, `nncme.run`). Times are in the rates' time units."""
+
+    TABLE: ClassVar[str] = "run"
 
     # the model
     model: str = _opt("nade", "VAN architecture", ("nade", "transformer"))
-    hidden: int = _opt(16, "hidden width (NADE H; Transformer model width)")
-    layers: int = _opt(2, "Transformer blocks")
-    heads: int = _opt(4, "Transformer attention heads")
+    hidden: int = _opt(16, "hidden width (NADE H; Transformer model width)", minimum=1)
+    layers: int = _opt(2, "Transformer blocks", minimum=1)
+    heads: int = _opt(4, "Transformer attention heads", minimum=1)
     activation: str = _opt("tanh", "NADE activation", ("tanh", "sigmoid"))
     # training
     optimizer: str = _opt(
@@ -57,22 +388,30 @@ class RunConfig:
         ("adam", "sgd", "natgrad", "tdvp"),
     )
     lr: float | None = _opt(
-        None, "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp)"
+        None,
+        "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp)",
+        positive=True,
     )
     lr_decay: float = _opt(
         0.1,
         "learning rate at a step's last iteration, as a fraction of lr (constant for the first "
         "half of the iterations, then cosine; 1: constant throughout)",
+        positive=True,
+        maximum=1.0,
     )
-    batch: int = _opt(1000, "samples per iteration")
-    iterations: int = _opt(60, "optimiser iterations per time step (the maximum with --tolerance)")
+    batch: int = _opt(1000, "samples per iteration", minimum=1)
+    iterations: int = _opt(
+        60, "optimiser iterations per time step (the maximum with --tolerance)", minimum=1
+    )
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")
     relative_tolerance: float = _opt(
         0.01, "stop a step once its residual is below this fraction of its first (0: off)"
     )
-    min_iterations: int = _opt(3, "iterations per step before a stopping rule may act")
+    min_iterations: int = _opt(3, "iterations per step before a stopping rule may act", minimum=1)
     explore: float = _opt(
-        0.2, "fraction of extra training states one reaction away from the samples (0: off)"
+        0.2,
+        "fraction of extra training states one reaction away from the samples (0: off)",
+        maximum=1.0,
     )
     explore_baseline: str = _opt(
         "samples",
@@ -98,9 +437,10 @@ class RunConfig:
         0.1,
         "mixture proposals: fraction drawn uniformly over the box (prefix_mixture: over the "
         "species after a prefix kept from q)",
+        maximum=1.0,
     )
     diffusive_width: int = _opt(2, "diffusive proposal: half-width of the kernel (counts)")
-    alpha: float = _opt(0.8, "alpha proposal: exponent of the tempered conditionals")
+    alpha: float = _opt(0.8, "alpha proposal: exponent of the tempered conditionals", positive=True)
     psis: bool = _opt(False, "Pareto-smooth the largest importance weights (PSIS)")
     # second order (natgrad, tdvp)
     shift: float = _opt(
@@ -129,56 +469,42 @@ class RunConfig:
         ("euler", "heun", "rk4"),
     )
     adaptive_dt: bool = _opt(False, "tdvp: adaptive integrator sub-steps within each dt")
-    dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)")
-    first_iterations: int = _opt(3000, "iterations of the first step's fit")
-    first_lr: float = _opt(0.1, "learning rate of the first step's fit")
+    dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)", positive=True)
+    first_iterations: int = _opt(3000, "iterations of the first step's fit", minimum=1)
+    first_lr: float = _opt(0.1, "learning rate of the first step's fit", positive=True)
     first_tolerance: float = _opt(1e-4, "KL (nats) at which the first step's fit stops")
     # time
-    dt: float | None = _opt(None, "time step (default: the network's)")
-    t_end: float | None = _opt(None, "end time (default: the network's)")
-    save_every: float | None = _opt(None, "time between saved results (default: t_end / 10)")
-    times: list[float] | None = field(
-        default=None,
-        metadata={"help": "explicit save times: 0.5,1,2 or START:STOP:NUM (overrides save_every)"},
+    dt: float | None = _opt(None, "time step (default: the network's)", positive=True)
+    t_end: float | None = shared("t_end")
+    save_every: float | None = shared(
+        "save_every", "time between saved results (default: t_end / 10, in whole steps dt)"
     )
+    times: list[float] | None = shared("times")
     initial: str = _opt(
         "delta",
         "start distribution: the exact initial counts, or Poisson marginals with those means",
         ("delta", "poisson"),
     )
     # results
-    eval_samples: int = _opt(20000, "samples behind the marginals at each save time")
+    eval_samples: int = _opt(20000, "samples behind the marginals at each save time", minimum=1)
     joint_max_states: int = _opt(100_000, "store the model's joint when the box is this small")
     # runtime
-    device: str = _opt("cpu", "torch device (cpu, cuda, cuda:1, ...)")
+    device: str = shared("device")
     dtype: str = _opt("float64", "floating point type", ("float32", "float64"))
-    seed: int = _opt(0, "random seed (parameters and samples)")
+    seed: int = shared("seed", "random seed of the parameters and samples")
     impl: str = _opt("auto", "operator implementation", ("auto", "fused", "reference"))
-    threads: int = _opt(0, "CPU threads for torch (0: torch's default)")
-    out: str | None = _opt(None, "output directory (results, log, checkpoint)")
+    threads: int = shared("threads")
+    out: str | None = shared(
+        "out", "output directory: results, log, checkpoint (command line: results/NETWORK/van)"
+    )
     resume: bool = _opt(False, "continue the run in --out from its last checkpoint")
-    quiet: bool = _opt(False, "no progress bar")
+    quiet: bool = shared("quiet")
 
     # Fields that may change when a run resumes (they do not alter what was computed so far).
     RESUMABLE = ("t_end", "out", "resume", "quiet", "threads", "device")
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    # ---------------------------------------------------------------------- validation
-    def validate(self) -> RunConfig:
-        """Check every field; raise ConfigError naming the first bad one."""
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigError(f"{f.name}: must be one of {', '.join(choices)}, got {value!r}")
-        positive_int = ("hidden", "layers", "heads", "batch", "iterations", "min_iterations")
-        for name in (*positive_int, "first_iterations", "eval_samples"):
-            _int(self, name, minimum=1)
-        _int(self, "seed", minimum=0)
-        _int(self, "threads", minimum=0)
-        _int(self, "joint_max_states", minimum=0)
+    def check(self) -> None:
+        """Rules between fields: rk4 is for TDVP, heads divide the width, resume needs out."""
         if self.integrator == "rk4" and self.optimizer != "tdvp":
             raise ConfigError(
                 f"integrator: rk4 is for optimizer tdvp; {self.optimizer} steps take euler or heun"
@@ -189,80 +515,8 @@ class RunConfig:
             )
         if self.hidden % self.heads and self.model == "transformer":
             raise ConfigError(f"hidden: {self.hidden} must be a multiple of heads ({self.heads})")
-        for name in ("lr", "first_lr", "alpha", "dt_tolerance"):
-            if name != "lr" or self.lr is not None:
-                _float(self, name, positive=True)
-        for name in ("mixture_eps", "shift", "max_step"):
-            _float(self, name)
-        _float(self, "lr_decay", positive=True)
-        if self.lr_decay > 1:
-            raise ConfigError(f"lr_decay: must be in (0, 1], got {self.lr_decay}")
-        if self.mixture_eps > 1:
-            raise ConfigError(f"mixture_eps: must be in [0, 1], got {self.mixture_eps}")
-        _int(self, "diffusive_width", minimum=0)
-        for name in ("tolerance", "relative_tolerance", "first_tolerance"):
-            _float(self, name)
-        _float(self, "explore")
-        if self.explore > 1:
-            raise ConfigError(f"explore: must be in [0, 1], got {self.explore}")
-        for name in ("dt", "t_end", "save_every"):
-            if getattr(self, name) is not None:
-                _float(self, name, positive=True)
-        if self.times is not None:
-            try:
-                times = [float(t) for t in self.times]
-            except (TypeError, ValueError):
-                raise ConfigError(f"times: must be a list of numbers, got {self.times!r}") from None
-            if not times or any(not math.isfinite(t) or t < 0 for t in times):
-                raise ConfigError(f"times: must be finite and >= 0, got {self.times!r}")
-            self.times = sorted(set(times))
-        for name in ("resume", "quiet", "psis", "adaptive_shift", "cv_shift", "adaptive_dt"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
         if self.resume and not self.out:
             raise ConfigError("resume: needs out, the directory of the run to continue")
-        return self
-
-    # ---------------------------------------------------------------------- construction
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], *, source: str = "config") -> RunConfig:
-        """A config from a mapping of field names (unknown names are an error)."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key in data:
-            if key not in names:
-                close = difflib.get_close_matches(key.replace("-", "_"), names, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ConfigError(f"{source}: unknown option {key!r}{hint}")
-        return cls(**dict(data))
-
-    @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> RunConfig:
-        """Read a TOML file (fields at top level or in a [run] table), then apply overrides."""
-        return cls.from_dict({**cls.read_toml(path), **overrides}, source=str(path))
-
-    @staticmethod
-    def read_toml(path: str | Path) -> dict[str, Any]:
-        """The settings in a TOML file, as a dict (not yet validated)."""
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config: no such file {str(path)!r}")
-        try:
-            data = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-        if "run" in data and isinstance(data["run"], dict):
-            extra = [k for k in data if k != "run"]
-            if extra:
-                raise ConfigError(f"{path}: keys outside [run]: {', '.join(extra)}")
-            data = data["run"]
-        return data
-
-    def replace(self, **changes: Any) -> RunConfig:
-        """A copy with some fields changed (validated)."""
-        return RunConfig.from_dict({**self.to_dict(), **changes}, source="replace")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     # ---------------------------------------------------------------------- derived values
     @property
@@ -277,45 +531,72 @@ class RunConfig:
             return self.proposal
         return "mixture" if self.optimizer == "tdvp" else "vanilla"
 
-    def save_times(self, t_end: float, dt: float | None = None) -> list[float]:
-        """The times (after 0) at which results and checkpoints are written; t_end included.
 
-        Without `times` or `save_every`: t_end / 10, rounded to a whole number of steps dt.
-        """
-        if self.times is not None:
-            later = [t for t in self.times if 0 < t <= t_end * (1 + 1e-12)]
-            if not later:
-                raise ConfigError(f"times: none lies in (0, t_end = {t_end:g}]")
-            if later[-1] < t_end * (1 - 1e-12):
-                later.append(t_end)
-            return later
-        every = self.save_every
-        if every is None:
-            every = t_end / 10
-            if dt is not None:
-                every = max(1, round(every / dt)) * dt
-        n = max(1, math.floor(t_end / every * (1 + 1e-9)))
-        out = [min(k * every, t_end) for k in range(1, n + 1)]
-        if out[-1] < t_end * (1 - 1e-9):
-            out.append(t_end)
-        return out
+# ------------------------------------------------------------------------------ the command line
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[Settings]) -> None:
+    """One option per field of `cls` (--t-end <-> t_end), and --config FILE.
+
+    Options that are not given stay out of the parsed namespace, so a config file's values
+    survive unless the command line names them (see `settings_from_args`).
+    """
+    parser.add_argument(
+        "--config",
+        metavar="TOML",
+        help=f"settings file with the same names as the options (top level or [{cls.TABLE}])",
+    )
+    own = parser.add_argument_group(f"{cls.TABLE} settings (also keys of a --config file)")
+    common = parser.add_argument_group("settings every command shares (run, fsp, ssa)")
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        group = common if f.name in SHARED else own
+        flag = "--" + f.name.replace("_", "-")
+        group.add_argument(flag, **_argument(f, hints[f.name]))
 
 
-def _int(cfg: RunConfig, name: str, *, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-        setattr(cfg, name, value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"{name}: must be an integer >= {minimum}, got {value!r}")
+def _argument(f: dataclasses.Field, hint: Any) -> dict[str, Any]:
+    """The add_argument keywords of a field: type, metavar, choices, help with the default."""
+    kind, _ = _kind(hint)
+    text = f.metadata.get("help", "").replace("%", "%%")
+    kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": text}
+    if kind is bool:  # --x, or --x/--no-x where x is on by default
+        kw["action"] = argparse.BooleanOptionalAction if f.default else "store_true"
+        kw["help"] = f"{text} (default: {'on' if f.default else 'off'})"
+        return kw
+    kinds = {int: (int, "N"), float: (float, "X"), list: (str, "LIST"), str: (str, None)}
+    kw["type"], metavar = kinds[kind]
+    if metavar:
+        kw["metavar"] = metavar
+    if f.metadata.get("choices"):
+        kw["choices"] = f.metadata["choices"]
+    if f.default is not None:
+        kw["help"] = f"{text} (default: {f.default})"
+    return kw
 
 
-def _float(cfg: RunConfig, name: str, *, positive: bool = False) -> None:
-    value = getattr(cfg, name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name}: must be a number, got {value!r}")
-    value = float(value)
-    if not math.isfinite(value) or value < 0 or (positive and value == 0):
-        need = "> 0" if positive else ">= 0"
-        raise ConfigError(f"{name}: must be finite and {need}, got {value!r}")
-    setattr(cfg, name, value)
+def settings_from_args(cls: type[S], args: argparse.Namespace, **defaults: Any) -> S:
+    """The settings a parsed command line asks for: `defaults` < --config file < options.
+
+    Raises:
+        ConfigError: a bad value or an unknown key in the file, naming it.
+    """
+    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    given = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    path = getattr(args, "config", None)
+    from_file = cls.read_toml(path) if path else {}
+    return cls.from_dict({**defaults, **from_file, **given}, source=path or "options")
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """The `threads` setting for the duration of a block: torch's CPU threads (0: unchanged)."""
+    import torch
+
+    if not threads:  # 0: leave torch's setting untouched (no set_num_threads call at all)
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

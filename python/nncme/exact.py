@@ -24,7 +24,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -35,6 +35,7 @@ from scipy.stats import poisson
 from tqdm.auto import tqdm
 
 from . import ops
+from .config import Settings, _opt, shared, torch_threads
 from .network import NetworkError, ReactionNetwork, check_times
 from .results import Result, ResultBuilder, check_boundary, versions
 
@@ -57,40 +58,44 @@ METHODS = ("auto", "uniformization", "expm", "DOP853", "BDF", "Radau")
 
 
 @dataclass
-class FSPSettings:
-    """Options of the exact solver (shared by the Python API and `nncme fsp`).
+class FSPSettings(Settings):
+    """Options of the exact solver, shared by the Python API, `nncme fsp` and its TOML files.
 
-    Attributes:
-        max_states: refuse state spaces larger than this (memory grows with it).
-        method: "auto" (see `FSP.choose_method`), "uniformization" or "expm"
-            (expm_multiply) for constant rates, or a method of scipy's solve_ivp: "DOP853"
-            (explicit) or "BDF", "Radau" (implicit, with the sparse Jacobian).
-        rtol, atol: tolerances of the ODE integrator (expm_multiply works to double precision).
-        batch_size: states per call of the propensity operator.
-        device: where propensities are evaluated ("cpu", "cuda"); the solve runs in scipy.
-        boundary_warn: warn when the probability on the box boundary exceeds this.
-        keep_joint: store the joint distribution in the result when it is small enough.
-        progress: show progress bars.
+    The time options, device, threads, seed, out and quiet mean what they mean for every
+    command (see `nncme.config.SHARED`). The solve itself runs in scipy; `device` and
+    `threads` apply to the propensities, and `seed` is only recorded (FSP draws nothing).
     """
 
-    max_states: int = DEFAULT_MAX_STATES
-    method: str = "auto"
-    rtol: float = 1e-10
-    atol: float = 1e-14
-    batch_size: int = 1 << 16
-    device: str = "cpu"
-    boundary_warn: float = 1e-3
-    keep_joint: bool = True
-    progress: bool = True
+    TABLE: ClassVar[str] = "fsp"
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise NetworkError(f"method: must be one of {METHODS}, got {self.method!r}")
-        if int(self.max_states) < 1:
-            raise NetworkError(f"max_states: must be >= 1, got {self.max_states!r}")
-        for name in ("rtol", "atol"):
-            if not float(getattr(self, name)) > 0:
-                raise NetworkError(f"{name}: must be > 0, got {getattr(self, name)!r}")
+    max_states: int = _opt(
+        DEFAULT_MAX_STATES, "refuse larger state spaces (memory grows with them)", minimum=1
+    )
+    method: str = _opt(
+        "auto",
+        "integrator: auto (uniformization for constant rates, DOP853 for time-dependent ones, "
+        "BDF where either would need millions of sparse products), expm (expm_multiply), or a "
+        "scipy solve_ivp method (DOP853 explicit; BDF, Radau implicit with the sparse Jacobian)",
+        METHODS,
+    )
+    rtol: float = _opt(1e-10, "relative tolerance of the ODE integrators", positive=True)
+    atol: float = _opt(1e-14, "absolute tolerance of the ODE integrators", positive=True)
+    batch_size: int = _opt(1 << 16, "states per call of the propensity operator", minimum=1)
+    boundary_warn: float = _opt(
+        1e-3, "warn when the probability on the box boundary exceeds this", maximum=1.0
+    )
+    keep_joint: bool = _opt(True, "store the joint distribution when it is small enough")
+    plots: bool = _opt(True, "write PNG figures beside the results")
+    t_end: float | None = shared("t_end")
+    save_every: float | None = shared("save_every")
+    times: list[float] | None = shared("times")
+    device: str = shared("device", "torch device of the propensities (the solve runs in scipy)")
+    threads: int = shared("threads")
+    seed: int = shared("seed", "random seed: recorded only, FSP is deterministic")
+    out: str | None = shared(
+        "out", "write the result here (command line default: results/NETWORK/fsp)"
+    )
+    quiet: bool = shared("quiet")
 
 
 # ------------------------------------------------------------------------------ state space
@@ -266,7 +271,7 @@ class FSP:
 
     Args:
         network: the network.
-        settings: `FSPSettings` (max_states, device, batch_size, progress are used here).
+        settings: `FSPSettings` (max_states, device, threads, batch_size, quiet are used here).
 
     Attributes:
         states: (S, L) int64 enumerated states, lexicographic.
@@ -292,10 +297,11 @@ class FSP:
         out = np.empty((states.shape[0], self.network.K))
         bs = int(self.settings.batch_size)
         chunks = range(0, states.shape[0], bs)
-        show = self.settings.progress and len(chunks) > 4
-        for s in tqdm(chunks, desc="FSP propensities", unit="batch", disable=not show):
-            batch = torch.as_tensor(states[s : s + bs], device=dev)
-            out[s : s + bs] = ops.propensities(batch, net, t).cpu().numpy()
+        show = not self.settings.quiet and len(chunks) > 4
+        with torch_threads(self.settings.threads):
+            for s in tqdm(chunks, desc="FSP propensities", unit="batch", disable=not show):
+                batch = torch.as_tensor(states[s : s + bs], device=dev)
+                out[s : s + bs] = ops.propensities(batch, net, t).cpu().numpy()
         return out
 
     def _build_parts(self) -> None:
@@ -454,7 +460,7 @@ class FSP:
             total=float(times[-1]),
             desc=f"FSP {method}",
             unit="t",
-            disable=not self.settings.progress,
+            disable=self.settings.quiet,
             bar_format="{l_bar}{bar}| {n:.3g}/{total:.3g} [{elapsed}<{remaining}]",
         )
         stochastic = None
@@ -497,7 +503,7 @@ class FSP:
             total=float(times[-1]),
             desc=f"FSP {method}",
             unit="t",
-            disable=not settings.progress,
+            disable=settings.quiet,
             bar_format="{l_bar}{bar}| {n:.3g}/{total:.3g} [{elapsed}<{remaining}]",
         )
         rhs = _with_progress(self._rhs, bar)
@@ -572,8 +578,9 @@ def solve_fsp(
 
     Args:
         network: the network.
-        times: (T,) increasing times >= 0 (default: 11 points on [0, network.t_end]).
-        settings: `FSPSettings`.
+        times: (T,) increasing times >= 0 (default: the settings' `record_times`, 11 points
+            on [0, network.t_end] unless the settings say otherwise).
+        settings: `FSPSettings`; with `out`, the result is also written there.
         p0: (S,) initial distribution over `FSP(network).states` (default: the delta at
             network.initial_state).
         pair: species indices of the stored 2D joint (default: the two largest limits).
@@ -587,7 +594,7 @@ def solve_fsp(
         NetworkError: too many states (the message quotes the count and memory) or bad times.
     """
     settings = settings or FSPSettings()
-    times = check_times(np.linspace(0, network.t_end, 11) if times is None else times)
+    times = check_times(settings.record_times(network.t_end) if times is None else times)
     t0 = time.perf_counter()
     fsp = FSP(network, settings)
     builder = ResultBuilder(
@@ -615,7 +622,7 @@ def solve_fsp(
         )
     summary = {
         "network": network.to_dict(),
-        "settings": dataclasses.asdict(settings),
+        "settings": settings.to_dict(),
         "states": fsp.num_states,
         "generator_nnz": int(fsp._w_const.nnz + sum(w.nnz for _, w in fsp._td_parts)),
         "integrator": fsp.method_used,
@@ -631,4 +638,6 @@ def solve_fsp(
     }
     result = builder.build(normalize=False, summary=summary)
     check_boundary(result, settings.boundary_warn)
+    if settings.out is not None:
+        result.save(settings.out, plots=settings.plots)
     return result

@@ -25,13 +25,14 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import ops
+from .config import Settings, _opt, shared, torch_threads
 from .network import (
     NetworkError,
     RateFunction,
@@ -45,49 +46,56 @@ __all__ = ["SSASettings", "simulate", "solve_ssa"]
 
 
 @dataclass
-class SSASettings:
-    """Options of the stochastic solver (shared by the Python API and `nncme ssa`).
+class SSASettings(Settings):
+    """Options of the stochastic solver, shared by the Python API, `nncme ssa` and its TOML files.
 
-    Attributes:
-        trajectories: number of independent trajectories.
-        batch_size: trajectories simulated together (default: all, up to 2^17 on a GPU and
-            2^15 on a CPU); memory is about batch_size * T * L * 8 bytes for the records.
-        device: "cpu" or "cuda" (or "cuda:N").
-        seed: seed of the torch generator (None: a fresh random seed, reported).
-        sync_every: steps between host synchronisations (progress, dropping finished
-            trajectories); larger values suit GPUs.
-        max_steps: stop with an error after this many steps of one batch (None: no limit).
-        threads: CPU threads for torch during the run (None: torch's setting). One step is a
-            dozen small operations, so extra threads gain little, and on a machine whose
-            cores are busy with other work they cost much (measured: 2 threads ran 7-17x
-            slower than 1 on a 2-core machine shared with other jobs).
-        boundary_warn: warn when the probability on the box boundary exceeds this.
-        keep_joint: store the empirical joint in the result when it is small enough.
-        progress: show a progress bar.
+    The time options, device, threads, seed, out and quiet mean what they mean for every
+    command (see `nncme.config.SHARED`). The seed defaults to 0, so a run is reproducible:
+    the same seed, batch size and device give the same trajectories. Runs meant to be
+    independent (to pool them, or to measure the spread between runs) need different seeds.
+    Memory is about batch_size * T * L * 8 bytes for the records. One step is a dozen small
+    operations, so extra threads gain little and cost much on a machine whose cores are busy
+    with other work; `threads = 1` is the robust choice there.
     """
 
-    trajectories: int = 100_000
-    batch_size: int | None = None
-    device: str = "cpu"
-    seed: int | None = None
-    sync_every: int | None = None
-    max_steps: int | None = None
-    threads: int | None = None
-    boundary_warn: float = 1e-3
-    keep_joint: bool = True
-    progress: bool = True
+    TABLE: ClassVar[str] = "ssa"
 
-    def __post_init__(self) -> None:
-        if int(self.trajectories) < 1:
-            raise NetworkError(f"trajectories: must be >= 1, got {self.trajectories!r}")
-        if self.threads is not None and int(self.threads) < 1:
-            raise NetworkError(f"threads: must be >= 1, got {self.threads!r}")
-        if self.batch_size is not None and int(self.batch_size) < 1:
-            raise NetworkError(f"batch_size: must be >= 1, got {self.batch_size!r}")
-        try:
-            torch.device(self.device)
-        except (RuntimeError, TypeError):
-            raise NetworkError(f"device: not a torch device: {self.device!r}") from None
+    trajectories: int = _opt(100_000, "number of independent trajectories", minimum=1)
+    batch_size: int | None = _opt(
+        None,
+        "trajectories simulated together (default: all, up to 131072 on a GPU, 32768 on a CPU)",
+        minimum=1,
+    )
+    sync_every: int | None = _opt(
+        None,
+        "steps between host synchronisations (progress, dropping finished trajectories; "
+        "default 32 on a GPU, 4 on a CPU)",
+        minimum=1,
+    )
+    max_steps: int | None = _opt(
+        None, "stop with an error after this many steps of one batch (default: no limit)", minimum=1
+    )
+    boundary_warn: float = _opt(
+        1e-3, "warn when the probability on the box boundary exceeds this", maximum=1.0
+    )
+    keep_joint: bool = _opt(True, "store the empirical joint when it is small enough")
+    plots: bool = _opt(True, "write PNG figures beside the results")
+    t_end: float | None = shared("t_end")
+    save_every: float | None = shared("save_every")
+    times: list[float] | None = shared("times")
+    device: str = shared("device")
+    threads: int = shared(
+        "threads", "CPU threads for torch (0: torch's default; 1 suits busy cores)"
+    )
+    seed: int = shared(
+        "seed",
+        "seed of the torch generator: the same seed repeats the same trajectories, so "
+        "independent runs need different seeds",
+    )
+    out: str | None = shared(
+        "out", "write the result here (command line default: results/NETWORK/ssa)"
+    )
+    quiet: bool = shared("quiet")
 
 
 class _Plan:
@@ -306,13 +314,10 @@ def _batch_size(settings: SSASettings, device: torch.device) -> int:
     return min(int(settings.trajectories), 1 << 17 if device.type == "cuda" else 1 << 15)
 
 
-def _generator(settings: SSASettings, device: torch.device) -> tuple[torch.Generator, int]:
-    seed = settings.seed
-    if seed is None:
-        seed = int(np.random.SeedSequence().generate_state(1, dtype=np.uint64)[0] >> 1)
+def _generator(settings: SSASettings, device: torch.device) -> torch.Generator:
     gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
-    return gen, int(seed)
+    gen.manual_seed(int(settings.seed))
+    return gen
 
 
 def _run(network: ReactionNetwork, times: np.ndarray, settings: SSASettings, sink: Any) -> dict:
@@ -321,7 +326,7 @@ def _run(network: ReactionNetwork, times: np.ndarray, settings: SSASettings, sin
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NetworkError(f"device: {settings.device!r} requested but CUDA is not available")
     plan = _Plan(network, times, device)
-    gen, seed = _generator(settings, device)
+    gen = _generator(settings, device)
     total = int(settings.trajectories)
     batch = _batch_size(settings, device)
     sync = settings.sync_every or (32 if device.type == "cuda" else 4)
@@ -330,32 +335,30 @@ def _run(network: ReactionNetwork, times: np.ndarray, settings: SSASettings, sin
         total=total * times.shape[0],
         desc=f"SSA {network.name}",
         unit="rec",
-        disable=not settings.progress,
+        disable=settings.quiet,
     )
-    threads = torch.get_num_threads()
-    if settings.threads is not None:
-        torch.set_num_threads(int(settings.threads))
     t0 = time.perf_counter()
-    try:
-        for start in range(0, total, batch):
-            n = min(batch, total - start)
-            rec, stats = _simulate_batch(plan, n, gen, bar, sync, settings.max_steps)
-            for key in totals:
-                totals[key] += stats[key]
-            sink(start, rec)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    finally:
-        torch.set_num_threads(threads)
-        bar.close()
+    with torch_threads(settings.threads):
+        threads = torch.get_num_threads()
+        try:
+            for start in range(0, total, batch):
+                n = min(batch, total - start)
+                rec, stats = _simulate_batch(plan, n, gen, bar, sync, settings.max_steps)
+                for key in totals:
+                    totals[key] += stats[key]
+                sink(start, rec)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        finally:
+            bar.close()
     elapsed = time.perf_counter() - t0
     return {
-        "seed": seed,
+        "seed": settings.seed,
         "batch_size": batch,
         "sync_every": sync,
         "device": str(device),
         "device_name": _device_name(device),
-        "threads": int(settings.threads or threads),
+        "threads": threads,
         "simulate_s": elapsed,
         "events_per_s": totals["events"] / elapsed if elapsed > 0 else math.nan,
         **totals,
@@ -415,8 +418,9 @@ def solve_ssa(
 
     Args:
         network: the network.
-        times: (T,) increasing times >= 0 (default: 11 points on [0, network.t_end]).
-        settings: `SSASettings`.
+        times: (T,) increasing times >= 0 (default: the settings' `record_times`, 11 points
+            on [0, network.t_end] unless the settings say otherwise).
+        settings: `SSASettings`; with `out`, the result is also written there.
         pair: species indices of the stored 2D joint (default: the two largest limits).
 
     Returns:
@@ -424,7 +428,7 @@ def solve_ssa(
         `summary["ssa"]` holds the seed, device, event counts and timings.
     """
     settings = settings or SSASettings()
-    times = check_times(np.linspace(0, network.t_end, 11) if times is None else times)
+    times = check_times(settings.record_times(network.t_end) if times is None else times)
     builder = ResultBuilder(
         "ssa",
         network.species_names,
@@ -445,7 +449,7 @@ def solve_ssa(
     info = _run(network, times, settings, sink)
     summary = {
         "network": network.to_dict(),
-        "settings": dataclasses.asdict(settings),
+        "settings": settings.to_dict(),
         "samples": int(settings.trajectories),
         "ssa": info,
         "timings": {"simulate_s": info["simulate_s"], "total_s": time.perf_counter() - t0},
@@ -453,4 +457,6 @@ def solve_ssa(
     }
     result = builder.build(normalize=True, summary=summary)
     check_boundary(result, settings.boundary_warn)
+    if settings.out is not None:
+        result.save(settings.out, plots=settings.plots)
     return result
