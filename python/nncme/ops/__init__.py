@@ -267,27 +267,3 @@ def _register_fakes() -> None:
 
 if extension() is not None:
     _register_fakes()
-
-
-def fisher_solve_gram(K, v, w=None, shift=1e-4, *, max_raises=10, impl="auto"):  # TEMP shim
-    N = K.shape[-1]
-    if w is None:
-        w = torch.full_like(v, 1.0 / N)
-    Kw = K @ w
-    Kc = K - Kw.unsqueeze(0) - Kw.unsqueeze(1) + w @ Kw
-    sw = w.sqrt()
-    A = sw.unsqueeze(1) * Kc * sw.unsqueeze(0)
-    b = sw * (v - w @ v)
-    eye = torch.eye(N, dtype=K.dtype, device=K.device)
-    used = float(shift)
-    md = float(A.diagonal().mean())
-    for attempt in range(max_raises + 1):
-        L, bad = torch.linalg.cholesky_ex(A + used * eye)
-        if not bool(bad):
-            break
-        if attempt == max_raises:
-            raise torch.linalg.LinAlgError("fisher_solve.gram failed")
-        used = used * 10 if used > 0 else torch.finfo(K.dtype).eps * (md if md > 0 else 1.0)
-    y = torch.cholesky_solve(b.unsqueeze(1), L).squeeze(1)
-    gamma = sw * y
-    return gamma - w * gamma.sum(), torch.tensor(used, dtype=K.dtype)
