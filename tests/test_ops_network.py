@@ -332,7 +332,7 @@ def test_operands_on_two_devices_are_named():
         bad[i] = bad[i].cpu()
         with pytest.raises(RuntimeError, match=f"{name} must be on cuda"):
             torch.ops.nncme.propensities(states, *bad)
-    with pytest.raises(RuntimeError, match="states must be on"):
+    with pytest.raises(RuntimeError, match=r"rxn_ptr must be on cpu \(the device of states\)"):
         torch.ops.nncme.propensities(states.cpu(), *args)
     with pytest.raises(RuntimeError, match="limits must be on cuda"):
         torch.ops.nncme.neighbors(states, c.rxn_ptr, c.rxn_entries, c.limits.cpu())
