@@ -4,34 +4,99 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <vector>
+
+#include "device_checks.h"
 #include "network_math.h"
 
 namespace nncme {
 
-inline void check_network(
-    const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries, const at::Tensor& limits,
-    const at::Tensor& rates, const at::Tensor& hill_index, const at::Tensor& hill_params,
-    int64_t convention, const at::Device& device) {
-  const auto K = rates.size(0);
-  TORCH_CHECK(rates.dim() == 1 && rates.is_floating_point(), "rates must be a 1-D float tensor");
-  TORCH_CHECK(rxn_ptr.dim() == 1 && rxn_ptr.size(0) == K + 1 && rxn_ptr.scalar_type() == at::kLong,
-              "rxn_ptr must be int64 of shape (K+1,) = (", K + 1, ",), got ", rxn_ptr.sizes());
+// The reaction tables of a network, the one place they are validated (every op that takes them
+// calls this): rxn_ptr (K+1,), rxn_entries (nnz, 3) and limits (L,) int64, and hill_index (K,)
+// int64 where given (undefined: the op does not read it). Beyond shapes and dtypes, the contents
+// are checked so that no table can send a kernel out of bounds: rxn_ptr starts at 0, never
+// decreases and ends at nnz; species indices are in [0, L); reactant orders are >= 0; a Hill
+// regulator is -1 (none) or a species. The tables are tiny (K + 1 + 3 nnz + K integers), so they
+// are read on the host once per op call; for CUDA tensors that costs one small device-to-host
+// copy (and a stream sync), the price of kernels that trust their tables.
+inline void check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries,
+                                  const at::Tensor& limits, const at::Tensor& hill_index) {
+  TORCH_CHECK(rxn_ptr.dim() == 1 && rxn_ptr.size(0) >= 1 && rxn_ptr.scalar_type() == at::kLong,
+              "rxn_ptr must be int64 of shape (K+1,), got ", rxn_ptr.scalar_type(), " ",
+              rxn_ptr.sizes());
   TORCH_CHECK(rxn_entries.dim() == 2 && rxn_entries.size(1) == 3 &&
                   rxn_entries.scalar_type() == at::kLong,
-              "rxn_entries must be int64 of shape (nnz, 3), got ", rxn_entries.sizes());
-  TORCH_CHECK(limits.dim() == 1 && limits.scalar_type() == at::kLong, "limits must be int64 (L,)");
-  TORCH_CHECK(hill_index.dim() == 1 && hill_index.size(0) == K &&
-                  hill_index.scalar_type() == at::kLong,
-              "hill_index must be int64 of shape (K,)");
+              "rxn_entries must be int64 of shape (nnz, 3), got ", rxn_entries.scalar_type(), " ",
+              rxn_entries.sizes());
+  TORCH_CHECK(limits.dim() == 1 && limits.scalar_type() == at::kLong,
+              "limits must be int64 of shape (L,), got ", limits.scalar_type(), " ",
+              limits.sizes());
+  const int64_t K = rxn_ptr.size(0) - 1, nnz = rxn_entries.size(0), L = limits.size(0);
+  std::vector<at::Tensor> parts{rxn_ptr.reshape(-1), rxn_entries.reshape(-1)};
+  if (hill_index.defined()) {
+    TORCH_CHECK(hill_index.dim() == 1 && hill_index.size(0) == K &&
+                    hill_index.scalar_type() == at::kLong,
+                "hill_index must be int64 of shape (K,) = (", K, ",), got ",
+                hill_index.scalar_type(), " ", hill_index.sizes());
+    parts.push_back(hill_index);
+  }
+  const at::Tensor host = at::cat(parts).to(at::kCPU).contiguous();  // one copy from a GPU
+  const int64_t* ptr = host.data_ptr<int64_t>();
+  const int64_t* ent = ptr + (K + 1);
+  TORCH_CHECK(ptr[0] == 0, "rxn_ptr must start at 0, got rxn_ptr[0] = ", ptr[0]);
+  for (int64_t k = 0; k < K; ++k) {
+    TORCH_CHECK(ptr[k + 1] >= ptr[k],
+                "rxn_ptr must be non-decreasing (reaction k owns rxn_entries rows rxn_ptr[k] to "
+                "rxn_ptr[k+1] - 1), got rxn_ptr[",
+                k, "] = ", ptr[k], " > rxn_ptr[", k + 1, "] = ", ptr[k + 1]);
+  }
+  TORCH_CHECK(ptr[K] == nnz, "rxn_ptr must end at nnz = rxn_entries.size(0) = ", nnz,
+              ", got rxn_ptr[", K, "] = ", ptr[K]);
+  for (int64_t e = 0; e < nnz; ++e) {
+    const int64_t species = ent[3 * e], order = ent[3 * e + 1];
+    TORCH_CHECK(species >= 0 && species < L, "rxn_entries[", e,
+                ", 0] must be a species index in [0, L) = [0, ", L, "), got ", species);
+    TORCH_CHECK(order >= 0, "rxn_entries[", e, ", 1] (a reactant order) must be >= 0, got ",
+                order);
+  }
+  if (hill_index.defined()) {
+    const int64_t* hill = ent + 3 * nnz;
+    for (int64_t k = 0; k < K; ++k) {
+      TORCH_CHECK(hill[k] >= -1 && hill[k] < L, "hill_index[", k,
+                  "] must be -1 (no Hill factor) or a species index in [0, L) = [0, ", L,
+                  "), got ", hill[k]);
+    }
+  }
+}
+
+// The network arguments of propensities and transition_logsum, against the device of states.
+inline void check_network(const at::Tensor& states, const at::Tensor& rxn_ptr,
+                          const at::Tensor& rxn_entries, const at::Tensor& limits,
+                          const at::Tensor& rates, const at::Tensor& hill_index,
+                          const at::Tensor& hill_params, int64_t convention) {
+  TORCH_CHECK(rates.dim() == 1 && rates.is_floating_point(),
+              "rates must be a 1-D float tensor of shape (K,), got ", rates.scalar_type(), " ",
+              rates.sizes());
+  const auto K = rates.size(0);
+  TORCH_CHECK(rxn_ptr.dim() == 1 && rxn_ptr.size(0) == K + 1,
+              "rxn_ptr must have shape (K+1,) = (", K + 1, ",) for K = rates.size(0), got ",
+              rxn_ptr.sizes());
   TORCH_CHECK(hill_params.dim() == 2 && hill_params.size(0) == K && hill_params.size(1) == 3 &&
                   hill_params.scalar_type() == rates.scalar_type(),
-              "hill_params must have shape (K, 3) and the dtype of rates");
+              "hill_params must have shape (K, 3) = (", K, ", 3) and the dtype of rates (",
+              rates.scalar_type(), "), got ", hill_params.scalar_type(), " ",
+              hill_params.sizes());
   TORCH_CHECK(convention >= kFalling && convention <= kPower,
               "convention must be 0 (falling), 1 (binomial) or 2 (power), got ", convention);
-  for (const at::Tensor* t : {&rxn_ptr, &rxn_entries, &limits, &rates, &hill_index, &hill_params}) {
-    TORCH_CHECK(t->device() == device, "network tensors must be on ", device, ", got ",
-                t->device());
-  }
+  check_devices("states", states.device(),
+                {{"rxn_ptr", rxn_ptr},
+                 {"rxn_entries", rxn_entries},
+                 {"limits", limits},
+                 {"rates", rates},
+                 {"hill_index", hill_index},
+                 {"hill_params", hill_params}});
+  check_reaction_tables(rxn_ptr, rxn_entries, limits, hill_index);
 }
 
 inline void check_states(const at::Tensor& states, const at::Tensor& limits) {
@@ -75,8 +140,7 @@ inline void check_transition_inputs(const at::Tensor& states, const at::Tensor& 
   TORCH_CHECK(log_q.scalar_type() == rates.scalar_type() &&
                   log_q_nbr.scalar_type() == rates.scalar_type(),
               "log_q and log_q_nbr must have the dtype of rates (", rates.scalar_type(), ")");
-  TORCH_CHECK(log_q.device() == states.device() && log_q_nbr.device() == states.device(),
-              "log_q and log_q_nbr must be on the device of states");
+  check_devices("states", states.device(), {{"log_q", log_q}, {"log_q_nbr", log_q_nbr}});
   TORCH_CHECK(dt > 0 && std::isfinite(dt), "dt must be finite and > 0, got ", dt);
 }
 
@@ -141,12 +205,17 @@ struct NadeOperands {
                 cs.sizes());
     TORCH_CHECK(activation == kSigmoid || activation == kTanh,
                 "activation must be 0 (sigmoid) or 1 (tanh), got ", activation);
-    const at::Device device = hidden0_.device();
-    for (const at::Tensor* t : {&rows, &embed_, &head_w_, &head_b_, &limits_, &cw, &cs, &clm,
-                                &cgm, &ct}) {
-      TORCH_CHECK(t->device() == device, "all NADE operands must be on the device of hidden0 (",
-                  device, "), got one on ", t->device());
-    }
+    check_devices("hidden0", hidden0_.device(),
+                  {{rows_name, rows},
+                   {"embed", embed_},
+                   {"head_w", head_w_},
+                   {"head_b", head_b_},
+                   {"limits", limits_},
+                   {"cons_weights", cw},
+                   {"cons_start", cs},
+                   {"cons_law_meta", clm},
+                   {"cons_group_meta", cgm},
+                   {"cons_table", ct}});
     hidden0 = hidden0_.contiguous();
     embed = embed_.contiguous();
     head_w = head_w_.contiguous();

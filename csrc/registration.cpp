@@ -43,9 +43,17 @@ TORCH_LIBRARY(nncme, m) {
   // (O_c^T O_c + shift I) x = O_c^T v_c, in parameter space (P x P) or, through Woodbury, in
   // sample space x = O_c^T (O_c O_c^T + shift I)^-1 v_c (N x N); mode 0 auto (the smaller),
   // 1 parameter, 2 sample. A block whose factorisation fails has its shift raised (x10; from 0 to
-  // eps times its mean diagonal), at most max_raises times, else the op raises an error.
+  // eps times its mean diagonal), at most max_raises times, else the op raises a LinAlgError.
   // -> x (G, P), shift used (G,), both in O.dtype.
   m.def(
       "fisher_solve(Tensor O, Tensor v, Tensor w, float shift, int mode, int max_raises) "
+      "-> (Tensor, Tensor)");
+  // The sample-space solve of fisher_solve from the uncentred Gram matrix K (G, N, N) = O O^T
+  // (symmetric) alone, v and w (G, N) as above: centres K under w, K_c = (I - 1 w^T) K
+  // (I - w 1^T), and solves (W^1/2 K_c W^1/2 + shift I) y = W^1/2 (v - w.v) with the same shift
+  // raises and LinAlgError. -> coef (G, N) with x = sum_n coef_n O_n (gamma = W^1/2 y,
+  // coef = gamma - w sum(gamma)), shift used (G,), both in K.dtype.
+  m.def(
+      "fisher_solve.gram(Tensor K, Tensor v, Tensor w, float shift, int max_raises) "
       "-> (Tensor, Tensor)");
 }

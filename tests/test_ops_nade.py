@@ -362,6 +362,50 @@ def test_nade_huge_category_count(device, rng):
 
 @pytest.mark.cuda
 @needs_kernel
+def test_nade_global_workspace_is_reused_across_a_large_batch(rng):
+    """On the global-workspace path (a warp's state does not fit in shared memory) the grid
+    holds only the warps that can be resident, each looping over sample groups with one
+    workspace slot: a batch of many more sample groups than resident warps (H200: 132
+    multiprocessors) must match the CPU kernel row for row, the last rows included."""
+    B, L, M, H = 200_000, 2, 1600, 8  # float64: 4 samples x 1600 logits per warp > 48 KiB / 4
+    cpu = nade_inputs(int(rng.integers(2**31)), B, L, M, H, torch.float64, "cpu")
+    gpu = {k: v.cuda() for k, v in cpu.items()}
+    a = torch.ops.nncme.nade_sample(*sample_args(cpu, 0.8, 0))
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    b = torch.ops.nncme.nade_sample(*sample_args(gpu, 0.8, 0))
+    torch.cuda.synchronize()
+    # one slot per sample group would be 50000 slots of 4 x (2 H + M) values (2.6 GB)
+    per_group = (B // 4) * 4 * (2 * H + M) * 8
+    assert torch.cuda.max_memory_allocated() - before < per_group / 2
+    same = (a[0] == b[0].cpu()).all(dim=1)
+    assert same.double().mean() >= 0.999 and bool(same[-100:].all())
+    torch.testing.assert_close(b[1].cpu()[same], a[1][same], **TOL[torch.float64])
+    torch.testing.assert_close(b[2].cpu()[same], a[2][same], **TOL[torch.float64])
+    torch.testing.assert_close(
+        torch.ops.nncme.nade_log_prob(*log_prob_args(a[0].cuda(), gpu, 0)).cpu(),
+        torch.ops.nncme.nade_log_prob(*log_prob_args(a[0], cpu, 0)),
+        **TOL[torch.float64],
+    )
+
+
+@pytest.mark.cuda
+@needs_kernel
+def test_nade_operands_on_two_devices_are_named():
+    """The dispatcher picks the CUDA kernel when any operand is on the GPU: each other operand
+    is checked and named."""
+    gpu = nade_inputs(0, 4, 3, 5, 4, torch.float64, "cuda")
+    for name in ["uniforms", *ORDER[1:]]:
+        with pytest.raises(RuntimeError, match=f"{name} must be on cuda"):
+            torch.ops.nncme.nade_sample(*sample_args(dict(gpu, **{name: gpu[name].cpu()}), 1, 0))
+    with pytest.raises(RuntimeError, match="states must be on cuda"):
+        states = torch.zeros(4, 3, dtype=torch.int64)
+        torch.ops.nncme.nade_log_prob(*log_prob_args(states, gpu, 0))
+
+
+@pytest.mark.cuda
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_nade_cuda_kernel_matches_cpu_kernel(dtype, rng):
     """The two compiled kernels on the benchmark's shape class, draw for draw."""

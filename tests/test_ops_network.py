@@ -210,6 +210,142 @@ def test_kernel_errors_are_actionable():
         )
 
 
+def _hill_network() -> ReactionNetwork:
+    """Two species, three reactions (one of order 2, one Hill-regulated): every table used."""
+    return ReactionNetwork(
+        {"A": 8, "B": 6},
+        [
+            Reaction({"A": 2}, {"B": 1}, 0.5, "dimerise"),
+            Reaction({}, {"A": 1}, 3.0, "make", hill=Hill("B", 2.0, 2.0, "repression")),
+            Reaction({"B": 1}, {}, 1.0, "decay"),
+        ],
+        conservation=[],
+    )
+
+
+def _set(t: torch.Tensor, index, value) -> torch.Tensor:
+    t = t.clone()
+    t[index] = value
+    return t
+
+
+# (what is corrupted, tables -> corrupted tables, the message): tables are the compiled
+# (rxn_ptr, rxn_entries, hill_index) of _hill_network: L = 2, rxn_ptr = [0, 2, 3, 4],
+# rxn_entries rows (species, order, change) = (0, 2, -2), (1, 0, 1), (0, 0, 1), (1, 1, -1),
+# hill_index = [-1, 1, -1].
+BAD_TABLES = [
+    (
+        "species >= L",
+        lambda p, e, h: (p, _set(e, (1, 0), 2), h),
+        r"rxn_entries\[1, 0\] must be a species index in \[0, L\) = \[0, 2\), got 2",
+    ),
+    (
+        "species < 0",
+        lambda p, e, h: (p, _set(e, (3, 0), -1), h),
+        r"rxn_entries\[3, 0\] must be a species index",
+    ),
+    (
+        "negative order",
+        lambda p, e, h: (p, _set(e, (0, 1), -2), h),
+        r"rxn_entries\[0, 1\] \(a reactant order\) must be >= 0",
+    ),
+    ("rxn_ptr not from 0", lambda p, e, h: (_set(p, 0, 1), e, h), r"rxn_ptr must start at 0"),
+    (
+        "rxn_ptr decreasing",
+        lambda p, e, h: (_set(p, 2, 1), e, h),
+        r"rxn_ptr must be non-decreasing .*, got rxn_ptr\[1\] = 2 > rxn_ptr\[2\] = 1",
+    ),
+    (
+        "rxn_ptr beyond nnz",
+        lambda p, e, h: (_set(p, 3, 5), e, h),
+        r"rxn_ptr must end at nnz = rxn_entries.size\(0\) = 4, got rxn_ptr\[3\] = 5",
+    ),
+    ("rxn_ptr short of nnz", lambda p, e, h: (_set(p, 3, 3), e, h), r"rxn_ptr must end at nnz"),
+    (
+        "hill_index >= L",
+        lambda p, e, h: (p, e, _set(h, 1, 2)),
+        r"hill_index\[1\] must be -1 \(no Hill factor\) or a species index in \[0, L\) = "
+        r"\[0, 2\), got 2",
+    ),
+    ("hill_index < -1", lambda p, e, h: (p, e, _set(h, 0, -2)), r"hill_index\[0\] must be -1"),
+]
+
+
+def _call_with_tables(op: str, c, states, rxn_ptr, rxn_entries, hill_index):
+    _, _, limits, rates, _, hill_params, convention = c.operator_args(0.0)
+    net = (rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention)
+    B = states.shape[0]
+    if op == "propensities":
+        return torch.ops.nncme.propensities(states, *net)
+    if op == "neighbors":
+        return torch.ops.nncme.neighbors(states, rxn_ptr, rxn_entries, limits)
+    log_q = torch.zeros(B, dtype=rates.dtype, device=states.device)
+    log_q_nbr = torch.zeros(B, rates.shape[0], dtype=rates.dtype, device=states.device)
+    return torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr, *net, 1e-3)
+
+
+@needs_kernel
+@pytest.mark.parametrize("op", ["propensities", "neighbors", "transition_logsum"])
+@pytest.mark.parametrize("what,corrupt,message", BAD_TABLES, ids=[b[0] for b in BAD_TABLES])
+def test_corrupted_network_tables_are_rejected(device, op, what, corrupt, message):
+    """Every op that takes the network tables validates their contents before a kernel reads
+    them: an index out of range is an error naming the table, never an out-of-bounds read."""
+    c = _hill_network().compile(device)
+    states = torch.tensor([[3, 2], [0, 0], [7, 5]], device=device)
+    tables = (c.rxn_ptr, c.rxn_entries, c.hill_index)
+    assert c.rxn_entries.shape[0] == 4 and torch.equal(
+        c.hill_index.cpu(), torch.tensor([-1, 1, -1])
+    )
+    _call_with_tables(op, c, states, *tables)  # the intact tables pass
+    if op == "neighbors" and what.startswith("hill_index"):
+        _call_with_tables(op, c, states, *corrupt(*tables))  # not an argument of neighbors
+        return
+    with pytest.raises(RuntimeError, match=message):
+        _call_with_tables(op, c, states, *corrupt(*tables))
+
+
+@needs_kernel
+def test_network_table_shapes_are_named():
+    c = _hill_network().compile()
+    states = torch.zeros(2, 2, dtype=torch.int64)
+    p, e, h = c.rxn_ptr, c.rxn_entries, c.hill_index
+    with pytest.raises(RuntimeError, match=r"rxn_entries must be int64 of shape \(nnz, 3\)"):
+        _call_with_tables("neighbors", c, states, p, e[:, :2], h)
+    with pytest.raises(RuntimeError, match=r"rxn_ptr must be int64 of shape \(K\+1,\)"):
+        _call_with_tables("neighbors", c, states, p.int(), e, h)
+    with pytest.raises(RuntimeError, match=r"hill_index must be int64 of shape \(K,\) = \(3,\)"):
+        _call_with_tables("propensities", c, states, p, e, h[:2])
+    with pytest.raises(RuntimeError, match=r"rxn_ptr must have shape \(K\+1,\) = \(4,\)"):
+        _call_with_tables("transition_logsum", c, states, p[:3], e, h)
+
+
+@pytest.mark.cuda
+@needs_kernel
+def test_operands_on_two_devices_are_named():
+    """The dispatcher runs the CUDA kernel as soon as one operand is on the GPU: every other
+    operand is checked and named."""
+    c = _hill_network().compile("cuda")
+    args = list(c.operator_args(0.0))
+    states = torch.zeros(3, 2, dtype=torch.int64, device="cuda")
+    for i, name in enumerate(["rxn_ptr", "rxn_entries", "limits", "rates", "hill_index"]):
+        bad = [*args]
+        bad[i] = bad[i].cpu()
+        with pytest.raises(RuntimeError, match=f"{name} must be on cuda"):
+            torch.ops.nncme.propensities(states, *bad)
+    with pytest.raises(RuntimeError, match=r"rxn_ptr must be on cpu \(the device of states\)"):
+        torch.ops.nncme.propensities(states.cpu(), *args)
+    with pytest.raises(RuntimeError, match="limits must be on cuda"):
+        torch.ops.nncme.neighbors(states, c.rxn_ptr, c.rxn_entries, c.limits.cpu())
+    log_q = torch.zeros(3, dtype=torch.float64, device="cuda")
+    log_q_nbr = torch.zeros(3, 3, dtype=torch.float64, device="cuda")
+    with pytest.raises(RuntimeError, match="log_q_nbr must be on cuda"):
+        torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr.cpu(), *args, 1e-3)
+    with pytest.raises(RuntimeError, match="hill_params must be on cuda"):
+        torch.ops.nncme.transition_logsum(
+            states, log_q, log_q_nbr, *args[:5], args[5].cpu(), args[6], 1e-3
+        )
+
+
 def test_impl_switch(monkeypatch):
     assert ops.resolve_impl("propensities", "cpu", "reference") == "reference"
     monkeypatch.setenv("NNCME_FORCE_REFERENCE", "1")

@@ -20,8 +20,8 @@ at::Tensor propensities_cpu(const at::Tensor& states_in, const at::Tensor& rxn_p
                             const at::Tensor& rxn_entries, const at::Tensor& limits,
                             const at::Tensor& rates, const at::Tensor& hill_index,
                             const at::Tensor& hill_params, int64_t convention) {
-  check_network(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention,
-                states_in.device());
+  check_network(states_in, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params,
+                convention);
   check_states(states_in, limits);
   const at::Tensor states = states_in.contiguous();
   const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention);
@@ -50,9 +50,10 @@ std::tuple<at::Tensor, at::Tensor> neighbors_cpu(const at::Tensor& states_in,
                                                  const at::Tensor& rxn_ptr_in,
                                                  const at::Tensor& rxn_entries_in,
                                                  const at::Tensor& limits_in) {
+  check_devices("states", states_in.device(),
+                {{"rxn_ptr", rxn_ptr_in}, {"rxn_entries", rxn_entries_in}, {"limits", limits_in}});
+  check_reaction_tables(rxn_ptr_in, rxn_entries_in, limits_in, at::Tensor());
   check_states(states_in, limits_in);
-  TORCH_CHECK(rxn_entries_in.dim() == 2 && rxn_entries_in.size(1) == 3,
-              "rxn_entries must have shape (nnz, 3)");
   const at::Tensor states = states_in.contiguous(), rxn_ptr = rxn_ptr_in.contiguous(),
                    entries = rxn_entries_in.contiguous(), limits = limits_in.contiguous();
   const int64_t B = states.size(0), L = states.size(1), K = rxn_ptr.size(0) - 1;

@@ -1,9 +1,10 @@
 // CUDA kernels of nncme::nade_sample and nncme::nade_log_prob: one launch for all species.
 //
-// A warp owns SPW samples and walks them through every species; its running pre-activations,
-// activations, masked logits and conservation remainders live in its own slice of shared memory
-// (global scratch only when that slice would not fit), so nothing of a sample's state goes back
-// to global memory between species. Per species the warp computes the logits of its samples in
+// A warp owns SPW samples at a time and walks them through every species; its running
+// pre-activations, activations, masked logits and conservation remainders live in its own slice
+// of shared memory (global scratch only when that slice would not fit: then one slot per
+// resident warp, reused group after group), so nothing of a sample's state goes back to global
+// memory between species. Per species the warp computes the logits of its samples in
 // tiles of 32 * MT categories (lane l owns categories l, l + 32, ...; the species' head weights,
 // transposed to (H, M), are read coalesced through the read-only cache and reused from registers
 // by all SPW samples), masks counts beyond the limit and counts that break a conservation law,
@@ -85,20 +86,14 @@ struct NadeCudaArgs {
   int64_t warp_bytes, h_off, a_off, x_off, rem_off;
 };
 
+// Samples b0 .. b0 + SPW - 1 (those below B) through every species, by one warp whose workspace
+// slot starts at `base`.
 template <typename T, int SPW, int MT>
-__global__ void __launch_bounds__(kWarpsPerBlock * 32)
-    nade_kernel(const NadeCudaArgs<T> p) {
-  extern __shared__ __align__(16) unsigned char smem[];
+__device__ __forceinline__ void nade_group(const NadeCudaArgs<T>& p, unsigned char* base,
+                                           int64_t b0, int lane) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
-  const int lane = threadIdx.x & 31;
-  const int warp_in_block = threadIdx.x >> 5;
-  const int64_t warp = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp_in_block;
-  const int64_t b0 = warp * SPW;
-  if (b0 >= p.B) return;  // the whole warp leaves together; no block-wide barrier follows
   const int ns = int(std::min<int64_t>(SPW, p.B - b0));  // samples present (the rest is padding)
   const int64_t H = p.H, M = p.M, L = p.L, C = p.cons.num_laws;
-  unsigned char* base = p.global_ws != nullptr ? p.global_ws + warp * p.warp_bytes
-                                               : smem + warp_in_block * p.warp_bytes;
   T* h = reinterpret_cast<T*>(base + p.h_off);
   T* a = reinterpret_cast<T*>(base + p.a_off);
   T* x = reinterpret_cast<T*>(base + p.x_off);
@@ -240,6 +235,26 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32)
   }
 }
 
+// Each warp takes the sample groups warp, warp + warps, ... (a grid-stride loop; with the whole
+// batch's warps launched, as on the shared-memory path, that is one group each) and reuses its
+// own workspace slot for all of them. The loop bounds are the same for every lane of a warp, so
+// a warp leaves together; no block-wide barrier follows.
+template <typename T, int SPW, int MT>
+__global__ void __launch_bounds__(kWarpsPerBlock * 32)
+    nade_kernel(const NadeCudaArgs<T> p) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int lane = threadIdx.x & 31;
+  const int warp_in_block = threadIdx.x >> 5;
+  const int64_t warp = int64_t(blockIdx.x) * (blockDim.x >> 5) + warp_in_block;
+  const int64_t warps = int64_t(gridDim.x) * (blockDim.x >> 5);
+  unsigned char* base = p.global_ws != nullptr ? p.global_ws + warp * p.warp_bytes
+                                               : smem + warp_in_block * p.warp_bytes;
+  for (int64_t b0 = warp * SPW; b0 < p.B; b0 += warps * SPW) {
+    nade_group<T, SPW, MT>(p, base, b0, lane);
+    __syncwarp();  // the next group overwrites the slot
+  }
+}
+
 int multiprocessors(int device) {
   int count = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
@@ -250,25 +265,36 @@ int64_t align16(int64_t n) { return (n + 15) / 16 * 16; }
 
 template <typename T, int SPW, int MT>
 void launch(NadeCudaArgs<T> p, const at::Tensor& like) {
-  const int64_t warps = (p.B + SPW - 1) / SPW;
+  const int64_t groups = (p.B + SPW - 1) / SPW;  // warps' worth of samples
   p.h_off = 0;
   p.a_off = align16(SPW * p.H * int64_t(sizeof(T)));
   p.x_off = p.a_off + align16(SPW * p.H * int64_t(sizeof(T)));
   p.rem_off = p.x_off + align16(SPW * p.M * int64_t(sizeof(T)));
   p.warp_bytes = p.rem_off + align16(SPW * p.cons.num_laws * int64_t(sizeof(int64_t)));
-  // Shared memory when a block's slices fit in the default 48 KiB, else a global workspace.
+  // Shared memory when a block's slices fit in the default 48 KiB: one warp per sample group.
   constexpr int64_t kSmemLimit = 48 * 1024;
   int warps_per_block = kWarpsPerBlock;
   while (warps_per_block > 1 && warps_per_block * p.warp_bytes > kSmemLimit) warps_per_block /= 2;
   at::Tensor workspace;
   int64_t smem_bytes = warps_per_block * p.warp_bytes;
+  int64_t blocks = (groups + warps_per_block - 1) / warps_per_block;
   if (smem_bytes > kSmemLimit) {
-    workspace = at::empty({warps * p.warp_bytes}, like.options().dtype(at::kByte));
-    p.global_ws = workspace.data_ptr<uint8_t>();
-    smem_bytes = 0;
+    // Else a global workspace with one slot per warp that can be resident at once
+    // (multiprocessors x resident blocks per multiprocessor x warps per block): the warps loop
+    // over the sample groups, so the workspace does not grow with B. More warps than that would
+    // only wait for a multiprocessor.
     warps_per_block = kWarpsPerBlock;
+    smem_bytes = 0;
+    int per_sm = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+        &per_sm, nade_kernel<T, SPW, MT>, warps_per_block * 32, 0));
+    const int64_t resident =
+        int64_t(multiprocessors(like.get_device())) * std::max<int64_t>(per_sm, 1);
+    blocks = std::min((groups + warps_per_block - 1) / warps_per_block, resident);
+    workspace =
+        at::empty({blocks * warps_per_block * p.warp_bytes}, like.options().dtype(at::kByte));
+    p.global_ws = workspace.data_ptr<uint8_t>();
   }
-  const int64_t blocks = (warps + warps_per_block - 1) / warps_per_block;
   nade_kernel<T, SPW, MT><<<blocks, warps_per_block * 32, smem_bytes, current_stream()>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -50,8 +50,8 @@ at::Tensor propensities_cuda(const at::Tensor& states_in, const at::Tensor& rxn_
                              const at::Tensor& rxn_entries, const at::Tensor& limits,
                              const at::Tensor& rates, const at::Tensor& hill_index,
                              const at::Tensor& hill_params, int64_t convention) {
-  check_network(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention,
-                states_in.device());
+  check_network(states_in, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params,
+                convention);
   check_states(states_in, limits);
   const c10::cuda::CUDAGuard guard(states_in.device());
   const at::Tensor states = states_in.contiguous();
@@ -73,8 +73,11 @@ std::tuple<at::Tensor, at::Tensor> neighbors_cuda(const at::Tensor& states_in,
                                                   const at::Tensor& rxn_ptr_in,
                                                   const at::Tensor& rxn_entries_in,
                                                   const at::Tensor& limits_in) {
-  check_states(states_in, limits_in);
+  check_devices("states", states_in.device(),
+                {{"rxn_ptr", rxn_ptr_in}, {"rxn_entries", rxn_entries_in}, {"limits", limits_in}});
   const c10::cuda::CUDAGuard guard(states_in.device());
+  check_reaction_tables(rxn_ptr_in, rxn_entries_in, limits_in, at::Tensor());
+  check_states(states_in, limits_in);
   const at::Tensor states = states_in.contiguous(), ptr = rxn_ptr_in.contiguous(),
                    ent = rxn_entries_in.contiguous(), lim = limits_in.contiguous();
   const int64_t B = states.size(0), L = states.size(1), K = ptr.size(0) - 1;

@@ -106,8 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transition_logsum_cuda(
     const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries, const at::Tensor& limits,
     const at::Tensor& rates, const at::Tensor& hill_index, const at::Tensor& hill_params,
     int64_t convention, double dt) {
-  check_network(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention,
-                states_in.device());
+  check_network(states_in, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params,
+                convention);
   check_states(states_in, limits);
   check_transition_inputs(states_in, log_q_in, log_q_nbr_in, rates, dt);
   const c10::cuda::CUDAGuard guard(states_in.device());

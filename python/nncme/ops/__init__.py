@@ -22,6 +22,7 @@ __all__ = [
     "allowed_counts_all",
     "extension",
     "fisher_solve",
+    "fisher_solve_gram",
     "has_kernel",
     "nade_log_prob",
     "nade_sample",
@@ -168,6 +169,21 @@ def _transition_with_custom(states, log_q, log_q_nbr, net, t: float, dt: float):
 # where benchmarks/bench_fisher_solve.py measured it faster than the reference
 # (benchmarks/results/fisher_solve_<device>.json). CUDA stays on the reference until measured.
 FISHER_SOLVE_AUTO = {"cpu": "fused", "cuda": "reference"}
+# The same choice for fisher_solve.gram (fisher_solve_gram), by the same rule. Its composite is the
+# reference's ATen calls (centring, Cholesky with shift raises, solve) with fewer N x N
+# temporaries: on CPU it is the default (1.3x to 2.8x faster at N = 500..4096, about 0.6x the
+# peak memory: the "gram" rows of benchmarks/results/fisher_solve_cpu_gram.json); on CUDA it
+# stays on the reference until bench_fisher_solve.py --device cuda measures it, as fisher_solve
+# does.
+FISHER_SOLVE_GRAM_AUTO = {"cpu": "fused", "cuda": "reference"}
+
+
+def _fisher_choice(op: str, device: torch.device, impl: str, auto: dict[str, str]) -> str:
+    choice = resolve_impl(op, device, impl)
+    if impl == "auto" and choice == "fused":
+        choice = auto.get(device.type, "reference")
+    return choice
+
 
 _SPACES = {"auto": 0, "parameter": 1, "sample": 2}
 
@@ -192,11 +208,15 @@ def fisher_solve(
         w: self-normalised weights of the same shape as v; None means 1/N each.
         shift: the diagonal shift lambda >= 0; raised x10 where a factorisation fails.
         space: "auto" (the smaller system), "parameter" (P x P) or "sample" (N x N, Woodbury).
-        max_raises: raises of the shift allowed per block before an error.
+        max_raises: raises of the shift allowed per block before torch.linalg.LinAlgError.
         impl: "auto" | "fused" | "reference" (auto: see FISHER_SOLVE_AUTO).
 
     Returns:
         x: (G, P) or (P,), and the shift used: (G,) or a 0-d tensor.
+
+    Raises:
+        torch.linalg.LinAlgError: a block still fails to factor after max_raises raises (NaN or
+            inf in O or v).
     """
     if space not in _SPACES:
         raise ValueError(f"space must be one of {tuple(_SPACES)}, got {space!r}")
@@ -206,13 +226,55 @@ def fisher_solve(
         w = None if w is None else w.unsqueeze(0)
     if w is None:
         w = torch.full_like(v, 1.0 / v.shape[-1])
-    device = O.device
-    choice = resolve_impl("fisher_solve", device, impl)
-    if impl == "auto" and choice == "fused":
-        choice = FISHER_SOLVE_AUTO.get(device.type, "reference")
-    fn = torch.ops.nncme.fisher_solve if choice == "fused" else reference.fisher_solve
+    choice = _fisher_choice("fisher_solve", O.device, impl, FISHER_SOLVE_AUTO)
+    fn = torch.ops.nncme.fisher_solve.default if choice == "fused" else reference.fisher_solve
     x, used = fn(O, v, w, float(shift), _SPACES[space], int(max_raises))
     return (x[0], used[0]) if single else (x, used)
+
+
+def fisher_solve_gram(
+    K: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor | None = None,
+    shift: float = 1e-4,
+    *,
+    max_raises: int = 10,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fisher_solve` in sample space from the Gram matrix K = O O^T alone (no O needed).
+
+    Solves (W^1/2 K_c W^1/2 + shift I) y = W^1/2 (v - w.v) per block, with K_c the Gram matrix
+    centred under w, and returns x = O_c^T W^1/2 y as coefficients on the rows of O; see
+    reference.fisher_solve_gram for the exact definition.
+
+    Args:
+        K: (G, N, N) or (N, N) symmetric, uncentred Gram matrix of the per-sample gradients.
+        v: (G, N) or (N,) per-sample values (loss values, or the TDVP local generator).
+        w: self-normalised weights of the same shape as v; None means 1/N each.
+        shift: the diagonal shift lambda >= 0; raised x10 where a factorisation fails (from 0:
+            to eps times the mean diagonal).
+        max_raises: raises of the shift allowed per block before torch.linalg.LinAlgError.
+        impl: "auto" | "fused" | "reference" (auto: see FISHER_SOLVE_GRAM_AUTO).
+
+    Returns:
+        coef: (G, N) or (N,), with x = sum_n coef_n O_n (the gradient of
+        sum_n coef_n log q(n_n): one backward pass, no (N, P) matrix), and the shift used: (G,)
+        or a 0-d tensor.
+
+    Raises:
+        torch.linalg.LinAlgError: a block still fails to factor after max_raises raises (NaN or
+            inf in K or v).
+    """
+    single = K.dim() == 2
+    if single:
+        K, v = K.unsqueeze(0), v.unsqueeze(0)
+        w = None if w is None else w.unsqueeze(0)
+    if w is None:
+        w = torch.full_like(v, 1.0 / v.shape[-1])
+    choice = _fisher_choice("fisher_solve.gram", K.device, impl, FISHER_SOLVE_GRAM_AUTO)
+    fn = torch.ops.nncme.fisher_solve.gram if choice == "fused" else reference.fisher_solve_gram
+    coef, used = fn(K, v, w, float(shift), int(max_raises))
+    return (coef[0], used[0]) if single else (coef, used)
 
 
 def _register_fakes() -> None:
@@ -263,6 +325,11 @@ def _register_fakes() -> None:
     def _(O, v, w, shift, mode, max_raises):
         G, _, P = O.shape
         return O.new_empty((G, P)), O.new_empty((G,))
+
+    @torch.library.register_fake("nncme::fisher_solve.gram")
+    def _(K, v, w, shift, max_raises):
+        G, N, _ = K.shape
+        return K.new_empty((G, N)), K.new_empty((G,))
 
 
 if extension() is not None:

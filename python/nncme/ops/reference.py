@@ -22,6 +22,7 @@ from .masks import ConservationMask, allowed_counts
 
 __all__ = [
     "fisher_solve",
+    "fisher_solve_gram",
     "hill_factor",
     "mass_action_factor",
     "nade_log_prob",
@@ -368,6 +369,37 @@ def _raised_shift(shift: torch.Tensor, mean_diag: torch.Tensor, eps: float) -> t
     return torch.where(shift > 0, shift * 10, eps * scale)
 
 
+def _factor_with_raises(
+    A: torch.Tensor, shift: float, max_raises: int, op: str, what: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shift policy of both fisher_solve overloads: the lower Cholesky factors of
+    A + shift_g I (G, n, n), raising the shift of each block whose factorisation fails
+    (_raised_shift) at most max_raises times, then torch.linalg.LinAlgError.
+
+    Returns:
+        the factors (G, n, n) and the shifts used (G,) in float64.
+    """
+    G = A.shape[0]
+    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
+    shifts = torch.full((G,), float(shift), dtype=torch.float64, device=A.device)
+    mean_diag = A.diagonal(dim1=-2, dim2=-1).mean(-1).to(torch.float64)
+    eps = torch.finfo(A.dtype).eps
+    for attempt in range(max_raises + 1):
+        factor, info = torch.linalg.cholesky_ex(A + shifts.to(A.dtype)[:, None, None] * eye)
+        failed = info != 0
+        if not bool(failed.any()):
+            return factor, shifts
+        if attempt == max_raises:
+            g = int(failed.nonzero()[0])
+            raise torch.linalg.LinAlgError(
+                f"{op}: the Cholesky factorisation of block {g} failed with shift "
+                f"{float(shifts[g])} after {attempt} raises (max_raises = {max_raises}); "
+                f"{what} probably contain NaN or inf"
+            )
+        shifts = torch.where(failed, _raised_shift(shifts, mean_diag, eps), shifts)
+    raise AssertionError("unreachable")
+
+
 def fisher_solve(
     O: torch.Tensor,
     v: torch.Tensor,
@@ -393,12 +425,12 @@ def fisher_solve(
         mode: 0 the smaller system (parameter space when P <= N), 1 parameter, 2 sample space.
         max_raises: how often a block whose Cholesky factorisation fails may have its shift
             raised (x10; from 0 to eps times its mean diagonal, or eps for a zero matrix)
-            before this raises an error.
+            before this raises torch.linalg.LinAlgError.
 
     Returns:
         x: (G, P) and the shift used per block (G,), in O.dtype.
     """
-    G, N, P = O.shape
+    _, N, P = O.shape
     param_space = mode == PARAMETER_SPACE or (mode == AUTO_SPACE and P <= N)
     mean = (w.unsqueeze(-1) * O).sum(1, keepdim=True)  # (G, 1, P)
     vbar = (w * v).sum(1, keepdim=True)  # (G, 1)
@@ -409,23 +441,50 @@ def fisher_solve(
         A, b = Oc.mT @ Oc, Oc.mT @ vc  # (G, P, P), (G, P, 1)
     else:
         A, b = Oc @ Oc.mT, vc  # (G, N, N), (G, N, 1)
-    eye = torch.eye(A.shape[-1], dtype=A.dtype, device=A.device)
-    shifts = torch.full((G,), float(shift), dtype=torch.float64, device=A.device)
-    mean_diag = A.diagonal(dim1=-2, dim2=-1).mean(-1).to(torch.float64)
-    eps = torch.finfo(O.dtype).eps
-    for attempt in range(max_raises + 1):
-        factor, info = torch.linalg.cholesky_ex(A + shifts.to(A.dtype)[:, None, None] * eye)
-        failed = info != 0
-        if not bool(failed.any()):
-            break
-        if attempt == max_raises:
-            g = int(failed.nonzero()[0])
-            raise RuntimeError(
-                f"fisher_solve: the Cholesky factorisation of block {g} failed with shift "
-                f"{float(shifts[g])} after {attempt} raises (max_raises = {max_raises}); the "
-                "gradients or values probably contain NaN or inf"
-            )
-        shifts = torch.where(failed, _raised_shift(shifts, mean_diag, eps), shifts)
+    factor, shifts = _factor_with_raises(
+        A, shift, max_raises, "fisher_solve", "the gradients or values"
+    )
     y = torch.cholesky_solve(b, factor)
     x = y.squeeze(-1) if param_space else (Oc.mT @ y).squeeze(-1)
     return x, shifts.to(O.dtype)
+
+
+def fisher_solve_gram(
+    K: torch.Tensor,
+    v: torch.Tensor,
+    w: torch.Tensor,
+    shift: float,
+    max_raises: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sample-space solve of `fisher_solve` from the Gram matrix K = O O^T alone (the
+    operator torch.ops.nncme.fisher_solve.gram).
+
+    With K_c = (I - 1 w^T) K (I - w 1^T) (the Gram matrix of O - mean), A = W^1/2 K_c W^1/2 is
+    fisher_solve's sample-space matrix O_c O_c^T and b = W^1/2 (v - w.v) its v_c; solves
+    (A + shift I) y = b with the same shift raises, and returns x = O_c^T y as coefficients on
+    the rows of O: gamma = W^1/2 y, x = sum_n gamma_n (O_n - mean) = sum_n coef_n O_n with
+    coef = gamma - w sum(gamma).
+
+    Args:
+        K: (G, N, N) symmetric, uncentred Gram matrix of the N samples of each block.
+        v: (G, N) per-sample values.
+        w: (G, N) non-negative weights, self-normalised (each block sums to 1).
+        shift: lambda >= 0 added to the diagonal of A.
+        max_raises: as in `fisher_solve`; then torch.linalg.LinAlgError.
+
+    Returns:
+        coef: (G, N) and the shift used per block (G,), in K.dtype.
+    """
+    wc = w.unsqueeze(-1)  # (G, N, 1)
+    row = wc.mT @ K  # (G, 1, N) w^T K
+    col = K @ wc  # (G, N, 1) K w
+    Kc = K - row - col + row @ wc  # (G, N, N)
+    sw = w.sqrt()
+    A = sw.unsqueeze(-1) * Kc * sw.unsqueeze(-2)  # (G, N, N)
+    b = ((v - (w * v).sum(1, keepdim=True)) * sw).unsqueeze(-1)  # (G, N, 1)
+    factor, shifts = _factor_with_raises(
+        A, shift, max_raises, "fisher_solve.gram", "the Gram matrix or values"
+    )
+    gamma = torch.cholesky_solve(b, factor).squeeze(-1) * sw  # (G, N)
+    coef = gamma - w * gamma.sum(1, keepdim=True)
+    return coef, shifts.to(K.dtype)
