@@ -484,3 +484,28 @@ def test_lr_decay_anneals_within_a_step_and_restores_the_rate():
         RunConfig(lr_decay=1.5)
     driver = build_driver(birth_death(), RunConfig(lr_decay=0.2, quiet=True))
     assert driver.stepper.motion.update.lr_decay == 0.2
+
+
+@pytest.mark.parametrize("optimizer", ["natgrad", "tdvp"])
+def test_default_second_order_runs_solve_through_the_operator(optimizer, monkeypatch):
+    """With its defaults (a NADE with more parameters than samples), each natural-gradient
+    iteration and each TDVP evaluation solves from the closed-form Gram matrix through
+    torch.ops.nncme.fisher_solve.gram, the compiled kernel on this CPU."""
+    from nncme import ops
+
+    calls = []
+    real = ops.fisher_solve_gram
+
+    def counted(*args, **kwargs):
+        impl = kwargs.get("impl", "auto")
+        auto = ops.FISHER_SOLVE_GRAM_AUTO
+        calls.append(ops._fisher_choice("fisher_solve.gram", args[0].device, impl, auto))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ops, "fisher_solve_gram", counted)
+    cfg = RunConfig(optimizer=optimizer, t_end=0.04, dt=0.02, batch=100, iterations=2, quiet=True)
+    out = nncme.run(birth_death(), cfg)
+    assert calls and set(calls) == {"fused"}
+    evaluations = sum(line["iterations"] for line in out.history[1:])
+    assert len(calls) == evaluations  # one solve per iteration (natgrad) or evaluation (tdvp)
+    assert all(line["fallbacks"] == 0 for line in out.history)
