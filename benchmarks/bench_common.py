@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# NNCME_BENCH_RESULTS redirects the JSON (smoke runs that must not overwrite the measured files).
+RESULTS = Path(os.environ.get("NNCME_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 # Load average when the benchmark started: on a shared machine the numbers depend on it.
 LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
 

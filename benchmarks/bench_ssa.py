@@ -23,17 +23,16 @@ import platform
 import random
 import statistics
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from bench_common import RESULTS, device_info
 from nncme import systems
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.network import CONVENTIONS, ReactionNetwork
 from nncme.ssa import SSASettings, simulate
 
-RESULTS = Path(__file__).parent / "results"
 # (system, parameters, time span): short spans keep the reference loop affordable
 CASES = [
     ("birth_death", {}, 5.0),
@@ -208,6 +207,8 @@ def main() -> None:
         )
         out = {
             "benchmark": "ssa",
+            # the machine as the other benchmarks record it (CPU, threads, load, GPU name)
+            **device_info(device),
             "device": device,
             "device_name": name or platform.machine(),
             "threads": torch.get_num_threads(),

@@ -168,8 +168,14 @@ def floor_seconds(model, args: argparse.Namespace) -> dict:
 
 
 def profile_rows(profiler, device: str, top: int = 15) -> list[dict]:
-    key = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
     events = profiler.key_averages()
+    key = "self_cpu_time_total"
+    if device.startswith("cuda"):
+        # averaged events carry only self_device_time_total in torch >= 2.4 (no CUDA alias)
+        first = next(iter(events), None)
+        key = "self_device_time_total"
+        if first is not None and not hasattr(first, key):
+            key = "self_cuda_time_total"
     total = sum(getattr(e, key) for e in events) or 1.0
     rows = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:top]
     return [
@@ -212,9 +218,7 @@ def main() -> None:
 
     rows = []
     start = pretrained(args)
-    fused_times, profiler, model = step_times(
-        args, "auto", start, args.steps, args.profile_steps
-    )
+    fused_times, profiler, model = step_times(args, "auto", start, args.steps, args.profile_steps)
     ref_times, _, _ = step_times(args, "reference", start, args.reference_steps)
     fused, ref = statistics.median(fused_times), statistics.median(ref_times)
     kind = torch.device(args.device).type

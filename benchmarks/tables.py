@@ -1,0 +1,591 @@
+"""Write the measured tables of README.md (and benchmarks/results/README.md) from the JSON in
+benchmarks/results/, so that every number in them has one home.
+
+    python benchmarks/tables.py            # rewrite every table between its markers
+    python benchmarks/tables.py --check    # exit 1, naming the tables, where a README differs
+    python benchmarks/tables.py --print accuracy
+
+A table lives between `<!-- tables:NAME -->` and `<!-- /tables:NAME -->`; everything outside
+the markers (the prose that explains a table) is left alone. Each row names the JSON file it
+comes from and the machine that file records (CPU, threads, load average). Only the JSON
+already in benchmarks/results/ is read; nothing is measured here. The accuracy table lists the
+settings of each run that differ from today's `RunConfig` defaults, so it imports nncme.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import functools
+import json
+import math
+import re
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ROOT = HERE.parent
+README = ROOT / "README.md"
+RESULTS_README = RESULTS / "README.md"
+
+SYSTEMS = {
+    "birth_death": "birth–death",
+    "autoregulation": "autoregulatory loop",
+    "schlogl": "Schlögl",
+    "toggle_switch": "toggle switch",
+    "mapk": "MAPK",
+}
+OPTIMIZERS = {
+    "adam": "Adam",
+    "sgd": "SGD",
+    "natgrad": "natural gradient",
+    "tdvp": "TDVP",
+    "tdvp_cv": "TDVP, `--cv-shift`",
+}
+OBJECTIVES = {"kl": "reverse KL", "log_variance": "log-variance"}
+PROPOSAL_ORDER = ["vanilla", "auto", "mixture", "prefix_mixture", "diffusive", "alpha"]
+# RunConfig fields that are not settings of the computation (or have their own column)
+NOT_SETTINGS = {"t_end", "out", "quiet", "resume", "threads", "device", "times"}
+
+
+# --------------------------------------------------------------------------- reading the JSON
+
+
+@functools.cache
+def load(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def files(pattern: str) -> list[str]:
+    return sorted(p.name for p in RESULTS.glob(pattern))
+
+
+# --------------------------------------------------------------------------- formatting
+
+_SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
+
+
+def pow10(e: int) -> str:
+    return "10" + str(e).translate(_SUPERSCRIPT)
+
+
+def sig(x: float, n: int = 2) -> str:
+    """x to n significant digits as a plain decimal: 0.0032, 0.088, 6.7, 65, 707."""
+    if x == 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    r = float(f"{x:.{n - 1}e}")
+    decimals = max(0, n - 1 - math.floor(math.log10(abs(r))))
+    return f"{r:.{decimals}f}"
+
+
+def sci(x: float, n: int = 2) -> str:
+    """n significant digits; a·10ᵏ outside 0.001..99 (relative errors from 0.01 to 10⁶)."""
+    if x == 0 or not math.isfinite(x):
+        return sig(x, n)
+    r = float(f"{x:.{n - 1}e}")
+    if 1e-3 <= abs(r) < 10**n:
+        return sig(x, n)
+    e = math.floor(math.log10(abs(r)))
+    return f"{r / 10**e:.{n - 1}f}·{pow10(e)}"
+
+
+def num(x: float) -> str:
+    """A setting's value as given on the command line: 0.0025, 4·10⁻⁵, 2000."""
+    if isinstance(x, float) and x != 0 and abs(x) < 1e-3:
+        e = math.floor(math.log10(abs(x)))
+        mantissa = f"{x / 10**e:g}"
+        return pow10(e) if mantissa == "1" else f"{mantissa}·{pow10(e)}"
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def ratio(x: float) -> str:
+    return f"{x:.2f}" if x < 2 else f"{x:.1f}" if x < 10 else f"{x:.0f}"
+
+
+def span(values: Iterable[float], fmt: Callable[[float], str] = ratio) -> str:
+    values = list(values)
+    lo, hi = fmt(min(values)), fmt(max(values))
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def milliseconds(ms: float) -> str:
+    if ms >= 1000:
+        return f"{ms / 1000:.3g} s"
+    return f"{ms:.2f} ms" if ms < 10 else f"{ms:.1f} ms" if ms < 100 else f"{ms:.0f} ms"
+
+
+def seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 10 else f"{s:,.0f} s"
+
+
+def mib(x: float) -> str:
+    return f"{x:.0f}" if x >= 10 else sig(x, 2)
+
+
+def count(n: int, thing: str) -> str:
+    return f"{'one' if n == 1 else n} {thing}{'' if n == 1 else 's'}"
+
+
+def threads_of(d: dict) -> int | None:
+    if "cpu_threads" in d:
+        return d["cpu_threads"]
+    if "threads" in d:
+        return d["threads"]
+    m = re.search(r"(\d+) threads?$", d.get("device_name", ""))
+    return int(m.group(1)) if m else None
+
+
+def machine(d: dict) -> str:
+    """What a JSON file says about the machine: CPU (or GPU), threads, cores, load average."""
+    if str(d.get("device", "cpu")).startswith("cuda"):
+        parts = [d.get("name") or d.get("device_name", "GPU")]
+    else:
+        cpu = d.get("cpu") or re.sub(r"( CPU)?, \d+ threads?$", "", d.get("device_name", "?"))
+        parts = [cpu]
+        threads = threads_of(d)
+        if threads is not None:
+            parts.append(count(threads, "thread"))
+        if d.get("cpu_count"):
+            parts.append(f"{d['cpu_count']} cores")
+    start = d.get("load_average_1min_start", d.get("load_average_1min"))
+    end = d.get("load_average_1min_end")
+    if start is not None:
+        parts.append(f"load {start:.1f}" + (f" → {end:.1f}" if end is not None else ""))
+    return ", ".join(parts)
+
+
+def code(name: str) -> str:
+    return f"`{name}`"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return lines
+
+
+def system_name(name: str) -> str:
+    return SYSTEMS.get(name, name.replace("_", " "))
+
+
+def proposal_label(settings: dict, optimizer: str = "") -> str:
+    proposal = settings.get("proposal", "auto")
+    if proposal == "auto":  # RunConfig: vanilla, but mixture for tdvp
+        proposal = "mixture" if optimizer.startswith("tdvp") else "vanilla"
+    eps = settings.get("mixture_eps", 0.1)
+    return {
+        "mixture": f"mixture ε = {eps:g}",
+        "prefix_mixture": f"prefix mixture ε = {eps:g}",
+        "diffusive": f"diffusive d = {settings.get('diffusive_width', 2)}",
+        "alpha": f"α = {settings.get('alpha', 0.8):g}",
+    }.get(proposal, proposal)
+
+
+def baseline_label(settings: dict) -> str:
+    b = settings.get("explore_baseline")
+    return code(b) if b else "not recorded"
+
+
+def notes(names: Iterable[str]) -> list[str]:
+    """The `note` each file carries, one line per distinct note."""
+    by_note: dict[str, list[str]] = {}
+    for name in names:
+        if load(name).get("note"):
+            by_note.setdefault(load(name)["note"], []).append(code(name))
+    return [f"{', '.join(who)}: {note}" for note, who in by_note.items()]
+
+
+# --------------------------------------------------------------------------- the tables
+
+
+def table_headline() -> list[str]:
+    """One line per hot path: the trainer step, the three operators, the SSA."""
+    rows = []
+    for name in ("trainer_cpu.json", "trainer_cpu_tdvp.json"):
+        d = load(name)
+        s, r = d["settings"], d["rows"][0]
+        if s["optimizer"] == "tdvp":
+            stages = 1 if s["integrator"] == "euler" else 2
+            update = f"{count(stages, 'TDVP stage')} per step"
+        else:
+            update = f"{count(s['iterations'], OPTIMIZERS[s['optimizer']] + ' update')} per step"
+        what = (
+            f"end-to-end VAN step, {system_name(s['system'])}, NADE H = {s['hidden']}, "
+            f"B = {s['batch']}, {s['dtype']}, {update} (`bench_trainer.py`)"
+        )
+        result = (
+            f"{milliseconds(r['fused_ms'])} per step (reference operators "
+            f"{milliseconds(r['ref_ms'])}; target {milliseconds(r['target_ms'])}; NNCME-2 "
+            f"{milliseconds(r['nncme2_ms'])})"
+        )
+        rows.append([what, result, machine(d), code(name)])
+
+    name = "nade_cpu_1thread.json"
+    d = load(name)
+    by_op = {op: [r for r in d["rows"] if r["op"] == op] for op in ("sample", "log_prob")}
+    shapes = {(r["L"], r["M"], r["H"]) for r in d["rows"]}
+    dtypes = sorted({r["dtype"] for r in d["rows"]})
+    rows.append(
+        [
+            f"NADE sampling and scoring, B = {d['batch']}, {count(threads_of(d), 'thread')} "
+            "(`bench_nade.py`)",
+            f"sampling {span(r['speedup'] for r in by_op['sample'])}×, log-probability "
+            f"{span(r['speedup'] for r in by_op['log_prob'])}× the reference ({len(shapes)} "
+            f"shapes, {' and '.join(dtypes)})",
+            machine(d),
+            code(name),
+        ]
+    )
+
+    names = files("transition_cpu*.json")
+    trows = [r for n in names for r in load(n)["rows"]]
+    rows.append(
+        [
+            f"transition log-sum, B = {span((r['B'] for r in trows), '{:,}'.format)}, "
+            f"K = {span((r['K'] for r in trows), '{:,}'.format)} (`bench_transition.py`)",
+            f"{span(r['speedup'] for r in trows)}× the reference, "
+            f"{span((r['fused_peak_mb'] for r in trows), mib)} MiB beyond the inputs "
+            f"(reference: {span((r['reference_peak_mb'] for r in trows), mib)} MiB)",
+            "; ".join(machine(load(n)) for n in names),
+            ", ".join(code(n) for n in names),
+        ]
+    )
+
+    name = "fisher_solve_cpu.json"
+    d = load(name)
+    frows = d["rows"]
+    rows.append(
+        [
+            f"batched Cholesky solve, G = {d['G']}, N = {span((r['N'] for r in frows), str)}, "
+            f"P = {span((r['P'] for r in frows), '{:,}'.format)} (`bench_fisher_solve.py`)",
+            f"{span(r['speedup'] for r in frows)}× `cholesky_ex` + `cholesky_solve`, peak memory "
+            f"{span(r['fused_peak_mb'] / r['reference_peak_mb'] for r in frows)}× the reference's",
+            machine(d),
+            code(name),
+        ]
+    )
+
+    name = "bench_ssa_cpu.json"
+    d = load(name)
+    srows = d["rows"]
+    systems = ", ".join(dict.fromkeys(system_name(r["system"]) for r in srows))
+    rows.append(
+        [
+            f"Gillespie SSA, batched, {count(threads_of(d), 'thread')} (`bench_ssa.py`)",
+            f"{span(r['speedup'] for r in srows)}× a per-trajectory Python loop "
+            f"({span((r['trajectories'] for r in srows), '{:,}'.format)} trajectories; "
+            f"{systems})",
+            machine(d),
+            code(name),
+        ]
+    )
+    return markdown(["what", "result", "machine", "JSON"], rows)
+
+
+@functools.cache
+def run_defaults() -> dict:
+    try:
+        from nncme.config import RunConfig
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise SystemExit(
+            f"tables.py needs nncme importable (the RunConfig defaults): {exc}"
+        ) from exc
+    config = RunConfig()
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def differing_settings(settings: dict) -> str:
+    """The settings of a run that differ from today's RunConfig defaults, as CLI flags."""
+    defaults = run_defaults()
+    flags = []
+    # the time step first (no default: the network's), then the rest in the JSON's order
+    for key, value in sorted(settings.items(), key=lambda kv: kv[0] != "dt"):
+        if key in NOT_SETTINGS or value is None:
+            continue
+        if key == "save_every" and math.isclose(value, settings["t_end"] / 10):
+            continue  # the default save times
+        if key in defaults and defaults[key] == value:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + key.replace("_", "-"))
+        else:
+            flags.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return code(" ".join(flags)) if flags else "defaults"
+
+
+def argmax2(values: list[list[float]]) -> tuple[int, int]:
+    """(time index, species index) of the largest entry of a (T, L) list (NaN never wins)."""
+    cells = [(j, i) for j in range(len(values)) for i in range(len(values[j]))]
+    return max(cells, key=lambda ji: -math.inf if values[ji[0]][ji[1]] is None
+               or math.isnan(values[ji[0]][ji[1]]) else values[ji[0]][ji[1]])  # fmt: skip
+
+
+def table_accuracy() -> list[str]:
+    """bench_accuracy.py: one row per case and file (accuracy_cpu*.json)."""
+    order = list(SYSTEMS)
+    cases = [(name, r) for name in files("accuracy_cpu*.json") for r in load(name)["results"]]
+    cases.sort(key=lambda c: order.index(c[1]["system"]) if c[1]["system"] in order else 99)
+    rows = []
+    for name, r in cases:
+        d = load(name)
+        t_h, i_h = argmax2(r["hellinger"])
+        t_m, i_m = argmax2(r["mean_rel_error"])
+        bounds = r["bounds"]
+        bound = f"H ≤ {bounds['hellinger']:g}"
+        if bounds.get("mean_rel_error") is not None:
+            bound += f", mean ≤ {100 * bounds['mean_rel_error']:g} %"
+        rows.append(
+            [
+                system_name(r["system"]),
+                f"t = {r['settings']['t_end']:g}",
+                differing_settings(r["settings"]),
+                f"{sig(r['max_hellinger'], 3)} ({r['species'][i_h]}, t = {r['times'][t_h]:g})",
+                f"{bound}: {'pass' if r['pass'] else 'fail'}",
+                f"{sig(100 * r['max_mean_rel_error'], 3)} % "
+                f"({r['species'][i_m]}, t = {r['times'][t_m]:g})",
+                f"{seconds(r['van_seconds'])} ({sig(r['ms_per_step'] / 1000, 2)} s per step)",
+                machine(d),
+                code(name),
+            ]
+        )
+    header = ["system", "horizon", "settings besides the defaults", "max Hellinger (where)",
+              "bound", "max mean error (where)", "wall time", "machine", "JSON"]  # fmt: skip
+    return [*markdown(header, rows), "", *notes(n for n, _ in cases)]
+
+
+def _rare_runs(case: str) -> list[tuple[str, dict]]:
+    names = files("rare_events_cpu_*.json")
+    # today's explore baseline first, then the superseded `_own` files; KL before log-variance
+    names.sort(key=lambda n: ("_own" in n, "log_variance" in n, n))
+    runs = [(n, r) for n in names for r in load(n)["runs"] if r["case"] == case]
+    return sorted(
+        runs,
+        key=lambda nr: (
+            names.index(nr[0]),
+            PROPOSAL_ORDER.index(nr[1]["proposal"]) if nr[1]["proposal"] in PROPOSAL_ORDER else 99,
+        ),
+    )
+
+
+def _tail_cell(d: dict, species: dict, side: str) -> str:
+    by_level = {t["level"]: t["rel_error"] for t in species["tails"] if t["side"] == side}
+    return " / ".join(sci(by_level[v]) if v in by_level else "–" for v in d["levels"])
+
+
+def _rare_table(case: str) -> list[str]:
+    runs = _rare_runs(case)
+    levels = " / ".join(num(v) for v in load(runs[0][0])["levels"])
+    species = [s["name"] for s in runs[0][1]["species"]]
+    header = ["proposal", "objective", "explore baseline", "max Hellinger"]
+    for name in species:
+        prefix = f"{name} " if len(species) > 1 else ""
+        header += [f"{prefix}upper tail error at {levels}", f"{prefix}lower tail error at {levels}"]
+    header += ["wall time", "machine", "JSON"]
+    rows = []
+    for name, run in runs:
+        d, s = load(name), run["settings"]
+        row = [
+            proposal_label(s),
+            OBJECTIVES.get(s.get("objective", d["objective"]), s.get("objective", "")),
+            baseline_label(s),
+            sig(max(run["hellinger"]), 2),
+        ]
+        for sp in run["species"]:
+            row += [_tail_cell(d, sp, "upper"), _tail_cell(d, sp, "lower")]
+        rows.append([*row, seconds(run["seconds"]), machine(d), code(name)])
+    first, first_file = runs[0][1]["settings"], load(runs[0][0])
+    steps = round(first["t_end"] / first["dt"])
+    caption = (
+        f"Case `{case}`: {steps} {first.get('integrator', first_file['integrator']).title()} "
+        f"steps of dt = {num(first['dt'])} to t = {num(first['t_end'])}, batch "
+        f"{first['batch']}, {OPTIMIZERS.get(first_file['optimizer'], first_file['optimizer'])}; "
+        "relative error of the VAN's tail probability at the counts where the "
+        f"exact tail crosses {levels}."
+    )
+    return [caption, "", *markdown(header, rows), "", *notes(dict.fromkeys(n for n, _ in runs))]
+
+
+def table_rare_events_one_site() -> list[str]:
+    return _rare_table("schlogl_1")
+
+
+def table_rare_events_two_sites() -> list[str]:
+    return _rare_table("schlogl_2")
+
+
+def table_second_order() -> list[str]:
+    """bench_second_order.py: every run of every second_order_cpu_*.json."""
+    names = files("second_order_cpu_*.json")
+    runs = [(n, r) for n in names for r in load(n)["runs"]]
+    order = list(SYSTEMS)
+    opts = list(OPTIMIZERS)
+    runs.sort(
+        key=lambda nr: (
+            order.index(nr[1]["system"]) if nr[1]["system"] in order else 99,
+            nr[1]["t_end"],
+            nr[1]["settings"].get("batch", 0),
+            nr[0],
+            opts.index(nr[1]["optimizer"]) if nr[1]["optimizer"] in opts else 99,
+        )
+    )
+    rows = []
+    for name, r in runs:
+        d, s = load(name), r["settings"]
+        h = sig(r["max_hellinger"], 3)
+        if r["max_hellinger"] <= d.get("target_hellinger", 0):
+            h = f"**{h}**"
+        per_time = r.get("max_hellinger_per_time")
+        rows.append(
+            [
+                system_name(r["system"]),
+                f"t = {r['t_end']:g}, dt = {num(r['dt'])}",
+                OPTIMIZERS.get(r["optimizer"], r["optimizer"]),
+                str(s.get("batch", "")),
+                proposal_label(s, r["optimizer"]),
+                baseline_label(s),
+                h,
+                " / ".join(sig(v, 2) for v in per_time[1:]) if per_time else "not recorded",
+                seconds(r["seconds"]),
+                f"{sig(r['seconds_per_step'], 3)} s",
+                f"{r['iterations_per_step']:.1f}",
+                machine(d),
+                code(name),
+            ]
+        )
+    header = ["system", "horizon", "optimiser", "batch", "proposal", "explore baseline",
+              "max Hellinger", "max Hellinger at each save time", "wall time", "per step",
+              "iterations per step", "machine", "JSON"]  # fmt: skip
+    targets = sorted({load(n).get("target_hellinger") for n in names} - {None})
+    footer = [f"Bold: at or below the target {' / '.join(f'{t:g}' for t in targets)} at every "
+              "save time (`target_hellinger` in the JSON)."]  # fmt: skip
+    return [*markdown(header, rows), "", *footer, *notes(names)]
+
+
+def table_second_order_gram() -> list[str]:
+    """The sample-space solve from the NADE Gram matrix against explicit per-sample gradients."""
+    rows = []
+    for name in files("second_order_cpu_*.json"):
+        d = load(name)
+        for g in d.get("gradients", []):
+            rows.append(
+                [
+                    system_name(g["system"]),
+                    f"{g['parameters']:,}",
+                    f"{g['states']} of {g['batch']}",
+                    f"{g['solve_gradients_s']:.3f} s",
+                    f"{g['solve_gram_s']:.3f} s",
+                    f"{g['gram_speedup']:.1f}×",
+                    f"{g['analytic_s']:.3f} s / {g['func_s']:.3f} s",
+                    machine(d),
+                    code(name),
+                ]
+            )
+    header = ["system", "parameters P", "distinct states N", "solve with gradients O",
+              "solve from O Oᵀ", "speedup", "gradients: analytic / torch.func", "machine",
+              "JSON"]  # fmt: skip
+    return markdown(header, rows)
+
+
+def table_nade_cpu_1thread() -> list[str]:
+    """benchmarks/results/README.md: the single-thread NADE ratios per shape."""
+    d = load("nade_cpu_1thread.json")
+    dtypes = list(dict.fromkeys(r["dtype"] for r in d["rows"]))
+    ops = ["sample", "log_prob"]
+    cols = [(op, dt) for op in ops for dt in dtypes]
+    shapes = list(dict.fromkeys((r["L"], r["M"], r["H"]) for r in d["rows"]))
+    speed = {(r["L"], r["M"], r["H"], r["op"], r["dtype"]): r["speedup"] for r in d["rows"]}
+    header = [f"NADE, B = {d['batch']}, {count(threads_of(d), 'thread')}"]
+    header += [f"{op} {dt.replace('float', 'f')}" for op, dt in cols]
+    rows = [
+        [f"L={L}, M={M}, H={H}"] + [f"{speed[(L, M, H, op, dt)]:.1f}x" for op, dt in cols]
+        for L, M, H in shapes
+    ]
+    return [*markdown(header, rows), "", f"Machine: {machine(d)} (`nade_cpu_1thread.json`)."]
+
+
+# file -> table name -> function
+TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
+    README: {
+        "headline": table_headline,
+        "accuracy": table_accuracy,
+        "second_order": table_second_order,
+        "second_order_gram": table_second_order_gram,
+        "rare_events_one_site": table_rare_events_one_site,
+        "rare_events_two_sites": table_rare_events_two_sites,
+    },
+    RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
+}
+
+
+# --------------------------------------------------------------------------- the markers
+
+
+def block(name: str) -> re.Pattern:
+    return re.compile(
+        rf"(<!-- tables:{re.escape(name)} -->\n)(.*?)(<!-- /tables:{re.escape(name)} -->)",
+        re.DOTALL,
+    )
+
+
+def render(lines: list[str]) -> str:
+    return "\n" + "\n".join(lines).rstrip("\n") + "\n\n"
+
+
+def update(text: str, tables: dict[str, Callable[[], list[str]]]) -> tuple[str, list[str]]:
+    """text with every table rewritten, and the problems: tables that differ or lack markers."""
+    problems = []
+    for name, make in tables.items():
+        found = block(name).findall(text)
+        if len(found) != 1:
+            problems.append(f"{name}: {len(found)} marker pairs (want one)")
+            continue
+        new = render(make())
+        if found[0][1] != new:
+            problems.append(f"{name}: differs from the JSON")
+            text = block(name).sub(lambda m, new=new: m.group(1) + new + m.group(3), text)
+    return text, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 on drift")
+    parser.add_argument("--print", metavar="NAME", help="print one table and exit")
+    args = parser.parse_args(argv)
+    if args.print:
+        for tables in TABLES.values():
+            if args.print in tables:
+                print("\n".join(tables[args.print]()))
+                return 0
+        names = [n for tables in TABLES.values() for n in tables]
+        parser.error(f"no table {args.print!r}; tables: {', '.join(names)}")
+    status = 0
+    for path, tables in TABLES.items():
+        old = path.read_text()
+        new, problems = update(old, tables)
+        where = path.relative_to(ROOT)
+        for problem in problems:
+            print(f"{where}: table {problem}", file=sys.stderr)
+        if args.check:
+            if problems:
+                status = 1
+                diff = difflib.unified_diff(
+                    old.splitlines(), new.splitlines(), f"{where} (now)", f"{where} (from JSON)",
+                    lineterm="", n=0,
+                )  # fmt: skip
+                print("\n".join(list(diff)[:60]), file=sys.stderr)
+        elif new != old:
+            path.write_text(new)
+            print(f"rewrote {where}")
+        if any("marker" in p for p in problems):
+            status = 1
+    if args.check and status:
+        print("run `python benchmarks/tables.py` to rewrite them from the JSON", file=sys.stderr)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
