@@ -268,6 +268,21 @@ def table_headline() -> list[str]:
         ]
     )
 
+    name = "fisher_solve_cpu_gram.json"
+    d = load(name)
+    grows = [r for r in d["rows"] if r.get("op") == "gram"]
+    rows.append(
+        [
+            f"the same from the Gram matrix (`fisher_solve.gram`, the default natural-gradient "
+            f"and TDVP path), N = {span((r['N'] for r in grows), str)} (`bench_fisher_solve.py`)",
+            f"{span(r['speedup'] for r in grows)}× the reference, peak memory "
+            f"{span(r['fused_peak_mb'] / r['reference_peak_mb'] for r in grows)}× the "
+            "reference's",
+            machine(d),
+            code(name),
+        ]
+    )
+
     name = "bench_ssa_cpu.json"
     d = load(name)
     srows = d["rows"]
