@@ -51,6 +51,34 @@ def inputs(N: int, P: int, dtype: torch.dtype, device: str, seed: int = 0):
     return O, v, w / w.sum(1, keepdim=True)
 
 
+def time_against_reference(fused_fn, ref_fn, inputs: tuple, device: str) -> dict:
+    """Median times and peak memory of an operator and its reference (checked before)."""
+    t_once, _ = median_seconds(fused_fn, device, 1, warmup=0)
+    t_fused, _ = median_seconds(fused_fn, device, repeats_for(t_once, 6, most=7), warmup=0)
+    r_once, _ = median_seconds(ref_fn, device, 1, warmup=0)
+    t_ref, _ = median_seconds(ref_fn, device, repeats_for(r_once, 6, most=7), warmup=0)
+    if torch.device(device).type == "cuda":
+        peak_fused, peak_ref = cuda_peak_mb(fused_fn, device), cuda_peak_mb(ref_fn, device)
+    else:
+        peak_fused, peak_ref = cpu_peak_mb(fused_fn, inputs), cpu_peak_mb(ref_fn, inputs)
+    return dict(
+        fused_ms=t_fused * 1e3,
+        reference_ms=t_ref * 1e3,
+        speedup=t_ref / t_fused,
+        fused_peak_mb=peak_fused,
+        reference_peak_mb=peak_ref,
+    )
+
+
+def report(label: str, row: dict) -> None:
+    print(
+        f"  {label} {row['dtype']}: fused {row['fused_ms']:.1f} ms, reference "
+        f"{row['reference_ms']:.1f} ms, {row['speedup']:.2f}x; peak MiB fused "
+        f"{row['fused_peak_mb']} reference {row['reference_peak_mb']}",
+        flush=True,
+    )
+
+
 def run_size(N: int, P: int, dtype: torch.dtype, device: str) -> dict:
     O, v, w = inputs(N, P, dtype, device)
     args = (O, v, w, SHIFT, 0, 10)
@@ -62,33 +90,16 @@ def run_size(N: int, P: int, dtype: torch.dtype, device: str) -> dict:
     tol = 1e-3 if dtype == torch.float32 else 1e-8
     if err > tol or not torch.equal(used, used_r):
         raise SystemExit(f"fisher_solve disagrees with the reference at N={N} P={P}: {err:.2e}")
-    t_once, _ = median_seconds(fused_fn, device, 1, warmup=0)
-    t_fused, _ = median_seconds(fused_fn, device, repeats_for(t_once, 6, most=7), warmup=0)
-    r_once, _ = median_seconds(ref_fn, device, 1, warmup=0)
-    t_ref, _ = median_seconds(ref_fn, device, repeats_for(r_once, 6, most=7), warmup=0)
-    if torch.device(device).type == "cuda":
-        peak_fused, peak_ref = cuda_peak_mb(fused_fn, device), cuda_peak_mb(ref_fn, device)
-    else:
-        peak_fused, peak_ref = cpu_peak_mb(fused_fn, (O, v, w)), cpu_peak_mb(ref_fn, (O, v, w))
-    name = str(dtype).replace("torch.", "")
     row = dict(
         op="O",
         N=N,
         P=P,
         space="parameter" if P <= N else "sample",
-        dtype=name,
-        fused_ms=t_fused * 1e3,
-        reference_ms=t_ref * 1e3,
-        speedup=t_ref / t_fused,
-        fused_peak_mb=peak_fused,
-        reference_peak_mb=peak_ref,
+        dtype=str(dtype).replace("torch.", ""),
+        **time_against_reference(fused_fn, ref_fn, (O, v, w), device),
         rel_err=err,
     )
-    print(
-        f"  N={N} P={P} {name}: fused {t_fused * 1e3:.1f} ms, reference {t_ref * 1e3:.1f} ms, "
-        f"{t_ref / t_fused:.2f}x; peak MiB fused {peak_fused} reference {peak_ref}",
-        flush=True,
-    )
+    report(f"N={N} P={P}", row)
     return row
 
 
@@ -106,34 +117,17 @@ def run_gram(N: int, dtype: torch.dtype, device: str) -> dict:
     tol = 1e-3 if dtype == torch.float32 else 1e-8
     if err > tol or not torch.equal(used, used_r):
         raise SystemExit(f"fisher_solve.gram disagrees with the reference at N={N}: {err:.2e}")
-    t_once, _ = median_seconds(fused_fn, device, 1, warmup=0)
-    t_fused, _ = median_seconds(fused_fn, device, repeats_for(t_once, 6, most=7), warmup=0)
-    r_once, _ = median_seconds(ref_fn, device, 1, warmup=0)
-    t_ref, _ = median_seconds(ref_fn, device, repeats_for(r_once, 6, most=7), warmup=0)
-    if torch.device(device).type == "cuda":
-        peak_fused, peak_ref = cuda_peak_mb(fused_fn, device), cuda_peak_mb(ref_fn, device)
-    else:
-        peak_fused, peak_ref = cpu_peak_mb(fused_fn, (K, v, w)), cpu_peak_mb(ref_fn, (K, v, w))
-    name = str(dtype).replace("torch.", "")
     row = dict(
         op="gram",
         N=N,
         P=GRAM_P,
         space="sample",
-        dtype=name,
-        fused_ms=t_fused * 1e3,
-        reference_ms=t_ref * 1e3,
-        speedup=t_ref / t_fused,
-        fused_peak_mb=peak_fused,
-        reference_peak_mb=peak_ref,
+        dtype=str(dtype).replace("torch.", ""),
+        **time_against_reference(fused_fn, ref_fn, (K, v, w), device),
         rel_err=err,
         shift_used=float(used[0]),
     )
-    print(
-        f"  gram N={N} {name}: fused {t_fused * 1e3:.1f} ms, reference {t_ref * 1e3:.1f} ms, "
-        f"{t_ref / t_fused:.2f}x; peak MiB fused {peak_fused} reference {peak_ref}",
-        flush=True,
-    )
+    report(f"gram N={N}", row)
     return row
 
 
