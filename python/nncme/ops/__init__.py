@@ -171,10 +171,9 @@ def _transition_with_custom(states, log_q, log_q_nbr, net, t: float, dt: float):
 FISHER_SOLVE_AUTO = {"cpu": "fused", "cuda": "reference"}
 # The same choice for fisher_solve.gram (fisher_solve_gram), by the same rule. Its composite is the
 # reference's ATen calls (centring, Cholesky with shift raises, solve) with fewer N x N
-# temporaries: on CPU it is the default (1.3x to 2.8x faster at N = 500..4096, about 0.6x the
-# peak memory: the "gram" rows of benchmarks/results/fisher_solve_cpu_gram.json); on CUDA it
-# stays on the reference until bench_fisher_solve.py --device cuda measures it, as fisher_solve
-# does.
+# temporaries: on CPU it is the default (faster, with less peak memory: the "gram" rows of
+# benchmarks/results/fisher_solve_cpu_gram.json); on CUDA it stays on the reference until
+# bench_fisher_solve.py --device cuda measures it, as fisher_solve does.
 FISHER_SOLVE_GRAM_AUTO = {"cpu": "fused", "cuda": "reference"}
 
 
