@@ -14,8 +14,10 @@ import nncme
 from nncme import Reaction, ReactionNetwork
 from nncme.api import build_driver
 from nncme.config import RunConfig
+from nncme.evolve import DivergenceError, StepInfo
 from nncme.models import build_model
-from nncme.observers import Checkpoints, Observer, Recorder, StepLog, summarize
+from nncme.observers import Checkpoints, Observer, Recorder, StepLog, Watchdog, summarize
+from nncme.optim import StepReport
 
 FAST = dict(quiet=True, eval_samples=2000, batch=200, iterations=3, tolerance=0)
 
@@ -134,3 +136,46 @@ def test_statistics_from_conditionals_match_the_exact_joint():
     assert float(exact["joint"].sum()) == pytest.approx(1.0)
     # the sampled estimate is not the exact one (it is an estimate), but close
     assert not torch.equal(sampled["marginals"], exact["marginals"])
+
+
+def test_a_diverging_fit_stops_and_the_summary_says_failed(tmp_path):
+    """Adam at lr 1e6 throws the model far off its target at the first regular step: the run
+    stops there (before, it ran to the end with exit 0 and a wrong answer)."""
+    cfg = RunConfig(t_end=0.1, dt=0.01, save_every=0.01, lr=1e6, out=str(tmp_path), **FAST)
+    with pytest.raises(DivergenceError, match=r"step 2 .*the fit diverged.*last good checkpoint"):
+        nncme.run(dimerisation(), cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "diverged" in summary["error"]
+    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["step"] == 1
+
+
+def test_the_watchdog_warns_then_stops_a_run_that_keeps_going_wrong():
+    """Steps whose residual jumps far above the run's median are warned; `patience` of them
+    in a row stop the run."""
+    dog = Watchdog(patience=3, warm_up=2)
+    driver = build_driver(dimerisation(), RunConfig(t_end=0.1, dt=0.01, **FAST))
+
+    def info(step, residual):
+        report = StepReport(loss=0.0, residual=residual)
+        return StepInfo(step, 0.01 * step, 0.01, report, driver.model, 0.0)
+
+    for step in (1, 2):
+        dog.step(driver, info(step, 1e-4))
+    jump = info(3, 0.5)
+    with pytest.warns(UserWarning, match="median"):
+        dog.step(driver, jump)
+    assert jump.report.warnings and dog.streak == 1
+    with pytest.warns(UserWarning), pytest.raises(DivergenceError, match="3 steps in a row"):
+        for step in (4, 5):
+            dog.step(driver, info(step, 0.5))
+    beyond = info(6, 1e-4)
+    beyond.report.loss = 2.0  # a KL estimate beyond a nat: at once
+    with pytest.raises(DivergenceError, match="diverged"):
+        dog.step(driver, beyond)
+
+
+def test_a_completed_run_says_so(tmp_path):
+    cfg = RunConfig(t_end=0.02, dt=0.01, out=str(tmp_path), **FAST)
+    nncme.run(dimerisation(), cfg)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["warnings"] == 0

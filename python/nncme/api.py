@@ -18,7 +18,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .evolve import Driver, StepInfo
 from .models import AutoregressiveModel, Delta, Product, build_model
-from .observers import Checkpoints, ProgressBar, Recorder, StepLog
+from .observers import Checkpoints, ProgressBar, Recorder, StepLog, Watchdog
 from .optim import (
     OPTIMIZERS,
     FisherSolver,
@@ -110,8 +110,8 @@ def build_driver(
 ) -> Driver:
     """A `Driver` for a network with everything the settings name, resumed if they say so.
 
-    Its observers are a `ProgressBar`, a `StepLog`, a `Recorder` and, with `out`,
-    `Checkpoints` (`driver.observer(Recorder).result()` is the Result).
+    Its observers are a `ProgressBar`, a `Watchdog`, a `StepLog`, a `Recorder` and, with
+    `out`, `Checkpoints` (`driver.observer(Recorder).result()` is the Result).
     """
     cfg = (config or RunConfig()).validate()
     t_end = float(cfg.t_end if cfg.t_end is not None else network.t_end)
@@ -155,6 +155,7 @@ def build_driver(
     }
     observers = [
         ProgressBar(network.name, quiet=cfg.quiet),
+        Watchdog(limit=None if cfg.optimizer == "tdvp" else 1.0),
         StepLog(out),
         Recorder(
             network,

@@ -376,10 +376,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except TrainingError as exc:
         print(f"nncme run: error: {exc}", file=sys.stderr)
         return 1
-    result = driver.observer(Recorder).result(driver.elapsed)
+    recorder = driver.observer(Recorder)
+    result = recorder.result(driver.elapsed)
     seconds = driver.elapsed
     steps = max(1, driver.num_steps)
-    print(f"  {seconds:.1f} s ({1000 * seconds / steps:.1f} ms per step)")
+    print(f"  {recorder.status}: {seconds:.1f} s ({1000 * seconds / steps:.1f} ms per step)")
+    for line in recorder.warnings[:5]:
+        print(f"  warning: {line}")
     _print_final_moments(result, Path(config.out))
     return 0
 

@@ -27,9 +27,10 @@ import torch
 from .config import ConfigError
 from .models import AutoregressiveModel
 from .observers import Observer, StepInfo
-from .optim import NonFiniteError, StepReport, StepSizeError, TrainingError
+from .optim import DivergenceError, NonFiniteError, StepReport, StepSizeError, TrainingError
 
 __all__ = [
+    "DivergenceError",
     "Driver",
     "NonFiniteError",
     "StepInfo",
@@ -154,14 +155,14 @@ class Driver:
             bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
             if bad:
                 raise NonFiniteError(f"parameters {', '.join(bad[:3])} became NaN or inf")
+            self.index = j
+            info = StepInfo(j, t1, t1 - t0, report, self.model, self.elapsed)
+            for observer in self.observers:  # a watchdog among them may judge the step bad
+                observer.step(self, info)
         except TrainingError as exc:
-            notes = [note for o in self.observers if (note := o.failure_note(self))]
-            where = f"step {j} (t = {t0:g} -> {t1:g}): {exc}"
-            raise type(exc)("; ".join([where, *notes])) from exc
-        self.index = j
-        info = StepInfo(j, t1, t1 - t0, report, self.model, self.elapsed)
-        for observer in self.observers:
-            observer.step(self, info)
+            error = type(exc)(f"step {j} (t = {t0:g} -> {t1:g}): {exc}")
+            notes = [note for o in self.observers if (note := o.failed(self, error))]
+            raise type(exc)("; ".join([str(error), *notes])) from exc
         if j in self.save_steps:
             for observer in self.observers:
                 observer.save(self, info)

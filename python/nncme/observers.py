@@ -1,6 +1,7 @@
 """What a run does besides stepping: observers the `Driver` calls, each with one job.
 
 - `ProgressBar`: the tqdm bar.
+- `Watchdog`: stops a run whose fits diverge, and warns about steps that went wrong first.
 - `StepLog`: one line per step (loss, iterations, dt * a_0, ...) in memory and in log.jsonl.
 - `Recorder`: the distribution's statistics at t = 0 and every save time, the `Result` built
   from them (written at each save time and at the end).
@@ -9,8 +10,9 @@
 
 The driver calls, in the order the observers were given: `start` before the first step of a
 run (fresh or resumed), `step` after every step, `save` after a step that ends on a save time,
-`finish` after the last step, `close` always, and `failure_note` when a step fails (a line for
-the error message). An observer with a `key` keeps state in the checkpoint under that key.
+`finish` after the last step (or when a callback stops the run), `failed` when a step fails
+(it may return a line for the error message), and `close` always. An observer with a `key`
+keeps state in the checkpoint under that key.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .config import ConfigError
 from .models import AutoregressiveModel
-from .optim import StepReport
+from .optim import DivergenceError, StepReport
 from .results import Result, ResultBuilder, versions
 
 if TYPE_CHECKING:
@@ -44,6 +47,7 @@ __all__ = [
     "Recorder",
     "StepInfo",
     "StepLog",
+    "Watchdog",
     "box_states",
     "summarize",
 ]
@@ -93,7 +97,7 @@ class Observer:
     def close(self, driver: Driver) -> None:
         pass
 
-    def failure_note(self, driver: Driver) -> str:
+    def failed(self, driver: Driver, error: Exception) -> str:
         return ""
 
     def state_dict(self) -> dict[str, Any]:
@@ -128,6 +132,87 @@ class ProgressBar(Observer):
     def close(self, driver: Driver) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class Watchdog(Observer):
+    """Stops a run whose fits diverge, and warns about steps that went wrong before.
+
+    A fit's loss is its estimate of the KL from the model to the step's target: far below a nat
+    per step where the fit follows its target, however the network or dt. Its residual (about
+    half the variance of log q - log target, explored states included) can be large for a
+    while where mass flows into new states, so only its jumps count. So:
+
+    - a loss beyond `limit` (nats) is divergence: the run stops at once
+      (`DivergenceError`), with the last checkpoint, which no diverged step reached;
+    - a step whose residual jumps to more than `jump` times the run's median so far, or that
+      used every iteration without reducing its residual at all, gets a warning (on the step's
+      log line, in summary.json, and as a Python warning) where the residual is above `floor`
+      (below it, what is left is the sampling noise of a fit that has arrived);
+    - `patience` warned steps in a row stop the run as divergence.
+
+    TDVP's residual is a relative misfit (0: the flow follows the CME, 1: it captures nothing):
+    for flows (`limit=None`) a residual above 1 is a warning, and divergence shows as NaN.
+    """
+
+    key = "watchdog"
+
+    def __init__(
+        self,
+        *,
+        limit: float | None = 1.0,
+        jump: float = 20.0,
+        floor: float = 1e-2,
+        patience: int = 5,
+        warm_up: int = 10,
+    ) -> None:
+        self.limit, self.jump, self.floor = limit, jump, floor
+        self.patience, self.warm_up = patience, warm_up
+        self.residuals: list[float] = []
+        self.streak = 0
+
+    def step(self, driver: Driver, info: StepInfo) -> None:
+        report = info.report
+        if self.limit is not None and not abs(report.loss) <= self.limit:
+            raise DivergenceError(
+                f"the fit diverged: its KL estimate is {report.loss:.3g} nats (a fit that "
+                f"follows its target stays far below {self.limit:g}); lower lr or dt"
+            )
+        problems = self._problems(report)
+        report.warnings += problems
+        if not problems:  # the median is of good steps: a streak of bad ones does not move it
+            self.residuals.append(report.residual)
+        self.streak = self.streak + 1 if problems else 0
+        if problems:
+            warnings.warn(f"step {info.step} (t = {info.t:g}): {'; '.join(problems)}", stacklevel=2)
+        if self.streak >= self.patience:
+            raise DivergenceError(
+                f"{self.streak} steps in a row went wrong, the last: {'; '.join(problems)}"
+            )
+
+    def _problems(self, report: StepReport) -> list[str]:
+        found = []
+        if self.limit is None and report.residual > 1.0:
+            found.append(f"the flow's relative residual is {report.residual:.3g} (> 1)")
+        if len(self.residuals) >= self.warm_up:
+            median = float(np.median(self.residuals))
+            if report.residual > max(self.jump * median, self.floor):
+                found.append(
+                    f"residual {report.residual:.3g} nats, {report.residual / median:.3g}x the "
+                    "median of the run's good steps"
+                )
+        if report.capped and len(report.residuals) > 1 and report.residual > self.floor:
+            if report.residuals[-1] >= report.residuals[0]:
+                found.append(
+                    f"the fit used all {report.iterations} iterations without reducing its "
+                    f"residual ({report.residuals[0]:.3g} -> {report.residuals[-1]:.3g})"
+                )
+        return found
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"residuals": list(self.residuals), "streak": self.streak}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.residuals, self.streak = list(state["residuals"]), int(state["streak"])
 
 
 class StepLog(Observer):
@@ -190,6 +275,8 @@ class Recorder(Observer):
         self.times: list[float] = []
         self.records: list[dict[str, torch.Tensor]] = []
         self.final_loss: float | None = None
+        self.warnings: list[str] = []
+        self.status, self.error = "running", None
 
     def _record(self, distribution: Any, t: float, device: torch.device) -> None:
         # each save time samples from its own stream, apart from the run's
@@ -210,6 +297,7 @@ class Recorder(Observer):
 
     def step(self, driver: Driver, info: StepInfo) -> None:
         self.final_loss = info.report.loss
+        self.warnings += [f"step {info.step} (t = {info.t:g}): {w}" for w in info.report.warnings]
 
     def save(self, driver: Driver, info: StepInfo) -> None:
         self._record(driver.model, info.t, driver.model.device)
@@ -217,8 +305,18 @@ class Recorder(Observer):
             self.result(driver.elapsed).save(self.directory, plots=False)
 
     def finish(self, driver: Driver) -> None:
+        self.status = "completed" if driver.done else f"stopped by a callback at t = {driver.t:g}"
+        if self.warnings:
+            self.status += f" with {len(self.warnings)} warnings"
         if self.directory is not None:
             self.result(driver.elapsed).save(self.directory)
+
+    def failed(self, driver: Driver, error: Exception) -> str:
+        """The results so far, marked failed with the error (summary.json says so)."""
+        self.status, self.error = "failed", str(error)
+        if self.directory is not None:
+            self.result(driver.elapsed).save(self.directory, plots=False)
+        return ""
 
     def result(self, seconds: float = 0.0) -> Result:
         """The Result at the times recorded so far."""
@@ -235,6 +333,10 @@ class Recorder(Observer):
             **self.summary,
             "eval_samples": self.eval_samples,
             "marginals_from": "joint" if joint is not None else "averaged conditionals",
+            "status": self.status,
+            "error": self.error,
+            "warnings": len(self.warnings),
+            "first_warnings": self.warnings[:20],
             "timings": {"run_seconds": seconds},
             "final_loss": self.final_loss,
             "versions": versions(),
@@ -257,11 +359,16 @@ class Recorder(Observer):
         )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"times": list(self.times), "records": self.records, "final_loss": self.final_loss}
+        return {
+            "times": list(self.times),
+            "records": self.records,
+            "final_loss": self.final_loss,
+            "warnings": list(self.warnings),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.times, self.records = list(state["times"]), list(state["records"])
-        self.final_loss = state["final_loss"]
+        self.final_loss, self.warnings = state["final_loss"], list(state["warnings"])
 
 
 class Checkpoints(Observer):
@@ -292,7 +399,7 @@ class Checkpoints(Observer):
         torch.save(state, tmp)
         os.replace(tmp, self.path)  # atomic: a kill never leaves half a file
 
-    def failure_note(self, driver: Driver) -> str:
+    def failed(self, driver: Driver, error: Exception) -> str:
         if self.path.exists():
             return f"the last good checkpoint is kept in {self.path}"
         return ""

@@ -202,6 +202,7 @@ class Fit(Motion):
         last.seconds = sum(r.seconds for r in reports)
         last.rate_dt = max(r.rate_dt for r in reports)
         last.fallbacks = sum(r.fallbacks for r in reports)
+        last.capped = any(r.capped for r in reports)
         return last
 
     def state_dict(self) -> dict[str, Any]:

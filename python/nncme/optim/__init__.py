@@ -26,6 +26,7 @@ from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, ScoreSolutio
 from .natgrad import NaturalGradientUpdate
 from .target import (
     Distribution,
+    DivergenceError,
     NonFiniteError,
     StageTarget,
     StepSizeError,
@@ -55,6 +56,7 @@ __all__ = [
     "SPACES",
     "CrossValidation",
     "Distribution",
+    "DivergenceError",
     "FisherSolver",
     "KLUpdate",
     "NaturalGradientUpdate",

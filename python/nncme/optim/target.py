@@ -28,6 +28,7 @@ from ..sampling import state_keys, unique_states
 
 __all__ = [
     "Distribution",
+    "DivergenceError",
     "NonFiniteError",
     "StageTarget",
     "StepSizeError",
@@ -55,6 +56,11 @@ class StepSizeError(TrainingError):
 
 class NonFiniteError(TrainingError):
     """A NaN or inf appeared in the loss or the parameters."""
+
+
+class DivergenceError(TrainingError):
+    """The fits stopped following their targets: a loss that exploded, or steps that kept
+    going wrong (see `nncme.observers.Watchdog`)."""
 
 
 class Distribution(Protocol):

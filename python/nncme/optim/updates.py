@@ -109,6 +109,8 @@ class StepReport:
             nan otherwise).
         fallbacks: second-order solves that could not be factored and took the eigen/SVD
             solution instead (see `nncme.optim.linear`).
+        capped: a fit ended at its iteration cap before its stopping rule was met.
+        warnings: what the run's watchdog found wrong with the step (`nncme.observers`).
     """
 
     loss: float
@@ -127,10 +129,13 @@ class StepReport:
     pareto_k: float = math.nan
     held_out: float = math.nan
     fallbacks: int = 0
+    capped: bool = False
+    warnings: list[str] = field(default_factory=list)
 
     LOGGED = (
         "loss", "loss_std", "iterations", "rate_dt", "residual", "gap", "ess", "shift",
-        "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "seconds",
+        "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "capped", "warnings",
+        "seconds",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:
@@ -270,10 +275,12 @@ class KLUpdate(Update):
         report = StepReport(loss=math.nan)
         base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         try:
+            report.capped = True
             for it in range(self.iterations):
                 self._set_lr(base_lrs, it)
                 self._iteration(problem, it, report)
                 if self._converged(report.residuals):
+                    report.capped = False
                     break
         finally:  # the optimiser (and its checkpoint) keeps the undecayed rate
             for group, lr in zip(self.optimizer.param_groups, base_lrs):
