@@ -19,7 +19,8 @@ its default (the file's own dt; t_end is the file's times `--t-end-scale`), then
                 least 0.05 (at that time)
   tails         for each species and time: the exact upper quantiles q (smallest count with
                 P(n >= q) <= 1e-4, 1e-6) and the ratio P_van(n >= q) / P_exact(n >= q); the
-                table shows the ratio furthest from 1 (in log) over species and times
+                table shows the ratio furthest from 1 (in log) over species and times, where
+                P_exact(n >= q) >= level / 100 (see `tails`)
   boundary      the probability on the box boundary, VAN and exact
 
 Where the box has at most `joint_max_states` states the VAN's marginals are exact sums of its
@@ -27,9 +28,10 @@ joint; otherwise they come from `eval_samples` samples (averaged conditionals), 
 Hellinger distance has a sampling floor (`sampling_noise_hellinger`, an upper estimate).
 
 `--set key=value` overrides a RunConfig field (for comparisons; every override is recorded).
-The JSON, benchmarks/results/defaults_<device>[_<tag>].json, is written after every network,
-so a partial run keeps its rows; `--merge` keeps the rows of other networks already there.
-Each network runs in its own try/except: one failure does not stop the rest.
+The VAN and FSP results go to runs/defaults[_<tag>]/<network>/{van,fsp} (results.npz,
+git-ignored). The JSON, benchmarks/results/defaults_<device>[_<tag>].json, is written after
+every network, so a partial run keeps its rows; `--merge` keeps the rows of other networks
+already there. Each network runs in its own try/except: one failure does not stop the rest.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ from nncme.io import load_network
 from nncme.metrics import compare, relative_error, sampling_noise_hellinger, tail_errors
 
 BENCH = "defaults"
+# VAN and FSP results of each network (results.npz), for a closer look: git-ignored
+RUNS = Path(__file__).resolve().parent.parent / "runs"
 TAIL_LEVELS = (1e-4, 1e-6)
 MIN_MEAN = 0.05  # relative errors of means below this exact mean are not counted
 
@@ -123,16 +127,42 @@ def git_commit() -> str | None:
 
 
 def tails(exact: Any, van: Any) -> dict[str, Any]:
-    """Upper-tail ratios at the exact 1e-4 and 1e-6 quantiles, per time, species and level."""
+    """Upper-tail ratios at the exact 1e-4 and 1e-6 quantiles, per time, species and level.
+
+    The quantile q of a level is the smallest count with P_exact(n >= q) <= level. For a
+    species of a few counts the tail there can be far below the level (P(n >= 1) = 0.3,
+    P(n >= 2) = 1e-9): such points, with P_exact(n >= q) < level / 100, and those where the
+    exact tail is 0 (a point mass, the bound of a conservation law) are left out of "worst";
+    "worst_any" keeps them (not those with an exact 0).
+    """
     te = tail_errors(exact.marginals, van.marginals, TAIL_LEVELS)  # (T, L, V) arrays
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = te["other"] / te["reference"]
     out: dict[str, Any] = {"levels": list(TAIL_LEVELS)}
-    worst, final = {}, {}
+    worst, worst_any, final = {}, {}, {}
+
+    def pick(r: np.ndarray, use: np.ndarray, v: int) -> dict[str, Any] | None:
+        if not use.any():
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            dist = np.where(use, np.abs(np.log10(np.maximum(r, 1e-300))), -1.0)
+        j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        return {
+            "ratio": _finite(r[j, i]),
+            "species": exact.species[i],
+            "time": float(exact.times[j]),
+            "q": int(te["count"][j, i, v]),
+            "exact": _finite(te["reference"][j, i, v]),
+            "van": _finite(te["other"][j, i, v]),
+            "min_ratio": _finite(np.min(np.where(use, r, np.inf))),
+            "max_ratio": _finite(np.max(np.where(use, r, -np.inf))),
+            "points": int(use.sum()),
+        }
+
     for v, level in enumerate(TAIL_LEVELS):
         r = ratio[..., v]
-        # a quantile exists and the exact tail there is not 0 (a point mass, a bound of a law)
         has = (te["count"][..., v] >= 0) & (te["reference"][..., v] > 0)
+        real = has & (te["reference"][..., v] >= level / 100)
         key = f"{level:g}"
         final[key] = {
             s: None
@@ -145,34 +175,31 @@ def tails(exact: Any, van: Any) -> dict[str, Any]:
             }
             for i, s in enumerate(exact.species)
         }
-        if not has.any():
-            worst[key] = None
-            continue
-        with np.errstate(divide="ignore", invalid="ignore"):
-            dist = np.where(has, np.abs(np.log10(np.maximum(r, 1e-300))), -1.0)
-        j, i = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        worst[key] = {
-            "ratio": _finite(r[j, i]),
-            "species": exact.species[i],
-            "time": float(exact.times[j]),
-            "q": int(te["count"][j, i, v]),
-            "exact": _finite(te["reference"][j, i, v]),
-            "van": _finite(te["other"][j, i, v]),
-            "min_ratio": _finite(np.min(np.where(has, r, np.inf))),
-            "max_ratio": _finite(np.max(np.where(has, r, -np.inf))),
-        }
+        worst[key] = pick(r, real, v)
+        worst_any[key] = pick(r, has, v)
     out["worst"] = worst
+    out["worst_any"] = worst_any
     out["final_time"] = final
     return out
 
 
-def measure(network: Any, van: Any, fsp_settings: FSPSettings) -> dict[str, Any]:
-    """The VAN result against FSP at the VAN's save times."""
+def measure(
+    network: Any, van: Any, fsp_settings: FSPSettings, save_dir: Path | None = None
+) -> dict[str, Any]:
+    """The VAN result against FSP at the VAN's save times (both saved under save_dir)."""
     began = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exact = solve_fsp(network, van.times, fsp_settings)
     fsp_s = time.perf_counter() - began
+    saved = None
+    if save_dir is not None:
+        try:
+            van.save(save_dir / "van", plots=False)
+            exact.save(save_dir / "fsp", plots=False)
+            saved = str(save_dir.relative_to(RUNS.parent))
+        except Exception as exc:  # the numbers below matter more than the files
+            saved = f"not saved: {type(exc).__name__}: {exc}"
     d = compare(exact, van, tail_levels=TAIL_LEVELS)
     h = np.asarray(d["hellinger"])  # (T, L)
     times = np.asarray(d["times"])
@@ -208,6 +235,7 @@ def measure(network: Any, van: Any, fsp_settings: FSPSettings) -> dict[str, Any]
         "fsp_seconds": fsp_s,
         "fsp_states": int(exact.summary["states"]),
         "fsp_warnings": sorted({str(w.message) for w in caught}),
+        "results_saved": saved,
     }
     marginals_from = van.summary.get("marginals_from")
     out["marginals_from"] = marginals_from
@@ -221,6 +249,7 @@ def measure(network: Any, van: Any, fsp_settings: FSPSettings) -> dict[str, Any]
 
 def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     row: dict[str, Any] = {"network": path.stem, "file": str(path.relative_to(NETWORKS.parent))}
+    save_dir = RUNS / (f"{BENCH}_{args.tag}" if args.tag else BENCH) / path.stem
     try:
         network = load_network(path)
     except Exception as exc:
@@ -285,7 +314,7 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
         parameters=int(out.model.num_parameters()),
     )
     try:
-        row.update(measure(network, out.result, FSPSettings(progress=False)))
+        row.update(measure(network, out.result, FSPSettings(progress=False), save_dir))
     except Exception as exc:
         row.update(
             stage="fsp/compare",
@@ -309,6 +338,7 @@ def table_row(row: dict) -> dict:
         "mean": row.get("max_mean_rel_error"),
         "tail4": None if r4 is None else r4["ratio"],
         "tail6": None if r6 is None else r6["ratio"],
+        "marg": {"joint": "joint", None: None}.get(row.get("marginals_from"), "sampled"),
         "bvan": row.get("boundary_van_max"),
         "wall": row.get("wall_seconds"),
     }
@@ -323,6 +353,7 @@ COLUMNS = [
     ("mean", "mean err", ".2%"),
     ("tail4", "tail 1e-4", ".3g"),
     ("tail6", "tail 1e-6", ".3g"),
+    ("marg", "marginals", ">10s"),
     ("bvan", "bnd van", ".1e"),
     ("wall", "wall s", ".0f"),
 ]
@@ -409,11 +440,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table([table_row(r) for r in kept + rows], COLUMNS)
     print(
-        "\nt reached: t_end, or the time a failed run had reached. max H: largest Hellinger "
-        "distance over\nspecies and save times; H first: at the first save time after 0. "
-        f"mean err: largest relative error\nof the means (exact mean >= {MIN_MEAN}). tail: "
-        "P_van(n >= q) / P_exact(n >= q) at the exact 1e-4 / 1e-6\nquantiles q, furthest from 1 "
-        "over species and times. bnd van: VAN mass on the box boundary."
+        "\nt reached: t_end, or the time a failed run had reached. max H: largest Hellinger\n"
+        "distance over species and save times; H first: at the first save time after 0.\n"
+        f"mean err: largest relative error of the means (exact mean >= {MIN_MEAN}).\n"
+        "tail: P_van(n >= q) / P_exact(n >= q) at the exact 1e-4 / 1e-6 quantiles q, furthest\n"
+        "from 1 over species and times (where P_exact(n >= q) >= level / 100).\n"
+        "marginals: the VAN's, exact sums of its joint or from eval_samples samples.\n"
+        "bnd van: VAN mass on the box boundary."
     )
     print(f"\nwrote {written}")
     return 0
