@@ -314,7 +314,7 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
         parameters=int(out.model.num_parameters()),
     )
     try:
-        row.update(measure(network, out.result, FSPSettings(progress=False), save_dir))
+        row.update(measure(network, out.result, FSPSettings(quiet=True), save_dir))
     except Exception as exc:
         row.update(
             stage="fsp/compare",

@@ -49,7 +49,7 @@ def network_files(names: list[str] | None = None) -> list[Path]:
 def check(path: Path, num_times: int) -> dict:
     network = load_network(path)
     t0 = time.perf_counter()
-    fsp = FSP(network, FSPSettings(progress=False))
+    fsp = FSP(network, FSPSettings(quiet=True))
     times = np.linspace(0.0, network.t_end, num_times)
     mask = boundary_mask(fsp.states, network.reactant_matrix, network.change_matrix, network.limits)
     boundary, means, occupied = [], None, np.zeros(fsp.num_states, dtype=bool)

@@ -22,7 +22,7 @@ from .observers import Checkpoints, ProgressBar, Recorder, StepLog, Watchdog
 from .optim import (
     OPTIMIZERS,
     FisherSolver,
-    KLUpdate,
+    ImplicitUpdate,
     NaturalGradientUpdate,
     TDVPRightHandSide,
     Update,
@@ -136,7 +136,8 @@ def build_driver(
     )
     motion = _motion(cfg, model, net, proposal, generator)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
-    stepper = make_stepper(cfg.integrator, motion, tolerance=tolerance)
+    options = {"tolerance": tolerance} if cfg.optimizer == "tdvp" else {}
+    stepper = make_stepper(cfg.integrator, motion, **options)
     first = None
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
         model.load_state_dict(start.state_dict())  # step from it as from any later time
@@ -255,9 +256,9 @@ def _motion(
             max_step=cfg.max_step,
             **_fit_options(cfg),
         )
-    else:
+    else:  # fits explicit stages as KLUpdate does, and implicit ones
         optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.learning_rate)
-        update = KLUpdate(optimizer, **_fit_options(cfg))
+        update = ImplicitUpdate(optimizer, **_fit_options(cfg))
     return Fit(model, update, net, proposal, cfg.batch, generator, impl=cfg.impl)
 
 
@@ -272,7 +273,7 @@ def _start_fit(
     """The first step's own fit of T p0 (Adam, or SGD where the run uses SGD)."""
     name = cfg.optimizer if cfg.optimizer in OPTIMIZERS else "adam"
     optimizer = make_optimizer(name, model.parameters(), cfg.first_lr)
-    update = KLUpdate(
+    update = ImplicitUpdate(
         optimizer,
         iterations=cfg.first_iterations,
         tolerance=cfg.first_tolerance,
@@ -291,6 +292,7 @@ def _start_fit(
         generator,
         iterations=cfg.first_iterations,
         tolerance=cfg.first_tolerance,
+        implicit=cfg.integrator == "implicit",
         impl=cfg.impl,
     )
 

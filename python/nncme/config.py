@@ -464,9 +464,11 @@ class RunConfig(Settings):
     max_step: float = _opt(1.0, "natgrad: largest step in the Fisher metric (nats; 0: no cap)")
     integrator: str = _opt(
         "heun",
-        "time scheme: euler (first order), heun (second order: two fits or two TDVP stages "
-        "per step), rk4 (TDVP only)",
-        ("euler", "heun", "rk4"),
+        "time scheme: euler (explicit, first order), heun (explicit, second order: two fits or "
+        "two TDVP stages per step), rk4 (TDVP only), implicit (backward Euler, adam/sgd: a "
+        "probability map at any dt; first order, and its fits need the mixture proposal with "
+        "the log-variance objective and a tighter relative_tolerance to reach the tails)",
+        ("euler", "heun", "rk4", "implicit"),
     )
     adaptive_dt: bool = _opt(False, "tdvp: adaptive integrator sub-steps within each dt")
     dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)", positive=True)
@@ -508,6 +510,11 @@ class RunConfig(Settings):
         if self.integrator == "rk4" and self.optimizer != "tdvp":
             raise ConfigError(
                 f"integrator: rk4 is for optimizer tdvp; {self.optimizer} steps take euler or heun"
+            )
+        if self.integrator == "implicit" and self.optimizer not in ("adam", "sgd"):
+            raise ConfigError(
+                f"integrator: implicit steps fit with adam or sgd; {self.optimizer} steps are "
+                "explicit (euler, heun)"
             )
         if self.adaptive_dt and self.optimizer != "tdvp":
             raise ConfigError(

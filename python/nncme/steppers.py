@@ -44,6 +44,8 @@ import torch
 
 from .models import AutoregressiveModel
 from .optim import (
+    ImplicitTarget,
+    ImplicitUpdate,
     KLUpdate,
     StageTarget,
     StepProblem,
@@ -55,6 +57,7 @@ from .optim import (
     Update,
     fit_enumerated,
     flat_parameters,
+    implicit_support,
     set_flat_parameters,
     transition_support,
 )
@@ -63,6 +66,7 @@ from .sampling import Proposal
 __all__ = [
     "RK4",
     "STEPPERS",
+    "BackwardEuler",
     "Euler",
     "Fit",
     "Flow",
@@ -189,7 +193,10 @@ class Fit(Motion):
         return twin
 
     def stage(self, terms: list[Term], dt: float) -> StepReport:
-        target = StageTarget(terms, self.net, dt, impl=self.impl)
+        return self.fit(StageTarget(terms, self.net, dt, impl=self.impl), dt)
+
+    def fit(self, target: Any, dt: float) -> StepReport:
+        """Fit the model to any target (an explicit stage, an `ImplicitTarget`)."""
         problem = StepProblem(
             self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt
         )
@@ -341,12 +348,12 @@ class RungeKutta:
         if self.tolerance is None:
             _, reports = self._advance(t, dt, keep_last=False)
             report = self.motion.merge(reports)
-            report.accepted = 1
+            report.accepted, report.scheme = 1, self.name
             return report
         reports: list[StepReport] = []
         accepted, rejected = self._adaptive(t, dt, reports)
         report = self.motion.merge(reports)
-        report.accepted, report.rejected = accepted, rejected
+        report.accepted, report.rejected, report.scheme = accepted, rejected, self.name
         return report
 
     def _advance(
@@ -456,11 +463,50 @@ class RK4(RungeKutta):
     )
 
 
-STEPPERS: dict[str, type[RungeKutta]] = {"euler": Euler, "heun": Heun, "rk4": RK4}
+class BackwardEuler:
+    """The implicit step q_new = (I - dt W)^-1 q_old (`nncme.optim.ImplicitTarget`): a
+    probability map for every dt, first order. Fits only (its residual is fitted by an
+    `ImplicitUpdate`)."""
+
+    name = "implicit"
+
+    def __init__(self, motion: Fit) -> None:
+        if not (isinstance(motion, Fit) and isinstance(motion.update, ImplicitUpdate)):
+            raise ValueError(
+                "the implicit step fits the backward-Euler residual with adam or sgd; "
+                "natgrad and tdvp take explicit steps"
+            )
+        self.motion = motion
+
+    @property
+    def model(self) -> AutoregressiveModel:
+        return self.motion.model
+
+    def step(self, t: float, dt: float) -> StepReport:
+        motion = self.motion
+        motion.begin(t, dt)
+        old = motion.snapshot(0)
+        report = motion.fit(ImplicitTarget(old, motion.net, t, dt, impl=motion.impl), dt)
+        report.accepted, report.scheme = 1, self.name
+        return report
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"motion": self.motion.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.motion.load_state_dict(state.get("motion", {}))
 
 
-def make_stepper(name: str, motion: Motion, **options: Any) -> RungeKutta:
-    """The stepper of an `integrator` name ("euler", "heun", "rk4") around a motion."""
+STEPPERS: dict[str, type] = {
+    "euler": Euler,
+    "heun": Heun,
+    "rk4": RK4,
+    "implicit": BackwardEuler,
+}
+
+
+def make_stepper(name: str, motion: Motion, **options: Any) -> Any:
+    """The stepper of an `integrator` name (`STEPPERS`) around a motion."""
     if name not in STEPPERS:
         raise ValueError(f"integrator must be one of {tuple(STEPPERS)}, got {name!r}")
     return STEPPERS[name](motion, **options)
@@ -472,7 +518,11 @@ class StartFit:
     A start that lists its support (a point mass, or product marginals with few states) has an
     enumerable T p0, since each state reaches at most K others in one step: the model is fitted
     to it exactly, by minimising KL(T p0 || q) over those states (`fit_enumerated`) to
-    `tolerance` nats. Reverse KL would not do here: a point mass has log p0 = -inf off its
+    `tolerance` nats. With `implicit`, the step is backward Euler instead: (I - dt W)^-1 p0,
+    solved on the states that hold all but 1e-10 of it (`implicit_support`) where they are
+    few enough, else fitted through its residual.
+
+    Reverse KL would not do here: a point mass has log p0 = -inf off its
     state, so log q - log T p0 is +inf at almost every state the model samples. A start without
     a listable support has full support, and the first step is reverse KL like every other
     (`update`, for `iterations`).
@@ -500,9 +550,11 @@ class StartFit:
         *,
         iterations: int,
         tolerance: float,
+        implicit: bool = False,
         impl: str = "auto",
         max_states: int = MAX_ENUMERATED,
     ) -> None:
+        self.implicit = implicit
         self.model, self.start, self.net = model, start, net
         self.optimizer, self.update = optimizer, update
         self.proposal, self.batch_size, self.generator = proposal, batch_size, generator
@@ -510,16 +562,20 @@ class StartFit:
         self.max_states = max_states
 
     def step(self, t: float, dt: float) -> StepReport:
-        start = self.start
-        exact = transition_support(
-            start, self.net, t, dt, max_states=self.max_states, impl=self.impl
-        )
+        start, implicit = self.start, self.implicit
+        find = implicit_support if implicit else transition_support
+        exact = find(start, self.net, t, dt, max_states=self.max_states, impl=self.impl)
         if exact is None:
-            target = StageTarget([Term(start, t, 1.0, 1.0)], self.net, dt, impl=self.impl)
+            if implicit:
+                target: Any = ImplicitTarget(start, self.net, t, dt, impl=self.impl)
+            else:
+                target = StageTarget([Term(start, t, 1.0, 1.0)], self.net, dt, impl=self.impl)
             problem = StepProblem(
                 self.model, target, self.proposal, self.batch_size, self.generator, t, dt
             )
-            return self.update.run(problem)
+            report = self.update.run(problem)
+            report.scheme = "implicit" if implicit else "euler"
+            return report
         states, log_tp = exact
         keep = torch.isfinite(self.model.log_prob(states).detach())
         lost = float(torch.exp(log_tp[~keep]).sum()) if not keep.all() else 0.0
@@ -531,7 +587,7 @@ class StartFit:
                 "conservation laws; the model cannot hold them and renormalises",
                 stacklevel=3,
             )
-        return fit_enumerated(
+        report = fit_enumerated(
             self.model,
             states[keep],
             log_tp[keep],
@@ -539,6 +595,8 @@ class StartFit:
             iterations=self.iterations,
             tolerance=self.tolerance,
         )
+        report.scheme = "implicit, exact" if implicit else "euler, exact"
+        return report
 
     def state_dict(self) -> dict[str, Any]:
         return {}  # used for the first step only, never checkpointed

@@ -22,6 +22,7 @@ from .gradients import (
     set_flat_parameters,
     use_gram,
 )
+from .implicit import ImplicitTarget, ImplicitUpdate, implicit_support
 from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, ScoreSolution, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
@@ -58,6 +59,8 @@ __all__ = [
     "Distribution",
     "DivergenceError",
     "FisherSolver",
+    "ImplicitTarget",
+    "ImplicitUpdate",
     "KLUpdate",
     "NaturalGradientUpdate",
     "NonFiniteError",
@@ -81,6 +84,7 @@ __all__ = [
     "flat_grad",
     "flat_parameters",
     "grad_of_sum",
+    "implicit_support",
     "make_optimizer",
     "per_sample_grads",
     "set_flat_parameters",

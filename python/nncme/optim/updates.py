@@ -110,6 +110,7 @@ class StepReport:
         fallbacks: second-order solves that could not be factored and took the eigen/SVD
             solution instead (see `nncme.optim.linear`).
         capped: a fit ended at its iteration cap before its stopping rule was met.
+        scheme: the time scheme that made the step (`nncme.steppers`).
         warnings: what the run's watchdog found wrong with the step (`nncme.observers`).
     """
 
@@ -131,11 +132,12 @@ class StepReport:
     fallbacks: int = 0
     capped: bool = False
     warnings: list[str] = field(default_factory=list)
+    scheme: str = ""
 
     LOGGED = (
         "loss", "loss_std", "iterations", "rate_dt", "residual", "gap", "ess", "shift",
         "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "capped", "warnings",
-        "seconds",
+        "scheme", "seconds",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:

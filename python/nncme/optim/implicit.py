@@ -1,0 +1,244 @@
+"""The implicit (backward Euler) step: q_new = (I - dt W)^-1 q_old (DESIGN section 2).
+
+Backward Euler is a probability map for every dt (it is the evolution over an exponentially
+distributed time of mean dt), so the step is not bounded by the fastest rate in the box as the
+explicit T = I + dt W is (dt a_0 < 1 at every visited state). Its solution is the fixed point
+of
+
+    q(n) = G_q(n) = [q_old(n) + dt sum_k a_k(n - s_k, t + dt) q(n - s_k)] / (1 + dt a_0(n)),
+
+with the same neighbours n - s_k as the explicit map. `ImplicitTarget.residual` gives
+r(n) = log q(n) - log G_q(n) for the model being fitted, differentiable in its parameters at
+n and at those neighbours that are themselves among the fitted states (the fit sees how moving
+mass at n - s_k changes n's right-hand side, which a lagged, Picard-style right-hand side would
+not: its iterations contract only by dt a_0 / (1 + dt a_0) per sweep, slowest exactly where
+the step is stiff; a neighbour outside the fitted states stays lagged, or the fit would lift
+mass there, where no residual holds it). r = 0 at every state exactly at the solution
+(summing the equation over the box fixes the constant: a distribution whose r is the same
+everywhere is the solution).
+
+`ImplicitUpdate` fits the model to it: it minimises the mean square of r over the training
+states (the proposal's draw and the states one reaction ahead, as `KLUpdate` does, and half
+as many drawn from q_old, where the step's mass comes from), with the draw held fixed and the
+gradient from autograd. Not its variance: r is exactly 0 at the solution, while a constant
+r != 0 over the states a draw reaches is also met by mass the model has moved off, where q_old
+has none, sustaining itself through the neighbour terms. With objective "kl" each state is
+weighed by its importance weight (as q weighs it); with "log_variance" every drawn state
+counts alike, which also fits the tails a wide proposal draws. An `ImplicitUpdate` fits
+explicit targets exactly as `KLUpdate` does, so one optimiser serves both kinds of step.
+
+`implicit_support` is the first implicit step from a start with a listed support: it grows
+the set of states reachable from it, layer by layer, until the sparse solve of
+(I - dt W) p = p0 on that set loses less than `leak` of the mass through its edge.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+from .. import ops
+from ..sampling import unique_states
+from .target import NonFiniteError, TransitionTarget
+from .updates import KLUpdate, StepProblem, StepReport
+
+__all__ = ["ImplicitTarget", "ImplicitUpdate", "implicit_support"]
+
+
+class ImplicitTarget:
+    """The backward-Euler equation of the step from q_old at t to t + dt.
+
+    Args:
+        old: the distribution at t (a frozen VAN, a `Delta`, ...).
+        net: the compiled network.  t: the step's start (the rates are taken at t + dt).
+        dt: the step.  impl: operator implementation.
+    """
+
+    def __init__(self, old: Any, net: Any, t: float, dt: float, *, impl: str = "auto") -> None:
+        self.net, self.t, self.dt, self.impl = net, float(t), float(dt), impl
+        self.t_rates = self.t + self.dt
+        self._old = TransitionTarget(old, net, t, dt, impl=impl)  # memoised log q_old
+
+    @torch.no_grad()
+    def sample_old(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """n states of q_old (n, L)."""
+        states, _ = self._old.old.sample(n, generator)
+        return states.to(self.net.device)
+
+    def residual(self, model: Any, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """r(n) = log q(n) - log G_q(n) at distinct states (U, L), differentiable in the
+        model's parameters, and the exit rate a_0(n) at t + dt -> (U,), (U,)."""
+        U = states.shape[0]
+        nbr, valid = ops.neighbors(states, self.net, impl=self.impl)  # (U, K, L), (U, K)
+        rows, k = valid.nonzero(as_tuple=True)
+        inflow_from = nbr[rows, k]  # (V, L) the neighbours n - s_k inside the box
+        with torch.no_grad():
+            # a_k(n - s_k): reaction k at the neighbour, which leads into n
+            a_in = ops.propensities(inflow_from, self.net, self.t_rates, impl=self.impl)
+            a_in = a_in.gather(1, k.unsqueeze(1)).squeeze(1)
+            exit_rate = ops.propensities(states, self.net, self.t_rates, impl=self.impl).sum(1)
+            log_old = self._old.old_log_prob(states)
+        log_q, log_q_nbr = _scores(model, states, inflow_from, self.net.limits)
+        live = a_in > 0
+        terms = torch.full(
+            (U, valid.shape[1] + 1), -math.inf, dtype=log_q.dtype, device=log_q.device
+        )
+        terms[:, 0] = log_old.to(log_q.dtype)
+        inflow = math.log(self.dt) + torch.log(a_in[live]) + log_q_nbr[live]
+        terms = terms.index_put((rows[live], k[live] + 1), inflow)
+        log_rhs = torch.logsumexp(terms, dim=1) - torch.log1p(self.dt * exit_rate)
+        return log_q - log_rhs, exit_rate
+
+
+def _scores(
+    model: Any, states: torch.Tensor, neighbours: torch.Tensor, limits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """log q at the states (differentiable) and at the neighbours: differentiable where a
+    neighbour is one of the states, fixed (lagged) where it is not.
+
+    A neighbour outside the set has no residual of its own in the fit, so a gradient through
+    it would let the fit lift mass there, where nothing holds it, to balance the equations of
+    the states it feeds."""
+    U = states.shape[0]
+    both, inverse = unique_states(torch.cat([states, neighbours]), limits)
+    fitted = torch.zeros(both.shape[0], dtype=torch.bool, device=both.device)
+    fitted[inverse[:U]] = True
+    log_q = torch.empty(both.shape[0], dtype=torch.float64, device=both.device)
+    with torch.no_grad():
+        if (~fitted).any():
+            log_q[~fitted] = model.log_prob(both[~fitted]).double()
+    at = fitted.nonzero(as_tuple=True)[0]
+    log_q = log_q.index_put((at,), model.log_prob(both[fitted]).double())
+    return log_q[inverse[:U]], log_q[inverse[U:]]
+
+
+class ImplicitUpdate(KLUpdate):
+    """`KLUpdate` that also fits `ImplicitTarget`s: the mean square of the implicit residual.
+
+    Options as for `KLUpdate` (iterations, stopping rule, exploration, objective, lr_decay).
+    """
+
+    name = "implicit"
+
+    def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
+        if not isinstance(problem.target, ImplicitTarget):
+            super()._iteration(problem, it, report)
+            return
+        draw, states, _, w = self._batch(problem)
+        B = draw.states.shape[0]
+        if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
+            w = torch.full_like(w, 1.0 / B)
+        # and states of q_old, the source: the residual must vanish where the mass comes from,
+        # or the fit could move mass off it and balance the equations where it lands
+        source = problem.target.sample_old(max(1, B // 2), problem.generator)
+        states = torch.cat([states, source])
+        w = torch.cat([w, w.new_full(source.shape[:1], 1.0 / B)])
+        unique, inverse = unique_states(states, problem.model.limits)
+        W = torch.zeros(unique.shape[0], dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
+        W = W / W.sum()
+        r, exit_rate = problem.target.residual(problem.model, unique)
+        if not torch.isfinite(r).all():
+            bad = int((~torch.isfinite(r)).sum())
+            raise NonFiniteError(
+                f"the implicit residual is not finite at {bad} of {r.numel()} states at "
+                f"iteration {it + 1}: the model has no mass where the step's equation needs it"
+            )
+        square = (W * r * r).sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        square.backward()
+        self.optimizer.step()
+        rd = r.detach()
+        report.loss = float((W * rd).sum())
+        report.residual = 0.5 * float(square.detach())
+        report.loss_std = math.sqrt(2 * report.residual)
+        report.residuals.append(report.residual)
+        report.losses.append(report.loss)
+        report.rate_dt = max(report.rate_dt, problem.dt * float(exit_rate.max()))
+        report.ess = draw.ess
+        report.pareto_k = draw.pareto_k
+        report.iterations = it + 1
+
+
+@torch.no_grad()
+def implicit_support(
+    start: Any,
+    net: Any,
+    t: float,
+    dt: float,
+    *,
+    max_states: int,
+    leak: float = 1e-10,
+    impl: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(I - dt W)^-1 p0 exactly, where the start lists its support and the states that hold
+    all but `leak` of the result are few enough.
+
+    Returns:
+        states (N, L) and log p (N,) over the states kept, or None (no listed support, or
+        more than max_states needed).
+    """
+    support = getattr(start, "support", None)
+    found = support(max_states) if support is not None else None
+    if found is None:
+        return None
+    states, log_p0 = found
+    states = states.to(net.device)
+    p0 = torch.exp(log_p0).double().cpu().numpy()
+    while True:
+        p, lost = _solve_on(states, p0, net, t + dt, dt, impl)
+        if lost < leak:
+            keep = p > 0
+            return states[torch.as_tensor(keep)], torch.log(torch.as_tensor(p[keep]))
+        grown = _next_layer(states, net, t + dt, impl)
+        if grown.shape[0] == states.shape[0] or grown.shape[0] > max_states:
+            return None
+        p0 = np.concatenate([p0, np.zeros(grown.shape[0] - states.shape[0])])
+        states = grown
+
+
+def _next_layer(states: torch.Tensor, net: Any, t: float, impl: str) -> torch.Tensor:
+    """The states, then those one reaction away from them (new ones appended)."""
+    a = ops.propensities(states, net, t, impl=impl)
+    reached = (states.unsqueeze(1) + net.change.unsqueeze(0))[a > 0]
+    both = torch.cat([states, reached])
+    unique, inverse = unique_states(both, net.limits)
+    first = torch.full((unique.shape[0],), both.shape[0], dtype=torch.int64, device=both.device)
+    first.scatter_reduce_(0, inverse, torch.arange(both.shape[0], device=both.device), "amin")
+    return both[first.sort().values]  # the old states first, in their order
+
+
+def _solve_on(
+    states: torch.Tensor, p0: np.ndarray, net: Any, t: float, dt: float, impl: str
+) -> tuple[np.ndarray, float]:
+    """(I - dt W_S) p = p0 on the set S (outflow from S is lost) -> p, the mass lost."""
+    N = states.shape[0]
+    a = ops.propensities(states, net, t, impl=impl).double().cpu().numpy()  # (N, K)
+    reached = states.unsqueeze(1) + net.change.unsqueeze(0)  # (N, K, L)
+    keys = _keys(states, net.limits)
+    order = np.argsort(keys)
+    target = _keys(reached.reshape(-1, states.shape[1]), net.limits).reshape(N, -1)
+    pos = np.searchsorted(keys[order], target).clip(max=N - 1)
+    inside = (keys[order][pos] == target) & (a > 0)
+    rows = order[pos[inside]]
+    cols = np.nonzero(inside)[0]
+    W = sp.csc_matrix((a[inside], (rows, cols)), shape=(N, N))
+    W = W - sp.diags(a.sum(1))
+    p = spla.spsolve((sp.identity(N, format="csc") - dt * W).tocsc(), p0)
+    p = np.clip(p, 0.0, None)
+    return p, max(0.0, 1.0 - float(p.sum()))
+
+
+def _keys(states: torch.Tensor, limits: torch.Tensor) -> np.ndarray:
+    """A mixed-radix key per state (states outside the box get keys no state has)."""
+    s = states.cpu().numpy().astype(np.int64)
+    m = limits.cpu().numpy().astype(np.int64)
+    out = np.zeros(s.shape[0], dtype=np.int64)
+    outside = ((s < 0) | (s >= m)).any(axis=1)
+    for i in range(s.shape[1]):
+        out = out * int(m[i]) + np.clip(s[:, i], 0, m[i] - 1)
+    return np.where(outside, -1 - np.arange(s.shape[0]), out)

@@ -1,0 +1,112 @@
+"""The implicit (backward Euler) step: its residual is zero exactly at the dense solution of
+(I - dt W) q = q_old, the exact first step from a point mass, a run at a dt the explicit step
+cannot take against the exact backward-Euler iterates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+import torch
+
+import nncme
+from nncme import Reaction, ReactionNetwork, systems
+from nncme.config import ConfigError, RunConfig
+from nncme.evolve import StepSizeError
+from nncme.exact import FSP, FSPSettings
+from nncme.metrics import hellinger
+from nncme.models import Delta
+from nncme.optim import ImplicitTarget, implicit_support
+
+
+class Table:
+    """A distribution given by its values on an enumerated list of states."""
+
+    def __init__(self, states: np.ndarray, p: np.ndarray) -> None:
+        self.index = {tuple(s): i for i, s in enumerate(states.tolist())}
+        self.log_p = torch.log(torch.as_tensor(p, dtype=torch.float64).clamp_min(0))
+
+    def log_prob(self, states: torch.Tensor, **_) -> torch.Tensor:
+        rows = torch.tensor([self.index.get(tuple(s), -1) for s in states.tolist()])
+        out = torch.full((len(rows),), -np.inf, dtype=torch.float64)
+        out[rows >= 0] = self.log_p[rows[rows >= 0]]
+        return out
+
+
+def backward_euler(fsp: FSP, p: np.ndarray, t: float, dt: float) -> np.ndarray:
+    A = sp.identity(fsp.num_states, format="csc") - dt * fsp.generator(t + dt)
+    return spla.spsolve(A.tocsc(), p)
+
+
+def test_the_residual_vanishes_exactly_at_the_backward_euler_solution():
+    net = systems.get("toggle_switch", protein_limit=12)  # time-independent; a conserved gene
+    fsp = FSP(net, FSPSettings(quiet=True))
+    p_old = np.random.default_rng(0).random(fsp.num_states)
+    p_old /= p_old.sum()
+    dt = 0.05  # dt * a_0 up to 6: beyond any explicit step
+    p_new = backward_euler(fsp, p_old, 0.3, dt)
+    states = torch.as_tensor(fsp.states)
+    target = ImplicitTarget(Table(fsp.states, p_old), net.compile("cpu", torch.float64), 0.3, dt)
+    r, exit_rate = target.residual(Table(fsp.states, p_new), states)
+    assert float(dt * exit_rate.max()) > 5
+    assert float(r.abs().max()) < 1e-12
+    r_old, _ = target.residual(Table(fsp.states, p_old), states)
+    assert float(r_old.abs().max()) > 1.0  # q_old itself is far from solving the step
+
+
+def test_the_first_implicit_step_from_a_point_mass_is_exact():
+    net = systems.get("toggle_switch", protein_limit=12)
+    fsp = FSP(net, FSPSettings(quiet=True))
+    dt = 0.05
+    states, log_p = implicit_support(
+        Delta(net.initial_state, net.limits), net.compile("cpu", torch.float64), 0.0, dt,
+        max_states=10**5,
+    )  # fmt: skip
+    p0 = fsp.initial_distribution()
+    want = backward_euler(fsp, p0, 0.0, dt)
+    got = np.zeros(fsp.num_states)
+    got[fsp.index(states.numpy())] = np.exp(log_p.numpy())
+    np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def birth_death(limit: int = 30) -> ReactionNetwork:
+    return ReactionNetwork(
+        {"X": limit},
+        [Reaction({}, {"X": 1}, 10.0, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        {"X": 0},
+        t_end=1.0,
+        dt=0.1,
+    )
+
+
+# Fits that follow the implicit iterates to their tails: the mixture proposal under the
+# log-variance objective (no floor on counts the samples never reach), tighter stopping.
+TIGHT = dict(
+    proposal="mixture", objective="log_variance", relative_tolerance=1e-3, iterations=300,
+    first_tolerance=1e-7,
+)  # fmt: skip
+
+
+def test_an_implicit_run_at_a_dt_no_explicit_step_can_take():
+    """Birth-death with dt = 0.1 (dt a_0 up to 3.9 in the box): the explicit run stops, the
+    implicit one follows the exact backward-Euler iterates."""
+    net = birth_death()
+    common = dict(t_end=0.6, dt=0.1, save_every=0.2, quiet=True, eval_samples=2000)
+    with pytest.raises(StepSizeError):
+        nncme.run(net, RunConfig(integrator="heun", **common))
+    out = nncme.run(net, RunConfig(integrator="implicit", **TIGHT, **common))
+    fsp = FSP(net, FSPSettings(quiet=True))
+    p, want = fsp.initial_distribution(), []
+    for j in range(6):
+        p = backward_euler(fsp, p, 0.1 * j, 0.1)
+        if j % 2 == 1:
+            want.append(p)
+    h = hellinger(np.stack(want), out.result.marginals[1:, 0])
+    assert h.max() < 0.02, h
+    assert {line["scheme"] for line in out.history} == {"implicit, exact", "implicit"}
+
+
+def test_implicit_settings():
+    with pytest.raises(ConfigError, match="integrator: implicit"):
+        RunConfig(optimizer="natgrad", integrator="implicit")
