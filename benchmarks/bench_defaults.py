@@ -61,6 +61,14 @@ from nncme.metrics import compare, relative_error, sampling_noise_hellinger, tai
 BENCH = "defaults"
 # VAN and FSP results of each network (results.npz), for a closer look: git-ignored
 RUNS = Path(__file__).resolve().parent.parent / "runs"
+REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
+def short_traceback() -> list[str]:
+    """The last lines of the current traceback, with paths relative to the repository."""
+    return [line.replace(REPO, "") for line in traceback.format_exc(limit=6).splitlines()[-12:]]
+
+
 TAIL_LEVELS = (1e-4, 1e-6)
 MIN_MEAN = 0.05  # relative errors of means below this exact mean are not counted
 
@@ -293,7 +301,7 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
                 stage="van",
                 error=type(exc).__name__,
                 message=str(exc),
-                traceback=traceback.format_exc(limit=6).splitlines()[-12:],
+                traceback=short_traceback(),
                 failed_at_t=progress["t"],
                 steps_done=progress["steps"],
                 wall_seconds=time.perf_counter() - began,
@@ -319,7 +327,7 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
         row.update(
             stage="fsp/compare",
             compare_error=f"{type(exc).__name__}: {exc}",
-            traceback=traceback.format_exc(limit=6).splitlines()[-12:],
+            traceback=short_traceback(),
         )
     return row
 
@@ -419,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 "stage": "benchmark",
                 "error": type(exc).__name__,
                 "message": str(exc),
-                "traceback": traceback.format_exc(limit=6).splitlines()[-12:],
+                "traceback": short_traceback(),
             }
         rows.append(row)
         t = table_row(row)
