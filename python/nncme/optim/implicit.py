@@ -44,7 +44,7 @@ import torch
 
 from .. import ops
 from ..sampling import unique_states
-from .target import NonFiniteError, TransitionTarget
+from .target import NonFiniteError, TransitionTarget, listed_support, one_reaction_ahead
 from .updates import KLUpdate, StepProblem, StepReport
 
 __all__ = ["ImplicitTarget", "ImplicitUpdate", "implicit_support"]
@@ -182,34 +182,21 @@ def implicit_support(
         states (N, L) and log p (N,) over the states kept, or None (no listed support, or
         more than max_states needed).
     """
-    support = getattr(start, "support", None)
-    found = support(max_states) if support is not None else None
+    found = listed_support(start, max_states, net.device)
     if found is None:
         return None
     states, log_p0 = found
-    states = states.to(net.device)
     p0 = torch.exp(log_p0).double().cpu().numpy()
     while True:
         p, lost = _solve_on(states, p0, net, t + dt, dt, impl)
         if lost < leak:
             keep = p > 0
             return states[torch.as_tensor(keep)], torch.log(torch.as_tensor(p[keep]))
-        grown = _next_layer(states, net, t + dt, impl)
+        grown = one_reaction_ahead(states, net, t + dt, impl=impl)
         if grown.shape[0] == states.shape[0] or grown.shape[0] > max_states:
             return None
         p0 = np.concatenate([p0, np.zeros(grown.shape[0] - states.shape[0])])
         states = grown
-
-
-def _next_layer(states: torch.Tensor, net: Any, t: float, impl: str) -> torch.Tensor:
-    """The states, then those one reaction away from them (new ones appended)."""
-    a = ops.propensities(states, net, t, impl=impl)
-    reached = (states.unsqueeze(1) + net.change.unsqueeze(0))[a > 0]
-    both = torch.cat([states, reached])
-    unique, inverse = unique_states(both, net.limits)
-    first = torch.full((unique.shape[0],), both.shape[0], dtype=torch.int64, device=both.device)
-    first.scatter_reduce_(0, inverse, torch.arange(both.shape[0], device=both.device), "amin")
-    return both[first.sort().values]  # the old states first, in their order
 
 
 def _solve_on(

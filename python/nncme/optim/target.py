@@ -251,6 +251,31 @@ def check_step_size(exit_rate: torch.Tensor, t: float, dt: float) -> float:
     return dt * a0
 
 
+def listed_support(
+    start: Any, max_states: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The start's support (N, L) on the device and its log-probabilities (N,), or None when
+    it lists none or more than max_states states."""
+    support = getattr(start, "support", None)
+    found = support(max_states) if support is not None else None
+    if found is None:
+        return None
+    return found[0].to(device), found[1]
+
+
+@torch.no_grad()
+def one_reaction_ahead(
+    states: torch.Tensor, net: Any, t: float, *, impl: str = "auto"
+) -> torch.Tensor:
+    """The distinct states (N, L) followed by the new ones a reaction that fires reaches."""
+    a = ops.propensities(states, net, t, impl=impl)  # (N, K): which reactions fire where
+    both = torch.cat([states, (states.unsqueeze(1) + net.change.unsqueeze(0))[a > 0]])
+    unique, inverse = unique_states(both, net.limits)
+    first = torch.full((unique.shape[0],), both.shape[0], dtype=torch.int64, device=both.device)
+    first.scatter_reduce_(0, inverse, torch.arange(both.shape[0], device=both.device), "amin")
+    return both[first.sort().values]  # the given states first, in their order
+
+
 @torch.no_grad()
 def transition_support(
     start: Any, net: Any, t: float, dt: float, *, max_states: int, impl: str = "auto"
@@ -262,15 +287,10 @@ def transition_support(
         states one reaction away), or None when p0 has no `support` or it holds more than
         max_states states.
     """
-    support = getattr(start, "support", None)
-    found = support(max_states) if support is not None else None
+    found = listed_support(start, max_states, net.device)
     if found is None:
         return None
-    states, _ = found
-    states = states.to(net.device)
-    a = ops.propensities(states, net, t, impl=impl)  # (N, K): which reactions fire where
-    fired = (states.unsqueeze(1) + net.change.unsqueeze(0))[a > 0]
-    cands, _ = unique_states(torch.cat([states, fired]), net.limits)
+    cands, _ = unique_states(one_reaction_ahead(found[0], net, t, impl=impl), net.limits)
     if cands.shape[0] > max_states:
         return None
     values = TransitionTarget(start, net, t, dt, impl=impl)(cands)
