@@ -164,7 +164,7 @@ def scores_transposed_times(
 ) -> torch.Tensor:
     """O^T coef (P,) by one backward pass of sum_n coef_n log q(n), without forming O.
 
-    The parameters' .grad are left as they were found (None)."""
+    The parameters' .grad are cleared before and after (left as None)."""
     params = [p for _, p in _trainable(model)]
     for p in params:
         p.grad = None

@@ -129,7 +129,7 @@ class ImplicitUpdate(KLUpdate):
         if not isinstance(problem.target, ImplicitTarget):
             super()._iteration(problem, it, report)
             return
-        draw, states, _, w = self._batch(problem)
+        draw, states, w = self._batch(problem)
         B = draw.states.shape[0]
         if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
             w = torch.full_like(w, 1.0 / B)

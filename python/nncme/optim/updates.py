@@ -301,25 +301,25 @@ class KLUpdate(Update):
         for group, lr in zip(self.optimizer.param_groups, base_lrs):
             group["lr"] = lr * factor
 
-    def _batch(self, problem: StepProblem) -> tuple[Draw, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The proposal's draw, then all training states (B + eta B, L), log q and weights."""
+    def _batch(self, problem: StepProblem) -> tuple[Draw, torch.Tensor, torch.Tensor]:
+        """The proposal's draw, then all training states (B + eta B, L) and their weights (the
+        explored states one reaction ahead 1/B each)."""
         draw = problem.proposal.draw(problem.model, problem.batch_size, problem.generator)
         B = draw.states.shape[0]
         moved = explore_ahead(
             draw.states, self.explore, problem.target.net, problem.t, problem.generator
         )
-        if not moved.shape[0]:
-            return draw, draw.states, draw.log_q, draw.weights
-        with torch.no_grad():
-            lq_moved = problem.model.log_prob(moved)
         states = torch.cat([draw.states, moved])
-        log_q = torch.cat([draw.log_q, lq_moved])
-        weights = torch.cat([draw.weights, torch.full_like(lq_moved, 1.0 / B)])
-        return draw, states, log_q, weights
+        weights = torch.cat([draw.weights, draw.weights.new_full(moved.shape[:1], 1.0 / B)])
+        return draw, states, weights
 
     def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
-        draw, states, log_q, w = self._batch(problem)
+        draw, states, w = self._batch(problem)
         B = draw.states.shape[0]
+        log_q = draw.log_q
+        if states.shape[0] > B:
+            with torch.no_grad():
+                log_q = torch.cat([log_q, problem.model.log_prob(states[B:])])
         values = problem.target(states)
         rate_dt = check_step_size(values.exit_rate, problem.t, problem.dt)
         f_all = log_q - values.log_tq
