@@ -18,7 +18,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .evolve import Driver, StepInfo
 from .models import AutoregressiveModel, Delta, Product, build_model
-from .observers import Checkpoints, ProgressBar, Recorder, StepLog, Watchdog
+from .observers import Checkpoints, OutputLock, ProgressBar, Recorder, StepLog, Watchdog
 from .optim import (
     OPTIMIZERS,
     FisherSolver,
@@ -28,6 +28,7 @@ from .optim import (
     Update,
     make_optimizer,
 )
+from .paths import OutputDir
 from .sampling import Proposal, make_proposal
 from .steppers import Fit, Flow, Motion, StartFit, make_stepper
 
@@ -111,14 +112,38 @@ def build_driver(
     """A `Driver` for a network with everything the settings name, resumed if they say so.
 
     Its observers are a `ProgressBar`, a `Watchdog`, a `StepLog`, a `Recorder` and, with
-    `out`, `Checkpoints` (`driver.observer(Recorder).result()` is the Result).
+    `out`, `Checkpoints` and an `OutputLock` (`driver.observer(Recorder).result()` is the
+    Result). With `out`, the directory is checked, created and locked first, so a path that
+    cannot be written, or a second run on the same directory, stops before any work; if the
+    driver cannot be built, the lock goes and a directory made for it is removed again.
+    A resumed run keeps its own t_end unless the settings give one.
     """
     cfg = (config or RunConfig()).validate()
-    t_end = float(cfg.t_end if cfg.t_end is not None else network.t_end)
+    out = OutputDir(cfg.out).acquire() if cfg.out else None
+    try:
+        return _build_driver(network, cfg, out, start, model)
+    except BaseException:
+        if out is not None:
+            out.release()
+        raise
+
+
+def _build_driver(
+    network: Any,
+    cfg: RunConfig,
+    out: OutputDir | None,
+    start: Any | None,
+    model: AutoregressiveModel | None,
+) -> Driver:
+    device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]  # the settings checked device
+    checkpoints = None
+    if out is not None:
+        checkpoints = Checkpoints(out.path, cfg.to_dict(), network.name, RunConfig.RESUMABLE)
+    state = checkpoints.load(device) if cfg.resume and checkpoints is not None else None
+    t_end = float(cfg.t_end if cfg.t_end is not None else _t_end(state, network))
     dt = float(cfg.dt if cfg.dt is not None else network.dt)
     if dt > t_end:
         raise ConfigError(f"dt: {dt:g} is larger than t_end {t_end:g}")
-    device, dtype = _device(cfg.device), DTYPES[cfg.dtype]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     net = network.compile(device, dtype)
@@ -143,9 +168,6 @@ def build_driver(
         model.load_state_dict(start.state_dict())  # step from it as from any later time
     else:
         first = _start_fit(cfg, model, start, net, proposal, generator)
-    out = Path(cfg.out) if cfg.out else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     save_times = cfg.save_times(t_end, dt)
     settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}
     summary = {
@@ -154,10 +176,11 @@ def build_driver(
         "model": repr(model),
         "parameters": model.num_parameters(),
     }
+    directory = out.path if out is not None else None
     observers = [
         ProgressBar(network.name, quiet=cfg.quiet),
         Watchdog(limit=None if cfg.optimizer == "tdvp" else 1.0),
-        StepLog(out),
+        StepLog(directory),
         Recorder(
             network,
             start,
@@ -165,11 +188,11 @@ def build_driver(
             eval_samples=cfg.eval_samples,
             joint_max_states=cfg.joint_max_states,
             seed=cfg.seed,
-            directory=out,
+            directory=directory,
         ),
     ]
-    if out is not None:
-        observers.append(Checkpoints(out, cfg.to_dict(), network.name, RunConfig.RESUMABLE))
+    if checkpoints is not None and out is not None:  # both or neither
+        observers += [checkpoints, OutputLock(out)]  # the lock last: it goes when all closed
     driver = Driver(
         model,
         stepper,
@@ -180,11 +203,18 @@ def build_driver(
         generator=generator,
         observers=observers,
     )
+    if state is not None and checkpoints is not None:
+        checkpoints.restore(driver, state)
     summary["steps"] = driver.num_steps
-    if cfg.resume:
-        driver.observer(Checkpoints).restore(driver)
-        summary["steps"] = driver.num_steps
     return driver
+
+
+def _t_end(state: dict[str, Any] | None, network: Any) -> float:
+    """The end time when the settings give none: a resumed run's own, else the network's."""
+    if state is None:
+        return network.t_end
+    # checkpoints before "t_end" was stored end their save times with it
+    return state.get("t_end", state["save_times"][-1])
 
 
 def _model(
@@ -295,16 +325,6 @@ def _start_fit(
         implicit=cfg.integrator == "implicit",
         impl=cfg.impl,
     )
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"device: not a torch device: {name!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: {name} requested but torch sees no CUDA GPU")
-    return device
 
 
 def _same_architecture(a: AutoregressiveModel, b: AutoregressiveModel) -> bool:

@@ -8,6 +8,7 @@ one clear line and exit with status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -121,14 +122,23 @@ def _solve_and_save(args: argparse.Namespace, method: str, settings_class, solve
     if settings.out is None:
         settings = settings.replace(out=_default_out(network, method))
     times = settings.record_times(network.t_end)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    with _warnings_as_lines(method):
         result = solve(network, times, settings)
-    for w in caught:  # one line each, like errors
-        print(f"nncme {method}: warning: {w.message}", file=sys.stderr)
     _print_solver_report(method, network, result)
     _print_final_moments(result, settings.out)
     return 0
+
+
+@contextlib.contextmanager
+def _warnings_as_lines(command: str):
+    """Print the warnings of a block as one line each, like errors (after the block)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                print(f"nncme {command}: warning: {w.message}", file=sys.stderr)
 
 
 def _print_solver_report(method: str, network, result) -> None:
@@ -231,15 +241,20 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from . import metrics
+    from .paths import check_output_file
     from .results import Result
 
-    a, b = Result.load(args.a), Result.load(args.b)
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output_file(path, option)
     try:
+        a, b = Result.load(args.a), Result.load(args.b)
         d = metrics.compare(a, b)
-    except ValueError as exc:
+    except ValueError as exc:  # a damaged file, other species, no common time after 0
         raise UsageError(str(exc)) from None
     print(f"A: {args.a} ({_describe(a)})")
     print(f"B: {args.b} ({_describe(b)})")
+    print(_compared_times(d["times"], a.times, b.times))
     print(_distance_table(d, args.rows))
     if d.get("joint"):
         j = d["joint"]
@@ -256,10 +271,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     worst = d["worst"]
     line = f"max Hellinger {d['max_hellinger']:.4g} ({worst['species']} at t = {worst['time']:g})"
     if d["noise_hellinger"] is not None:
-        line += (
-            f"; sampling noise alone: {float(np.max(d['noise_hellinger'])):.2g} "
-            "(noise H: the distance expected from finite samples of an exact answer)"
-        )
+        line += f"; sampling noise alone: {float(np.max(d['noise_hellinger'])):.2g}"
     status = 0
     if args.max_hellinger is not None:
         ok = d["max_hellinger"] <= args.max_hellinger
@@ -267,14 +279,37 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         status = 0 if ok else 1
     print(line)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_jsonable(d), indent=2))
+        _write_json(args.json, d)
         print(f"wrote {args.json}")
     if args.plot:
         from .plot import plot_comparison
 
         print(f"wrote {plot_comparison(a, b, d, args.plot)}")
     return status
+
+
+def _write_json(path, d: dict) -> None:
+    from .paths import atomic_write
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(json.dumps(_jsonable(d), indent=2))
+
+
+def _compared_times(common, times_a, times_b, shown: int = 12) -> str:
+    """Which times the distances are at: the common ones, and each result's grid."""
+    listed = [f"{t:g}" for t in common]
+    if len(listed) > shown:
+        listed = [*listed[: shown - 2], "...", listed[-1]]
+
+    def grid(times) -> str:
+        return f"{len(times)} on [{times[0]:g}, {times[-1]:g}]"
+
+    return (
+        f"compared at {len(common)} common time{'s' if len(common) != 1 else ''}: "
+        f"{', '.join(listed)} "
+        f"(A has {grid(times_a)}, B has {grid(times_b)})"
+    )
 
 
 def _describe(r) -> str:
@@ -308,7 +343,16 @@ def _distance_table(d: dict, max_rows: int) -> str:
         rows.append("  ".join([f"{species[i][:14]:<14}", f"{times[j]:>9.4g}", *values]))
     if T * L > max_rows:
         rows.append(f"(worst time per species shown; {T} times x {L} species in --json)")
+    rows += _LEGEND[: 4 if d["noise_hellinger"] is not None else 3]
     return "\n".join(rows)
+
+
+_LEGEND = [
+    "Hellinger, TV: distances between A's and B's marginals (0: equal, 1: disjoint).",
+    "KL(B|A): in nats; inf where B puts probability on counts to which A gives none.",
+    "mean err, std err: relative errors |B - A| / |A| of mean and std (not standard errors).",
+    "noise H: the Hellinger distance that sampling alone gives; differences below it are noise.",
+]
 
 
 def _jsonable(x):
@@ -360,7 +404,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if config.out is None:
         config = config.replace(out=_default_out(network, "van"))
     try:
-        driver = build_driver(network, config)
+        with _warnings_as_lines("run"):  # e.g. resuming from the older of two checkpoints
+            driver = build_driver(network, config)
     except ValueError as exc:  # ConfigError, model-option errors, a checkpoint of another run
         raise UsageError(str(exc)) from None
     model = driver.model
@@ -426,9 +471,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from .evolve import TrainingError
     from .exact import FSPSettings, solve_fsp
     from .io import resolve_network
+    from .paths import check_output_dir
     from .plot import plot_comparison
 
-    out = Path(args.out)
+    out = check_output_dir(args.out, "out")
     network = resolve_network(args.system)
     settings = dict(STUDY_SETTINGS) if args.system == STUDY_SYSTEM else {}
     config = _run_config(args, **settings, out=str(out / "van"))
@@ -446,7 +492,7 @@ def _cmd_study(args: argparse.Namespace) -> int:
     fsp_s = time.perf_counter() - began
     d = metrics.compare(fsp, van)
     plot = plot_comparison(fsp, van, d, out / "comparison.png")
-    (out / "distances.json").write_text(json.dumps(_jsonable(d), indent=2))
+    _write_json(out / "distances.json", d)
     print(_distance_table(d, 200))
     worst = d["worst"]
     print(
@@ -480,12 +526,16 @@ _SUBCOMMANDS = [
 ]
 
 
+# A file given on the command line that cannot be read (paths.check_input_file).
+_INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, NetworkError, UsageError, FileNotFoundError) as exc:
+    except (ConfigError, NetworkError, UsageError, *_INPUT_ERRORS) as exc:
         print(f"nncme {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -495,6 +545,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `nncme show ... | head`: the reader left; silence the flush at interpreter exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # the disk filled, a directory vanished: one line, not a traceback
+        print(f"nncme {args.command}: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

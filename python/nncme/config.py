@@ -90,12 +90,25 @@ def _opt(
 
 
 def _torch_device(value: str) -> str | None:
+    """Why a solve cannot run on device `value` (None: it can), checked with the settings so
+    that a missing GPU stops a command before any work, not at its first tensor."""
     import torch
 
     try:
-        torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, TypeError):
         return f"not a torch device: {value!r} (cpu, cuda, cuda:1, ...)"
+    if device.type not in ("cpu", "cuda"):
+        return f"nncme runs on cpu or cuda, not {value!r}"
+    if device.type == "cpu":
+        return None
+    if not torch.cuda.is_available():
+        build = "CPU-only" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
+        torch_is = f"torch {torch.__version__}, {build}"
+        return f"{value!r} requested but torch sees no CUDA GPU ({torch_is}); use cpu"
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        return f"{value!r} requested but torch sees {count} CUDA GPU(s), cuda:0 .. cuda:{count - 1}"
     return None
 
 
@@ -231,9 +244,12 @@ class Settings:
     def read_toml(cls, path: str | Path) -> dict[str, Any]:
         """This command's settings in a TOML file, not yet validated: the top-level keys, and
         over them those of the table named TABLE; other commands' tables are left out."""
-        path = Path(path)
-        if not path.exists():
-            raise ConfigError(f"config: no such file {str(path)!r}")
+        from .paths import check_input_file
+
+        try:
+            path = check_input_file(path, "config")
+        except OSError as exc:
+            raise ConfigError(str(exc)) from None
         try:
             data = tomllib.loads(path.read_text())
         except tomllib.TOMLDecodeError as exc:

@@ -181,8 +181,13 @@ class Driver:
             for observer in self.observers:
                 observer.finish(self)
         finally:
-            for observer in self.observers:
-                observer.close(self)
+            self.close()
+
+    def close(self) -> None:
+        """Tell the observers the run is over (the bar closes, the output directory's lock is
+        released); `run` does this itself, a driver stepped by hand should call it."""
+        for observer in self.observers:
+            observer.close(self)
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -194,6 +199,7 @@ class Driver:
             "stepper": self.stepper.state_dict(),
             "generator": self.generator.get_state() if self.generator is not None else None,
             "save_times": list(self.save_times),
+            "t_end": self.t_end,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

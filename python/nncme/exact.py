@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from . import ops
 from .config import Settings, _opt, shared, torch_threads
 from .network import NetworkError, ReactionNetwork, check_times
+from .paths import OutputDir
 from .results import Result, ResultBuilder, check_boundary, versions
 
 __all__ = [
@@ -592,9 +593,25 @@ def solve_fsp(
 
     Raises:
         NetworkError: too many states (the message quotes the count and memory) or bad times.
+        ConfigError: `out` cannot be written or another run holds it (before any solve).
     """
-    settings = settings or FSPSettings()
+    settings = (settings or FSPSettings()).validate()
     times = check_times(settings.record_times(network.t_end) if times is None else times)
+    if settings.out is None:
+        return _solve_fsp(network, times, settings, p0, pair)
+    with OutputDir(settings.out):  # checked and locked before the solve, let go after
+        result = _solve_fsp(network, times, settings, p0, pair)
+        result.save(settings.out, plots=settings.plots)
+    return result
+
+
+def _solve_fsp(
+    network: ReactionNetwork,
+    times: np.ndarray,
+    settings: FSPSettings,
+    p0: np.ndarray | None,
+    pair: tuple[int, int] | None,
+) -> Result:
     t0 = time.perf_counter()
     fsp = FSP(network, settings)
     builder = ResultBuilder(
@@ -637,7 +654,5 @@ def solve_fsp(
         "versions": versions(),
     }
     result = builder.build(normalize=False, summary=summary)
-    check_boundary(result, settings.boundary_warn)
-    if settings.out is not None:
-        result.save(settings.out, plots=settings.plots)
+    check_boundary(result, settings.boundary_warn, stacklevel=4)
     return result

@@ -172,6 +172,13 @@ def align_times(a: np.ndarray, b: np.ndarray, rtol: float = 1e-9) -> tuple[np.nd
     return np.array(ia, dtype=np.int64), np.array(ib, dtype=np.int64)
 
 
+def _grid(times: np.ndarray) -> str:
+    """A time grid in a few words: "11 times on [0, 40]"."""
+    if times.shape[0] == 0:
+        return "no times"
+    return f"{times.shape[0]} times on [{times[0]:g}, {times[-1]:g}]"
+
+
 def _species_map(a: Result, b: Result) -> np.ndarray:
     missing = [s for s in a.species if s not in b.species]
     extra = [s for s in b.species if s not in a.species]
@@ -243,14 +250,16 @@ def compare(a: Result, b: Result, *, tail_levels: Sequence[float] = TAIL_LEVELS)
         sample count (else None).
 
     Raises:
-        ValueError: different species, or no common time.
+        ValueError: different species, or no common time after t = 0 (every solver starts
+            from the same initial counts, so agreement at t = 0 alone says nothing).
     """
     order = _species_map(a, b)
     ia, ib = align_times(a.times, b.times)
-    if ia.size == 0:
+    if not np.any(a.times[ia] > 0):
+        shared = "no time" if ia.size == 0 else "no time after t = 0"
         raise ValueError(
-            f"the results share no time: A has {a.times.tolist()[:6]}..., "
-            f"B has {b.times.tolist()[:6]}..."
+            f"the results share {shared}: A has {_grid(a.times)}, B has {_grid(b.times)}; "
+            "solve both at the same times (--times, or the same --t-end and --save-every)"
         )
     ma = a.marginals[ia]
     mb = b.marginals[ib][:, order]

@@ -7,6 +7,7 @@
   from them (written at each save time and at the end).
 - `Checkpoints`: checkpoint.pt at every save time (model, stepper and optimiser state, random
   stream, step, and every observer's state), and `restore` to resume from it.
+- `OutputLock`: holds the output directory's lock for the run (`nncme.paths.OutputDir`).
 
 The driver calls, in the order the observers were given: `start` before the first step of a
 run (fresh or resumed), `step` after every step, `save` after a step that ends on a save time,
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
+import pickle
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from .config import ConfigError
 from .models import AutoregressiveModel
 from .optim import DivergenceError, StepReport
+from .paths import OutputDir, atomic_write
 from .results import Result, ResultBuilder, versions
 
 if TYPE_CHECKING:
@@ -41,8 +43,11 @@ if TYPE_CHECKING:
 __all__ = [
     "CHECKPOINT",
     "LOG",
+    "PREVIOUS_CHECKPOINT",
+    "CheckpointWarning",
     "Checkpoints",
     "Observer",
+    "OutputLock",
     "ProgressBar",
     "Recorder",
     "StepInfo",
@@ -53,6 +58,7 @@ __all__ = [
 ]
 
 CHECKPOINT = "checkpoint.pt"
+PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 LOG = "log.jsonl"
 CHECKPOINT_FORMAT = 2
 # Largest support of a distribution whose statistics are computed over its listed states.
@@ -226,15 +232,23 @@ class StepLog(Observer):
 
     def start(self, driver: Driver) -> None:
         """A fresh log, or, on resume, the log as it was at the checkpoint."""
-        if self.path is not None:
-            self.path.write_text("".join(json.dumps(line) + "\n" for line in self.history))
+        self._write_whole()
 
     def step(self, driver: Driver, info: StepInfo) -> None:
         line = {"step": info.step, "t": info.t, "dt": info.dt, **info.report.log_fields()}
         self.history.append(line)
-        if self.path is not None:
+        if self.path is not None:  # appended as the run goes, so a kill loses at most a line
             with open(self.path, "a") as fh:
                 fh.write(json.dumps(line) + "\n")
+
+    def finish(self, driver: Driver) -> None:
+        """The log's final form, written whole (a torn last line of a kill is gone)."""
+        self._write_whole()
+
+    def _write_whole(self) -> None:
+        if self.path is not None:
+            with atomic_write(self.path) as fh:
+                fh.write("".join(json.dumps(line) + "\n" for line in self.history))
 
     def state_dict(self) -> dict[str, Any]:
         return {"lines": list(self.history)}
@@ -372,7 +386,13 @@ class Recorder(Observer):
 
 
 class Checkpoints(Observer):
-    """checkpoint.pt in `directory` at every save time, written atomically; `restore` resumes.
+    """checkpoint.pt in `directory` at every save time, written atomically; `load` and
+    `restore` resume from it.
+
+    The checkpoint it replaces is kept as checkpoint.prev.pt: everything a run needs is in
+    each checkpoint (the observers' states included), so resuming from the older one repeats
+    the steps since its save time and reaches the same answer. `load` falls back on it, with
+    a warning, when checkpoint.pt cannot be read.
 
     Args:
         directory: the run's output directory.
@@ -385,6 +405,7 @@ class Checkpoints(Observer):
         self, directory: Path, settings: dict[str, Any], network: str, resumable: Sequence[str]
     ) -> None:
         self.path = directory / CHECKPOINT
+        self.previous = directory / PREVIOUS_CHECKPOINT
         self.settings, self.network, self.resumable = settings, network, tuple(resumable)
 
     def save(self, driver: Driver, info: StepInfo) -> None:
@@ -395,26 +416,49 @@ class Checkpoints(Observer):
             "network": self.network,
             "observers": {o.key: o.state_dict() for o in driver.observers if o.key},
         }
-        tmp = self.path.with_name(CHECKPOINT + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)  # atomic: a kill never leaves half a file
+        with atomic_write(self.path, "wb", previous=self.previous) as fh:
+            torch.save(state, fh)
 
     def failed(self, driver: Driver, error: Exception) -> str:
         if self.path.exists():
             return f"the last good checkpoint is kept in {self.path}"
         return ""
 
-    def restore(self, driver: Driver) -> None:
-        """Load the checkpoint into the driver and its observers (ConfigError if it is not a
-        checkpoint of this run)."""
-        if not self.path.exists():
+    def load(self, device: torch.device | str = "cpu") -> dict[str, Any]:
+        """The newest readable checkpoint's state: checkpoint.pt, else (with a
+        `CheckpointWarning`) the one before it.
+
+        Raises:
+            ConfigError: no checkpoint, or none that can be read (naming the file), or one
+                of another checkpoint format.
+        """
+        if not self.path.exists() and not self.previous.exists():
             raise ConfigError(f"resume: no checkpoint in {self.path.parent} (expected {self.path})")
-        state = torch.load(self.path, map_location=driver.model.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(
-                f"resume: {self.path} has checkpoint format {state.get('format')}, this nncme "
-                f"reads format {CHECKPOINT_FORMAT}; start the run again"
-            )
+        try:
+            return _read_checkpoint(self.path, device)
+        except _Unreadable as exc:
+            problem = str(exc)
+        if not self.previous.exists():
+            raise ConfigError(f"{problem}; no older checkpoint: start the run again without resume")
+        try:
+            state = _read_checkpoint(self.previous, device)
+        except _Unreadable as exc:
+            raise ConfigError(f"{problem}; {exc}; start the run again without resume") from None
+        warnings.warn(
+            f"{problem}; resuming from the older {self.previous} (t = {float(state['t']):g})",
+            CheckpointWarning,
+            stacklevel=2,
+        )
+        return state
+
+    def restore(self, driver: Driver, state: dict[str, Any] | None = None) -> None:
+        """Load a checkpoint's state (default: `load()`) into the driver and its observers.
+
+        Raises:
+            ConfigError: it is not a checkpoint of this run (other settings or network).
+        """
+        if state is None:
+            state = self.load(driver.model.device)
         saved = state["settings"]
         changed = [
             k for k, v in self.settings.items() if k not in self.resumable and saved.get(k) != v
@@ -433,6 +477,60 @@ class Checkpoints(Observer):
         for observer in driver.observers:
             if observer.key:
                 observer.load_state_dict(state["observers"][observer.key])
+
+
+class CheckpointWarning(UserWarning):
+    """A run resumes from an older checkpoint than the newest (which could not be read)."""
+
+
+class _Unreadable(ConfigError):
+    """A checkpoint file that cannot be read (truncated, damaged, not a checkpoint)."""
+
+
+# What a checkpoint holds at its top level (besides "format").
+_CHECKPOINT_KEYS = (
+    *("step", "t", "model", "stepper", "generator", "save_times"),  # Driver.state_dict
+    *("settings", "network", "observers"),
+)
+
+
+def _read_checkpoint(path: Path, device: torch.device | str) -> dict[str, Any]:
+    """A checkpoint file's state.
+
+    Raises:
+        _Unreadable: missing, truncated or not a checkpoint (one line naming the file).
+        ConfigError: a checkpoint of another format.
+    """
+    if not path.exists():
+        raise _Unreadable(f"resume: {path} is missing")
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        # torch.load's failures on a damaged file are many and undocumented; all mean the same
+        text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise _Unreadable(f"resume: {path} is damaged or truncated ({text})") from None
+    if not isinstance(state, dict) or "format" not in state:
+        raise _Unreadable(f"resume: {path} is not an nncme checkpoint")
+    if state["format"] != CHECKPOINT_FORMAT:
+        raise ConfigError(
+            f"resume: {path} has checkpoint format {state['format']}, this nncme reads format "
+            f"{CHECKPOINT_FORMAT}; start the run again"
+        )
+    missing = [k for k in _CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise _Unreadable(f"resume: {path} is incomplete (no {', '.join(missing)})")
+    return state
+
+
+class OutputLock(Observer):
+    """Holds the run's output directory (`nncme.paths.OutputDir`: created and locked) until
+    the run closes, then lets it go."""
+
+    def __init__(self, directory: OutputDir) -> None:
+        self.directory = directory
+
+    def close(self, driver: Driver) -> None:
+        self.directory.release()
 
 
 # ---------------------------------------------------------------------- statistics

@@ -13,7 +13,7 @@ and `Result.load(dir)` reads it back. `ResultBuilder` accumulates a result from 
 batch by batch: exact probabilities (FSP: weights = P(n)) or samples (SSA, VAN: weight 1 or an
 importance weight), so every solver computes its statistics the same way.
 
-This module is a leaf: it imports only numpy (and plot.py, which imports matplotlib).
+This module is a leaf: it imports only numpy, paths.py (atomic writes) and plot.py (matplotlib).
 """
 
 from __future__ import annotations
@@ -24,12 +24,15 @@ import json
 import math
 import platform
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .paths import atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -203,18 +206,21 @@ class Result:
             value = getattr(self, name)
             if value is not None:
                 arrays[name] = np.asarray(value)
-        np.savez_compressed(out / "results.npz", **arrays)
-        (out / "summary.json").write_text(json.dumps(self._summary_json(), indent=2, default=_js))
+        with atomic_write(out / "results.npz", "wb") as fh:  # a kill leaves the old file whole
+            np.savez_compressed(fh, **arrays)
+        self._write_summary(out)
         if plots:
             from . import plot
 
             self.summary.setdefault("plots", [])
             files = plot.save_result_plots(self, out)
             self.summary["plots"] = [p.name for p in files]
-            (out / "summary.json").write_text(
-                json.dumps(self._summary_json(), indent=2, default=_js)
-            )
+            self._write_summary(out)
         return out
+
+    def _write_summary(self, out: Path) -> None:
+        with atomic_write(out / "summary.json") as fh:
+            fh.write(json.dumps(self._summary_json(), indent=2, default=_js))
 
     def _summary_json(self) -> dict[str, Any]:
         head: dict[str, Any] = {
@@ -248,28 +254,45 @@ class Result:
         npz = path / "results.npz" if path.is_dir() else path
         if not npz.exists():
             raise FileNotFoundError(f"no results.npz at {path}")
-        with np.load(npz, allow_pickle=False) as data:
-            version = int(data["format_version"]) if "format_version" in data else 0
-            if version > FORMAT_VERSION:
-                raise ValueError(
-                    f"{npz}: results format {version} is newer than this nncme reads "
-                    f"({FORMAT_VERSION}); upgrade nncme"
-                )
-            fields = {name: data[name] for name in _OPTIONAL if name in data}
-            result = cls(
-                method=str(data["method"]),
-                species=[str(s) for s in data["species"]],
-                limits=data["limits"],
-                times=data["times"],
-                marginals=data["marginals"],
-                means=data["means"],
-                stds=data["stds"],
-                **fields,
+        try:
+            with np.load(npz, allow_pickle=False) as data:
+                arrays = {name: data[name] for name in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"{npz}: not a readable results file ({_first_line(exc)})") from None
+        version = int(arrays["format_version"]) if "format_version" in arrays else 0
+        if version > FORMAT_VERSION:
+            raise ValueError(
+                f"{npz}: results format {version} is newer than this nncme reads "
+                f"({FORMAT_VERSION}); upgrade nncme"
             )
+        missing = [k for k in ("method", "species", "limits", "times", "marginals", "means", "stds")
+                   if k not in arrays]  # fmt: skip
+        if missing:
+            raise ValueError(f"{npz}: not a results file (no {', '.join(missing)})")
+        result = cls(
+            method=str(arrays["method"]),
+            species=[str(s) for s in arrays["species"]],
+            limits=arrays["limits"],
+            times=arrays["times"],
+            marginals=arrays["marginals"],
+            means=arrays["means"],
+            stds=arrays["stds"],
+            **{name: arrays[name] for name in _OPTIONAL if name in arrays},
+        )
         summary_file = npz.parent / "summary.json"
         if summary_file.exists():
-            result.summary = json.loads(summary_file.read_text())
+            try:
+                result.summary = json.loads(summary_file.read_text())
+            except (OSError, ValueError) as exc:
+                problem = _first_line(exc)
+                raise ValueError(f"{summary_file}: not readable JSON ({problem})") from None
         return result
+
+
+def _first_line(exc: BaseException) -> str:
+    """An exception's message on one line (torch's and numpy's may run over several)."""
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 def _js(obj: Any) -> Any:

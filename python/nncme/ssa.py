@@ -40,6 +40,7 @@ from .network import (
     Sinusoidal,
     check_times,
 )
+from .paths import OutputDir
 from .results import Result, ResultBuilder, check_boundary, versions
 
 __all__ = ["SSASettings", "simulate", "solve_ssa"]
@@ -322,9 +323,7 @@ def _generator(settings: SSASettings, device: torch.device) -> torch.Generator:
 
 def _run(network: ReactionNetwork, times: np.ndarray, settings: SSASettings, sink: Any) -> dict:
     """Simulate all trajectories batch by batch, handing each batch's records to `sink`."""
-    device = torch.device(settings.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NetworkError(f"device: {settings.device!r} requested but CUDA is not available")
+    device = torch.device(settings.validate().device)  # validate: a GPU that is not there
     plan = _Plan(network, times, device)
     gen = _generator(settings, device)
     total = int(settings.trajectories)
@@ -426,9 +425,26 @@ def solve_ssa(
     Returns:
         A `Result` with method "ssa"; `summary["samples"]` is the number of trajectories and
         `summary["ssa"]` holds the seed, device, event counts and timings.
+
+    Raises:
+        ConfigError: `out` cannot be written or another run holds it (before any simulation).
     """
-    settings = settings or SSASettings()
+    settings = (settings or SSASettings()).validate()
     times = check_times(settings.record_times(network.t_end) if times is None else times)
+    if settings.out is None:
+        return _solve_ssa(network, times, settings, pair)
+    with OutputDir(settings.out):  # checked and locked before the simulation, let go after
+        result = _solve_ssa(network, times, settings, pair)
+        result.save(settings.out, plots=settings.plots)
+    return result
+
+
+def _solve_ssa(
+    network: ReactionNetwork,
+    times: np.ndarray,
+    settings: SSASettings,
+    pair: tuple[int, int] | None,
+) -> Result:
     builder = ResultBuilder(
         "ssa",
         network.species_names,
@@ -456,7 +472,5 @@ def solve_ssa(
         "versions": versions(),
     }
     result = builder.build(normalize=True, summary=summary)
-    check_boundary(result, settings.boundary_warn)
-    if settings.out is not None:
-        result.save(settings.out, plots=settings.plots)
+    check_boundary(result, settings.boundary_warn, stacklevel=4)
     return result

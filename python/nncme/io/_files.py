@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..network import NetworkError, ReactionNetwork
+from ..paths import atomic_write, check_input_file, check_output_file
 from ._dict import network_from_dict, network_to_dict
 
 if sys.version_info >= (3, 11):
@@ -26,16 +27,16 @@ def load_network(path: str | Path) -> ReactionNetwork:
     """Read a network from a .toml or .json file (schema: `nncme.io._dict`).
 
     Raises:
-        FileNotFoundError: no such file.
+        FileNotFoundError, IsADirectoryError, PermissionError: no such file, a directory, or
+            a file that cannot be read.
         NetworkError: unreadable file or invalid network; the message starts with the file
             name and names the offending field, e.g. ``net.toml: reactions[2].rate: ...``.
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix not in SUFFIXES:
+    if suffix not in SUFFIXES and not path.is_dir():  # a directory: check_input_file says so
         raise NetworkError(f"{path}: unknown file type {suffix!r}; use .toml or .json")
-    if not path.is_file():
-        raise FileNotFoundError(f"no such network file: {path}")
+    check_input_file(path, "network file")
     try:
         if suffix == ".toml":
             with path.open("rb") as f:
@@ -65,6 +66,7 @@ def save_network(network: ReactionNetwork, path: str | Path) -> Path:
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise NetworkError(f"{path}: unknown file type {suffix!r}; use .toml or .json")
+    check_output_file(path, "network file")
     d = network_to_dict(network)
     bad = [r["name"] for r in d["reactions"] if "propensity" in r or isinstance(r.get("rate"), str)]
     if bad:
@@ -73,7 +75,9 @@ def save_network(network: ReactionNetwork, path: str | Path) -> Path:
             "written to a file"
         )
     text = json.dumps(d, indent=2) + "\n" if suffix == ".json" else _to_toml(d)
-    path.write_text(text, encoding="utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as fh:
+        fh.write(text)
     return path
 
 
@@ -88,6 +92,7 @@ def resolve_network(spec: str | Path) -> ReactionNetwork:
     Raises:
         NetworkError: unknown system or parameter, invalid file or network.
         FileNotFoundError: a path to a missing file.
+        IsADirectoryError: a path to a directory.
     """
     from .. import systems  # systems build networks; io must not import them at load time
 
@@ -96,7 +101,7 @@ def resolve_network(spec: str | Path) -> ReactionNetwork:
         return load_network(text)
     name, params = systems.parse_spec(text)
     if name not in systems.names():
-        if Path(text).is_file():  # a file with another suffix: load_network says which
+        if Path(text).exists():  # another suffix, or a directory: load_network says which
             return load_network(text)
         if "/" in name or "." in name:
             raise FileNotFoundError(f"no such network file or catalogue system: {text}")
