@@ -128,15 +128,44 @@ class _Symbols:
         return _Symbols(constants, scales, self.ext)
 
 
+Consts = list[tuple[float, float]]  # constant factors (value, power)
+
+
+@dataclass
+class _HillDenominator:
+    """C + D x^h, with C and D kept as constant factors so that K^h/(K^h + x^h) cancels."""
+
+    x: str
+    h: float
+    K: float  # in x's symbol units
+    C: Consts
+    D: Consts
+
+
 @dataclass
 class _Term:
-    """One term of a kinetic law as it is read: sign * coef * prod factors."""
+    """One term of a kinetic law as it is read: the product of its factors.
 
-    coef: float = 1.0
+    Constant factors are kept apart (not multiplied out) until the Hill factors have been
+    taken out, so that v*K^n/(K^n + x^n) gives v exactly, not v*K^n/K^n.
+    """
+
+    consts: Consts = field(default_factory=list)
     powers: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     shifts: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
-    hills: list[tuple[str, float, float, float]] = field(default_factory=list)  # x, C, D, h
+    hills: list[_HillDenominator] = field(default_factory=list)
     wave: tuple[float, float, float] | None = None  # a, omega, phi
+
+    @property
+    def coef(self) -> float:
+        return math.prod(v**e for v, e in self.consts)
+
+    def divide(self, consts: Consts) -> None:
+        for v, e in consts:
+            if (v, e) in self.consts:
+                self.consts.remove((v, e))
+            else:
+                self.consts.append((v, -e))
 
 
 @dataclass
@@ -183,12 +212,22 @@ _UNARY = {
 
 def _evaluate(node: Any, sym: _Symbols, where: str) -> float:
     """The value of a constant expression (numbers, parameters, sizes, + - * / ^ exp ln ...)."""
+    try:
+        value = _eval(node, sym, where)
+    except (ArithmeticError, TypeError) as exc:
+        raise NetworkError(f"{where}: {_node_text(node)!r} cannot be evaluated ({exc})") from None
+    if not math.isfinite(value):
+        raise NetworkError(f"{where}: {_node_text(node)!r} is {value}")
+    return value
+
+
+def _eval(node: Any, sym: _Symbols, where: str) -> float:
     libsbml = _libsbml()
     t = node.getType()
     kids = [node.getChild(i) for i in range(node.getNumChildren())]
 
     def ev(k: Any) -> float:
-        return _evaluate(k, sym, where)
+        return _eval(k, sym, where)
 
     if node.isNumber():
         return float(node.getValue())
@@ -214,9 +253,9 @@ def _evaluate(node: Any, sym: _Symbols, where: str) -> float:
     if t == libsbml.AST_DIVIDE:
         return ev(kids[0]) / ev(kids[1])
     if t in (libsbml.AST_POWER, libsbml.AST_FUNCTION_POWER):
-        return ev(kids[0]) ** ev(kids[1])
+        return _power(ev(kids[0]), ev(kids[1]), where)
     if t == libsbml.AST_FUNCTION_ROOT:
-        return ev(kids[1]) ** (1.0 / ev(kids[0]))
+        return _power(ev(kids[1]), 1.0 / ev(kids[0]), where)
     if t == libsbml.AST_FUNCTION_LOG:
         return math.log(ev(kids[1]), ev(kids[0]))
     name = node.getName() or ""
@@ -269,7 +308,7 @@ def _has_time(node: Any) -> bool:
 
 
 def _power(value: float, e: float, where: str) -> float:
-    if value < 0 and e != int(e):
+    if (value < 0 and e != int(e)) or (value == 0 and e < 0):
         raise NetworkError(f"{where}: {value:g}^{e:g} is not a real number")
     return value**e
 
@@ -289,18 +328,8 @@ def _expand(
     libsbml = _libsbml()
     t = node.getType()
     kids = [node.getChild(i) for i in range(node.getNumChildren())]
-    if _is_constant(node, sym):
-        return [(1, [(node, exponent)])]
-    keep_sum = not split and (
-        _shifted_species(node, sym, where) is not None or _has(node, libsbml.AST_FUNCTION_SIN)
-    )
-    if t == libsbml.AST_PLUS and exponent == 1 and not keep_sum:
-        return [term for k in kids for term in _expand(k, 1.0, sym, where)]
-    if t == libsbml.AST_MINUS and len(kids) == 1 and exponent in (1, -1):
-        return [(-sign, f) for sign, f in _expand(kids[0], exponent, sym, where)]
-    if t == libsbml.AST_MINUS and exponent == 1 and not keep_sum:
-        neg = [(-sign, f) for sign, f in _expand(kids[1], 1.0, sym, where)]
-        return _expand(kids[0], 1.0, sym, where) + neg
+    # Products, quotients and powers are taken apart even when constant, so that the
+    # constants K and n of K^n stay visible (Hill K is then read exactly).
     if t == libsbml.AST_TIMES:
         out: list[tuple[int, Factors]] = [(1, [])]
         for k in kids:
@@ -321,9 +350,22 @@ def _expand(
             raise NetworkError(f"{where}: {_unsupported(node)}")
         p = _evaluate(power, sym, where)
         p = 1.0 / p if t == libsbml.AST_FUNCTION_ROOT else p
-        if base.getType() in (libsbml.AST_PLUS, libsbml.AST_MINUS) and exponent * p != 1:
+        is_sum = base.getType() in (libsbml.AST_PLUS, libsbml.AST_MINUS)
+        if is_sum and exponent * p != 1 and not _is_constant(base, sym):
             return [(1, [(base, exponent * p)])]  # a Hill denominator, or refused later
         return _expand(base, exponent * p, sym, where)
+    if _is_constant(node, sym):
+        return [(1, [(node, exponent)])]
+    keep_sum = not split and (
+        _shifted_species(node, sym, where) is not None or _has(node, libsbml.AST_FUNCTION_SIN)
+    )
+    if t == libsbml.AST_PLUS and exponent == 1 and not keep_sum:
+        return [term for k in kids for term in _expand(k, 1.0, sym, where)]
+    if t == libsbml.AST_MINUS and len(kids) == 1 and exponent in (1, -1):
+        return [(-sign, f) for sign, f in _expand(kids[0], exponent, sym, where)]
+    if t == libsbml.AST_MINUS and exponent == 1 and not keep_sum:
+        neg = [(-sign, f) for sign, f in _expand(kids[1], 1.0, sym, where)]
+        return _expand(kids[0], 1.0, sym, where) + neg
     return [(1, [(node, exponent)])]
 
 
@@ -335,7 +377,9 @@ def _read_term(factors: Factors, sym: _Symbols, where: str) -> _Term:
         t = node.getType()
         shifted = _shifted_species(node, sym, where)
         if _is_constant(node, sym):
-            term.coef *= _power(_evaluate(node, sym, where), e, where)
+            value = _evaluate(node, sym, where)
+            _power(value, e, where)  # a real number
+            term.consts.append((value, e))
         elif t == libsbml.AST_NAME:
             term.powers[node.getName()] += e
         elif shifted is not None and e == 1:
@@ -346,33 +390,51 @@ def _read_term(factors: Factors, sym: _Symbols, where: str) -> _Term:
             if term.wave is not None:
                 raise NetworkError(f"{where}: more than one sinusoidal factor")
             scale, term.wave = _sinusoid(node, sym, where)
-            term.coef *= scale
+            term.consts.append((scale, 1.0))
         else:
             raise NetworkError(f"{where}: {_unsupported(node)}")
     return term
 
 
-def _hill_denominator(node: Any, sym: _Symbols, where: str) -> tuple[str, float, float, float]:
-    """C + D*x^h -> (x, C, D, h), the denominator of a Hill factor with K^h = C/D."""
-    const, hill = 0.0, None
+def _hill_denominator(node: Any, sym: _Symbols, where: str) -> _HillDenominator:
+    """C + D*x^h, the denominator of a Hill factor with K^h = C/D."""
+    constants, hill = [], None
     for sign, factors in _expand(node, 1.0, sym, where):
         term = _read_term(factors, sym, where)
         if term.shifts or term.hills or term.wave or sign * term.coef <= 0:
             break
         if not term.powers:
-            const += term.coef
+            constants.append(term.consts)
             continue
         if hill is not None or len(term.powers) != 1:
             break
-        ((x, h),) = term.powers.items()
-        hill = (x, term.coef, h)
+        hill = term
     else:
-        if hill is not None and const > 0 and hill[2] > 0:
-            return hill[0], const, hill[1], hill[2]
+        if hill is not None and constants and next(iter(hill.powers.values())) > 0:
+            ((x, h),) = hill.powers.items()
+            C = (
+                constants[0]
+                if len(constants) == 1
+                else [(math.fsum(_prod(c) for c in constants), 1.0)]
+            )
+            return _HillDenominator(x, h, _hill_constant(C, hill.consts, h), C, hill.consts)
     raise NetworkError(
         f"{where}: the denominator {_node_text(node)!r} is not that of a Hill factor "
         "(K^n + x^n, or 1 + (x/K)^n, of one species x)"
     )
+
+
+def _prod(consts: Consts) -> float:
+    return math.prod(v**e for v, e in consts)
+
+
+def _hill_constant(C: Consts, D: Consts, h: float) -> float:
+    """K from K^h = C/D, read off exactly when the law spells it K^h + x^h or 1 + (x/K)^h."""
+    if len(C) == 1 and C[0][1] == h and not D:
+        return C[0][0]
+    if len(D) == 1 and D[0][1] == -h and _prod(C) == 1.0:
+        return D[0][0]
+    return (_prod(C) / _prod(D)) ** (1.0 / h)
 
 
 def _sinusoid(node: Any, sym: _Symbols, where: str) -> tuple[float, tuple[float, float, float]]:
@@ -459,10 +521,11 @@ def kinetic_law_terms(
     for sign, factors in _expand(math_ast, 1.0, sym, where):
         term = _read_term(factors, sym, where)
         if term.coef < 0:
-            sign, term.coef = -sign, -term.coef
+            sign = -sign
+            term.consts.append((-1.0, 1.0))
         forward = sign > 0
         need = consumed[0] if forward else consumed[1]
-        hills = [_hill(term, x, C, D, h, need.get(x, 0), sym, where) for x, C, D, h in term.hills]
+        hills = [_hill(term, d, need.get(d.x, 0), sym, where) for d in term.hills]
         orders, rate = _mass_action(term, need, sym, convention, where)
         if term.wave is not None:
             a, omega, phi = term.wave
@@ -471,24 +534,24 @@ def kinetic_law_terms(
     return out
 
 
-def _hill(
-    term: _Term, x: str, C: float, D: float, h: float, consumed: int, sym: _Symbols, where: str
-) -> Hill:
+def _hill(term: _Term, d: _HillDenominator, consumed: int, sym: _Symbols, where: str) -> Hill:
     """Take one Hill factor 1/(C + D x^h) out of a term: activation if x^h is left in the
     numerator beyond x's mass-action order (its consumed stoichiometry), else repression."""
+    x, h = d.x, d.h
     power = term.powers.get(x, 0.0)
     if abs(power - h - consumed) < _TOL:
         term.powers[x] = power - h
-        kind, term.coef = "activation", term.coef / D
+        kind = "activation"
+        term.divide(d.D)  # x^h / (C + D x^h) = (1/D) x^h / (K^h + x^h)
     elif abs(power - consumed) < _TOL:
-        kind, term.coef = "repression", term.coef / C
+        kind = "repression"
+        term.divide(d.C)  # 1 / (C + D x^h) = (1/C) K^h / (K^h + x^h)
     else:
         raise NetworkError(
             f"{where}: {x}^{power:g} over (K^{h:g} + {x}^{h:g}) is neither activation nor "
             f"repression times mass action of order {consumed} in {x}"
         )
-    K = sym.scales[x] * (C / D) ** (1.0 / h)  # K^h = C/D in x's symbol units; K in molecules
-    return Hill(x, K, h, kind)
+    return Hill(x, sym.scales[x] * d.K, h, kind)  # K in molecules
 
 
 def _mass_action(
@@ -640,9 +703,9 @@ def _substance_units(model: Any, species: Any = None) -> str:
 
 
 def _refuse_unsupported(doc: Any, model: Any) -> None:
-    for i in range(doc.getNumPlugins()):
+    for i in range(doc.getNumPlugins() if doc.getLevel() >= 3 else 0):
         name = doc.getPlugin(i).getPackageName()
-        if doc.getPackageRequired(name):
+        if doc.isPkgEnabled(name) and doc.getPkgRequired(name):
             raise NetworkError(f"the SBML package {name!r} is required; nncme reads SBML core")
     if model.getNumEvents():
         event = model.getEvent(0)
@@ -692,8 +755,10 @@ def _read_document(path: Path) -> Any:
     if doc.getModel() is None:
         raise NetworkError("the SBML document has no model")
     _convert(doc, "expandFunctionDefinitions")
-    if doc.getModel().getNumInitialAssignments():
-        _convert(doc, "expandInitialAssignments")
+    if doc.getModel().getNumInitialAssignments():  # what stays unexpanded is refused by name
+        props = libsbml.ConversionProperties()
+        props.addOption("expandInitialAssignments", True)
+        doc.convert(props)
     return doc
 
 
@@ -762,6 +827,8 @@ def _stoichiometry(model: Any, reaction: Any, variable: set[str]) -> tuple[dict,
         for ref in refs:
             sid = ref.getSpecies()
             where = f"reaction {reaction.getId()!r}, species {sid!r}"
+            if model.getSpecies(sid) is None:
+                raise NetworkError(f"{where}: no such species in the model")
             if model.getLevel() < 3 and ref.isSetStoichiometryMath():
                 raise NetworkError(f"{where}: stoichiometryMath is not supported")
             if model.getLevel() >= 3 and ref.isSetConstant() and not ref.getConstant():
