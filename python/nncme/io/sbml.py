@@ -59,7 +59,9 @@ Refused, with a NetworkError naming the element: events, rules (assignment, rate
 algebraic), initial assignments that libsbml cannot expand, non-constant compartments,
 conversion factors, fast reactions, delays, piecewise and other functions of species or time,
 kinetic laws that are neither mass action nor mass action times one Hill factor (times the
-sinusoidal factor), fractional or variable stoichiometry, required SBML packages.
+sinusoidal factor), fractional stoichiometry or stoichiometryMath, required SBML packages.
+(A Level 3 stoichiometry marked constant="false" is read as its value: only the rules and
+events that are refused anyway could change it.)
 
 Export (`save_sbml`) writes Level 3 Version 1: one compartment `cell` of size 1, species in
 molecule counts (substance unit `item`, hasOnlySubstanceUnits), each kinetic law the
@@ -703,10 +705,14 @@ def _substance_units(model: Any, species: Any = None) -> str:
 
 
 def _refuse_unsupported(doc: Any, model: Any) -> None:
+    declared = doc.getNamespaces()  # packages the file uses (libsbml adds internal ones)
+    uris = {declared.getURI(i) for i in range(declared.getLength())} - {doc.getURI()}
     for i in range(doc.getNumPlugins() if doc.getLevel() >= 3 else 0):
-        name = doc.getPlugin(i).getPackageName()
-        if doc.isPkgEnabled(name) and doc.getPkgRequired(name):
-            raise NetworkError(f"the SBML package {name!r} is required; nncme reads SBML core")
+        plugin = doc.getPlugin(i)
+        if plugin.getURI() in uris and doc.getPkgRequired(plugin.getPackageName()):
+            raise NetworkError(
+                f"the SBML package {plugin.getPackageName()!r} is required; nncme reads SBML core"
+            )
     if model.getNumEvents():
         event = model.getEvent(0)
         raise NetworkError(f"event {event.getId() or '#0'!r}: events are not supported")
@@ -831,8 +837,6 @@ def _stoichiometry(model: Any, reaction: Any, variable: set[str]) -> tuple[dict,
                 raise NetworkError(f"{where}: no such species in the model")
             if model.getLevel() < 3 and ref.isSetStoichiometryMath():
                 raise NetworkError(f"{where}: stoichiometryMath is not supported")
-            if model.getLevel() >= 3 and ref.isSetConstant() and not ref.getConstant():
-                raise NetworkError(f"{where}: variable stoichiometry is not supported")
             value = ref.getStoichiometry()
             if not math.isfinite(value) or value < 0 or value != int(value):
                 raise NetworkError(
@@ -878,6 +882,7 @@ def _limits(
     given: Mapping[str, int],
     written: Mapping[str, int],
     default_limit: int | None,
+    path: Path,
 ) -> dict[str, int]:
     """Count limits: given, else written by nncme, else bounded by a law, else the default."""
     ids = [s.id for s in species]
@@ -906,12 +911,14 @@ def _limits(
         else:
             out[sid] = limit
     if missing:
-        example = ",".join(f"{sid}=100" for sid in missing[:2])
+        shown = missing[:3]
+        more = ", ..." if len(missing) > 3 else ""
+        in_python = ", ".join(f"{s!r}: N" for s in shown) + more
+        in_spec = ",".join(f"{s}=N" for s in shown) + more.replace(", ", ",")
         raise NetworkError(
             f"SBML has no count limits and none is known for {', '.join(missing)}: give "
-            f"limits={{{', '.join(repr(s) + ': 100' for s in missing[:2])}}} (Python) or "
-            f"append them to the file name, FILE:{example} (counts range over 0..limit-1; "
-            "default_limit=N sets the rest)"
+            f"limits={{{in_python}}} in Python, or name the file as {path}:{in_spec} "
+            "(counts range over 0..N-1; default_limit=N sets every species not named)"
         )
     return out
 
@@ -973,7 +980,7 @@ def _load(
         limit = _attr(_annotation(s, "species"), "limit")
         if limit is not None:
             written[s.getId()] = int(limit)
-    limit_of = _limits(species, reactions, limits, written, default_limit)
+    limit_of = _limits(species, reactions, limits, written, default_limit, path)
     names = {}
     for s in model.getListOfSpecies():
         names[s.getId()] = _attr(_annotation(s, "species"), "name") or s.getId()
@@ -1041,14 +1048,9 @@ class _Writer:
         node.setName(sid)
         return node
 
-    def number(self, value: float) -> Any:
-        node = self.sbml.ASTNode(
-            self.sbml.AST_INTEGER if float(value).is_integer() else self.sbml.AST_REAL
-        )
-        if float(value).is_integer():
-            node.setValue(int(value))
-        else:
-            node.setValue(float(value))
+    def number(self, value: int) -> Any:
+        node = self.sbml.ASTNode(self.sbml.AST_INTEGER)
+        node.setValue(int(value))
         return node
 
     def apply(self, kind: str, *children: Any) -> Any:
@@ -1189,8 +1191,7 @@ def save_sbml(network: ReactionNetwork, path: str | Path) -> Path:
         reaction = model.createReaction()
         reaction.setId(rid)
         reaction.setReversible(False)
-        if model.getLevel() == 3 and model.getVersion() == 1:
-            reaction.setFast(False)
+        reaction.setFast(False)  # required in Level 3 Version 1
         for side, create in (
             (r.reactants, reaction.createReactant),
             (r.products, reaction.createProduct),
@@ -1215,8 +1216,9 @@ def save_sbml(network: ReactionNetwork, path: str | Path) -> Path:
                 reaction, "reaction", {"name": r.name if r.name != rid else None}, _values(exact)
             )
     laws = ""
-    for law in network.conservation_laws:
-        used = [(ids[sp], int(w)) for sp, w in zip(network.species_names, law.weights) if w]
+    for conserved in network.conservation_laws:
+        pairs = zip(network.species_names, conserved.weights)
+        used = [(ids[sp], int(w)) for sp, w in pairs if w]
         species = quoteattr(" ".join(sid for sid, _ in used))
         weights = quoteattr(" ".join(str(w) for _, w in used))
         laws += f"<nncme:law species={species} weights={weights}/>"
