@@ -1,9 +1,10 @@
-"""Network files (TOML, JSON) and the one resolver of network specifications."""
+"""Network files (TOML, JSON, SBML) and the one resolver of network specifications."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from ..network import NetworkError, ReactionNetwork
 from ..paths import atomic_write, check_input_file, check_output_file
 from ._dict import network_from_dict, network_to_dict
+from .sbml import SBML_SUFFIXES, load_sbml, save_sbml
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -20,11 +22,15 @@ else:  # pragma: no cover - Python 3.10
 
 __all__ = ["load_network", "resolve_network", "save_network"]
 
-SUFFIXES = (".toml", ".json")
+SUFFIXES = (".toml", ".json", *SBML_SUFFIXES)
+# An SBML file with count limits appended: "model.xml:P=200,M=60,default_limit=100".
+SBML_SPEC = re.compile(r"(?P<path>.+?\.(?:xml|sbml)):(?P<limits>.*)\Z", re.IGNORECASE)
 
 
 def load_network(path: str | Path) -> ReactionNetwork:
-    """Read a network from a .toml or .json file (schema: `nncme.io._dict`).
+    """Read a network from a .toml or .json file (schema: `nncme.io._dict`) or from SBML
+    (.xml, .sbml; `nncme.io.sbml`, which needs the count limits in the file or given to
+    `load_sbml` or `resolve_network`).
 
     Raises:
         FileNotFoundError, IsADirectoryError, PermissionError: no such file, a directory, or
@@ -35,8 +41,10 @@ def load_network(path: str | Path) -> ReactionNetwork:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES and not path.is_dir():  # a directory: check_input_file says so
-        raise NetworkError(f"{path}: unknown file type {suffix!r}; use .toml or .json")
+        raise NetworkError(f"{path}: unknown file type {suffix!r}; use {', '.join(SUFFIXES)}")
     check_input_file(path, "network file")
+    if suffix in SBML_SUFFIXES:
+        return load_sbml(path)
     try:
         if suffix == ".toml":
             with path.open("rb") as f:
@@ -57,7 +65,7 @@ def load_network(path: str | Path) -> ReactionNetwork:
 
 
 def save_network(network: ReactionNetwork, path: str | Path) -> Path:
-    """Write a network to .json or .toml (read back by `load_network`).
+    """Write a network to .json, .toml or SBML (.xml, .sbml; read back by `load_network`).
 
     Returns:
         The path written.
@@ -65,8 +73,10 @@ def save_network(network: ReactionNetwork, path: str | Path) -> Path:
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
-        raise NetworkError(f"{path}: unknown file type {suffix!r}; use .toml or .json")
+        raise NetworkError(f"{path}: unknown file type {suffix!r}; use {', '.join(SUFFIXES)}")
     check_output_file(path, "network file")
+    if suffix in SBML_SUFFIXES:
+        return save_sbml(network, path)
     d = network_to_dict(network)
     bad = [r["name"] for r in d["reactions"] if "propensity" in r or isinstance(r.get("rate"), str)]
     if bad:
@@ -87,7 +97,9 @@ def resolve_network(spec: str | Path) -> ReactionNetwork:
     Args:
         spec: a catalogue name with optional parameters ("toggle_switch", "cascade:L=8",
             "autoregulation:parameter_set=2", "reaction_diffusion:shape=4x4,kinetics=
-            birth_death"), or a path to a .toml/.json network file.
+            birth_death"), a path to a .toml/.json/.xml/.sbml network file, or an SBML path
+            with count limits appended ("model.xml:P=200,M=60", "model.xml:default_limit=100":
+            species id -> limit, counts 0..limit-1; see `nncme.io.sbml.load_sbml`).
 
     Raises:
         NetworkError: unknown system or parameter, invalid file or network.
@@ -97,6 +109,11 @@ def resolve_network(spec: str | Path) -> ReactionNetwork:
     from .. import systems  # systems build networks; io must not import them at load time
 
     text = str(spec)
+    sbml = SBML_SPEC.match(text) if not isinstance(spec, Path) else None
+    if sbml is not None:
+        limits = _limits(sbml["limits"], text)
+        default = limits.pop("default_limit", None)
+        return load_sbml(sbml["path"], limits, default_limit=default)
     if isinstance(spec, Path) or text.lower().endswith(SUFFIXES):
         return load_network(text)
     name, params = systems.parse_spec(text)
@@ -106,6 +123,20 @@ def resolve_network(spec: str | Path) -> ReactionNetwork:
         if "/" in name or "." in name:
             raise FileNotFoundError(f"no such network file or catalogue system: {text}")
     return systems.get(name, **params)
+
+
+def _limits(text: str, spec: str) -> dict[str, int]:
+    """The count limits appended to an SBML path: "P=200,M=60" -> {"P": 200, "M": 60}."""
+    out = {}
+    for item in (s.strip() for s in text.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip().isdigit() or int(value) < 1:
+            raise NetworkError(
+                f"{spec}: count limits after the file name must be SPECIES=LIMIT pairs (whole "
+                f"numbers >= 1) separated by commas, got {item!r}"
+            )
+        out[key.strip()] = int(value)
+    return out
 
 
 # ------------------------------------------------------------------------------ TOML writing
