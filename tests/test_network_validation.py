@@ -47,9 +47,9 @@ def test_bad_rates_python(rate):
 
 def test_bad_time_dependent_rates_python():
     msg = _error(_net, [Reaction({"A": 1}, {"B": 1}, Sinusoidal(-2.0, 0.5, 1.0), "convert")])
-    assert "reactions[0]): rate c: must be finite and >= 0, got -2.0" in msg
+    assert "reactions[0]): rate.c: must be finite and >= 0, got -2.0" in msg
     msg = _error(_net, [Reaction({"A": 1}, {"B": 1}, Sinusoidal(2.0, 1.5, 1.0), "convert")])
-    assert "reactions[0]): sinusoidal amplitude a must satisfy |a| <= 1" in msg
+    assert "reactions[0]): rate.a: the amplitude must satisfy |a| <= 1, got 1.5" in msg
 
 
 @pytest.mark.parametrize(

@@ -35,9 +35,9 @@ from . import ops
 from .config import Settings, _opt, shared, torch_threads
 from .network import (
     NetworkError,
+    RateForm,
     RateFunction,
     ReactionNetwork,
-    Sinusoidal,
     check_times,
 )
 from .results import Result, ResultBuilder, check_boundary, versions
@@ -184,8 +184,8 @@ class _Plan:
         for k, (kind, rate) in enumerate(self.rate_kinds):
             if kind == "constant":
                 out[:, k] = rate
-            elif kind == "sinusoidal":
-                out[:, k] = rate.c * (1.0 + rate.a * torch.sin(rate.omega * s + rate.phi))
+            elif kind == "form":
+                out[:, k] = rate.at(s)
             else:
                 out[:, k] = torch.as_tensor(_call_rate(rate, s.cpu().numpy()), device=s.device)
         return out
@@ -210,8 +210,8 @@ def _rate_kind(reaction: Any) -> tuple[str, Any]:
     rate = reaction.rate
     if isinstance(rate, (int, float)):
         return "constant", float(rate)
-    if isinstance(rate, Sinusoidal):
-        return "sinusoidal", rate
+    if isinstance(rate, RateForm):
+        return "form", rate
     fn = rate.fn if isinstance(rate, RateFunction) else rate
     return "callable", fn
 
