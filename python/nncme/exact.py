@@ -618,7 +618,7 @@ def solve_fsp(
         pair=pair,
         keep_joint=settings.keep_joint,
         reactants=network.reactant_matrix,
-        change=network.change_matrix,
+        change=network.box_limited_change(),
     )
     t_solve = time.perf_counter()
     totals, minimum = [], 0.0

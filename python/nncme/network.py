@@ -915,6 +915,19 @@ class ReactionNetwork:
         """The kernel code (index into CONVENTIONS) of reaction k's mass-action convention."""
         return CONVENTIONS.index(self.reactions[k].convention or self.convention)
 
+    def box_limited_change(self) -> np.ndarray:
+        """(K, L) net changes s_k, 0 where the model itself caps the growth: reaction k carries
+        a complement factor of species i whose total is i's largest count M_i - 1, so at that
+        count the factor is 0 and a larger box would not let k fire. What is left is growth that
+        only the count limits stop (the box boundary checks of the results read this)."""
+        change = self.change_matrix.copy()
+        for k, r in enumerate(self.reactions):
+            for c in r.complements:
+                i = self._index[c.species]
+                if c.total == self.limits[i] - 1 and change[k, i] > 0:
+                    change[k, i] = 0
+        return change
+
     @property
     def feasibility(self) -> FeasibilityTables:
         """Conservation-law reachability tables for autoregressive samplers."""

@@ -270,7 +270,8 @@ def _simulate_batch(
             target = u[:, 1] * a0
             if plan.time_dependent:  # thinning: accept with probability a_0(n, s) / B_0(n)
                 a_true = plan.true_propensities(state, s, unit, fire)
-                violated |= (a_true > a * (1 + 1e-9)).any()
+                # (rows that cross their window end may sit beyond the window's bound)
+                violated |= ((a_true > a * (1 + 1e-9)) & fire.unsqueeze(1)).any()
                 cum = torch.cumsum(a_true, dim=1)
             # one uniform picks reaction k with probability a_k / B_0, or rejects
             accept = fire & (target < cum[:, -1])
@@ -437,7 +438,7 @@ def solve_ssa(
         pair=pair,
         keep_joint=settings.keep_joint,
         reactants=network.reactant_matrix,
-        change=network.change_matrix,
+        change=network.box_limited_change(),
     )
 
     def sink(start: int, rec: torch.Tensor) -> None:
