@@ -12,17 +12,7 @@
 
 namespace nncme {
 
-// The reaction tables of a network, the one place they are validated (every op that takes them
-// calls this): rxn_ptr (K+1,), rxn_entries (nnz, 3) and limits (L,) int64, and, where given
-// (undefined: the op does not read them), the per-reaction convention (K,) int64 and the factor
-// table factor_ptr (K+1,), factor_index (F,) int64 and factor_params (F, 3) float. Beyond shapes
-// and dtypes, the contents are checked so that no table can send a kernel out of bounds or into
-// an undefined branch: both pointer tables start at 0, never decrease and end at their table's
-// length; species indices are in [0, L); reactant orders are >= 0; conventions are 0, 1 or 2;
-// factor kinds are 0, 1 or 2, and a complement's total and order are integers >= 0. The tables
-// are tiny, so they are read on the host once per op call; for CUDA tensors that costs one small
-// device-to-host copy (two with factors) and a stream sync, the price of kernels that trust
-// their tables.
+// A CSR pointer table of K reactions over `rows` rows: from 0, non-decreasing, to rows.
 inline void check_pointer_table(const char* name, const int64_t* ptr, int64_t K, int64_t rows,
                                 const char* rows_name, const char* count_name) {
   TORCH_CHECK(ptr[0] == 0, name, " must start at 0, got ", name, "[0] = ", ptr[0]);
@@ -35,6 +25,7 @@ inline void check_pointer_table(const char* name, const int64_t* ptr, int64_t K,
               rows, ", got ", name, "[", K, "] = ", ptr[K]);
 }
 
+// Factor kinds, and integer totals and orders of complement factors (read on the host).
 inline void check_factor_params(const at::Tensor& factor_params) {
   const at::Tensor host = factor_params.to(at::kCPU, at::kDouble).contiguous();
   const double* p = host.data_ptr<double>();
@@ -51,6 +42,17 @@ inline void check_factor_params(const at::Tensor& factor_params) {
   }
 }
 
+// The reaction tables of a network, the one place they are validated (every op that takes them
+// calls this): rxn_ptr (K+1,), rxn_entries (nnz, 3) and limits (L,) int64, and, where given
+// (undefined: the op does not read them), the per-reaction convention (K,) int64 and the factor
+// table factor_ptr (K+1,), factor_index (F,) int64 and factor_params (F, 3) float. Beyond shapes
+// and dtypes, the contents are checked so that no table can send a kernel out of bounds or into
+// an undefined branch: both pointer tables start at 0, never decrease and end at their table's
+// length; species indices are in [0, L); reactant orders are >= 0; conventions are 0, 1 or 2;
+// factor kinds are 0, 1 or 2, and a complement's total and order are integers >= 0. The tables
+// are tiny, so they are read on the host once per op call; for CUDA tensors that costs one small
+// device-to-host copy (two with factors) and a stream sync, the price of kernels that trust
+// their tables.
 //
 // Returns the convention every reaction shares (the kernels take bodies specialised on it), else
 // -1; also -1 without the convention table.
@@ -71,9 +73,9 @@ inline int64_t check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor
               limits.sizes());
   const int64_t K = rxn_ptr.size(0) - 1, nnz = rxn_entries.size(0), L = limits.size(0);
   std::vector<at::Tensor> parts{rxn_ptr.reshape(-1), rxn_entries.reshape(-1)};
-  const bool factors = convention.defined();
+  const bool with_factors = convention.defined();
   int64_t F = 0;
-  if (factors) {
+  if (with_factors) {
     TORCH_CHECK(convention.dim() == 1 && convention.size(0) == K &&
                     convention.scalar_type() == at::kLong,
                 "convention must be int64 of shape (K,) = (", K, ",), got ",
@@ -103,7 +105,7 @@ inline int64_t check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor
     TORCH_CHECK(order >= 0, "rxn_entries[", e, ", 1] (a reactant order) must be >= 0, got ",
                 order);
   }
-  if (!factors) return -1;
+  if (!with_factors) return -1;
   const int64_t* conv = ent + 3 * nnz;
   const int64_t* fptr = conv + K;
   const int64_t* findex = fptr + (K + 1);
@@ -175,12 +177,18 @@ struct NetworkArgs {
         uniform_convention(uniform) {}
   template <typename scalar_t>
   NetworkView<scalar_t> view() const {
-    return NetworkView<scalar_t>{rxn_ptr.data_ptr<int64_t>(),      entries.data_ptr<int64_t>(),
-                                 limits.data_ptr<int64_t>(),       rates.data_ptr<scalar_t>(),
-                                 convention.data_ptr<int64_t>(),   factor_ptr.data_ptr<int64_t>(),
-                                 factor_index.data_ptr<int64_t>(), factor_params.data_ptr<scalar_t>(),
-                                 limits.size(0),                   rates.size(0),
-                                 uniform_convention,               factor_index.size(0) > 0};
+    return NetworkView<scalar_t>{rxn_ptr.data_ptr<int64_t>(),
+                                 entries.data_ptr<int64_t>(),
+                                 limits.data_ptr<int64_t>(),
+                                 rates.data_ptr<scalar_t>(),
+                                 convention.data_ptr<int64_t>(),
+                                 factor_ptr.data_ptr<int64_t>(),
+                                 factor_index.data_ptr<int64_t>(),
+                                 factor_params.data_ptr<scalar_t>(),
+                                 limits.size(0),
+                                 rates.size(0),
+                                 uniform_convention,
+                                 factor_index.size(0) > 0};
   }
 };
 

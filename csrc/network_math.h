@@ -100,8 +100,9 @@ NNCME_HD int64_t change_of(int64_t k, int64_t sp, const NetworkView<scalar_t>& n
 }
 
 // a_k at n (inflow == false) or at the neighbour n - s_k (inflow == true). n must lie in the box
-// (callers check once per state). kConv, kFactors: as for reaction_out_in below. The product state is n + s_k (outflow) or n itself (inflow),
+// (callers check once per state). The product state is n + s_k (outflow) or n itself (inflow),
 // so the truncation rule and the neighbour's own box test reduce to the reaction's entries.
+// kConv, kFactors: as for reaction_out_in below.
 template <typename scalar_t, int64_t kConv = -1, bool kFactors = true>
 NNCME_HD scalar_t reaction_propensity(
     const int64_t* n, int64_t stride, int64_t k, const NetworkView<scalar_t>& net, bool inflow) {

@@ -71,11 +71,31 @@ def test_examples_equal_their_python_twins():
     assert_same_network(net, twin)
     assert net.reaction_names == twin.reaction_names
     assert net.name == "gene_expression_feedback" and net.description and net.source
+    free = Complement("G_b", 3)
+    induced = PiecewiseConstant([5.0], [0.5, 3.0])
+    copies = ReactionNetwork(
+        {"G_b": 4, "M": 30, "P": 60},
+        [
+            Reaction({"P": 2}, {"G_b": 1}, 0.005, "bind", complement=free, convention="binomial"),
+            Reaction({"G_b": 1}, {"P": 2}, 0.5, "unbind"),
+            Reaction({}, {"M": 1}, induced, "transcribe", complement=free),
+            Reaction({"M": 1}, {"M": 1, "P": 1}, 2.0, "translate"),
+            Reaction({"M": 1}, {}, 1.0, "mrna_decay"),
+            Reaction({"P": 1}, {}, 1.0, "protein_decay"),
+        ],
+        {},
+        conservation=[],
+        t_end=10.0,
+        dt=0.002,
+    )
+    net = load_network(EXAMPLES / "gene_copies.toml")
+    assert_same_network(net, copies)
+    assert net.reaction_names == copies.reaction_names
 
 
 def test_every_example_file_loads_and_compiles():
     files = sorted(EXAMPLES.glob("*.toml")) + sorted(EXAMPLES.glob("*.json"))
-    assert len(files) >= 3
+    assert len(files) >= 4
     for path in files:
         net = resolve_network(str(path))
         net.compile("cpu")

@@ -21,8 +21,8 @@ at::Tensor propensities_cpu(const at::Tensor& states_in, const at::Tensor& rxn_p
                             const at::Tensor& rates, const at::Tensor& convention,
                             const at::Tensor& factor_ptr, const at::Tensor& factor_index,
                             const at::Tensor& factor_params) {
-  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,
-                factor_index, factor_params);
+  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates,
+                                        convention, factor_ptr, factor_index, factor_params);
   check_states(states_in, limits);
   const at::Tensor states = states_in.contiguous();
   const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,

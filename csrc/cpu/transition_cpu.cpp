@@ -75,8 +75,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> transition_logsum_cpu(
     const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries, const at::Tensor& limits,
     const at::Tensor& rates, const at::Tensor& convention, const at::Tensor& factor_ptr,
     const at::Tensor& factor_index, const at::Tensor& factor_params, double dt) {
-  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,
-                factor_index, factor_params);
+  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates,
+                                        convention, factor_ptr, factor_index, factor_params);
   check_states(states_in, limits);
   check_transition_inputs(states_in, log_q_in, log_q_nbr_in, rates, dt);
   const at::Tensor states = states_in.contiguous(), log_q = log_q_in.contiguous(),

@@ -51,8 +51,8 @@ at::Tensor propensities_cuda(const at::Tensor& states_in, const at::Tensor& rxn_
                              const at::Tensor& rates, const at::Tensor& convention,
                              const at::Tensor& factor_ptr, const at::Tensor& factor_index,
                              const at::Tensor& factor_params) {
-  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,
-                factor_index, factor_params);
+  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates,
+                                        convention, factor_ptr, factor_index, factor_params);
   check_states(states_in, limits);
   const c10::cuda::CUDAGuard guard(states_in.device());
   const at::Tensor states = states_in.contiguous();

@@ -102,7 +102,7 @@ class RateForm:
 
     Every form evaluates at one time (`form(t)`) and at many (`at`, a tensor of times, for the
     SSA), gives an exact upper bound on an interval (`max_on`, for thinning in the SSA), the
-    times where it jumps or kinks (`breakpoints`, where FSP restarts its integrator), a text
+    times where it jumps or kinks (`discontinuities`, where FSP restarts its integrator), a text
     (`describe`) and its file table (`to_dict`, read back by `nncme.io`). `check` raises a
     NetworkError naming the offending field.
     """
@@ -410,8 +410,8 @@ class Reaction:
             f" * Hill-{h.kind}({h.regulator}; K={h.K:g}, n={h.n:g})" for h in self.hills
         )
         for c in self.complements:
-            order = f", order {c.order}" if c.order != 1 else ""
-            factors += f" * ({c.total} - {c.species}{order})"
+            free = f"{c.total} - {c.species}"
+            factors += f" * ({free})" if c.order == 1 else f" * f({free}, order {c.order})"
         convention = f"  [{self.convention}]" if self.convention is not None else ""
         return f"{text}  @ {r}{factors}{convention}"
 
@@ -517,10 +517,9 @@ def _check_count(value: Any, where: str) -> int:
 
 
 def _check_positive(value: Any, where: str, allow_zero: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise NetworkError(f"{where}: must be a number, got {value!r}") from None
+    if not _is_number(value):  # float() would take "3" and True
+        raise NetworkError(f"{where}: must be a number, got {value!r}")
+    v = float(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         need = ">= 0" if allow_zero else "> 0"
         raise NetworkError(f"{where}: must be finite and {need}, got {value!r}")
