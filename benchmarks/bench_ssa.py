@@ -3,9 +3,9 @@
 Throughput is trajectories x reactions per second: reaction events fired, summed over all
 trajectories, per second of wall time. The reference is the textbook direct method, one
 trajectory at a time in plain Python (propensities from the same stoichiometry, conventions,
-Hill factors and truncation rule). Both are first checked against each other and against FSP
-(means at the end time within 5 standard errors), then timed after a warm-up; medians over
-repeats.
+Hill and complement factors and truncation rule). Both are first checked against each other and
+against FSP (means at the end time within 5 standard errors), then timed after a warm-up;
+medians over repeats.
 
     python benchmarks/bench_ssa.py                 # CPU, and CUDA if present
     python benchmarks/bench_ssa.py --quick         # smaller batches
@@ -30,7 +30,7 @@ import torch
 from bench_common import RESULTS, device_info
 from nncme import systems
 from nncme.exact import FSPSettings, solve_fsp
-from nncme.network import CONVENTIONS, ReactionNetwork
+from nncme.network import ReactionNetwork
 from nncme.ssa import SSASettings, simulate
 
 # (system, parameters, time span): short spans keep the reference loop affordable
@@ -46,15 +46,17 @@ def python_loop(network: ReactionNetwork, t_end: float, n: int, seed: int) -> tu
     rng = random.Random(seed)
     rates = network.rates(0.0).tolist()
     limits = network.limits.tolist()
-    conv = CONVENTIONS.index(network.convention)
+    convs = [network.reaction_convention(k) for k in range(network.K)]
     reactants = [
         [(i, int(r)) for i, r in enumerate(row) if r] for row in network.reactant_matrix.tolist()
     ]
     changes = [[(i, c) for i, c in enumerate(row) if c] for row in network.change_matrix.tolist()]
     hills = [
-        None
-        if r.hill is None
-        else (network.index(r.hill.regulator), r.hill.K, r.hill.n, r.hill.kind == "repression")
+        [(network.index(h.regulator), h.K, h.n, h.kind == "repression") for h in r.hills]
+        for r in network.reactions
+    ]
+    complements = [
+        [(network.index(c.species), c.total, c.order) for c in r.complements]
         for r in network.reactions
     ]
     finals, events = [], 0
@@ -69,11 +71,12 @@ def python_loop(network: ReactionNetwork, t_end: float, n: int, seed: int) -> tu
                     continue
                 f = rates[k]
                 for i, r in reactants[k]:
-                    f *= _mass_action(x[i], r, conv)
-                if hills[k] is not None:
-                    j, K, h, repress = hills[k]
+                    f *= _mass_action(x[i], r, convs[k])
+                for j, K, h, repress in hills[k]:
                     act = x[j] ** h / (K**h + x[j] ** h)
                     f *= 1 - act if repress else act
+                for j, total, order in complements[k]:
+                    f *= _mass_action(total - x[j], order, convs[k])
                 a.append(f)
             a0 = sum(a)
             if a0 <= 0:

@@ -12,16 +12,55 @@
 
 namespace nncme {
 
+// A CSR pointer table of K reactions over `rows` rows: from 0, non-decreasing, to rows.
+inline void check_pointer_table(const char* name, const int64_t* ptr, int64_t K, int64_t rows,
+                                const char* rows_name, const char* count_name) {
+  TORCH_CHECK(ptr[0] == 0, name, " must start at 0, got ", name, "[0] = ", ptr[0]);
+  for (int64_t k = 0; k < K; ++k) {
+    TORCH_CHECK(ptr[k + 1] >= ptr[k], name, " must be non-decreasing (reaction k owns ", rows_name,
+                " rows ", name, "[k] to ", name, "[k+1] - 1), got ", name, "[", k, "] = ", ptr[k],
+                " > ", name, "[", k + 1, "] = ", ptr[k + 1]);
+  }
+  TORCH_CHECK(ptr[K] == rows, name, " must end at ", count_name, " = ", rows_name, ".size(0) = ",
+              rows, ", got ", name, "[", K, "] = ", ptr[K]);
+}
+
+// Factor kinds, and integer totals and orders of complement factors (read on the host).
+inline void check_factor_params(const at::Tensor& factor_params) {
+  const at::Tensor host = factor_params.to(at::kCPU, at::kDouble).contiguous();
+  const double* p = host.data_ptr<double>();
+  for (int64_t f = 0; f < host.size(0); ++f) {
+    const double kind = p[3 * f], a = p[3 * f + 1], b = p[3 * f + 2];
+    TORCH_CHECK(kind == kActivation || kind == kRepression || kind == kComplement,
+                "factor_params[", f, ", 0] (the factor kind) must be 0 (Hill activation), 1 (Hill "
+                "repression) or 2 (complement), got ", kind);
+    if (kind == kComplement) {
+      TORCH_CHECK(a >= 0 && a == std::floor(a) && b >= 0 && b == std::floor(b),
+                  "factor_params[", f, "] of a complement factor must hold an integer total >= 0 "
+                  "and an integer order >= 0, got total ", a, ", order ", b);
+    }
+  }
+}
+
 // The reaction tables of a network, the one place they are validated (every op that takes them
-// calls this): rxn_ptr (K+1,), rxn_entries (nnz, 3) and limits (L,) int64, and hill_index (K,)
-// int64 where given (undefined: the op does not read it). Beyond shapes and dtypes, the contents
-// are checked so that no table can send a kernel out of bounds: rxn_ptr starts at 0, never
-// decreases and ends at nnz; species indices are in [0, L); reactant orders are >= 0; a Hill
-// regulator is -1 (none) or a species. The tables are tiny (K + 1 + 3 nnz + K integers), so they
-// are read on the host once per op call; for CUDA tensors that costs one small device-to-host
-// copy (and a stream sync), the price of kernels that trust their tables.
-inline void check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries,
-                                  const at::Tensor& limits, const at::Tensor& hill_index) {
+// calls this): rxn_ptr (K+1,), rxn_entries (nnz, 3) and limits (L,) int64, and, where given
+// (undefined: the op does not read them), the per-reaction convention (K,) int64 and the factor
+// table factor_ptr (K+1,), factor_index (F,) int64 and factor_params (F, 3) float. Beyond shapes
+// and dtypes, the contents are checked so that no table can send a kernel out of bounds or into
+// an undefined branch: both pointer tables start at 0, never decrease and end at their table's
+// length; species indices are in [0, L); reactant orders are >= 0; conventions are 0, 1 or 2;
+// factor kinds are 0, 1 or 2, and a complement's total and order are integers >= 0. The tables
+// are tiny, so they are read on the host once per op call; for CUDA tensors that costs one small
+// device-to-host copy (two with factors) and a stream sync, the price of kernels that trust
+// their tables.
+//
+// Returns the convention every reaction shares (the kernels take bodies specialised on it), else
+// -1; also -1 without the convention table.
+inline int64_t check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries,
+                                     const at::Tensor& limits, const at::Tensor& convention = {},
+                                     const at::Tensor& factor_ptr = {},
+                                     const at::Tensor& factor_index = {},
+                                     const at::Tensor& factor_params = {}) {
   TORCH_CHECK(rxn_ptr.dim() == 1 && rxn_ptr.size(0) >= 1 && rxn_ptr.scalar_type() == at::kLong,
               "rxn_ptr must be int64 of shape (K+1,), got ", rxn_ptr.scalar_type(), " ",
               rxn_ptr.sizes());
@@ -34,25 +73,31 @@ inline void check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor& r
               limits.sizes());
   const int64_t K = rxn_ptr.size(0) - 1, nnz = rxn_entries.size(0), L = limits.size(0);
   std::vector<at::Tensor> parts{rxn_ptr.reshape(-1), rxn_entries.reshape(-1)};
-  if (hill_index.defined()) {
-    TORCH_CHECK(hill_index.dim() == 1 && hill_index.size(0) == K &&
-                    hill_index.scalar_type() == at::kLong,
-                "hill_index must be int64 of shape (K,) = (", K, ",), got ",
-                hill_index.scalar_type(), " ", hill_index.sizes());
-    parts.push_back(hill_index);
+  const bool with_factors = convention.defined();
+  int64_t F = 0;
+  if (with_factors) {
+    TORCH_CHECK(convention.dim() == 1 && convention.size(0) == K &&
+                    convention.scalar_type() == at::kLong,
+                "convention must be int64 of shape (K,) = (", K, ",), got ",
+                convention.scalar_type(), " ", convention.sizes());
+    TORCH_CHECK(factor_ptr.dim() == 1 && factor_ptr.size(0) == K + 1 &&
+                    factor_ptr.scalar_type() == at::kLong,
+                "factor_ptr must be int64 of shape (K+1,) = (", K + 1, ",), got ",
+                factor_ptr.scalar_type(), " ", factor_ptr.sizes());
+    TORCH_CHECK(factor_index.dim() == 1 && factor_index.scalar_type() == at::kLong,
+                "factor_index must be int64 of shape (F,), got ", factor_index.scalar_type(), " ",
+                factor_index.sizes());
+    F = factor_index.size(0);
+    TORCH_CHECK(factor_params.dim() == 2 && factor_params.size(0) == F &&
+                    factor_params.size(1) == 3,
+                "factor_params must have shape (F, 3) = (", F, ", 3), got ",
+                factor_params.sizes());
+    parts.insert(parts.end(), {convention, factor_ptr, factor_index});
   }
   const at::Tensor host = at::cat(parts).to(at::kCPU).contiguous();  // one copy from a GPU
   const int64_t* ptr = host.data_ptr<int64_t>();
   const int64_t* ent = ptr + (K + 1);
-  TORCH_CHECK(ptr[0] == 0, "rxn_ptr must start at 0, got rxn_ptr[0] = ", ptr[0]);
-  for (int64_t k = 0; k < K; ++k) {
-    TORCH_CHECK(ptr[k + 1] >= ptr[k],
-                "rxn_ptr must be non-decreasing (reaction k owns rxn_entries rows rxn_ptr[k] to "
-                "rxn_ptr[k+1] - 1), got rxn_ptr[",
-                k, "] = ", ptr[k], " > rxn_ptr[", k + 1, "] = ", ptr[k + 1]);
-  }
-  TORCH_CHECK(ptr[K] == nnz, "rxn_ptr must end at nnz = rxn_entries.size(0) = ", nnz,
-              ", got rxn_ptr[", K, "] = ", ptr[K]);
+  check_pointer_table("rxn_ptr", ptr, K, nnz, "rxn_entries", "nnz");
   for (int64_t e = 0; e < nnz; ++e) {
     const int64_t species = ent[3 * e], order = ent[3 * e + 1];
     TORCH_CHECK(species >= 0 && species < L, "rxn_entries[", e,
@@ -60,21 +105,33 @@ inline void check_reaction_tables(const at::Tensor& rxn_ptr, const at::Tensor& r
     TORCH_CHECK(order >= 0, "rxn_entries[", e, ", 1] (a reactant order) must be >= 0, got ",
                 order);
   }
-  if (hill_index.defined()) {
-    const int64_t* hill = ent + 3 * nnz;
-    for (int64_t k = 0; k < K; ++k) {
-      TORCH_CHECK(hill[k] >= -1 && hill[k] < L, "hill_index[", k,
-                  "] must be -1 (no Hill factor) or a species index in [0, L) = [0, ", L,
-                  "), got ", hill[k]);
-    }
+  if (!with_factors) return -1;
+  const int64_t* conv = ent + 3 * nnz;
+  const int64_t* fptr = conv + K;
+  const int64_t* findex = fptr + (K + 1);
+  for (int64_t k = 0; k < K; ++k) {
+    TORCH_CHECK(conv[k] >= kFalling && conv[k] <= kPower, "convention[", k,
+                "] must be 0 (falling), 1 (binomial) or 2 (power), got ", conv[k]);
   }
+  check_pointer_table("factor_ptr", fptr, K, F, "factor_index", "F");
+  for (int64_t f = 0; f < F; ++f) {
+    TORCH_CHECK(findex[f] >= 0 && findex[f] < L, "factor_index[", f,
+                "] must be a species index in [0, L) = [0, ", L, "), got ", findex[f]);
+  }
+  if (F > 0) check_factor_params(factor_params);
+  for (int64_t k = 1; k < K; ++k) {
+    if (conv[k] != conv[0]) return -1;
+  }
+  return K > 0 ? conv[0] : int64_t(kFalling);
 }
 
 // The network arguments of propensities and transition_logsum, against the device of states.
-inline void check_network(const at::Tensor& states, const at::Tensor& rxn_ptr,
+// Returns check_reaction_tables' uniform convention (for NetworkArgs).
+inline int64_t check_network(const at::Tensor& states, const at::Tensor& rxn_ptr,
                           const at::Tensor& rxn_entries, const at::Tensor& limits,
-                          const at::Tensor& rates, const at::Tensor& hill_index,
-                          const at::Tensor& hill_params, int64_t convention) {
+                          const at::Tensor& rates, const at::Tensor& convention,
+                          const at::Tensor& factor_ptr, const at::Tensor& factor_index,
+                          const at::Tensor& factor_params) {
   TORCH_CHECK(rates.dim() == 1 && rates.is_floating_point(),
               "rates must be a 1-D float tensor of shape (K,), got ", rates.scalar_type(), " ",
               rates.sizes());
@@ -82,21 +139,20 @@ inline void check_network(const at::Tensor& states, const at::Tensor& rxn_ptr,
   TORCH_CHECK(rxn_ptr.dim() == 1 && rxn_ptr.size(0) == K + 1,
               "rxn_ptr must have shape (K+1,) = (", K + 1, ",) for K = rates.size(0), got ",
               rxn_ptr.sizes());
-  TORCH_CHECK(hill_params.dim() == 2 && hill_params.size(0) == K && hill_params.size(1) == 3 &&
-                  hill_params.scalar_type() == rates.scalar_type(),
-              "hill_params must have shape (K, 3) = (", K, ", 3) and the dtype of rates (",
-              rates.scalar_type(), "), got ", hill_params.scalar_type(), " ",
-              hill_params.sizes());
-  TORCH_CHECK(convention >= kFalling && convention <= kPower,
-              "convention must be 0 (falling), 1 (binomial) or 2 (power), got ", convention);
+  TORCH_CHECK(factor_params.scalar_type() == rates.scalar_type(),
+              "factor_params must have the dtype of rates (", rates.scalar_type(), "), got ",
+              factor_params.scalar_type());
   check_devices("states", states.device(),
                 {{"rxn_ptr", rxn_ptr},
                  {"rxn_entries", rxn_entries},
                  {"limits", limits},
                  {"rates", rates},
-                 {"hill_index", hill_index},
-                 {"hill_params", hill_params}});
-  check_reaction_tables(rxn_ptr, rxn_entries, limits, hill_index);
+                 {"convention", convention},
+                 {"factor_ptr", factor_ptr},
+                 {"factor_index", factor_index},
+                 {"factor_params", factor_params}});
+  return check_reaction_tables(rxn_ptr, rxn_entries, limits, convention, factor_ptr,
+                               factor_index, factor_params);
 }
 
 inline void check_states(const at::Tensor& states, const at::Tensor& limits) {
@@ -109,19 +165,30 @@ inline void check_states(const at::Tensor& states, const at::Tensor& limits) {
 
 // Contiguous copies of the network tables, and the raw view kernels read.
 struct NetworkArgs {
-  at::Tensor rxn_ptr, entries, limits, rates, hill_index, hill_params;
-  int64_t convention;
+  at::Tensor rxn_ptr, entries, limits, rates, convention, factor_ptr, factor_index,
+      factor_params;
+  int64_t uniform_convention;  // from check_network
   NetworkArgs(const at::Tensor& p, const at::Tensor& e, const at::Tensor& l, const at::Tensor& r,
-              const at::Tensor& hi, const at::Tensor& hp, int64_t conv)
+              const at::Tensor& conv, const at::Tensor& fp, const at::Tensor& fi,
+              const at::Tensor& fpar, int64_t uniform)
       : rxn_ptr(p.contiguous()), entries(e.contiguous()), limits(l.contiguous()),
-        rates(r.contiguous()), hill_index(hi.contiguous()), hill_params(hp.contiguous()),
-        convention(conv) {}
+        rates(r.contiguous()), convention(conv.contiguous()), factor_ptr(fp.contiguous()),
+        factor_index(fi.contiguous()), factor_params(fpar.contiguous()),
+        uniform_convention(uniform) {}
   template <typename scalar_t>
   NetworkView<scalar_t> view() const {
-    return NetworkView<scalar_t>{rxn_ptr.data_ptr<int64_t>(), entries.data_ptr<int64_t>(),
-                                 limits.data_ptr<int64_t>(),  rates.data_ptr<scalar_t>(),
-                                 hill_index.data_ptr<int64_t>(), hill_params.data_ptr<scalar_t>(),
-                                 convention, limits.size(0), rates.size(0)};
+    return NetworkView<scalar_t>{rxn_ptr.data_ptr<int64_t>(),
+                                 entries.data_ptr<int64_t>(),
+                                 limits.data_ptr<int64_t>(),
+                                 rates.data_ptr<scalar_t>(),
+                                 convention.data_ptr<int64_t>(),
+                                 factor_ptr.data_ptr<int64_t>(),
+                                 factor_index.data_ptr<int64_t>(),
+                                 factor_params.data_ptr<scalar_t>(),
+                                 limits.size(0),
+                                 rates.size(0),
+                                 uniform_convention,
+                                 factor_index.size(0) > 0};
   }
 };
 

@@ -4,15 +4,20 @@
 //
 // Network arguments (nncme.network.CompiledNetwork): rxn_ptr (K+1,) int64; rxn_entries (nnz, 3)
 // int64 rows (species, reactant order, net change); limits (L,) int64; rates (K,) float32/64;
-// hill_index (K,) int64 (-1: none); hill_params (K, 3) rates.dtype rows (K, n, repress);
-// convention 0 falling factorial | 1 binomial | 2 power.
+// convention (K,) int64 per reaction, 0 falling factorial | 1 binomial | 2 power; the factor
+// table: reaction k owns factors factor_ptr[k] .. factor_ptr[k+1]-1 (factor_ptr (K+1,) int64),
+// each reading species factor_index[f] ((F,) int64) with factor_params[f] ((F, 3) rates.dtype)
+// = (kind, a, b): kind 0 Hill activation x^b/(a^b+x^b), 1 Hill repression a^b/(a^b+x^b),
+// 2 complement f(a - x, b) in the reaction's convention (0 where a - x < 0).
+// a_k(n) = rates[k] * prod_entries f(n_i, order) * prod_factors, in the operators below.
 #include <torch/library.h>
 
 TORCH_LIBRARY(nncme, m) {
   // states (B, L) int64 -> (B, K) rates.dtype: a_k(n), 0 where n or n + s_k leaves the box.
   m.def(
       "propensities(Tensor states, Tensor rxn_ptr, Tensor rxn_entries, Tensor limits, "
-      "Tensor rates, Tensor hill_index, Tensor hill_params, int convention) -> Tensor");
+      "Tensor rates, Tensor convention, Tensor factor_ptr, Tensor factor_index, "
+      "Tensor factor_params) -> Tensor");
   // states (B, L) int64 -> nbr (B, K, L) int64 = n - s_k (n itself where invalid),
   // valid (B, K) bool: n and n - s_k in the box.
   m.def(
@@ -22,8 +27,8 @@ TORCH_LIBRARY(nncme, m) {
   // exit rate a_0 (B,), all in rates.dtype; T = I + dt W.
   m.def(
       "transition_logsum(Tensor states, Tensor log_q, Tensor log_q_nbr, Tensor rxn_ptr, "
-      "Tensor rxn_entries, Tensor limits, Tensor rates, Tensor hill_index, Tensor hill_params, "
-      "int convention, float dt) -> (Tensor, Tensor, Tensor)");
+      "Tensor rxn_entries, Tensor limits, Tensor rates, Tensor convention, Tensor factor_ptr, "
+      "Tensor factor_index, Tensor factor_params, float dt) -> (Tensor, Tensor, Tensor)");
   // NADE sampling: uniforms (B, L), hidden0 (B, H), embed (L, M, H), head_w (L, M, H),
   // head_b (L, M), limits (L,) int64, conservation tables (C = 0 for none), cons_start (B, C)
   // int64, alpha (tempering), activation 0 sigmoid | 1 tanh

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import nncme
-from nncme import Hill, Reaction, ReactionNetwork
+from nncme import Complement, Hill, Reaction, ReactionNetwork
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -42,13 +42,17 @@ def random_network(
     *,
     max_limit: int = 12,
     max_order: int = 3,
-    hill_fraction: float = 0.3,
+    factor_fraction: float = 0.3,
     convention: str | None = None,
+    own_convention_fraction: float = 0.3,
 ) -> ReactionNetwork:
-    """A random network of L species and K reactions (orders up to max_order, Hill factors)."""
+    """A random network of L species and K reactions: orders up to max_order; with probability
+    factor_fraction a reaction gets one or two Hill factors, and independently a complement
+    factor; with probability own_convention_fraction it sets its own mass-action convention."""
     limits = rng.integers(1, max_limit + 1, size=L)
     limits[rng.integers(L)] = max(2, int(limits.max()))
     names = [f"S{i}" for i in range(L)]
+    conventions = ["falling", "binomial", "power"]
     reactions = []
     while len(reactions) < K:
         nr = int(rng.integers(0, min(3, L) + 1))
@@ -61,18 +65,37 @@ def random_network(
         }
         if all(reac.get(s, 0) == prod.get(s, 0) for s in set(reac) | set(prod)):
             continue
-        hill = None
-        if rng.random() < hill_fraction:
-            hill = Hill(
-                names[int(rng.integers(L))],
-                float(rng.uniform(0.5, 10)),
-                float(rng.uniform(0.5, 4)),
-                "activation" if rng.random() < 0.5 else "repression",
-            )
+        hills: list[Hill] = []
+        if rng.random() < factor_fraction:
+            hills = [
+                Hill(
+                    names[int(rng.integers(L))],
+                    float(rng.uniform(0.5, 10)),
+                    float(rng.uniform(0.5, 4)),
+                    "activation" if rng.random() < 0.5 else "repression",
+                )
+                for _ in range(int(rng.integers(1, 3)))
+            ]
+        complement = None
+        if rng.random() < factor_fraction:
+            i = int(rng.integers(L))  # total >= the largest count: total - n_i >= 0 in the box
+            total = int(limits[i]) - 1 + int(rng.integers(0, 3))
+            complement = Complement(names[i], total, int(rng.integers(1, 3)))
+        own = None
+        if rng.random() < own_convention_fraction:
+            own = conventions[int(rng.integers(3))]
         reactions.append(
-            Reaction(reac, prod, float(rng.uniform(0.01, 5)), f"r{len(reactions)}", hill=hill)
+            Reaction(
+                reac,
+                prod,
+                float(rng.uniform(0.01, 5)),
+                f"r{len(reactions)}",
+                hill=hills[0] if len(hills) == 1 else (hills or None),
+                complement=complement,
+                convention=own,
+            )
         )
-    conv = convention or str(rng.choice(["falling", "binomial", "power"]))
+    conv = convention or str(rng.choice(conventions))
     return ReactionNetwork(
         dict(zip(names, limits.tolist())), reactions, {}, convention=conv, conservation=[]
     )

@@ -8,7 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nncme import Hill, NetworkError, Reaction, ReactionNetwork, systems
+from nncme import (
+    Complement,
+    Exponential,
+    Hill,
+    NetworkError,
+    PiecewiseConstant,
+    Reaction,
+    ReactionNetwork,
+    Table,
+    systems,
+)
 from nncme.cli import main
 from nncme.io import (
     load_network,
@@ -22,7 +32,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def assert_same_network(a: ReactionNetwork, b: ReactionNetwork) -> None:
-    """Same species, limits, initial state, stoichiometry, rates, Hill factors, laws, grid."""
+    """Same species, limits, initial state, stoichiometry, rates, factors, conventions, laws,
+    grid."""
     assert a.species_names == b.species_names
     np.testing.assert_array_equal(a.limits, b.limits)
     np.testing.assert_array_equal(a.initial_state, b.initial_state)
@@ -31,7 +42,10 @@ def assert_same_network(a: ReactionNetwork, b: ReactionNetwork) -> None:
     assert a.convention == b.convention
     for t in (0.0, 0.37 * a.t_end, a.t_end):
         np.testing.assert_allclose(a.rates(t), b.rates(t), rtol=1e-15)
-    assert [r.hill for r in a.reactions] == [r.hill for r in b.reactions]
+    assert [r.rate for r in a.reactions] == [r.rate for r in b.reactions]
+    assert [r.hills for r in a.reactions] == [r.hills for r in b.reactions]
+    assert [r.complements for r in a.reactions] == [r.complements for r in b.reactions]
+    assert [r.convention for r in a.reactions] == [r.convention for r in b.reactions]
     assert [(law.name, law.total) for law in a.conservation_laws] == [
         (law.name, law.total) for law in b.conservation_laws
     ]
@@ -57,11 +71,31 @@ def test_examples_equal_their_python_twins():
     assert_same_network(net, twin)
     assert net.reaction_names == twin.reaction_names
     assert net.name == "gene_expression_feedback" and net.description and net.source
+    free = Complement("G_b", 3)
+    induced = PiecewiseConstant([5.0], [0.5, 3.0])
+    copies = ReactionNetwork(
+        {"G_b": 4, "M": 30, "P": 60},
+        [
+            Reaction({"P": 2}, {"G_b": 1}, 0.005, "bind", complement=free, convention="binomial"),
+            Reaction({"G_b": 1}, {"P": 2}, 0.5, "unbind"),
+            Reaction({}, {"M": 1}, induced, "transcribe", complement=free),
+            Reaction({"M": 1}, {"M": 1, "P": 1}, 2.0, "translate"),
+            Reaction({"M": 1}, {}, 1.0, "mrna_decay"),
+            Reaction({"P": 1}, {}, 1.0, "protein_decay"),
+        ],
+        {},
+        conservation=[],
+        t_end=10.0,
+        dt=0.002,
+    )
+    net = load_network(EXAMPLES / "gene_copies.toml")
+    assert_same_network(net, copies)
+    assert net.reaction_names == copies.reaction_names
 
 
 def test_every_example_file_loads_and_compiles():
     files = sorted(EXAMPLES.glob("*.toml")) + sorted(EXAMPLES.glob("*.json"))
-    assert len(files) >= 3
+    assert len(files) >= 4
     for path in files:
         net = resolve_network(str(path))
         net.compile("cpu")
@@ -79,6 +113,42 @@ def test_catalogue_round_trips_through_dicts_and_files(name, tmp_path):
     assert back.description == net.description and back.source == net.source
     for suffix in (".toml", ".json"):
         assert_same_network(net, load_network(save_network(net, tmp_path / f"net{suffix}")))
+
+
+def test_factors_conventions_and_rate_forms_round_trip(tmp_path):
+    """Every feature of a reaction the schema holds, through dicts, TOML and JSON."""
+    free = Complement("G_b", 3)
+    net = ReactionNetwork(
+        {"G_b": 4, "P": 30, "M": 20},
+        [
+            Reaction({"P": 2}, {"G_b": 1}, 0.01, "bind", complement=free, convention="binomial"),
+            Reaction({"G_b": 1}, {"P": 2}, 1.0, "unbind"),
+            Reaction(
+                {},
+                {"M": 1},
+                PiecewiseConstant([5.0], [2.0, 8.0]),
+                "transcribe",
+                complement=[free, Complement("G_b", 4, order=2)],
+                hill=[Hill("P", 10.0, 2.0, "repression"), Hill("M", 5.0, 1.0, "activation")],
+            ),
+            Reaction({"M": 1}, {"M": 1, "P": 1}, Table([0, 2], [1.0, 3.0]), "translate"),
+            Reaction({"M": 1}, {}, Exponential(2.0, 4.0, 1.0), "m_decay", convention="power"),
+            Reaction({"P": 1}, {}, 0.5, "p_decay", hill=[Hill("M", 3.0, 1.0, "activation")]),
+        ],
+        {"M": 2},
+        convention="falling",
+        conservation=[],
+        t_end=10.0,
+    )
+    doc = network_to_dict(net)
+    assert doc["reactions"][0]["complement"] == {"species": "G_b", "total": 3, "order": 1}
+    assert len(doc["reactions"][2]["hill"]) == 2 and len(doc["reactions"][2]["complement"]) == 2
+    assert doc["reactions"][4]["convention"] == "power" and "convention" not in doc["reactions"][1]
+    assert_same_network(net, network_from_dict(json.loads(json.dumps(doc))))
+    for suffix in (".toml", ".json"):
+        back = load_network(save_network(net, tmp_path / f"net{suffix}"))
+        assert_same_network(net, back)
+        assert back.summary() == net.summary()
 
 
 def test_resolve_network_specs(tmp_path):

@@ -47,9 +47,9 @@ def test_bad_rates_python(rate):
 
 def test_bad_time_dependent_rates_python():
     msg = _error(_net, [Reaction({"A": 1}, {"B": 1}, Sinusoidal(-2.0, 0.5, 1.0), "convert")])
-    assert "reactions[0]): rate c: must be finite and >= 0, got -2.0" in msg
+    assert "reactions[0]): rate.c: must be finite and >= 0, got -2.0" in msg
     msg = _error(_net, [Reaction({"A": 1}, {"B": 1}, Sinusoidal(2.0, 1.5, 1.0), "convert")])
-    assert "reactions[0]): sinusoidal amplitude a must satisfy |a| <= 1" in msg
+    assert "reactions[0]): rate.a: the amplitude must satisfy |a| <= 1, got 1.5" in msg
 
 
 @pytest.mark.parametrize(
@@ -163,6 +163,61 @@ def test_hill_without_regulator():
     assert "reactions[0].hill.kind: must be 'activation' or 'repression'" in _error(
         network_from_dict, doc
     )
+
+
+# ------------------------------------------- factors and conventions of one reaction (file)
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        (
+            "convention",
+            "factorial",
+            "reactions[0].convention: must be one of ('falling', 'binomial', 'power'), got "
+            "'factorial' (omit it for the network's)",
+        ),
+        (
+            "hill",
+            [{"regulator": "A", "K": 1, "n": 1}, {"regulator": "B", "K": 1, "n": -2}],
+            "reactions[0].hill[1].n: must be > 0, got -2",
+        ),
+        ("hill", [], "reactions[0].hill: an empty list; omit the key for no factor"),
+        (
+            "complement",
+            {"species": "Q", "total": 3},
+            "reactions[0].complement.species: unknown species 'Q'; known species: A, B",
+        ),
+        (
+            "complement",
+            {"species": "B"},
+            "reactions[0].complement.total: missing (the count of bound plus free copies)",
+        ),
+        (
+            "complement",
+            {"species": "B", "total": 9, "order": 0},
+            "reactions[0].complement.order: must be an integer >= 1, got 0",
+        ),
+        (
+            "complement",
+            [{"species": "B", "total": 9}, {"species": "B", "total": 2.5}],
+            "reactions[0].complement[1].total: must be an integer >= 0, got 2.5",
+        ),
+        (
+            "complement",
+            {"species": "B", "total": 9, "copies": 2},
+            "reactions[0].complement: unknown key 'copies'; expected one of species, total, order",
+        ),
+        (
+            "complement",  # total below B's largest count 9: the network's own check
+            {"species": "B", "total": 5},
+            "reaction 'convert' (reactions[0]): complement.total: 5 is below the largest count 9 "
+            "of 'B' in the box, where 5 - B would be negative; lower the limit of 'B' to 6",
+        ),
+    ],
+)
+def test_reaction_factors_and_conventions_in_files(key, value, message):
+    doc = _doc()
+    doc["reactions"][0][key] = value
+    assert _error(network_from_dict, doc).startswith(message)
 
 
 # -------------------------------------------------------------------------- empty network

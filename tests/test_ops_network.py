@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nncme import Hill, Reaction, ReactionNetwork, ops
+from nncme import Complement, Hill, Reaction, ReactionNetwork, ops
 from nncme.ops import reference
 
 from .conftest import random_network, random_states
@@ -211,13 +211,14 @@ def test_kernel_errors_are_actionable():
 
 
 def _hill_network() -> ReactionNetwork:
-    """Two species, three reactions (one of order 2, one Hill-regulated): every table used."""
+    """Two species, three reactions (one of order 2, one Hill-regulated, one with a complement
+    factor and its own convention): every table used."""
     return ReactionNetwork(
         {"A": 8, "B": 6},
         [
             Reaction({"A": 2}, {"B": 1}, 0.5, "dimerise"),
             Reaction({}, {"A": 1}, 3.0, "make", hill=Hill("B", 2.0, 2.0, "repression")),
-            Reaction({"B": 1}, {}, 1.0, "decay"),
+            Reaction({"B": 1}, {}, 1.0, "decay", complement=Complement("A", 9), convention="power"),
         ],
         conservation=[],
     )
@@ -229,59 +230,103 @@ def _set(t: torch.Tensor, index, value) -> torch.Tensor:
     return t
 
 
-# (what is corrupted, tables -> corrupted tables, the message): tables are the compiled
-# (rxn_ptr, rxn_entries, hill_index) of _hill_network: L = 2, rxn_ptr = [0, 2, 3, 4],
-# rxn_entries rows (species, order, change) = (0, 2, -2), (1, 0, 1), (0, 0, 1), (1, 1, -1),
-# hill_index = [-1, 1, -1].
+# Tables of _hill_network by name: L = 2, rxn_ptr = [0, 2, 3, 4], rxn_entries rows (species,
+# order, change) = (0, 2, -2), (1, 0, 1), (0, 0, 1), (1, 1, -1); convention = [0, 0, 2];
+# factor_ptr = [0, 0, 1, 2], factor_index = [1, 0], factor_params rows = (1, 2, 2), (2, 9, 1).
+TABLES = ("rxn_ptr", "rxn_entries", "convention", "factor_ptr", "factor_index", "factor_params")
+
+
+def _corrupt(name: str, index, value):
+    return lambda tables: {**tables, name: _set(tables[name], index, value)}
+
+
+# (what is corrupted, tables -> corrupted tables, the message)
 BAD_TABLES = [
     (
         "species >= L",
-        lambda p, e, h: (p, _set(e, (1, 0), 2), h),
+        _corrupt("rxn_entries", (1, 0), 2),
         r"rxn_entries\[1, 0\] must be a species index in \[0, L\) = \[0, 2\), got 2",
     ),
     (
         "species < 0",
-        lambda p, e, h: (p, _set(e, (3, 0), -1), h),
+        _corrupt("rxn_entries", (3, 0), -1),
         r"rxn_entries\[3, 0\] must be a species index",
     ),
     (
         "negative order",
-        lambda p, e, h: (p, _set(e, (0, 1), -2), h),
+        _corrupt("rxn_entries", (0, 1), -2),
         r"rxn_entries\[0, 1\] \(a reactant order\) must be >= 0",
     ),
-    ("rxn_ptr not from 0", lambda p, e, h: (_set(p, 0, 1), e, h), r"rxn_ptr must start at 0"),
+    ("rxn_ptr not from 0", _corrupt("rxn_ptr", 0, 1), r"rxn_ptr must start at 0"),
     (
         "rxn_ptr decreasing",
-        lambda p, e, h: (_set(p, 2, 1), e, h),
+        _corrupt("rxn_ptr", 2, 1),
         r"rxn_ptr must be non-decreasing .*, got rxn_ptr\[1\] = 2 > rxn_ptr\[2\] = 1",
     ),
     (
         "rxn_ptr beyond nnz",
-        lambda p, e, h: (_set(p, 3, 5), e, h),
+        _corrupt("rxn_ptr", 3, 5),
         r"rxn_ptr must end at nnz = rxn_entries.size\(0\) = 4, got rxn_ptr\[3\] = 5",
     ),
-    ("rxn_ptr short of nnz", lambda p, e, h: (_set(p, 3, 3), e, h), r"rxn_ptr must end at nnz"),
+    ("rxn_ptr short of nnz", _corrupt("rxn_ptr", 3, 3), r"rxn_ptr must end at nnz"),
     (
-        "hill_index >= L",
-        lambda p, e, h: (p, e, _set(h, 1, 2)),
-        r"hill_index\[1\] must be -1 \(no Hill factor\) or a species index in \[0, L\) = "
-        r"\[0, 2\), got 2",
+        "convention out of range",
+        _corrupt("convention", 1, 3),
+        r"convention\[1\] must be 0 \(falling\), 1 \(binomial\) or 2 \(power\), got 3",
     ),
-    ("hill_index < -1", lambda p, e, h: (p, e, _set(h, 0, -2)), r"hill_index\[0\] must be -1"),
+    (
+        "factor_index >= L",
+        _corrupt("factor_index", 1, 2),
+        r"factor_index\[1\] must be a species index in \[0, L\) = \[0, 2\), got 2",
+    ),
+    ("factor_index < 0", _corrupt("factor_index", 0, -1), r"factor_index\[0\] must be a species"),
+    ("factor_ptr not from 0", _corrupt("factor_ptr", 0, 1), r"factor_ptr must start at 0"),
+    (
+        "factor_ptr decreasing",
+        _corrupt("factor_ptr", 1, 2),
+        r"factor_ptr must be non-decreasing .*, got factor_ptr\[1\] = 2 > factor_ptr\[2\] = 1",
+    ),
+    (
+        "factor_ptr beyond F",
+        _corrupt("factor_ptr", 3, 3),
+        r"factor_ptr must end at F = factor_index.size\(0\) = 2, got factor_ptr\[3\] = 3",
+    ),
+    (
+        "unknown factor kind",
+        _corrupt("factor_params", (0, 0), 3.0),
+        r"factor_params\[0, 0\] \(the factor kind\) must be 0 \(Hill activation\), 1 \(Hill "
+        r"repression\) or 2 \(complement\), got 3",
+    ),
+    (
+        "fractional complement total",
+        _corrupt("factor_params", (1, 1), 8.5),
+        r"factor_params\[1\] of a complement factor must hold an integer total >= 0 and an "
+        r"integer order >= 0, got total 8.5, order 1",
+    ),
+    (
+        "negative complement order",
+        _corrupt("factor_params", (1, 2), -1.0),
+        r"factor_params\[1\] of a complement factor must hold an integer total",
+    ),
 ]
 
 
-def _call_with_tables(op: str, c, states, rxn_ptr, rxn_entries, hill_index):
-    _, _, limits, rates, _, hill_params, convention = c.operator_args(0.0)
-    net = (rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention)
+def _call_with_tables(op: str, c, states, tables: dict):
+    rates = c.rates(0.0)
+    net = (tables["rxn_ptr"], tables["rxn_entries"], c.limits, rates)
+    net += tuple(tables[name] for name in TABLES[2:])
     B = states.shape[0]
     if op == "propensities":
         return torch.ops.nncme.propensities(states, *net)
     if op == "neighbors":
-        return torch.ops.nncme.neighbors(states, rxn_ptr, rxn_entries, limits)
+        return torch.ops.nncme.neighbors(states, tables["rxn_ptr"], tables["rxn_entries"], c.limits)
     log_q = torch.zeros(B, dtype=rates.dtype, device=states.device)
     log_q_nbr = torch.zeros(B, rates.shape[0], dtype=rates.dtype, device=states.device)
     return torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr, *net, 1e-3)
+
+
+def _tables(c) -> dict:
+    return {name: getattr(c, name) for name in TABLES}
 
 
 @needs_kernel
@@ -292,31 +337,40 @@ def test_corrupted_network_tables_are_rejected(device, op, what, corrupt, messag
     them: an index out of range is an error naming the table, never an out-of-bounds read."""
     c = _hill_network().compile(device)
     states = torch.tensor([[3, 2], [0, 0], [7, 5]], device=device)
-    tables = (c.rxn_ptr, c.rxn_entries, c.hill_index)
-    assert c.rxn_entries.shape[0] == 4 and torch.equal(
-        c.hill_index.cpu(), torch.tensor([-1, 1, -1])
-    )
-    _call_with_tables(op, c, states, *tables)  # the intact tables pass
-    if op == "neighbors" and what.startswith("hill_index"):
-        _call_with_tables(op, c, states, *corrupt(*tables))  # not an argument of neighbors
+    tables = _tables(c)
+    assert c.rxn_entries.shape[0] == 4
+    assert c.factor_ptr.tolist() == [0, 0, 1, 2] and c.factor_index.tolist() == [1, 0]
+    assert c.factor_params.tolist() == [[1.0, 2.0, 2.0], [2.0, 9.0, 1.0]]
+    assert c.convention.tolist() == [0, 0, 2]
+    _call_with_tables(op, c, states, tables)  # the intact tables pass
+    if op == "neighbors" and not what.startswith(("species", "negative order", "rxn_ptr")):
+        _call_with_tables(op, c, states, corrupt(tables))  # not an argument of neighbors
         return
     with pytest.raises(RuntimeError, match=message):
-        _call_with_tables(op, c, states, *corrupt(*tables))
+        _call_with_tables(op, c, states, corrupt(tables))
 
 
 @needs_kernel
 def test_network_table_shapes_are_named():
     c = _hill_network().compile()
     states = torch.zeros(2, 2, dtype=torch.int64)
-    p, e, h = c.rxn_ptr, c.rxn_entries, c.hill_index
+    t = _tables(c)
     with pytest.raises(RuntimeError, match=r"rxn_entries must be int64 of shape \(nnz, 3\)"):
-        _call_with_tables("neighbors", c, states, p, e[:, :2], h)
+        _call_with_tables("neighbors", c, states, {**t, "rxn_entries": t["rxn_entries"][:, :2]})
     with pytest.raises(RuntimeError, match=r"rxn_ptr must be int64 of shape \(K\+1,\)"):
-        _call_with_tables("neighbors", c, states, p.int(), e, h)
-    with pytest.raises(RuntimeError, match=r"hill_index must be int64 of shape \(K,\) = \(3,\)"):
-        _call_with_tables("propensities", c, states, p, e, h[:2])
+        _call_with_tables("neighbors", c, states, {**t, "rxn_ptr": t["rxn_ptr"].int()})
+    with pytest.raises(RuntimeError, match=r"convention must be int64 of shape \(K,\) = \(3,\)"):
+        _call_with_tables("propensities", c, states, {**t, "convention": t["convention"][:2]})
+    with pytest.raises(RuntimeError, match=r"factor_ptr must be int64 of shape \(K\+1,\) = \(4,\)"):
+        _call_with_tables("propensities", c, states, {**t, "factor_ptr": t["factor_ptr"][:3]})
+    with pytest.raises(RuntimeError, match=r"factor_params must have shape \(F, 3\) = \(2, 3\)"):
+        _call_with_tables("propensities", c, states, {**t, "factor_params": t["factor_params"][:1]})
+    with pytest.raises(RuntimeError, match=r"factor_params must have the dtype of rates"):
+        _call_with_tables(
+            "propensities", c, states, {**t, "factor_params": t["factor_params"].float()}
+        )
     with pytest.raises(RuntimeError, match=r"rxn_ptr must have shape \(K\+1,\) = \(4,\)"):
-        _call_with_tables("transition_logsum", c, states, p[:3], e, h)
+        _call_with_tables("transition_logsum", c, states, {**t, "rxn_ptr": t["rxn_ptr"][:3]})
 
 
 @pytest.mark.cuda
@@ -327,7 +381,8 @@ def test_operands_on_two_devices_are_named():
     c = _hill_network().compile("cuda")
     args = list(c.operator_args(0.0))
     states = torch.zeros(3, 2, dtype=torch.int64, device="cuda")
-    for i, name in enumerate(["rxn_ptr", "rxn_entries", "limits", "rates", "hill_index"]):
+    names = ["rxn_ptr", "rxn_entries", "limits", "rates", "convention", "factor_ptr"]
+    for i, name in enumerate([*names, "factor_index", "factor_params"]):
         bad = [*args]
         bad[i] = bad[i].cpu()
         with pytest.raises(RuntimeError, match=f"{name} must be on cuda"):
@@ -340,10 +395,8 @@ def test_operands_on_two_devices_are_named():
     log_q_nbr = torch.zeros(3, 3, dtype=torch.float64, device="cuda")
     with pytest.raises(RuntimeError, match="log_q_nbr must be on cuda"):
         torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr.cpu(), *args, 1e-3)
-    with pytest.raises(RuntimeError, match="hill_params must be on cuda"):
-        torch.ops.nncme.transition_logsum(
-            states, log_q, log_q_nbr, *args[:5], args[5].cpu(), args[6], 1e-3
-        )
+    with pytest.raises(RuntimeError, match="factor_params must be on cuda"):
+        torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr, *args[:7], args[7].cpu(), 1e-3)
 
 
 def test_impl_switch(monkeypatch):

@@ -18,29 +18,35 @@ int64_t grain_for(int64_t work_per_row) {
 
 at::Tensor propensities_cpu(const at::Tensor& states_in, const at::Tensor& rxn_ptr,
                             const at::Tensor& rxn_entries, const at::Tensor& limits,
-                            const at::Tensor& rates, const at::Tensor& hill_index,
-                            const at::Tensor& hill_params, int64_t convention) {
-  check_network(states_in, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params,
-                convention);
+                            const at::Tensor& rates, const at::Tensor& convention,
+                            const at::Tensor& factor_ptr, const at::Tensor& factor_index,
+                            const at::Tensor& factor_params) {
+  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates,
+                                        convention, factor_ptr, factor_index, factor_params);
   check_states(states_in, limits);
   const at::Tensor states = states_in.contiguous();
-  const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention);
+  const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,
+                         factor_index, factor_params, uniform);
   const int64_t B = states.size(0), L = states.size(1), K = rates.size(0);
   at::Tensor out = at::empty({B, K}, rates.options());
   AT_DISPATCH_FLOATING_TYPES(rates.scalar_type(), "propensities_cpu", [&] {
     const auto net = args.view<scalar_t>();
     const int64_t* n_all = states.data_ptr<int64_t>();
     scalar_t* out_p = out.data_ptr<scalar_t>();
-    at::parallel_for(0, B, grain_for(K * 4 + L), [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const int64_t* n = n_all + b * L;
-        scalar_t* row = out_p + b * K;
-        if (!in_box(n, 1, net)) {
-          std::fill(row, row + K, scalar_t(0));
-          continue;
+    dispatch_network(net, [&](auto conv, auto factors) {
+      at::parallel_for(0, B, grain_for(K * 4 + L), [&](int64_t begin, int64_t end) {
+        for (int64_t b = begin; b < end; ++b) {
+          const int64_t* n = n_all + b * L;
+          scalar_t* row = out_p + b * K;
+          if (!in_box(n, 1, net)) {
+            std::fill(row, row + K, scalar_t(0));
+            continue;
+          }
+          for (int64_t k = 0; k < K; ++k) {
+            row[k] = reaction_propensity<scalar_t, conv(), factors()>(n, 1, k, net, false);
+          }
         }
-        for (int64_t k = 0; k < K; ++k) row[k] = reaction_propensity(n, 1, k, net, false);
-      }
+      });
     });
   });
   return out;
@@ -52,7 +58,7 @@ std::tuple<at::Tensor, at::Tensor> neighbors_cpu(const at::Tensor& states_in,
                                                  const at::Tensor& limits_in) {
   check_devices("states", states_in.device(),
                 {{"rxn_ptr", rxn_ptr_in}, {"rxn_entries", rxn_entries_in}, {"limits", limits_in}});
-  check_reaction_tables(rxn_ptr_in, rxn_entries_in, limits_in, at::Tensor());
+  check_reaction_tables(rxn_ptr_in, rxn_entries_in, limits_in);
   check_states(states_in, limits_in);
   const at::Tensor states = states_in.contiguous(), rxn_ptr = rxn_ptr_in.contiguous(),
                    entries = rxn_entries_in.contiguous(), limits = limits_in.contiguous();

@@ -73,15 +73,16 @@ void run_transition_rows(const TransitionArgs<T>& p, int64_t b0, int64_t b1, T* 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> transition_logsum_cpu(
     const at::Tensor& states_in, const at::Tensor& log_q_in, const at::Tensor& log_q_nbr_in,
     const at::Tensor& rxn_ptr, const at::Tensor& rxn_entries, const at::Tensor& limits,
-    const at::Tensor& rates, const at::Tensor& hill_index, const at::Tensor& hill_params,
-    int64_t convention, double dt) {
-  check_network(states_in, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params,
-                convention);
+    const at::Tensor& rates, const at::Tensor& convention, const at::Tensor& factor_ptr,
+    const at::Tensor& factor_index, const at::Tensor& factor_params, double dt) {
+  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates,
+                                        convention, factor_ptr, factor_index, factor_params);
   check_states(states_in, limits);
   check_transition_inputs(states_in, log_q_in, log_q_nbr_in, rates, dt);
   const at::Tensor states = states_in.contiguous(), log_q = log_q_in.contiguous(),
                    log_q_nbr = log_q_nbr_in.contiguous();
-  const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention);
+  const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,
+                         factor_index, factor_params, uniform);
   const int64_t B = states.size(0), L = states.size(1), K = rates.size(0);
   at::Tensor log_tq = at::empty({B}, rates.options());
   at::Tensor local_gen = at::empty({B}, rates.options());

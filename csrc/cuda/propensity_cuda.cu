@@ -48,14 +48,16 @@ __global__ void neighbors_kernel(const int64_t* __restrict__ states, int64_t B, 
 
 at::Tensor propensities_cuda(const at::Tensor& states_in, const at::Tensor& rxn_ptr,
                              const at::Tensor& rxn_entries, const at::Tensor& limits,
-                             const at::Tensor& rates, const at::Tensor& hill_index,
-                             const at::Tensor& hill_params, int64_t convention) {
-  check_network(states_in, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params,
-                convention);
+                             const at::Tensor& rates, const at::Tensor& convention,
+                             const at::Tensor& factor_ptr, const at::Tensor& factor_index,
+                             const at::Tensor& factor_params) {
+  const int64_t uniform = check_network(states_in, rxn_ptr, rxn_entries, limits, rates,
+                                        convention, factor_ptr, factor_index, factor_params);
   check_states(states_in, limits);
   const c10::cuda::CUDAGuard guard(states_in.device());
   const at::Tensor states = states_in.contiguous();
-  const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention);
+  const NetworkArgs args(rxn_ptr, rxn_entries, limits, rates, convention, factor_ptr,
+                         factor_index, factor_params, uniform);
   const int64_t B = states.size(0), L = states.size(1), K = rates.size(0);
   at::Tensor out = at::empty({B, K}, rates.options());
   if (B * K == 0) return out;
@@ -76,7 +78,7 @@ std::tuple<at::Tensor, at::Tensor> neighbors_cuda(const at::Tensor& states_in,
   check_devices("states", states_in.device(),
                 {{"rxn_ptr", rxn_ptr_in}, {"rxn_entries", rxn_entries_in}, {"limits", limits_in}});
   const c10::cuda::CUDAGuard guard(states_in.device());
-  check_reaction_tables(rxn_ptr_in, rxn_entries_in, limits_in, at::Tensor());
+  check_reaction_tables(rxn_ptr_in, rxn_entries_in, limits_in);
   check_states(states_in, limits_in);
   const at::Tensor states = states_in.contiguous(), ptr = rxn_ptr_in.contiguous(),
                    ent = rxn_entries_in.contiguous(), lim = limits_in.contiguous();

@@ -13,13 +13,17 @@ import torch
 
 from .network import (
     CompiledNetwork,
+    Complement,
+    Exponential,
     Hill,
     NetworkError,
+    PiecewiseConstant,
     RateFunction,
     Reaction,
     ReactionNetwork,
     Sinusoidal,
     Species,
+    Table,
 )
 from .ops import _ext
 
@@ -27,14 +31,18 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CompiledNetwork",
+    "Complement",
+    "Exponential",
     "Hill",
     "NetworkError",
+    "PiecewiseConstant",
     "RateFunction",
     "Reaction",
     "ReactionNetwork",
     "RunConfig",
     "Sinusoidal",
     "Species",
+    "Table",
     "__version__",
     "build_info",
     "run",

@@ -13,12 +13,14 @@ the stochastic matrix I + W / max exit rate: non-negative terms, exact to round-
 `scipy.sparse.linalg.expm_multiply` as an option and BDF for very stiff spans. Time-dependent
 rates: W(t) = W_0 + sum_k c_k(t) W_k (one constant part and one unit-rate matrix per
 time-dependent reaction), integrated with tight tolerances by DOP853 or, for stiff spans, BDF
-with the sparse Jacobian W(t).
+with the sparse Jacobian W(t), piece by piece between the times where a rate jumps or kinks
+(piecewise-constant and tabulated rates), so that no step straddles a discontinuity.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import time
 import warnings
@@ -508,22 +510,33 @@ class FSP:
             bar_format="{l_bar}{bar}| {n:.3g}/{total:.3g} [{elapsed}<{remaining}]",
         )
         rhs = _with_progress(self._rhs, bar)
-        sol = solve_ivp(
-            rhs,
-            (0.0, float(times[-1])),
-            p,
-            method=method,
-            t_eval=times[start:],
-            rtol=settings.rtol,
-            atol=settings.atol,
-            **({} if jac is None else {"jac": jac}),
-        )
+        t_end = float(times[-1])
+        edges = [0.0, *self.network.rate_discontinuities(0.0, t_end), t_end]
+        self.ode_stats = {"nfev": 0, "njev": 0, "nlu": 0, "pieces": len(edges) - 1}
+        j = start
+        for t0, t1 in itertools.pairwise(edges):  # rates are smooth inside each piece
+            record = times[j:][times[j:] <= t1]
+            t_eval = record if record.size and record[-1] == t1 else np.append(record, t1)
+            sol = solve_ivp(
+                rhs,
+                (t0, t1),
+                p,
+                method=method,
+                t_eval=t_eval,
+                rtol=settings.rtol,
+                atol=settings.atol,
+                **({} if jac is None else {"jac": jac}),
+            )
+            if sol.status != 0:
+                bar.close()
+                raise RuntimeError(f"FSP: the ODE integrator failed: {sol.message}")
+            for key in ("nfev", "njev", "nlu"):
+                self.ode_stats[key] += int(getattr(sol, key))
+            for i in range(record.size):
+                yield j + i, sol.y[:, i]
+            j += record.size
+            p = sol.y[:, -1]
         bar.close()
-        if sol.status != 0:
-            raise RuntimeError(f"FSP: the ODE integrator failed: {sol.message}")
-        self.ode_stats = {"nfev": int(sol.nfev), "njev": int(sol.njev), "nlu": int(sol.nlu)}
-        for j in range(sol.y.shape[1]):
-            yield start + j, sol.y[:, j]
 
     def solve(self, times: Sequence[float], p0: np.ndarray | None = None) -> np.ndarray:
         """(T, S) P(times[j]) over `states`; see `iter_solve`."""
@@ -622,7 +635,7 @@ def _solve_fsp(
         pair=pair,
         keep_joint=settings.keep_joint,
         reactants=network.reactant_matrix,
-        change=network.change_matrix,
+        change=network.box_limited_change(),
     )
     t_solve = time.perf_counter()
     totals, minimum = [], 0.0

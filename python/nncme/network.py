@@ -3,16 +3,21 @@
 A `ReactionNetwork` is validated when it is made (every error names the offending field) and
 compiles once per device and dtype to the dense and sparse tensors that the operators take
 (`CompiledNetwork`). Propensities follow DESIGN section 1: mass action in one of three
-conventions, optionally times one Hill factor of a regulator, or a user callable; a reaction
-whose product state leaves the box 0 <= n_i < M_i does not fire there.
+conventions (per network, or per reaction), times any number of factors (Hill activation or
+repression of a regulator, and complement factors f(total - x) of implicit species such as free
+gene copies), or a user callable; a reaction whose product state leaves the box 0 <= n_i < M_i
+does not fire there. Time-dependent rates are named forms (`Sinusoidal`, `PiecewiseConstant`,
+`Exponential`, `Table`: files can hold them, and each gives the SSA an exact bound) or
+callables.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
@@ -26,19 +31,28 @@ from .conservation import (
 
 __all__ = [
     "CONVENTIONS",
+    "FACTOR_KINDS",
+    "RATE_FORMS",
     "CompiledNetwork",
+    "Complement",
+    "Exponential",
     "Hill",
     "NetworkError",
+    "PiecewiseConstant",
+    "RateForm",
     "RateFunction",
     "Reaction",
     "ReactionNetwork",
     "Sinusoidal",
     "Species",
+    "Table",
     "check_times",
 ]
 
 Convention = Literal["falling", "binomial", "power"]
 CONVENTIONS: tuple[str, ...] = ("falling", "binomial", "power")  # index = kernel code
+# Kinds of the propensity factors beyond mass action; index = kernel code (factor_params[:, 0]).
+FACTOR_KINDS: tuple[str, ...] = ("activation", "repression", "complement")
 
 
 class NetworkError(ValueError):
@@ -67,9 +81,64 @@ class Hill:
 
 
 @dataclass(frozen=True)
-class Sinusoidal:
+class Complement:
+    """The mass-action factor of an implicit species: f(total - x, order) for a species x.
+
+    For a state that is not a species of its own, such as the free copies of a gene with
+    `total` copies of which x are bound: the free count is total - x, and a reaction that uses
+    `order` free copies gets the factor f(total - x, order) in the reaction's convention (falling
+    (m)(m-1)..(m-order+1), binomial C(m, order) or power m^order, m = total - x), as if the free
+    copies were a reactant. The network checks that total - x >= 0 over the whole box
+    (total >= limit of x minus 1), so the factor is never asked of a negative count.
+    """
+
+    species: str
+    total: int
+    order: int = 1
+
+
+class RateForm:
+    """A named time-dependent rate c(t) (1/time) that network files can hold.
+
+    Every form evaluates at one time (`form(t)`) and at many (`at`, a tensor of times, for the
+    SSA), gives an exact upper bound on an interval (`max_on`, for thinning in the SSA), the
+    times where it jumps or kinks (`discontinuities`, where FSP restarts its integrator), a text
+    (`describe`) and its file table (`to_dict`, read back by `nncme.io`). `check` raises a
+    NetworkError naming the offending field.
+    """
+
+    FORM: ClassVar[str] = ""
+
+    def __call__(self, t: float) -> float:
+        return float(self.at(torch.tensor([float(t)], dtype=torch.float64))[0])
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        """(m,) float64 times -> (m,) rates."""
+        raise NotImplementedError
+
+    def max_on(self, t0: float, t1: float) -> float:
+        """The supremum of the rate on [t0, t1] (used by thinning in the SSA)."""
+        raise NotImplementedError
+
+    def discontinuities(self) -> tuple[float, ...]:
+        """Times where the rate or its time derivative jumps (FSP integrates between them)."""
+        return ()
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"form": self.FORM, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    def check(self, where: str) -> None:
+        """Raise NetworkError naming `where.field` for an invalid parameter."""
+
+
+@dataclass(frozen=True)
+class Sinusoidal(RateForm):
     """Rate c * (1 + a * sin(omega * t + phi)); c in 1/time, omega in 1/time, |a| <= 1."""
 
+    FORM: ClassVar[str] = "sinusoidal"
     c: float
     a: float
     omega: float
@@ -78,12 +147,170 @@ class Sinusoidal:
     def __call__(self, t: float) -> float:
         return self.c * (1.0 + self.a * math.sin(self.omega * t + self.phi))
 
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        return self.c * (1.0 + self.a * torch.sin(self.omega * t + self.phi))
+
     def max_on(self, t0: float, t1: float) -> float:
-        """An upper bound of the rate on [t0, t1] (used by thinning in the SSA)."""
+        """An upper bound of the rate on [t0, t1] (its maximum over all t)."""
         return self.c * (1.0 + abs(self.a))
 
     def describe(self) -> str:
         return f"{self.c:g}*(1 + {self.a:g}*sin({self.omega:g}*t + {self.phi:g}))"
+
+    def check(self, where: str) -> None:
+        _check_positive(self.c, f"{where}.c")
+        if not (_is_number(self.a) and math.isfinite(self.a) and abs(self.a) <= 1):
+            raise NetworkError(f"{where}.a: the amplitude must satisfy |a| <= 1, got {self.a!r}")
+        for key in ("omega", "phi"):
+            _check_finite(getattr(self, key), f"{where}.{key}")
+
+
+@dataclass(frozen=True)
+class PiecewiseConstant(RateForm):
+    """A rate that jumps at given times: values[0] before breakpoints[0], values[j] from
+    breakpoints[j-1] (inclusive) to breakpoints[j], values[-1] from breakpoints[-1] on.
+
+    breakpoints: (m,) strictly increasing times; values: (m+1,) rates >= 0 (1/time).
+    """
+
+    FORM: ClassVar[str] = "piecewise_constant"
+    breakpoints: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "breakpoints", _as_tuple(self.breakpoints))
+        object.__setattr__(self, "values", _as_tuple(self.values))
+
+    def _piece(self, t: float) -> int:
+        return bisect.bisect_right(self.breakpoints, t)
+
+    def __call__(self, t: float) -> float:
+        return self.values[self._piece(float(t))]
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        bp = torch.tensor(self.breakpoints, dtype=t.dtype, device=t.device)
+        values = torch.tensor(self.values, dtype=t.dtype, device=t.device)
+        return values[torch.searchsorted(bp, t.contiguous(), right=True)]
+
+    def max_on(self, t0: float, t1: float) -> float:
+        return max(self.values[self._piece(t0) : self._piece(t1) + 1])
+
+    def discontinuities(self) -> tuple[float, ...]:
+        return self.breakpoints
+
+    def describe(self) -> str:
+        pieces = [f"{self.values[0]:g}"]
+        pieces += [f"{v:g} from t={b:g}" for b, v in zip(self.breakpoints, self.values[1:])]
+        return "piecewise " + ", ".join(pieces)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.FORM,
+            "breakpoints": list(self.breakpoints),
+            "values": list(self.values),
+        }
+
+    def check(self, where: str) -> None:
+        _check_increasing(self.breakpoints, f"{where}.breakpoints", minimum=0)
+        if len(self.values) != len(self.breakpoints) + 1:
+            raise NetworkError(
+                f"{where}.values: needs one more value than breakpoints ({len(self.breakpoints)}"
+                f" breakpoints, so {len(self.breakpoints) + 1} values), got {len(self.values)}"
+            )
+        for j, v in enumerate(self.values):
+            _check_positive(v, f"{where}.values[{j}]")
+
+
+@dataclass(frozen=True)
+class Exponential(RateForm):
+    """Rate c_inf + (c0 - c_inf) * exp(-t / tau): decay (c_inf = 0) or relaxation to c_inf.
+
+    c0: the rate at t = 0 and c_inf as t -> inf (1/time, >= 0); tau: time constant (> 0).
+    """
+
+    FORM: ClassVar[str] = "exponential"
+    c0: float
+    tau: float
+    c_inf: float = 0.0
+
+    def __call__(self, t: float) -> float:
+        return self.c_inf + (self.c0 - self.c_inf) * math.exp(-t / self.tau)
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        return self.c_inf + (self.c0 - self.c_inf) * torch.exp(-t / self.tau)
+
+    def max_on(self, t0: float, t1: float) -> float:
+        return max(self(t0), self(t1))  # monotone in t
+
+    def describe(self) -> str:
+        if self.c_inf == 0:
+            return f"{self.c0:g}*exp(-t/{self.tau:g})"
+        return f"{self.c_inf:g} + ({self.c0:g} - {self.c_inf:g})*exp(-t/{self.tau:g})"
+
+    def check(self, where: str) -> None:
+        _check_positive(self.c0, f"{where}.c0")
+        _check_positive(self.c_inf, f"{where}.c_inf")
+        _check_positive(self.tau, f"{where}.tau", allow_zero=False)
+
+
+@dataclass(frozen=True)
+class Table(RateForm):
+    """A tabulated rate: linear interpolation between (times[j], values[j]), and the first or
+    last value outside the table.
+
+    times: (m,) strictly increasing; values: (m,) rates >= 0 (1/time).
+    """
+
+    FORM: ClassVar[str] = "table"
+    times: tuple[float, ...]
+    values: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "times", _as_tuple(self.times))
+        object.__setattr__(self, "values", _as_tuple(self.values))
+
+    def __call__(self, t: float) -> float:
+        return float(np.interp(float(t), self.times, self.values))
+
+    def at(self, t: torch.Tensor) -> torch.Tensor:
+        times = torch.tensor(self.times, dtype=t.dtype, device=t.device)
+        values = torch.tensor(self.values, dtype=t.dtype, device=t.device)
+        if times.shape[0] == 1:
+            return values.expand_as(t).clone()
+        hi = torch.searchsorted(times, t.contiguous(), right=True).clamp(1, times.shape[0] - 1)
+        lo = hi - 1
+        w = ((t - times[lo]) / (times[hi] - times[lo])).clamp(0.0, 1.0)
+        return values[lo] + w * (values[hi] - values[lo])
+
+    def max_on(self, t0: float, t1: float) -> float:
+        inside = [v for s, v in zip(self.times, self.values) if t0 < s < t1]
+        return max([self(t0), self(t1), *inside])  # linear between knots: a knot or an end
+
+    def discontinuities(self) -> tuple[float, ...]:
+        return self.times
+
+    def describe(self) -> str:
+        return "table " + ", ".join(f"({s:g}, {v:g})" for s, v in zip(self.times, self.values))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"form": self.FORM, "times": list(self.times), "values": list(self.values)}
+
+    def check(self, where: str) -> None:
+        if not self.times:
+            raise NetworkError(f"{where}.times: give at least one time")
+        _check_increasing(self.times, f"{where}.times")
+        if len(self.values) != len(self.times):
+            raise NetworkError(
+                f"{where}.values: needs one value per time ({len(self.times)}), got "
+                f"{len(self.values)}"
+            )
+        for j, v in enumerate(self.values):
+            _check_positive(v, f"{where}.values[{j}]")
+
+
+RATE_FORMS: dict[str, type[RateForm]] = {
+    cls.FORM: cls for cls in (Sinusoidal, PiecewiseConstant, Exponential, Table)
+}
 
 
 @dataclass(frozen=True)
@@ -108,7 +335,7 @@ class RateFunction:
         return getattr(self.fn, "__name__", "callable")
 
 
-Rate = float | int | Sinusoidal | RateFunction | Callable[[float], float]
+Rate = float | int | RateForm | RateFunction | Callable[[float], float]
 # A custom propensity: (states (B, L) float64 counts, t) -> (B,) propensities, rate included.
 PropensityFn = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -117,15 +344,23 @@ PropensityFn = Callable[[torch.Tensor, float], torch.Tensor]
 class Reaction:
     """One reaction: reactants -> products at `rate`.
 
+    The propensity is rate(t) * prod_i f(n_i, r_i) * prod of the factors, with f the mass-action
+    factor of the reaction's convention.
+
     Args:
         reactants: species name -> stoichiometric coefficient (molecules consumed).
         products: species name -> coefficient (molecules produced).
-        rate: a constant c (1/time), a named form such as `Sinusoidal`, a `RateFunction`, or a
-            callable t -> c(t).
+        rate: a constant c (1/time), a named form (`Sinusoidal`, `PiecewiseConstant`,
+            `Exponential`, `Table`), a `RateFunction`, or a callable t -> c(t).
         name: a label used in messages and reports.
-        hill: an optional Hill factor of one regulator multiplying the mass-action term.
+        hill: a Hill factor of a regulator, or a sequence of them (their product), multiplying
+            the mass-action term.
+        complement: a `Complement` factor f(total - x, order) of an implicit species, or a
+            sequence of them.
+        convention: this reaction's mass-action convention ("falling", "binomial", "power");
+            None: the network's.
         propensity: a custom callable (states (B, L) float64, t) -> (B,) that replaces mass
-            action, rate and Hill factor entirely (the slow general path). The truncation rule
+            action, rate and factors entirely (the slow general path). The truncation rule
             still applies. Set `time_dependent=True` if it depends on t.
         time_dependent: only for custom propensities; named forms and callables are detected.
         propensity_max: an upper bound of a time-dependent custom propensity (SSA thinning).
@@ -135,10 +370,22 @@ class Reaction:
     products: Mapping[str, int]
     rate: Rate = 1.0
     name: str = ""
-    hill: Hill | None = None
+    hill: Hill | Sequence[Hill] | None = None
     propensity: PropensityFn | None = None
     time_dependent: bool = False
     propensity_max: float | None = None
+    complement: Complement | Sequence[Complement] | None = None
+    convention: Convention | None = None
+
+    @property
+    def hills(self) -> tuple[Hill, ...]:
+        """The Hill factors as a tuple (empty for none)."""
+        return _factor_tuple(self.hill, Hill)
+
+    @property
+    def complements(self) -> tuple[Complement, ...]:
+        """The complement factors as a tuple (empty for none)."""
+        return _factor_tuple(self.complement, Complement)
 
     @property
     def has_time_dependent_rate(self) -> bool:
@@ -159,11 +406,24 @@ class Reaction:
             return f"{text}  [custom propensity]"
         rate = self.rate
         r = f"{rate:g}" if isinstance(rate, (int, float)) else getattr(rate, "describe", str)()
-        hill = ""
-        if self.hill is not None:
-            h = self.hill
-            hill = f" * Hill-{h.kind}({h.regulator}; K={h.K:g}, n={h.n:g})"
-        return f"{text}  @ {r}{hill}"
+        factors = "".join(
+            f" * Hill-{h.kind}({h.regulator}; K={h.K:g}, n={h.n:g})" for h in self.hills
+        )
+        for c in self.complements:
+            free = f"{c.total} - {c.species}"
+            factors += f" * ({free})" if c.order == 1 else f" * f({free}, order {c.order})"
+        convention = f"  [{self.convention}]" if self.convention is not None else ""
+        return f"{text}  @ {r}{factors}{convention}"
+
+
+def _factor_tuple(value: Any, kind: type) -> tuple:
+    if value is None:
+        return ()
+    if isinstance(value, kind):
+        return (value,)
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return tuple(value)
+    return (value,)  # the network's validation names what it is
 
 
 @dataclass
@@ -172,15 +432,20 @@ class CompiledNetwork:
 
     Sparse reaction table (the operators' form, O(nnz) per state): reaction k owns rows
     rxn_ptr[k]:rxn_ptr[k+1] of rxn_entries, each (species, reactant order, net change) for a
-    species that reaction k consumes or changes.
+    species that reaction k consumes or changes. Sparse factor table: reaction k owns rows
+    factor_ptr[k]:factor_ptr[k+1] of factor_index and factor_params, one per factor beyond mass
+    action (most reactions own none).
 
     Attributes:
         rxn_ptr: (K+1,) int64.  rxn_entries: (nnz, 3) int64.
         reactants: (K, L) int64 dense reactant orders.  change: (K, L) int64 net changes s_k.
         limits: (L,) int64 count limits M_i.
-        hill_index: (K,) int64 regulator species or -1.  hill_params: (K, 3) float (K, n,
-            repress as 0/1).
-        convention: 0 falling factorial, 1 binomial, 2 power.
+        convention: (K,) int64 mass-action convention per reaction: 0 falling factorial,
+            1 binomial, 2 power.
+        factor_ptr: (K+1,) int64.  factor_index: (F,) int64 species of each factor.
+        factor_params: (F, 3) float rows (kind, a, b): kind 0 Hill activation or 1 Hill
+            repression with a = K (molecules), b = n; kind 2 complement with a = total, b =
+            order (f(total - x, order) in the reaction's convention).
         constant_rates: (K,) float, the rates when none depends on time.
         custom: reaction indices with a custom propensity callable.
         cons_*: conservation laws laid out for the samplers (see FeasibilityTables).
@@ -194,9 +459,10 @@ class CompiledNetwork:
     reactants: torch.Tensor
     change: torch.Tensor
     limits: torch.Tensor
-    hill_index: torch.Tensor
-    hill_params: torch.Tensor
-    convention: int
+    convention: torch.Tensor
+    factor_ptr: torch.Tensor
+    factor_index: torch.Tensor
+    factor_params: torch.Tensor
     constant_rates: torch.Tensor | None
     custom: tuple[int, ...]
     cons_weights: torch.Tensor
@@ -226,9 +492,10 @@ class CompiledNetwork:
             self.rxn_entries,
             self.limits,
             self.rates(t),
-            self.hill_index,
-            self.hill_params,
             self.convention,
+            self.factor_ptr,
+            self.factor_index,
+            self.factor_params,
         )
 
 
@@ -250,14 +517,47 @@ def _check_count(value: Any, where: str) -> int:
 
 
 def _check_positive(value: Any, where: str, allow_zero: bool = True) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise NetworkError(f"{where}: must be a number, got {value!r}") from None
+    if not _is_number(value):  # float() would take "3" and True
+        raise NetworkError(f"{where}: must be a number, got {value!r}")
+    v = float(value)
     if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
         need = ">= 0" if allow_zero else "> 0"
         raise NetworkError(f"{where}: must be finite and {need}, got {value!r}")
     return v
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+
+
+def _check_finite(value: Any, where: str) -> float:
+    if not _is_number(value) or not math.isfinite(float(value)):
+        raise NetworkError(f"{where}: must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _check_increasing(values: Any, where: str, minimum: float | None = None) -> None:
+    """A sequence of finite numbers, strictly increasing (and >= minimum if given)."""
+    if not isinstance(values, tuple):
+        raise NetworkError(f"{where}: must be a list of numbers, got {values!r}")
+    for j, v in enumerate(values):
+        _check_finite(v, f"{where}[{j}]")
+        if minimum is not None and v < minimum:
+            raise NetworkError(f"{where}[{j}]: must be >= {minimum:g}, got {v!r}")
+        if j and v <= values[j - 1]:
+            raise NetworkError(
+                f"{where}: must be strictly increasing, got {values[j - 1]!r} then {v!r}"
+            )
+
+
+def _as_tuple(values: Any) -> Any:
+    """A list or array as a tuple (hashable, comparable); anything else as given, for `check`."""
+    if isinstance(values, (str, bytes, Mapping)):
+        return values
+    try:
+        return tuple(values.tolist() if isinstance(values, np.ndarray) else values)
+    except TypeError:
+        return values
 
 
 class ReactionNetwork:
@@ -270,7 +570,8 @@ class ReactionNetwork:
         initial: initial counts per species (missing species start at 0).
         name: a short identifier.
         convention: mass-action convention: "falling" (n(n-1)..(n-r+1), the default),
-            "binomial" (C(n, r)) or "power" (n^r).
+            "binomial" (C(n, r)) or "power" (n^r); the default of reactions that do not set
+            their own.
         conservation: None to detect linear conservation laws from the stoichiometry, or a list
             of declared laws, each a mapping species -> integer weight (optionally with a key
             "total" that must match the initial state). [] declares that there are none.
@@ -379,20 +680,60 @@ class ReactionNetwork:
             if all(v == 0 for v in net.values()):
                 raise NetworkError(f"{where}: the reaction changes no species (no net change)")
             self._validate_rate(r, where)
-            if r.hill is not None:
-                h = r.hill
-                if not isinstance(h, Hill) or not h.regulator:
-                    raise NetworkError(f"{where}: hill factor needs a regulator species")
-                if h.regulator not in self._index:
-                    raise NetworkError(
-                        f"{where}: hill regulator {h.regulator!r} is not a species of the network"
-                    )
-                _check_positive(h.K, f"{where}: hill K", allow_zero=False)
-                _check_positive(h.n, f"{where}: hill n", allow_zero=False)
-                if h.kind not in ("activation", "repression"):
-                    raise NetworkError(
-                        f"{where}: hill kind must be 'activation' or 'repression', got {h.kind!r}"
-                    )
+            if r.convention is not None and r.convention not in CONVENTIONS:
+                raise NetworkError(
+                    f"{where}: convention must be one of {CONVENTIONS} (or None for the "
+                    f"network's), got {r.convention!r}"
+                )
+            self._validate_hills(r, where)
+            self._validate_complements(r, where)
+
+    def _validate_hills(self, r: Reaction, where: str) -> None:
+        hills = r.hills
+        for j, h in enumerate(hills):
+            label = "hill" if isinstance(r.hill, Hill) else f"hill[{j}]"
+            if not isinstance(h, Hill):
+                raise NetworkError(f"{where}: {label}: expected a Hill(...), got {h!r}")
+            if not h.regulator:
+                raise NetworkError(f"{where}: {label} factor needs a regulator species")
+            if h.regulator not in self._index:
+                raise NetworkError(
+                    f"{where}: {label}.regulator: {h.regulator!r} is not a species of the "
+                    f"network; known species: {', '.join(self.species_names)}"
+                )
+            _check_positive(h.K, f"{where}: {label}.K", allow_zero=False)
+            _check_positive(h.n, f"{where}: {label}.n", allow_zero=False)
+            if h.kind not in ("activation", "repression"):
+                raise NetworkError(
+                    f"{where}: {label}.kind: must be 'activation' or 'repression', got {h.kind!r}"
+                )
+
+    def _validate_complements(self, r: Reaction, where: str) -> None:
+        for j, c in enumerate(r.complements):
+            label = "complement" if isinstance(r.complement, Complement) else f"complement[{j}]"
+            if not isinstance(c, Complement):
+                raise NetworkError(f"{where}: {label}: expected a Complement(...), got {c!r}")
+            if c.species not in self._index:
+                raise NetworkError(
+                    f"{where}: {label}.species: {c.species!r} is not a species of the network; "
+                    f"known species: {', '.join(self.species_names)}"
+                )
+            total = _check_count(c.total, f"{where}: {label}.total")
+            order = _check_count(c.order, f"{where}: {label}.order")
+            if order < 1:
+                raise NetworkError(f"{where}: {label}.order: must be >= 1, got {c.order!r}")
+            top = self.limits_of(c.species) - 1
+            if total < top:  # the factor would be asked of total - x < 0
+                raise NetworkError(
+                    f"{where}: {label}.total: {total} is below the largest count {top} of "
+                    f"{c.species!r} in the box, where {total} - {c.species} would be negative; "
+                    f"lower the limit of {c.species!r} to {total + 1} (counts 0..{total}) or "
+                    "raise the total"
+                )
+
+    def limits_of(self, species: str) -> int:
+        """The count limit M of one species (counts 0..M-1)."""
+        return self.species[self.index(species)].limit
 
     @staticmethod
     def _validate_rate(r: Reaction, where: str) -> None:
@@ -407,12 +748,8 @@ class ReactionNetwork:
             raise NetworkError(f"{where}: rate must be a number or a function of t, got {rate!r}")
         if isinstance(rate, (int, float)):
             _check_positive(rate, f"{where}: rate")
-        elif isinstance(rate, Sinusoidal):
-            _check_positive(rate.c, f"{where}: rate c")
-            if not (math.isfinite(rate.a) and abs(rate.a) <= 1):
-                raise NetworkError(f"{where}: sinusoidal amplitude a must satisfy |a| <= 1")
-            if not (math.isfinite(rate.omega) and math.isfinite(rate.phi)):
-                raise NetworkError(f"{where}: sinusoidal omega and phi must be finite")
+        elif isinstance(rate, RateForm):
+            rate.check(f"{where}: rate")
         elif callable(rate):
             _check_positive(rate(0.0), f"{where}: rate at t=0")
         else:
@@ -554,9 +891,41 @@ class ReactionNetwork:
             else:
                 raise NetworkError(
                     f"{self._where(k)}: its time-dependent rate has no upper bound; give it as "
-                    "RateFunction(fn, max_rate=...) or Sinusoidal(...)"
+                    "RateFunction(fn, max_rate=...) or a named form such as Sinusoidal(...)"
                 )
         return out
+
+    def rate_discontinuities(self, t0: float, t1: float) -> list[float]:
+        """Sorted times in (t0, t1) where some named rate form jumps or kinks.
+
+        Integrators with error control step across them badly (a jump inside a step is an
+        error no step size resolves cheaply), so FSP integrates between them.
+        """
+        times = {
+            float(b)
+            for r in self.reactions
+            if r.propensity is None and isinstance(r.rate, RateForm)
+            for b in r.rate.discontinuities()
+            if t0 < b < t1
+        }
+        return sorted(times)
+
+    def reaction_convention(self, k: int) -> int:
+        """The kernel code (index into CONVENTIONS) of reaction k's mass-action convention."""
+        return CONVENTIONS.index(self.reactions[k].convention or self.convention)
+
+    def box_limited_change(self) -> np.ndarray:
+        """(K, L) net changes s_k, 0 where the model itself caps the growth: reaction k carries
+        a complement factor of species i whose total is i's largest count M_i - 1, so at that
+        count the factor is 0 and a larger box would not let k fire. What is left is growth that
+        only the count limits stop (the box boundary checks of the results read this)."""
+        change = self.change_matrix.copy()
+        for k, r in enumerate(self.reactions):
+            for c in r.complements:
+                i = self._index[c.species]
+                if c.total == self.limits[i] - 1 and change[k, i] > 0:
+                    change[k, i] = 0
+        return change
 
     @property
     def feasibility(self) -> FeasibilityTables:
@@ -577,20 +946,23 @@ class ReactionNetwork:
     def max_exit_rate_bound(self, t: float = 0.0) -> float:
         """An upper bound of the total propensity sum_k a_k(n) over the box at time t.
 
-        Mass-action terms are bounded at the largest counts of the box; the first-order VAN step
-        needs dt * sum_k a_k(n) < 1 at the states it visits.
+        Mass-action terms are bounded at the largest counts of the box, complement factors at
+        the smallest (f(total - 0)) and Hill factors by 1; the first-order VAN step needs
+        dt * sum_k a_k(n) < 1 at the states it visits.
         """
         total = 0.0
         rates = self.rates(t)
-        conv = CONVENTIONS.index(self.convention)
         for k, r in enumerate(self.reactions):
             if r.propensity is not None:
                 return math.inf
+            conv = self.reaction_convention(k)
             factor = 1.0
             for i in np.nonzero(self.reactant_matrix[k])[0]:
                 n = int(self.limits[i]) - 1
                 order = int(self.reactant_matrix[k, i])
                 factor *= _mass_action_scalar(n, order, conv)
+            for c in r.complements:
+                factor *= _mass_action_scalar(int(c.total), int(c.order), conv)
             total += rates[k] * factor
         return total
 
@@ -615,12 +987,7 @@ class ReactionNetwork:
                     (int(i), int(self.reactant_matrix[k, i]), int(self.change_matrix[k, i]))
                 )
             ptr.append(len(entries))
-        hill_index = np.full(K, -1, dtype=np.int64)
-        hill_params = np.zeros((K, 3), dtype=np.float64)
-        for k, r in enumerate(self.reactions):
-            if r.hill is not None and r.propensity is None:
-                hill_index[k] = self._index[r.hill.regulator]
-                hill_params[k] = (r.hill.K, r.hill.n, 1.0 if r.hill.kind == "repression" else 0.0)
+        factor_ptr, factor_index, factor_params = self._factor_table()
         feas = self.feasibility
 
         def i64(a: Any) -> torch.Tensor:
@@ -638,9 +1005,10 @@ class ReactionNetwork:
             reactants=i64(self.reactant_matrix),
             change=i64(self.change_matrix),
             limits=i64(self.limits),
-            hill_index=i64(hill_index),
-            hill_params=torch.as_tensor(hill_params, dtype=dtype, device=device),
-            convention=CONVENTIONS.index(self.convention),
+            convention=i64([self.reaction_convention(k) for k in range(K)]),
+            factor_ptr=i64(factor_ptr),
+            factor_index=i64(factor_index),
+            factor_params=torch.as_tensor(factor_params, dtype=dtype, device=device).reshape(-1, 3),
             constant_rates=constant,
             custom=tuple(k for k, r in enumerate(self.reactions) if r.propensity is not None),
             cons_weights=i64(feas.weights),
@@ -649,6 +1017,21 @@ class ReactionNetwork:
             cons_group_meta=i64(feas.group_meta),
             cons_table=torch.as_tensor(feas.table, dtype=torch.bool, device=device),
         )
+
+    def _factor_table(self) -> tuple[list[int], list[int], list[tuple[float, float, float]]]:
+        """factor_ptr, factor_index, factor_params rows (see CompiledNetwork)."""
+        ptr, index, params = [0], [], []
+        for r in self.reactions:
+            if r.propensity is None:
+                for h in r.hills:
+                    index.append(self._index[h.regulator])
+                    params.append((float(FACTOR_KINDS.index(h.kind)), float(h.K), float(h.n)))
+                for c in r.complements:
+                    index.append(self._index[c.species])
+                    kind = float(FACTOR_KINDS.index("complement"))
+                    params.append((kind, float(c.total), float(c.order)))
+            ptr.append(len(index))
+        return ptr, index, params
 
     def propensities(
         self, states: torch.Tensor, t: float = 0.0, *, impl: str = "auto"
@@ -718,23 +1101,23 @@ class ReactionNetwork:
                 item["propensity"] = "custom"
             elif isinstance(r.rate, (int, float)):
                 item["rate"] = float(r.rate)
-            elif isinstance(r.rate, Sinusoidal):
-                item["rate"] = {
-                    "form": "sinusoidal",
-                    "c": r.rate.c,
-                    "a": r.rate.a,
-                    "omega": r.rate.omega,
-                    "phi": r.rate.phi,
-                }
+            elif isinstance(r.rate, RateForm):
+                item["rate"] = r.rate.to_dict()
             else:
                 item["rate"] = "callable"
-            if r.hill is not None:
-                item["hill"] = {
-                    "regulator": r.hill.regulator,
-                    "K": r.hill.K,
-                    "n": r.hill.n,
-                    "kind": r.hill.kind,
-                }
+            if r.convention is not None:
+                item["convention"] = r.convention
+            hills = [
+                {"regulator": h.regulator, "K": h.K, "n": h.n, "kind": h.kind} for h in r.hills
+            ]
+            if hills:  # one factor as a table, several as a list of tables
+                item["hill"] = hills[0] if len(hills) == 1 else hills
+            complements = [
+                {"species": c.species, "total": int(c.total), "order": int(c.order)}
+                for c in r.complements
+            ]
+            if complements:
+                item["complement"] = complements[0] if len(complements) == 1 else complements
             out["reactions"].append(item)
         return out
 

@@ -568,7 +568,7 @@ def summarize(
         [0.0],
         keep_joint=False,
         reactants=network.reactant_matrix,
-        change=network.change_matrix,
+        change=network.box_limited_change(),
     )
     joint = None
     box = math.prod(int(m) for m in network.limits)

@@ -14,12 +14,24 @@ Schema (keys not listed are errors, so typos are caught):
     name = "production"                  # optional
     reactants = {G = 1}                  # species -> count consumed (optional)
     products = {G = 1, P = 1}            # species -> count produced (optional)
-    rate = 10.0                          # a number, or {form = "sinusoidal", c, a, omega, phi}
-    hill = {regulator = "P", K = 20.0, n = 2.0, kind = "repression"}   # optional
+    rate = 10.0                          # a number, or a named form (below)
+    convention = "binomial"              # optional: this reaction's own mass-action convention
+    hill = {regulator = "P", K = 20.0, n = 2.0, kind = "repression"}   # optional; or a list
+    complement = {species = "G_b", total = 3, order = 1}   # optional factor f(total - G_b);
+                                         #   or a list; total >= limit of G_b minus 1
     [[conservation]]                     # optional: declared laws (omit to detect them;
     G = 1                                #   `conservation = []` declares there are none)
     total = 1                            # optional, must match the initial state
     parameters = {...}                   # optional, free-form record of the parameters
+
+Rate forms (times in the rates' time unit, rates in 1/time):
+
+    {form = "sinusoidal", c, a, omega, phi = 0}        c (1 + a sin(omega t + phi)), |a| <= 1
+    {form = "piecewise_constant", breakpoints = [t1, .., tm], values = [v0, .., vm]}
+                                         v0 before t1, v_j from t_j on (m + 1 values)
+    {form = "exponential", c0, tau, c_inf = 0}          c_inf + (c0 - c_inf) exp(-t / tau)
+    {form = "table", times = [..], values = [..]}       linear between the points, constant
+                                                        outside
 
 Species may also be a list of tables {name, limit, initial}. Every error names the field by
 its path, e.g. ``reactions[2].rate: must be finite and >= 0, got -1``.
@@ -31,7 +43,16 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from ..network import CONVENTIONS, Hill, NetworkError, Reaction, ReactionNetwork, Sinusoidal
+from ..network import (
+    CONVENTIONS,
+    RATE_FORMS,
+    Complement,
+    Hill,
+    NetworkError,
+    RateForm,
+    Reaction,
+    ReactionNetwork,
+)
 
 __all__ = ["network_from_dict", "network_to_dict"]
 
@@ -48,9 +69,17 @@ TOP_KEYS = (
     "conservation",
     "parameters",
 )
-REACTION_KEYS = ("name", "reactants", "products", "rate", "hill")
+REACTION_KEYS = ("name", "reactants", "products", "rate", "convention", "hill", "complement")
 HILL_KEYS = ("regulator", "K", "n", "kind")
-RATE_FORMS = {"sinusoidal": ("c", "a", "omega", "phi")}
+COMPLEMENT_KEYS = ("species", "total", "order")
+# form -> (required keys, optional keys); the keys are the fields of the form's class
+RATE_FORM_KEYS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "sinusoidal": (("c", "a", "omega"), ("phi",)),
+    "piecewise_constant": (("breakpoints", "values"), ()),
+    "exponential": (("c0", "tau"), ("c_inf",)),
+    "table": (("times", "values"), ()),
+}
+LIST_KEYS = ("breakpoints", "times", "values")  # lists of numbers; the other keys are numbers
 
 
 def _unknown(d: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
@@ -148,31 +177,52 @@ def _stoich(raw: Any, where: str, known: Mapping[str, int]) -> dict[str, int]:
     return out
 
 
-def _rate(raw: Any, where: str) -> float | Sinusoidal:
+def _rate(raw: Any, where: str) -> float | RateForm:
     if isinstance(raw, Mapping):
         form = raw.get("form")
-        if form not in RATE_FORMS:
+        if form not in RATE_FORM_KEYS:
             raise NetworkError(
-                f"{where}.form: unknown rate form {form!r}; known forms: {', '.join(RATE_FORMS)}"
+                f"{where}.form: unknown rate form {form!r}; known forms: "
+                f"{', '.join(RATE_FORM_KEYS)}"
             )
-        keys = RATE_FORMS[form]
-        _unknown(raw, ("form", *keys), where)
-        missing = [k for k in keys if k not in raw and k != "phi"]
+        required, optional = RATE_FORM_KEYS[form]
+        _unknown(raw, ("form", *required, *optional), where)
+        missing = [k for k in required if k not in raw]
         if missing:
-            raise NetworkError(f"{where}.{missing[0]}: missing (a {form} rate needs {keys})")
-        c = _rate_value(raw["c"], f"{where}.c")
-        a = _number(raw["a"], f"{where}.a")
-        if abs(a) > 1:
-            raise NetworkError(f"{where}.a: the amplitude must satisfy |a| <= 1, got {a!r}")
-        omega = _number(raw["omega"], f"{where}.omega")
-        phi = _number(raw.get("phi", 0.0), f"{where}.phi")
-        return Sinusoidal(c, a, omega, phi)
+            raise NetworkError(
+                f"{where}.{missing[0]}: missing (a {form} rate needs {', '.join(required)})"
+            )
+        values = {
+            key: _numbers(raw[key], f"{where}.{key}")
+            if key in LIST_KEYS
+            else _number(raw[key], f"{where}.{key}")
+            for key in (*required, *optional)
+            if key in raw
+        }
+        rate = RATE_FORMS[form](**values)
+        rate.check(where)  # the form's own rules (rates >= 0, increasing times, ...)
+        return rate
     if isinstance(raw, str):
         raise NetworkError(
             f"{where}: {raw!r} cannot be read from a file: give a number or a named form such "
             f'as {{form = "sinusoidal", c = 10, a = 0.5, omega = 1, phi = 0}}'
         )
     return _rate_value(raw, where)
+
+
+def _numbers(raw: Any, where: str) -> tuple[float, ...]:
+    if not isinstance(raw, list):
+        raise NetworkError(f"{where}: expected a list of numbers, got {raw!r}")
+    return tuple(_number(v, f"{where}[{j}]") for j, v in enumerate(raw))
+
+
+def _one_or_list(raw: Any, where: str, parse: Any) -> Any:
+    """A factor table, or a list of them (each then named by its index)."""
+    if isinstance(raw, list):
+        if not raw:
+            raise NetworkError(f"{where}: an empty list; omit the key for no factor")
+        return [parse(item, f"{where}[{j}]") for j, item in enumerate(raw)]
+    return parse(raw, where)
 
 
 def _hill(raw: Any, where: str, known: Mapping[str, int]) -> Hill:
@@ -196,6 +246,23 @@ def _hill(raw: Any, where: str, known: Mapping[str, int]) -> Hill:
     return Hill(regulator, K, n, kind)
 
 
+def _complement(raw: Any, where: str, known: Mapping[str, int]) -> Complement:
+    raw = _mapping(raw, where)
+    _unknown(raw, COMPLEMENT_KEYS, where)
+    species = raw.get("species")
+    if not isinstance(species, str) or not species:
+        raise NetworkError(f"{where}.species: missing; a complement factor needs a species")
+    if species not in known:
+        raise NetworkError(
+            f"{where}.species: unknown species {species!r}; known species: {', '.join(known)}"
+        )
+    if "total" not in raw:
+        raise NetworkError(f"{where}.total: missing (the count of bound plus free copies)")
+    total = _count(raw["total"], f"{where}.total")
+    order = _count(raw.get("order", 1), f"{where}.order", minimum=1)
+    return Complement(species, total, order)
+
+
 def _reaction(raw: Any, k: int, known: Mapping[str, int]) -> Reaction:
     where = f"reactions[{k}]"
     raw = _mapping(raw, where)
@@ -215,8 +282,22 @@ def _reaction(raw: Any, k: int, known: Mapping[str, int]) -> Reaction:
     if "rate" not in raw:
         raise NetworkError(f"{where}.rate: missing")
     rate = _rate(raw["rate"], f"{where}.rate")
-    hill = _hill(raw["hill"], f"{where}.hill", known) if "hill" in raw else None
-    return Reaction(reactants, products, rate, name, hill=hill)
+    convention = raw.get("convention")
+    if convention is not None and convention not in CONVENTIONS:
+        raise NetworkError(
+            f"{where}.convention: must be one of {CONVENTIONS}, got {convention!r} (omit it for "
+            "the network's)"
+        )
+    hill = complement = None
+    if "hill" in raw:
+        hill = _one_or_list(raw["hill"], f"{where}.hill", lambda r, w: _hill(r, w, known))
+    if "complement" in raw:
+        complement = _one_or_list(
+            raw["complement"], f"{where}.complement", lambda r, w: _complement(r, w, known)
+        )
+    return Reaction(
+        reactants, products, rate, name, hill=hill, complement=complement, convention=convention
+    )
 
 
 def _conservation(raw: Any, known: Mapping[str, int]) -> list[dict[str, int]] | None:

@@ -185,7 +185,7 @@ def _to_toml(d: Mapping[str, Any]) -> str:
     for r in d["reactions"]:
         lines.append("")
         lines.append("[[reactions]]")
-        for key in ("name", "reactants", "products", "rate", "hill"):
+        for key in ("name", "reactants", "products", "rate", "convention", "hill", "complement"):
             if key in r and r[key] not in (None, {}):
                 lines.append(f"{key} = {_toml_value(r[key])}")
     for law in laws or []:

@@ -280,7 +280,7 @@ def _register_fakes() -> None:
     """Shape-only kernels so the ops work under torch.compile and with fake tensors."""
 
     @torch.library.register_fake("nncme::propensities")
-    def _(states, rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention):
+    def _(states, rxn_ptr, rxn_entries, limits, rates, *factor_tables):
         return states.new_empty((states.shape[0], rates.shape[0]), dtype=rates.dtype)
 
     @torch.library.register_fake("nncme::neighbors")
@@ -298,9 +298,10 @@ def _register_fakes() -> None:
         rxn_entries,
         limits,
         rates,
-        hill_index,
-        hill_params,
         convention,
+        factor_ptr,
+        factor_index,
+        factor_params,
         dt,
     ):
         B = states.shape[0]

@@ -7,9 +7,12 @@ the operator schemas in csrc/registration.cpp argument for argument.
 
 Network arguments (see `nncme.network.CompiledNetwork`):
     rxn_ptr (K+1,) int64, rxn_entries (nnz, 3) int64 rows (species, reactant order, change),
-    limits (L,) int64, rates (K,) float, hill_index (K,) int64 (-1: none),
-    hill_params (K, 3) float rows (K_half, n, repress 0/1), convention 0 falling | 1 binomial |
-    2 power.
+    limits (L,) int64, rates (K,) float, convention (K,) int64 per reaction (0 falling |
+    1 binomial | 2 power), and the factor table: reaction k owns factors
+    factor_ptr[k]:factor_ptr[k+1] ((K+1,) int64), factor f reads species factor_index[f] ((F,)
+    int64) with factor_params[f] ((F, 3) float) = (kind, a, b): kind 0 Hill activation
+    x^b / (a^b + x^b), 1 Hill repression a^b / (a^b + x^b), 2 complement f(a - x, b) in the
+    reaction's convention, 0 where a - x < 0.
 """
 
 from __future__ import annotations
@@ -33,25 +36,29 @@ __all__ = [
 ]
 
 FALLING, BINOMIAL, POWER = 0, 1, 2
+ACTIVATION, REPRESSION, COMPLEMENT = 0, 1, 2
 SIGMOID, TANH = 0, 1
 AUTO_SPACE, PARAMETER_SPACE, SAMPLE_SPACE = 0, 1, 2
 
 
 def mass_action_factor(
-    n: torch.Tensor, order: torch.Tensor, convention: int, dtype: torch.dtype
+    n: torch.Tensor, order: torch.Tensor, convention: torch.Tensor, dtype: torch.dtype
 ) -> torch.Tensor:
-    """Elementwise mass-action factor f(n, r): n(n-1)..(n-r+1), C(n, r) or n^r."""
+    """Elementwise mass-action factor f(n, r): n(n-1)..(n-r+1), C(n, r) or n^r.
+
+    order and convention (codes FALLING, BINOMIAL, POWER) broadcast against n.
+    """
     n = n.to(dtype)
     order = order.expand_as(n)
+    power = (convention == POWER).expand_as(n)
+    binomial = (convention == BINOMIAL).expand_as(n)
     out = torch.ones_like(n)
     max_order = int(order.max()) if order.numel() else 0
     for j in range(max_order):
-        use = order > j
-        term = n if convention == POWER else n - j
-        out = torch.where(use, out * term, out)
-    if convention == BINOMIAL:
-        for j in range(2, max_order + 1):
-            out = torch.where(order >= j, out / j, out)
+        term = torch.where(power, n, n - j)
+        out = torch.where(order > j, out * term, out)
+    for j in range(2, max_order + 1):
+        out = torch.where(binomial & (order >= j), out / j, out)
     return out
 
 
@@ -89,7 +96,7 @@ def _reaction_terms(
     rxn_ptr: torch.Tensor,
     rxn_entries: torch.Tensor,
     rates: torch.Tensor,
-    convention: int,
+    convention: torch.Tensor,
 ) -> torch.Tensor:
     """rates_k * prod over entries of f(count, order), 0 where any entry is not ok.
 
@@ -97,8 +104,9 @@ def _reaction_terms(
     """
     B = counts.shape[0]
     K = rates.shape[0]
-    rxn = _reaction_of_entry(rxn_ptr).expand(B, -1)
-    factor = mass_action_factor(counts, rxn_entries[:, 1], convention, rates.dtype)
+    of_entry = _reaction_of_entry(rxn_ptr)
+    rxn = of_entry.expand(B, -1)
+    factor = mass_action_factor(counts, rxn_entries[:, 1], convention[of_entry], rates.dtype)
     a = rates.unsqueeze(0).expand(B, K).contiguous()
     a = a.scatter_reduce(1, rxn, factor, reduce="prod")
     blocked = torch.zeros(B, K, dtype=torch.int64, device=counts.device)
@@ -106,21 +114,32 @@ def _reaction_terms(
     return torch.where(blocked > 0, torch.zeros_like(a), a)
 
 
-def _hill_at(
+def _factors_at(
     states: torch.Tensor,
     shift: torch.Tensor | None,
-    hill_index: torch.Tensor,
-    hill_params: torch.Tensor,
+    convention: torch.Tensor,
+    factor_ptr: torch.Tensor,
+    factor_index: torch.Tensor,
+    factor_params: torch.Tensor,
 ) -> torch.Tensor:
-    """(B, K) Hill factors with the regulator read from states (minus shift[k, reg] if given)."""
-    reg = hill_index.clamp(min=0)
-    x = states[:, reg]  # (B, K)
+    """(B, K) product of each reaction's factors, the species read from states (minus
+    shift[k, species] if given: the neighbour n - s_k); 1 for reactions without factors."""
+    B, K = states.shape[0], factor_ptr.shape[0] - 1
+    out = torch.ones(B, K, dtype=factor_params.dtype, device=states.device)
+    if factor_index.numel() == 0:
+        return out
+    rxn = _reaction_of_entry(factor_ptr)  # (F,) reaction of each factor
+    x = states[:, factor_index]  # (B, F)
     if shift is not None:
-        x = x - shift.gather(1, reg.unsqueeze(1)).squeeze(1)
-    x = x.to(hill_params.dtype)
-    half, coef, repress = hill_params.unbind(1)
-    h = hill_factor(x, half, coef, repress)
-    return torch.where(hill_index >= 0, h, torch.ones_like(h))
+        x = x - shift[rxn, factor_index]
+    kind, a, b = factor_params.unbind(1)
+    hill = hill_factor(x.to(factor_params.dtype), a, b, (kind == REPRESSION).to(a.dtype))
+    free = a.to(torch.int64) - x  # complement: the implicit species' count
+    order = torch.where(kind == COMPLEMENT, b, torch.zeros_like(b)).to(torch.int64)
+    comp = mass_action_factor(free.clamp(min=0), order, convention[rxn], a.dtype)
+    comp = torch.where(free < 0, torch.zeros_like(comp), comp)
+    value = torch.where(kind == COMPLEMENT, comp, hill)
+    return out.scatter_reduce(1, rxn.expand(B, -1), value, reduce="prod")
 
 
 def propensities(
@@ -129,9 +148,10 @@ def propensities(
     rxn_entries: torch.Tensor,
     limits: torch.Tensor,
     rates: torch.Tensor,
-    hill_index: torch.Tensor,
-    hill_params: torch.Tensor,
-    convention: int,
+    convention: torch.Tensor,
+    factor_ptr: torch.Tensor,
+    factor_index: torch.Tensor,
+    factor_params: torch.Tensor,
 ) -> torch.Tensor:
     """a_k(n) for a batch of states with the truncation rule.
 
@@ -139,15 +159,15 @@ def propensities(
         states: (B, L) int64 counts.
 
     Returns:
-        (B, K) in rates.dtype: rate_k * prod_i f(n_i, r_ki) * hill_k(n), and 0 where n is
-        outside the box or n + s_k would leave it.
+        (B, K) in rates.dtype: rate_k * prod_i f(n_i, r_ki) * prod of k's factors at n, and 0
+        where n is outside the box or n + s_k would leave it.
     """
     sp, _, change = rxn_entries.unbind(1)
     n = states[:, sp]  # (B, nnz)
     after = n + change
     fires = (after >= 0) & (after < limits[sp])
     a = _reaction_terms(n, fires, rxn_ptr, rxn_entries, rates, convention)
-    a = a * _hill_at(states, None, hill_index, hill_params)
+    a = a * _factors_at(states, None, convention, factor_ptr, factor_index, factor_params)
     return torch.where(_in_box(states, limits).unsqueeze(1), a, torch.zeros_like(a))
 
 
@@ -178,13 +198,14 @@ def inflow_propensities(
     rxn_entries: torch.Tensor,
     limits: torch.Tensor,
     rates: torch.Tensor,
-    hill_index: torch.Tensor,
-    hill_params: torch.Tensor,
-    convention: int,
+    convention: torch.Tensor,
+    factor_ptr: torch.Tensor,
+    factor_index: torch.Tensor,
+    factor_params: torch.Tensor,
 ) -> torch.Tensor:
     """(B, K) a_k(n - s_k): the propensity of reaction k at the neighbour that leads into n.
 
-    0 where n or n - s_k is outside the box. O(B * nnz) memory.
+    0 where n or n - s_k is outside the box. O(B * (nnz + F)) memory.
     """
     L = states.shape[1]
     sp, _, change = rxn_entries.unbind(1)
@@ -192,7 +213,7 @@ def inflow_propensities(
     ok = (m >= 0) & (m < limits[sp])
     a = _reaction_terms(m, ok, rxn_ptr, rxn_entries, rates, convention)
     shift = _dense_change(rxn_ptr, rxn_entries, L)
-    a = a * _hill_at(states, shift, hill_index, hill_params)
+    a = a * _factors_at(states, shift, convention, factor_ptr, factor_index, factor_params)
     return torch.where(_in_box(states, limits).unsqueeze(1), a, torch.zeros_like(a))
 
 
@@ -204,9 +225,10 @@ def transition_logsum(
     rxn_entries: torch.Tensor,
     limits: torch.Tensor,
     rates: torch.Tensor,
-    hill_index: torch.Tensor,
-    hill_params: torch.Tensor,
-    convention: int,
+    convention: torch.Tensor,
+    factor_ptr: torch.Tensor,
+    factor_index: torch.Tensor,
+    factor_params: torch.Tensor,
     dt: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """log (T q)(n) with T = I + dt W, and the TDVP local generator.
@@ -224,7 +246,16 @@ def transition_logsum(
         local_gen: (B,) (W q)(n) / q(n) = sum_k a_k(n - s_k) q(n - s_k) / q(n) - a_0(n).
         exit_rate: (B,) a_0(n) = sum_k a_k(n).
     """
-    args = (rxn_ptr, rxn_entries, limits, rates, hill_index, hill_params, convention)
+    args = (
+        rxn_ptr,
+        rxn_entries,
+        limits,
+        rates,
+        convention,
+        factor_ptr,
+        factor_index,
+        factor_params,
+    )
     exit_rate = propensities(states, *args).sum(dim=1)
     a_in = inflow_propensities(states, *args)  # (B, K)
     live = a_in > 0
