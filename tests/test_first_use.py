@@ -7,6 +7,7 @@ import doctest
 import importlib
 import importlib.util
 import pkgutil
+import shlex
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 import nncme
 from nncme import systems
-from nncme.cli import main
+from nncme.cli import MANY_STEPS, build_parser, main
 from nncme.evolve import Driver
 from nncme.io import resolve_network
 from nncme.network import NetworkError
@@ -96,6 +97,32 @@ def test_run_of_at_most_2000_steps_starts_without_a_warning(tmp_path, monkeypatc
     assert main([*args, "--out", str(tmp_path)]) == 130
     out, err = capsys.readouterr()
     assert "2,000 steps of dt 0.0025" in out and "warning" not in err
+
+
+def _quick_start() -> list[list[str]]:
+    """The argument lists of the `nncme` commands in the README's first code block of "Using it"."""
+    block = (REPO / "README.md").read_text(encoding="utf-8").split("\n## Using it\n")[1]
+    block = block.split("```")[1]
+    return [
+        shlex.split(line, comments=True)[1:]
+        for line in block.splitlines()
+        if line.startswith("nncme ")
+    ]
+
+
+def test_the_quick_start_parses_and_its_runs_are_short(monkeypatch, tmp_path, capsys):
+    commands = _quick_start()
+    assert [c[0] for c in commands].count("run") >= 2
+    parser = build_parser()
+    _stop_at_once(monkeypatch)
+    monkeypatch.chdir(REPO)  # the example files' paths are the repository's
+    for argv in commands:
+        parser.parse_args(argv)
+        if argv[0] == "run" and "--resume" not in argv:
+            assert main([*argv, "--out", str(tmp_path / "van")]) == 130
+            out, err = capsys.readouterr()
+            steps = int(out.split(" steps")[0].rsplit(" ", 1)[1].replace(",", ""))
+            assert steps <= MANY_STEPS and "warning" not in err, (argv, out, err)
 
 
 @pytest.mark.filterwarnings("ignore:step")  # three iterations per fit: it counts, not fits
