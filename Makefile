@@ -7,9 +7,9 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nncme-installed
-SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake -type f 2>/dev/null)
+SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake build_backend -type f -not -name "*.pyc" 2>/dev/null)
 
-.PHONY: setup study test test-fast lint bench clean
+.PHONY: setup study test test-fast test-wheel lint bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ study: setup
 test: setup
 	$(BIN)/ruff check
 	$(BIN)/python -m pytest -q
+
+# The README's pip recipe: a regular wheel built with --no-build-isolation, installed into a
+# fresh venv and used from outside the source tree (CI runs it after `make test`).
+test-wheel: setup
+	.ci/test-wheel $(BIN)/python
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -7,6 +7,7 @@ counts through time; exact (FSP) and stochastic (SSA) solvers in the same packag
 from __future__ import annotations
 
 import platform
+from importlib import metadata
 from typing import Any
 
 import torch
@@ -27,7 +28,12 @@ from .network import (
 )
 from .ops import _ext
 
-__version__ = "0.1.0"
+try:  # one home for the version: pyproject.toml, through the installed package's metadata
+    __version__ = metadata.version("nncme")
+except (
+    metadata.PackageNotFoundError
+):  # pragma: no cover - the source tree on sys.path, not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CompiledNetwork",

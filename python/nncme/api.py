@@ -79,10 +79,13 @@ def run(
         RunOutput: the `Result` (marginals, moments, ... at t = 0 and every save time), the
         trained model, the per-step history and the output directory.
 
-    Example:
+    Example (tests/test_first_use.py runs it):
         >>> import nncme
-        >>> out = nncme.run("birth_death", t_end=2.0, quiet=True)  # doctest: +SKIP
-        >>> out.result.means[-1]  # doctest: +SKIP
+        >>> out = nncme.run("birth_death", t_end=0.1, dt=0.01, quiet=True)  # 10 steps, seconds
+        >>> out.result.species, out.result.marginals.shape  # (times, species, largest limit)
+        (['X'], (11, 1, 33))
+        >>> len(out.history)  # one entry per step
+        10
     """
     if isinstance(network, str):
         from .io import resolve_network

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .config import ConfigError, add_settings_arguments, settings_from_args
 from .network import NetworkError
 
@@ -409,11 +410,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ConfigError, model-option errors, a checkpoint of another run
         raise UsageError(str(exc)) from None
     model = driver.model
+    first = driver.index  # > 0 when resumed
+    left = f" ({driver.num_steps - first:,} left)" if first else ""
     print(
         f"van {network.name}: {config.model} ({model.num_parameters():,} parameters, "
-        f"{config.dtype}, {model.device}), {driver.num_steps} steps of dt "
+        f"{config.dtype}, {model.device}), {driver.num_steps:,} steps{left} of dt "
         f"{driver.dt:g} to t = {driver.t_end:g}, batch {config.batch}"
     )
+    warning = _many_steps_warning(driver, config)
+    if warning:
+        print(f"nncme run: warning: {warning}", file=sys.stderr)
     try:
         driver.run()
     except ConfigError as exc:
@@ -424,12 +430,52 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recorder = driver.observer(Recorder)
     result = recorder.result(driver.elapsed)
     seconds = driver.elapsed
-    steps = max(1, driver.num_steps)
+    steps = max(1, driver.index - first)
     print(f"  {recorder.status}: {seconds:.1f} s ({1000 * seconds / steps:.1f} ms per step)")
     for line in recorder.warnings[:5]:
         print(f"  warning: {line}")
     _print_final_moments(result, Path(config.out))
     return 0
+
+
+# Above this many steps `nncme run` warns before it starts: each step is one or more fits of
+# tens of iterations, so thousands of steps take hours on a CPU.
+MANY_STEPS = 2000
+
+# Fits (adam, sgd, natgrad) or TDVP stages per time step of each integrator.
+_STAGES = {"euler": 1, "heun": 2, "rk4": 4, "implicit": 1}
+
+
+def _many_steps_warning(driver, config) -> str | None:
+    """What a long run will do and the options that shorten it, or None for a run with
+    MANY_STEPS or fewer steps still to take."""
+    steps = driver.num_steps - driver.index
+    if steps <= MANY_STEPS:
+        return None
+    stages, scheme = _STAGES[config.integrator], config.integrator
+    plural = "s" if stages > 1 else ""
+    if config.optimizer == "tdvp":
+        work = f"{stages} TDVP stage{plural} ({scheme})"
+    else:
+        work = f"{stages} fit{plural} ({scheme}) of up to {config.iterations} iterations"
+    if scheme == "implicit":
+        options = ["a larger --dt (implicit steps take any dt)"]
+    elif config.optimizer == "tdvp":
+        options = ["a larger --dt"]
+    else:
+        options = [
+            "a larger --dt (explicit steps need dt·a₀ < 1; the run stops naming the largest dt "
+            "that keeps it)"
+        ]
+    if stages > 1:
+        unit = "stage" if config.optimizer == "tdvp" else "fit"
+        options.append(f"--integrator euler (one {unit} per step, first order)")
+    if scheme != "implicit" and config.optimizer in ("adam", "sgd"):
+        options.append("--integrator implicit (any dt)")
+    options.append("a shorter --t-end")
+    default = "" if config.dt is not None else ", the network's default"
+    fewer = ", ".join(options)
+    return f"{steps:,} steps of dt {driver.dt:g}{default}, each {work}. Fewer steps: {fewer}"
 
 
 # The default study: the autoregulatory feedback loop (a gene switching between a free and a
@@ -508,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nncme",
         description="Solve chemical master equations with variational autoregressive networks.",
     )
+    parser.add_argument("--version", action="version", version=f"nncme {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in _SUBCOMMANDS:
         add(sub)

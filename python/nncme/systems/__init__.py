@@ -9,7 +9,11 @@ grid. Use:
     >>> systems.names()[:3]
     ['birth_death', 'birth_death_sinusoidal', 'toggle_switch']
     >>> net = systems.get("cascade", L=8)
-    >>> net = systems.get(*systems.parse_spec("autoregulation:parameter_set=2"))
+    >>> name, params = systems.parse_spec("autoregulation:parameter_set=2")
+    >>> name, params
+    ('autoregulation', {'parameter_set': '2'})
+    >>> systems.get(name, **params).parameters["rho_b"]
+    40.6
 
 Parameters given as text (from the command line or a spec such as "cascade:L=8") are converted
 to the type of the parameter's default.
@@ -17,6 +21,7 @@ to the type of the parameter's default.
 
 from __future__ import annotations
 
+import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,9 +104,20 @@ def _builder(name: str) -> Callable[..., ReactionNetwork]:
     try:
         return _BUILDERS[name]
     except KeyError:
-        raise NetworkError(
-            f"unknown system {name!r}; the catalogue has: {', '.join(_BUILDERS)}"
-        ) from None
+        hint = (
+            _did_you_mean(name, list(_BUILDERS)) or f"; the catalogue has: {', '.join(_BUILDERS)}"
+        )
+        raise NetworkError(f"unknown system {name!r}{hint}") from None
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    """The hint "; did you mean 'x'?" for the choice closest to a misspelt name (case aside).
+
+    Empty when no choice is close.
+    """
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1)
+    return f"; did you mean {by_lower[close[0]]!r}?" if close else ""
 
 
 def _signature(name: str) -> dict[str, inspect.Parameter]:
@@ -172,8 +188,9 @@ def get(name: str, **params: Any) -> ReactionNetwork:
         elif key in extra:
             converted[key] = _coerce(name, key, value, extra[key], "float")
         else:
-            known = ", ".join([*sig, *extra])
-            raise NetworkError(f"{name}: unknown parameter {key!r}; parameters: {known}")
+            known = [*sig, *extra]
+            hint = _did_you_mean(key, known) or f"; parameters: {', '.join(known)}"
+            raise NetworkError(f"{name}: unknown parameter {key!r}{hint}")
     try:
         return _builder(name)(**converted)
     except NetworkError:
