@@ -85,5 +85,10 @@ def test_study_smoke(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     assert "max Hellinger" in text and "Hellinger" in text
-    assert (tmp_path / "study" / "comparison.png").exists()
-    assert (tmp_path / "study" / "fsp" / "results.npz").exists()
+    study = tmp_path / "study"
+    assert {p.name for p in study.iterdir()} == {"van", "fsp", "comparison.png", "distances.json"}
+    van, fsp = Result.load(study / "van"), Result.load(study / "fsp")
+    assert (van.method, fsp.method) == ("van", "fsp")
+    assert (study / "van" / "log.jsonl").exists()
+    np.testing.assert_array_equal(van.times, fsp.times)
+    assert json.loads((study / "distances.json").read_text())["species"] == fsp.species
