@@ -90,10 +90,13 @@ def _panels(n: int, size: tuple[float, float] = (3.6, 2.8)):
     return fig, list(axes.flat)
 
 
-def _title(result: Result) -> str:
+def _network_name(result: Result) -> str:
     net = result.summary.get("network", {})
-    name = net.get("name", "") if isinstance(net, Mapping) else ""
-    return f"{name} ({solver_name(result)})".strip()
+    return str(net.get("name", "")) if isinstance(net, Mapping) else ""
+
+
+def _title(result: Result) -> str:
+    return f"{_network_name(result)} ({solver_name(result)})".strip()
 
 
 def _edges(x: np.ndarray) -> np.ndarray:
@@ -153,8 +156,8 @@ def moments_figure(
     Args:
         result: the result to show.
         reference: a result on the same species (e.g. SSA or FSP) drawn dashed beneath it.
-        distances: `metrics.compare(reference, result)`; its largest relative error of the
-            means goes in the title.
+        distances: `metrics.compare(reference, result)`; the largest difference of the means
+            goes in the title.
     """
     L = min(result.num_species, MAX_PANELS)
     fig, axes = _panels(L)
@@ -177,13 +180,13 @@ def moments_figure(
         ax.set_title(name)
         ax.set_xlabel("t")
         ax.set_ylabel("count")
-        ax.legend(fontsize="x-small")
+    axes[0].legend(fontsize="x-small")  # the same in every panel
     title = f"mean ± std: {_title(result)}"
     if reference is not None:
         title += f" and {solver_name(reference)}"
-    if distances is not None:
-        worst = float(np.nanmax(distances["mean_rel_error"]))
-        title += f"; largest relative error of the means {worst:.2%}"
+    if distances is not None:  # absolute: a relative error is infinite where a mean is 0
+        worst = float(np.max(np.abs(distances["mean_b"] - distances["mean_a"])))
+        title += f"; largest difference of the means {worst:.3g} molecules"
     fig.suptitle(title)
     return fig
 
@@ -258,7 +261,10 @@ def joint_figure(
         fig.colorbar(mesh, ax=list(axes.flat), label="probability", shrink=0.8)
     title = f"joint of {' and '.join(pair_names)}: {_title(result)}"
     if reference is not None:
-        title += f" (bottom) and {solver_name(reference)} (top)"
+        title = (
+            f"joint of {' and '.join(pair_names)}, {_network_name(result)}: "
+            f"{solver_name(reference)} (top), {solver_name(result)} (bottom)"
+        )
     fig.suptitle(title)
     return fig
 
@@ -413,8 +419,9 @@ def comparison_figure(
     for j in picks:
         which = "final" if j == times.shape[0] - 1 else "worst"
         ax.axvline(times[j], color="grey", ls=":", lw=1)
-        ax.annotate(f"{which}: t = {times[j]:g}", (times[j], 1), xycoords=("data", "axes fraction"),
-                    ha="right", va="top", fontsize="small", rotation=90)  # fmt: skip
+        ax.annotate(f"{which}: t = {times[j]:g}", (times[j], 0.97), xytext=(-2, 0),
+                    xycoords=("data", "axes fraction"), textcoords="offset points",
+                    ha="right", va="top", fontsize="small", color="grey", rotation=90)  # fmt: skip
     ax.set_title(f"Hellinger distance between {labels_ab[0]} and {labels_ab[1]}")
     ax.set_xlabel("t")
     ax.set_ylabel("Hellinger")
