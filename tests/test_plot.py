@@ -138,6 +138,9 @@ def test_hellinger_panel_has_every_species_and_the_drawn_times(pair_of_results):
     np.testing.assert_allclose(curves["P"].get_ydata(), d["hellinger"][:, 1])
     marked = sorted(ln.get_xdata()[0] for ln in ax.get_lines() if ln.get_label().startswith("_"))
     assert marked == [TIMES[1], TIMES[3]]
+    assert [text.get_text() for text in ax.texts] == ["worst: t = 0.5", "final: t = 1.5"]
+    fig = plot.comparison_figure(exact, sampled, d, t_indices=[2])
+    assert [text.get_text() for text in fig.axes[-1].texts] == ["t = 1"]
 
 
 def test_many_species_show_those_farthest_apart():

@@ -416,12 +416,22 @@ def comparison_figure(
     ax = fig.add_subplot(grid[len(rows), :])
     for i in rows:
         ax.plot(times, h[:, i], marker="." if times.shape[0] < 40 else None, label=names[i])
+    worst_j, final_j = int(np.argmax(h.max(axis=1))), times.shape[0] - 1
     for j in picks:
-        which = "final" if j == times.shape[0] - 1 else "worst"
+        which = ", ".join(w for w, k in (("worst", worst_j), ("final", final_j)) if k == j)
         ax.axvline(times[j], color="grey", ls=":", lw=1)
-        ax.annotate(f"{which}: t = {times[j]:g}", (times[j], 0.97), xytext=(-2, 0),
-                    xycoords=("data", "axes fraction"), textcoords="offset points",
-                    ha="right", va="top", fontsize="small", color="grey", rotation=90)  # fmt: skip
+        ax.annotate(
+            f"{which + ': ' if which else ''}t = {times[j]:g}",
+            (times[j], 0.97),
+            xytext=(-2, 0),
+            xycoords=("data", "axes fraction"),
+            textcoords="offset points",
+            ha="right",
+            va="top",
+            fontsize="small",
+            color="grey",
+            rotation=90,
+        )
     ax.set_title(f"Hellinger distance between {labels_ab[0]} and {labels_ab[1]}")
     ax.set_xlabel("t")
     ax.set_ylabel("Hellinger")
