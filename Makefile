@@ -7,7 +7,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.nncme-installed
-SOURCES := pyproject.toml CMakeLists.txt $(shell find csrc cmake build_backend -type f -not -name "*.pyc" 2>/dev/null)
+SOURCES := Makefile pyproject.toml CMakeLists.txt $(shell find csrc cmake build_backend -type f -not -name "*.pyc" 2>/dev/null)
 
 .PHONY: setup study test test-fast test-wheel lint bench clean
 
@@ -18,7 +18,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja \
-		numpy scipy matplotlib tqdm pytest "ruff==0.17.6" "python-libsbml>=5.20"
+		numpy scipy matplotlib tqdm xarray pytest "ruff==0.17.6" "python-libsbml>=5.20"
 	$(BIN)/python -m pip install -q --no-build-isolation -Cbuild-dir=build/{wheel_tag} -e .
 	touch $@
 

@@ -80,10 +80,19 @@ def test_resume_extends_a_finished_run(tmp_path):
 
 def test_study_smoke(tmp_path, capsys):
     cfg = tmp_path / "tiny.toml"
-    cfg.write_text("t_end = 0.02\ndt = 0.005\nsave_every = 0.01\nbatch = 100\niterations = 2\n")
+    cfg.write_text(
+        "t_end = 0.02\ndt = 0.005\nsave_every = 0.01\nbatch = 100\niterations = 2\n"
+        f"out = '{tmp_path / 'elsewhere'}'\n"  # the study keeps its own layout, and says so
+    )
     code = main(["study", "--out", str(tmp_path / "study"), "--config", str(cfg), "--quiet"])
     assert code == 0
-    text = capsys.readouterr().out
+    text, err = capsys.readouterr()
     assert "max Hellinger" in text and "Hellinger" in text
-    assert (tmp_path / "study" / "comparison.png").exists()
-    assert (tmp_path / "study" / "fsp" / "results.npz").exists()
+    assert "in --config is ignored" in err and not (tmp_path / "elsewhere").exists()
+    study = tmp_path / "study"
+    assert {p.name for p in study.iterdir()} == {"van", "fsp", "comparison.png", "distances.json"}
+    van, fsp = Result.load(study / "van"), Result.load(study / "fsp")
+    assert (van.method, fsp.method) == ("van", "fsp")
+    assert (study / "van" / "log.jsonl").exists()
+    np.testing.assert_array_equal(van.times, fsp.times)
+    assert json.loads((study / "distances.json").read_text())["species"] == fsp.species

@@ -500,7 +500,13 @@ def _add_study(sub: argparse._SubParsersAction) -> None:
         "network exactly (FSP), and write both results, a comparison plot and a table of "
         "Hellinger distances per species and save time.",
     )
-    p.add_argument("--out", default="study", metavar="DIR", help="output directory (study)")
+    p.add_argument(
+        "--out",
+        dest="study_out",  # not RunConfig.out: the VAN writes to DIR/van
+        default="study",
+        metavar="DIR",
+        help="output directory (study): DIR/van and DIR/fsp hold the two results",
+    )
     p.add_argument("--system", default=STUDY_SYSTEM, help=f"network ({STUDY_SYSTEM})")
     p.add_argument("--config", metavar="TOML", help="run settings file overriding the study's")
     p.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help="no bars")
@@ -520,10 +526,14 @@ def _cmd_study(args: argparse.Namespace) -> int:
     from .paths import check_output_dir
     from .plot import plot_comparison
 
-    out = check_output_dir(args.out, "out")
+    out = check_output_dir(args.study_out, "--out")
     network = resolve_network(args.system)
     settings = dict(STUDY_SETTINGS) if args.system == STUDY_SYSTEM else {}
-    config = _run_config(args, **settings, out=str(out / "van"))
+    config = _run_config(args, **settings)
+    if config.out is not None:  # from --config: the study owns its layout
+        print(f"nncme study: note: out = {config.out!r} in --config is ignored; the VAN "
+              f"writes to {out / 'van'}", file=sys.stderr)  # fmt: skip
+    config = config.replace(out=str(out / "van"))
     print(f"nncme study: {network.name}, VAN ({config.model}) against the exact solution")
     began = time.perf_counter()
     try:
@@ -545,7 +555,10 @@ def _cmd_study(args: argparse.Namespace) -> int:
         f"max Hellinger {d['max_hellinger']:.4f} ({worst['species']} at t = {worst['time']:g}); "
         f"max relative error of means {float(np.nanmax(d['mean_rel_error'])):.2%}"
     )
-    print(f"VAN {van_s:.1f} s, exact {fsp_s:.1f} s; wrote {out}/ (van/, fsp/, {plot.name})")
+    print(
+        f"VAN {van_s:.1f} s, exact {fsp_s:.1f} s; wrote {out}/: van/, fsp/ (each a result "
+        f"directory), {plot.name}, distances.json"
+    )
     return 0
 
 

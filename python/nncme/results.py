@@ -183,6 +183,94 @@ class Result:
             return None
         return self.pair, self.pair_marginal[t_index]
 
+    # ------------------------------------------------------------------------ conversion
+    def to_xarray(self) -> Any:
+        """The result as an `xarray.Dataset`, labelled by time, species and count.
+
+        Variables (each with `units` and `long_name` attributes):
+            marginal_<S>: (time, <S>_count) P(n_S = m) over species S's own counts 0..M_S-1.
+            mean: (time, species) E[n_i] in molecules.  variance: (time, species) Var[n_i]
+                (molecules²), the square of `stds`.
+            covariance: (time, species, species_) when stored.  boundary: (time,) when stored.
+            pair_marginal: (time, <A>_count, <B>_count) the 2D joint of the pair, when stored.
+        Coordinates: time, species (with `limit`, the count limit M_i) and one count axis per
+        species. Attributes: solver (the method), network (its name), settings (JSON text of
+        the solver's settings), samples (SSA trajectories, when known), format_version.
+
+        Raises:
+            ImportError: xarray is not installed (it is optional: pip install xarray).
+        """
+        try:
+            import xarray as xr
+        except ImportError as exc:
+            raise ImportError(
+                "Result.to_xarray needs xarray, an optional dependency of nncme: "
+                "pip install xarray (or pip install 'nncme[xarray]')"
+            ) from exc
+        time_units = "time unit of the network's rate constants"
+        counts = {s: f"{s}_count" for s in self.species}
+        coords: dict[str, Any] = {
+            "time": ("time", self.times, {"units": time_units, "long_name": "time"}),
+            "species": ("species", np.array(self.species, dtype=str)),
+            "limit": ("species", self.limits, {"long_name": "count limit M_i (counts 0..M_i-1)"}),
+        }
+        for s, m in zip(self.species, self.limits.tolist()):
+            coords[counts[s]] = (counts[s], np.arange(m), {"units": "molecules"})
+        prob = {"units": "1"}
+        data: dict[str, Any] = {
+            f"marginal_{s}": (
+                ("time", counts[s]),
+                self.marginals[:, i, :m],
+                {**prob, "long_name": f"P(n_{s} = m, t)"},
+            )
+            for i, (s, m) in enumerate(zip(self.species, self.limits.tolist()))
+        }
+        data["mean"] = (
+            ("time", "species"),
+            self.means,
+            {"units": "molecules", "long_name": "mean"},
+        )
+        data["variance"] = (
+            ("time", "species"),
+            self.stds**2,
+            {"units": "molecules^2", "long_name": "variance"},
+        )
+        if self.covariances is not None:
+            data["covariance"] = (
+                ("time", "species", "species_"),
+                self.covariances,
+                {"units": "molecules^2", "long_name": "covariance"},
+            )
+            coords["species_"] = ("species_", np.array(self.species, dtype=str))
+        if self.boundary is not None:
+            data["boundary"] = (
+                "time",
+                self.boundary,
+                {**prob, "long_name": "P(on the box boundary)"},
+            )
+        if self.pair is not None and self.pair_marginal is not None:
+            a, b = (self.species[i] for i in self.pair)
+            data["pair_marginal"] = (
+                ("time", counts[a], counts[b]),
+                self.pair_marginal,
+                {**prob, "long_name": f"P(n_{a} = m, n_{b} = k, t)"},
+            )
+        return xr.Dataset(data, coords=coords, attrs=self._xarray_attrs())
+
+    def _xarray_attrs(self) -> dict[str, Any]:
+        """Dataset attributes: text and numbers only, so the Dataset can go to netCDF."""
+        network = self.summary.get("network")
+        name = network.get("name") if isinstance(network, Mapping) else network
+        attrs: dict[str, Any] = {
+            "solver": self.method,
+            "network": str(name or ""),
+            "settings": json.dumps(self.summary.get("settings", {}), default=_js),
+            "format_version": FORMAT_VERSION,
+        }
+        if self.summary.get("samples"):
+            attrs["samples"] = int(self.summary["samples"])
+        return attrs
+
     # ----------------------------------------------------------------------------- files
     def save(self, out_dir: str | Path, *, plots: bool = True) -> Path:
         """Write results.npz, summary.json and (if `plots`) PNG figures to `out_dir`.
