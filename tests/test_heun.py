@@ -93,9 +93,7 @@ def test_heun_run_beats_exact_euler_steps():
     for scheme in ("euler", "heun"):
         cfg = RunConfig(integrator=scheme, iterations=150, **common)
         out = nncme.run(net, cfg, start=start)
-        exact = solve_fsp(
-            net, out.result.times, FSPSettings(quiet=True), p0=start.marginals()[0]
-        )
+        exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True), p0=start.marginals()[0])
         worst[scheme] = float(hellinger(exact.marginals, out.result.marginals).max())
     _, W = _dense(net, 0.0)
     p = start.marginals()[0].numpy().astype(float)
