@@ -16,7 +16,17 @@ import numpy as np
 import pytest
 import torch
 
-from nncme import Hill, NetworkError, Reaction, ReactionNetwork, Sinusoidal, systems
+from nncme import (
+    Complement,
+    Exponential,
+    Hill,
+    NetworkError,
+    PiecewiseConstant,
+    Reaction,
+    ReactionNetwork,
+    Sinusoidal,
+    systems,
+)
 from nncme.cli import main
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.io import load_network, load_sbml, resolve_network, save_network, save_sbml
@@ -251,13 +261,34 @@ def test_hill_activation_and_repression_in_any_spelling(law, kind, units, tmp_pa
     assert_same_propensities(net, twin, rtol=1e-13)
 
 
-def test_two_hill_factors_are_refused(tmp_path):
+def test_two_hill_factors_multiply(tmp_path):
+    """A law with two Hill denominators is one reaction with two Hill factors."""
     path = sbml_model(
         tmp_path / "h2.xml",
         {"A": 0, "B": 0, "X": 0},
-        [("r", {}, {"X": 1}, "k / (1 + (A/K)^2) / (1 + (B/K)^2)", {"k": 1, "K": 2})],
+        [
+            ("r", {}, {"X": 1}, "k / (1 + (A/K)^2) / (1 + (B/K)^2)", {"k": 1.5, "K": 2}),
+            ("a", {}, {"A": 1}, "ka", {"ka": 1.0}),
+            ("b", {}, {"B": 1}, "kb", {"kb": 2.0}),
+        ],
     )
-    assert "reaction 'r': more than one Hill factor" in error(load_sbml, path, default_limit=3)
+    net = load_sbml(path, default_limit=4)
+    twin = ReactionNetwork(
+        {"A": 4, "B": 4, "X": 4},
+        [
+            Reaction(
+                {},
+                {"X": 1},
+                1.5,
+                "r",
+                hill=[Hill("A", 2.0, 2.0, "repression"), Hill("B", 2.0, 2.0, "repression")],
+            ),
+            Reaction({}, {"A": 1}, 1.0, "a"),
+            Reaction({}, {"B": 1}, 2.0, "b"),
+        ],
+        {"A": 0, "B": 0, "X": 0},
+    )
+    assert_same_propensities(net, twin, rtol=1e-14)
 
 
 # ------------------------------------------------------------------ parameters, reversibility
@@ -606,3 +637,50 @@ def test_boundary_and_constant_species_are_constants_of_the_laws(tmp_path):
     assert net.species_names == ["A"]
     assert net.reactions[0].reactants == {} and net.rates()[0] == pytest.approx(2.0 * omega)
     assert "limits: unknown species 'S'; species that change: A" in error(load_sbml, path, {"S": 3})
+
+
+# ------------------------------------------------------------- the network file's richer forms
+def test_several_hill_factors_and_reaction_conventions_round_trip(tmp_path):
+    """Two Hill factors on one reaction and per-reaction conventions (binomial in a falling
+    network) come back with the same propensities and the same FSP solution."""
+    net = ReactionNetwork(
+        {"A": 12, "B": 10, "R": 6},
+        [
+            Reaction(
+                {},
+                {"A": 1},
+                3.0,
+                "make_A",
+                hill=[Hill("R", 2.0, 2.0, "repression"), Hill("B", 4.0, 1.5, "activation")],
+            ),
+            Reaction({"A": 2}, {"B": 1}, 0.05, "pair", convention="binomial"),
+            Reaction({"B": 2}, {"B": 1}, 0.02, "fall"),
+            Reaction({"A": 1}, {}, 0.4, "decay_A"),
+            Reaction({"B": 1}, {}, 0.3, "decay_B"),
+            Reaction({}, {"R": 1}, 1.0, "make_R"),
+            Reaction({"R": 1}, {}, 0.5, "decay_R"),
+        ],
+        {"A": 2, "B": 1, "R": 1},
+        name="two_hills",
+        t_end=2.0,
+    )
+    back = load_sbml(save_sbml(net, tmp_path / "two_hills.xml"))
+    assert len(back.reactions[0].hills) == 2
+    assert_same_propensities(back, net, rtol=1e-14)
+    assert_same_fsp(back, net)
+
+
+@pytest.mark.parametrize(
+    "reaction, said",
+    [
+        (Reaction({}, {"X": 1}, 1.0, "r", complement=Complement("X", 7)), "complement"),
+        (Reaction({}, {"X": 1}, PiecewiseConstant([1.0], [1.0, 2.0]), "r"), "PiecewiseConstant"),
+        (Reaction({}, {"X": 1}, Exponential(2.0, 1.0), "r"), "Exponential"),
+        (Reaction({"X": 2}, {}, 1.0, "r", convention="power"), "'power' law of order > 1"),
+    ],
+)
+def test_what_sbml_cannot_hold_is_refused_naming_the_reaction(reaction, said, tmp_path):
+    net = ReactionNetwork({"X": 8}, [reaction, Reaction({"X": 1}, {}, 1.0, "d")], {"X": 1})
+    text = error(save_sbml, net, tmp_path / "x.xml")
+    assert "reaction 'r'" in text and said in text and ".toml" in text
+    assert not (tmp_path / "x.xml").exists()

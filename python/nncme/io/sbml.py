@@ -18,7 +18,7 @@ extentUnits in Level 3, its substance unit in Level 2), written in the species s
 stand for concentrations n/(m V), or for amounts n/m where hasOnlySubstanceUnits is set. It is
 read as a sum of terms, each a product of constants (numbers; parameters, local ones
 shadowing global ones; compartment sizes; constant or boundary species), powers S^r of
-species, at most one Hill factor, and optionally one factor (C + A sin(omega*time + phi)).
+species, Hill factors (any number), and optionally one factor (C + A sin(omega*time + phi)).
 Any algebraically equal spelling is accepted: compartment*(kf*A*B - kr*C), 1/(1 + (x/K)^h),
 Vmax*S/(Km + S) (= mass action in S times the repression factor Km/(Km + S)). A Hill factor
 is x^h/(K^h + x^h) (activation) or K^h/(K^h + x^h) (repression) of one species x; its K is
@@ -58,7 +58,7 @@ file name: `model.xml:P=200,M=60` (`default_limit=100` for the rest).
 Refused, with a NetworkError naming the element: events, rules (assignment, rate,
 algebraic), initial assignments that libsbml cannot expand, non-constant compartments,
 conversion factors, fast reactions, delays, piecewise and other functions of species or time,
-kinetic laws that are neither mass action nor mass action times one Hill factor (times the
+kinetic laws that are neither mass action nor mass action times Hill factors (times the
 sinusoidal factor), fractional stoichiometry or stoichiometryMath, required SBML packages.
 (A Level 3 stoichiometry marked constant="false" is read as its value: only the rules and
 events that are refused anyway could change it.)
@@ -89,7 +89,15 @@ from xml.sax.saxutils import escape, quoteattr
 import numpy as np
 
 from ..conservation import detect_conservation_laws
-from ..network import CONVENTIONS, Hill, NetworkError, Reaction, ReactionNetwork, Sinusoidal
+from ..network import (
+    CONVENTIONS,
+    Hill,
+    NetworkError,
+    RateForm,
+    Reaction,
+    ReactionNetwork,
+    Sinusoidal,
+)
 from ..paths import atomic_write
 
 __all__ = ["AVOGADRO", "NAMESPACE", "load_sbml", "save_sbml"]
@@ -279,8 +287,8 @@ def _unsupported(node: Any) -> str:
     else:
         what = f"{_node_text(node)!r}"
     return (
-        f"{what} is not supported in a kinetic law (nncme reads mass action, times at most one "
-        f"Hill factor x^n/(K^n + x^n) or K^n/(K^n + x^n), times (1 + a*sin(omega*time + phi)))"
+        f"{what} is not supported in a kinetic law (nncme reads mass action, times Hill "
+        f"factors x^n/(K^n + x^n) or K^n/(K^n + x^n), times (1 + a*sin(omega*time + phi)))"
     )
 
 
@@ -615,11 +623,8 @@ def _reactions(rid: str, terms: list[LawTerm], reactants: dict, products: dict) 
         produced = dict(made)
         for x, order in t.orders.items():
             produced[x] = produced.get(x, 0) + order - consumed.get(x, 0)
-        if len(t.hills) > 1:
-            raise NetworkError(f"reaction {rid!r}: more than one Hill factor is not supported")
-        hill = t.hills[0] if t.hills else None
         produced = {x: v for x, v in produced.items() if v}
-        out.append(Reaction(dict(t.orders), produced, t.rate, name, hill=hill))
+        out.append(Reaction(dict(t.orders), produced, t.rate, name, hill=_one_or_many(t.hills)))
     return out
 
 
@@ -1014,13 +1019,16 @@ def _load(
     )
 
 
+def _one_or_many(hills: list[Hill]) -> Hill | list[Hill] | None:
+    """`Reaction.hill` as a network written by hand holds it: None, one Hill, or a list."""
+    return None if not hills else hills[0] if len(hills) == 1 else list(hills)
+
+
 def _renamed(r: Reaction, names: Mapping[str, str]) -> Reaction:
-    hill = r.hill
-    if hill is not None:
-        hill = Hill(names[hill.regulator], hill.K, hill.n, hill.kind)
+    hills = [Hill(names[h.regulator], h.K, h.n, h.kind) for h in r.hills]
     reactants = {names[k]: v for k, v in r.reactants.items()}
     products = {names[k]: v for k, v in r.products.items()}
-    return Reaction(reactants, products, r.rate, r.name, hill=hill)
+    return Reaction(reactants, products, r.rate, r.name, hill=_one_or_many(hills))
 
 
 # ============================================================================== writing
@@ -1099,6 +1107,7 @@ def _law(
         return base
 
     exact: dict[str, float] = {}
+    convention = r.convention or convention  # written out, so the reader needs no convention
     rate = r.rate
     c = rate.c if isinstance(rate, Sinusoidal) else float(rate)
     _local(law, pid("c"), c, exact)
@@ -1114,17 +1123,17 @@ def _law(
         factors.append(w.name(x))
         factors.extend(w.apply("MINUS", w.name(x), w.number(j)) for j in range(1, order))
         divisor *= math.factorial(order) if convention == "binomial" else 1
-    if r.hill is not None:
-        h = r.hill
-        _local(law, pid("K"), h.K, exact)
-        _local(law, pid("n"), h.n, exact)
+    for i, h in enumerate(r.hills):
+        K_id, n_id = (pid(f"{key}{i + 1}" if len(r.hills) > 1 else key) for key in ("K", "n"))
+        _local(law, K_id, h.K, exact)
+        _local(law, n_id, h.n, exact)
 
-        def hill_power(base: Any) -> Any:
-            return w.apply("POWER", base, w.name(pid("n")))
+        def hill_power(base: Any, n_id: str = n_id) -> Any:
+            return w.apply("POWER", base, w.name(n_id))
 
         x = ids[h.regulator]
-        top = hill_power(w.name(x)) if h.kind == "activation" else hill_power(w.name(pid("K")))
-        bottom = w.apply("PLUS", hill_power(w.name(pid("K"))), hill_power(w.name(x)))
+        top = hill_power(w.name(x)) if h.kind == "activation" else hill_power(w.name(K_id))
+        bottom = w.apply("PLUS", hill_power(w.name(K_id)), hill_power(w.name(x)))
         factors.append(w.apply("DIVIDE", top, bottom))
     if isinstance(rate, Sinusoidal):
         for key in ("a", "omega", "phi"):
@@ -1140,6 +1149,30 @@ def _law(
     return product, exact
 
 
+def _check_writable(r: Reaction, convention: str) -> None:
+    """Refuse, naming the reaction, what `save_sbml` cannot write so that `load_sbml` reads
+    the same propensities back: SBML laws are read here as mass action times Hill factors
+    (times a sinusoid), so a complement factor (total - x), a rate form other than the
+    sinusoid (it would need events or piecewise MathML) and a power-law reaction of order two
+    or more in a network of another convention (x^2 reads back as x(x-1)) have no faithful
+    form."""
+    where = f"reaction {r.name!r}"
+    hint = "; save the network as .toml or .json, which hold it"
+    if r.propensity is not None or (callable(r.rate) and not isinstance(r.rate, RateForm)):
+        raise NetworkError(f"{where}: its rate or propensity is a Python callable{hint}")
+    if not isinstance(r.rate, (int, float, Sinusoidal)):
+        raise NetworkError(f"{where}: rate form {type(r.rate).__name__} has no SBML law here{hint}")
+    if r.complements:
+        raise NetworkError(f"{where}: complement factors are not written to SBML{hint}")
+    own = r.convention or convention
+    order = max(r.reactants.values(), default=0)
+    if own != convention and "power" in (own, convention) and order > 1:
+        raise NetworkError(
+            f"{where}: a {own!r} law of order > 1 in a {convention!r} network reads back in the "
+            f"network's convention (x^2 and x(x-1) are read by the convention){hint}"
+        )
+
+
 def save_sbml(network: ReactionNetwork, path: str | Path) -> Path:
     """Write a network as SBML Level 3 Version 1 (the module docstring says how).
 
@@ -1153,11 +1186,7 @@ def save_sbml(network: ReactionNetwork, path: str | Path) -> Path:
     libsbml = _libsbml()
     path = Path(path)
     for r in network.reactions:
-        if r.propensity is not None or not isinstance(r.rate, (int, float, Sinusoidal)):
-            raise NetworkError(
-                f"reaction {r.name!r}: its rate or propensity is a Python callable and cannot be "
-                "written to SBML"
-            )
+        _check_writable(r, network.convention)
     doc = libsbml.SBMLDocument(3, 1)
     model = doc.createModel()
     taken: set[str] = set()
@@ -1203,12 +1232,10 @@ def save_sbml(network: ReactionNetwork, path: str | Path) -> Path:
                     ref.setSpecies(ids[sp])
                     ref.setStoichiometry(float(coef))
                     ref.setConstant(True)
-        if (
-            r.hill is not None
-            and r.hill.regulator not in r.reactants
-            and r.hill.regulator not in r.products
-        ):
-            reaction.createModifier().setSpecies(ids[r.hill.regulator])
+        regulators = dict.fromkeys(h.regulator for h in r.hills)  # once each, in order
+        for x in regulators:
+            if x not in r.reactants and x not in r.products:
+                reaction.createModifier().setSpecies(ids[x])
         law = reaction.createKineticLaw()
         ast, exact = _law(writer, r, ids, network.convention, law, set(species_ids) | {cell})
         law.setMath(ast)
