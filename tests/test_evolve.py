@@ -21,6 +21,7 @@ from nncme.metrics import hellinger
 from nncme.models import NADE, Delta, Product
 from nncme.observers import CHECKPOINT
 from nncme.optim import NonFiniteError, TransitionTarget, transition_support
+from nncme.steppers import Heun
 
 FAST = dict(quiet=True, eval_samples=2000)
 # a small budget: at most 20 iterations per step
@@ -90,9 +91,34 @@ def test_first_step_from_a_point_mass_is_exact():
     # T delta_3 = (1 - dt a_0(3)) at 3, dt * 10 at 4, dt * 3 at 2
     got = dict(zip(states[:, 0].tolist(), torch.exp(log_tp).tolist()))
     assert got == pytest.approx({2: 0.03, 3: 1 - 0.13, 4: 0.1}, abs=1e-12)
-    out = nncme.run(net, RunConfig(t_end=0.01, dt=0.01, save_every=0.01, **FAST))
-    q = out.result.marginals[-1, 0]
+    cfg = RunConfig(t_end=0.01, dt=0.01, save_every=0.01, integrator="euler", **FAST)
+    q = nncme.run(net, cfg).result.marginals[-1, 0]
     assert hellinger(q, np.eye(30)[0] * 0.9 + np.eye(30)[1] * 0.1) < 0.01
+
+
+def test_first_step_takes_the_runs_own_scheme_exactly():
+    """From a point mass, a Heun run's first step is Heun's map applied exactly, not Euler's:
+    the model at t = dt is as close to the CME as Heun is, up to the fit's KL (H <= sqrt(KL/2)).
+    Euler's step misses the mass two births away, (k dt)^2 / 2, and fails the same bound."""
+    net, dt = birth_death(), 0.01
+    fsp = FSP(net, FSPSettings(quiet=True))
+    W, p0 = fsp.generator(0.0), fsp.initial_distribution()
+    euler = p0 + dt * (W @ p0)
+    heun = 0.5 * p0 + 0.5 * (euler + dt * (W @ euler))
+    compiled = net.compile("cpu", torch.float64)
+    scheme = Heun.scheme
+    states, log_u = transition_support(
+        Delta([0], net.limits), compiled, 0.0, dt, max_states=100,
+        stages=scheme.stages, times=scheme.times,
+    )  # fmt: skip
+    listed = np.zeros(fsp.num_states)
+    listed[fsp.index(states.numpy())] = np.exp(log_u.numpy())
+    np.testing.assert_allclose(listed, heun, rtol=1e-12, atol=1e-15)
+    out = nncme.run(net, RunConfig(t_end=dt, dt=dt, save_every=dt, **FAST))
+    exact = solve_fsp(net, [dt], FSPSettings(quiet=True)).marginals[-1, 0]
+    bound = hellinger(heun, exact) + math.sqrt(out.history[0]["loss"] / 2)
+    assert hellinger(out.result.marginals[-1, 0], exact) <= bound
+    assert hellinger(euler, exact) > bound  # the Euler first step it replaces
 
 
 def _from_poisson(model: str, k: float) -> tuple[np.ndarray, np.ndarray]:

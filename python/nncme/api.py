@@ -30,7 +30,7 @@ from .optim import (
 )
 from .paths import OutputDir
 from .sampling import Proposal, make_proposal
-from .steppers import Fit, Flow, Motion, StartFit, make_stepper
+from .steppers import STEPPERS, Fit, Flow, Motion, StartFit, make_stepper
 
 __all__ = ["RunOutput", "build_driver", "run"]
 
@@ -303,7 +303,7 @@ def _start_fit(
     proposal: Proposal,
     generator: torch.Generator,
 ) -> StartFit:
-    """The first step's own fit of T p0 (Adam, or SGD where the run uses SGD)."""
+    """The first step's own fit of the run's step from p0 (Adam, or SGD where the run uses SGD)."""
     name = cfg.optimizer if cfg.optimizer in OPTIMIZERS else "adam"
     optimizer = make_optimizer(name, model.parameters(), cfg.first_lr)
     update = ImplicitUpdate(
@@ -327,6 +327,7 @@ def _start_fit(
         tolerance=cfg.first_tolerance,
         implicit=cfg.integrator == "implicit",
         impl=cfg.impl,
+        scheme=getattr(STEPPERS[cfg.integrator], "scheme", None),
     )
 
 

@@ -27,8 +27,10 @@ from .. import ops
 from ..sampling import state_keys, unique_states
 
 __all__ = [
+    "EULER_STAGES",
     "Distribution",
     "DivergenceError",
+    "Listed",
     "NonFiniteError",
     "StageTarget",
     "StepSizeError",
@@ -276,27 +278,76 @@ def one_reaction_ahead(
     return both[first.sort().values]  # the given states first, in their order
 
 
+# Shu–Osher tableau of explicit Euler, (j, alpha, beta) per stage (`nncme.steppers.Scheme`).
+EULER_STAGES: tuple[tuple[tuple[int, float, float], ...], ...] = (((0, 1.0, 1.0),),)
+
+
+class Listed:
+    """A distribution given on an explicit list of states (log p = -inf off the list): a stage
+    value of a first step worked out by enumeration (`transition_support`).
+
+    Args:
+        states: (N, L) distinct in-box states.  log_p: (N,) their log-probabilities.
+        limits: (L,) the box.
+    """
+
+    def __init__(self, states: torch.Tensor, log_p: torch.Tensor, limits: torch.Tensor) -> None:
+        self.states, self.log_p, self.limits = states, log_p, limits
+
+    def log_prob(self, states: torch.Tensor, **kw: Any) -> torch.Tensor:
+        """(B, L) states -> (B,) log p, -inf at states off the list."""
+        N = self.states.shape[0]
+        _, inverse = unique_states(torch.cat([self.states, states]), self.limits)
+        table = self.log_p.new_full((int(inverse.max()) + 1,), -math.inf)
+        table[inverse[:N]] = self.log_p
+        return table[inverse[N:]]
+
+
 @torch.no_grad()
 def transition_support(
-    start: Any, net: Any, t: float, dt: float, *, max_states: int, impl: str = "auto"
+    start: Any,
+    net: Any,
+    t: float,
+    dt: float,
+    *,
+    max_states: int,
+    impl: str = "auto",
+    stages: tuple[tuple[tuple[int, float, float], ...], ...] = EULER_STAGES,
+    times: tuple[float, ...] = (0.0,),
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """T p0 exactly, when the start p0 lists its support.
+    """One explicit Runge–Kutta step from p0 worked out exactly, when p0 lists its support.
+
+    Each stage value sum_j alpha_j u_j + beta_j dt W(t + c_j dt) u_j is evaluated on every
+    state it can reach (a stage with a moving term reaches one reaction further), so the
+    result is the scheme's step with no fit in it: T p0 for Euler (the default tableau),
+    1/2 p0 + 1/2 T(t + dt) T(t) p0 for Heun.
+
+    Args:
+        stages, times: the tableau in Shu–Osher form (`nncme.steppers.Scheme`); non-negative
+            weights with alpha > 0 wherever beta > 0.
 
     Returns:
-        states (N, L) and log T p0 (N,) over every state T p0 reaches (the support and the
-        states one reaction away), or None when p0 has no `support` or it holds more than
-        max_states states.
+        states (N, L) and log u_s (N,) over every state the step reaches, or None when p0
+        has no `support` or a stage reaches more than max_states states.
     """
     found = listed_support(start, max_states, net.device)
     if found is None:
         return None
-    cands, _ = unique_states(one_reaction_ahead(found[0], net, t, impl=impl), net.limits)
-    if cands.shape[0] > max_states:
-        return None
-    values = TransitionTarget(start, net, t, dt, impl=impl)(cands)
-    check_step_size(values.exit_rate, t, dt)
-    keep = torch.isfinite(values.log_tq)
-    return cands[keep], values.log_tq[keep]
+    values: list[Any] = [start]
+    support = unique_states(found[0], net.limits)[0]
+    for stage in stages:
+        moving = [times[j] for j, _, beta in stage if beta > 0]
+        reach = [one_reaction_ahead(support, net, t + c * dt, impl=impl) for c in moving]
+        support = unique_states(torch.cat([support, *reach]), net.limits)[0]
+        if support.shape[0] > max_states:
+            return None
+        terms = [Term(values[j], t + times[j] * dt, a, b) for j, a, b in stage]
+        stage_values = StageTarget(terms, net, dt, impl=impl)(support)
+        check_step_size(stage_values.exit_rate, t, dt)
+        keep = torch.isfinite(stage_values.log_tq)
+        support = support[keep]
+        values.append(Listed(support, stage_values.log_tq[keep], net.limits))
+    return values[-1].states, values[-1].log_p
 
 
 @torch.no_grad()
