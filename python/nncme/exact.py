@@ -39,8 +39,7 @@ from tqdm.auto import tqdm
 from . import ops
 from .config import Settings, _opt, shared, torch_threads
 from .network import NetworkError, ReactionNetwork, check_times
-from .paths import OutputDir
-from .results import Result, ResultBuilder, check_boundary, versions
+from .results import Result, ResultBuilder, check_boundary, solve_into, versions
 
 __all__ = [
     "DEFAULT_MAX_STATES",
@@ -610,12 +609,9 @@ def solve_fsp(
     """
     settings = (settings or FSPSettings()).validate()
     times = check_times(settings.record_times(network.t_end) if times is None else times)
-    if settings.out is None:
-        return _solve_fsp(network, times, settings, p0, pair)
-    with OutputDir(settings.out):  # checked and locked before the solve, let go after
-        result = _solve_fsp(network, times, settings, p0, pair)
-        result.save(settings.out, plots=settings.plots)
-    return result
+    return solve_into(
+        settings.out, settings.plots, lambda: _solve_fsp(network, times, settings, p0, pair)
+    )
 
 
 def _solve_fsp(
@@ -648,7 +644,7 @@ def _solve_fsp(
         warnings.warn(
             f"FSP: probabilities as low as {minimum:.2e} appeared; tighten rtol/atol",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=5,  # the caller of solve_fsp
         )
     summary = {
         "network": network.to_dict(),
@@ -667,5 +663,5 @@ def _solve_fsp(
         "versions": versions(),
     }
     result = builder.build(normalize=False, summary=summary)
-    check_boundary(result, settings.boundary_warn, stacklevel=4)
+    check_boundary(result, settings.boundary_warn, stacklevel=6)  # the caller of solve_fsp
     return result

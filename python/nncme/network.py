@@ -128,7 +128,12 @@ class RateForm:
         raise NotImplementedError
 
     def to_dict(self) -> dict[str, Any]:
-        return {"form": self.FORM, **{f.name: getattr(self, f.name) for f in fields(self)}}
+        """{"form": FORM, field: value, ...}, tuples as lists (as TOML and JSON hold them)."""
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {
+            "form": self.FORM,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in values.items()},
+        }
 
     def check(self, where: str) -> None:
         """Raise NetworkError naming `where.field` for an invalid parameter."""
@@ -202,13 +207,6 @@ class PiecewiseConstant(RateForm):
         pieces = [f"{self.values[0]:g}"]
         pieces += [f"{v:g} from t={b:g}" for b, v in zip(self.breakpoints, self.values[1:])]
         return "piecewise " + ", ".join(pieces)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "form": self.FORM,
-            "breakpoints": list(self.breakpoints),
-            "values": list(self.values),
-        }
 
     def check(self, where: str) -> None:
         _check_increasing(self.breakpoints, f"{where}.breakpoints", minimum=0)
@@ -291,9 +289,6 @@ class Table(RateForm):
 
     def describe(self) -> str:
         return "table " + ", ".join(f"({s:g}, {v:g})" for s, v in zip(self.times, self.values))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"form": self.FORM, "times": list(self.times), "values": list(self.values)}
 
     def check(self, where: str) -> None:
         if not self.times:

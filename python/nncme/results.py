@@ -25,14 +25,14 @@ import math
 import platform
 import warnings
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .paths import atomic_write
+from .paths import OutputDir, atomic_write
 
 __all__ = [
     "FORMAT_VERSION",
@@ -714,3 +714,17 @@ def versions() -> dict[str, Any]:
     out["machine"] = platform.machine()
     out["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     return out
+
+
+def solve_into(out: str | Path | None, plots: bool, solve: Callable[[], Result]) -> Result:
+    """`solve()`, its Result saved in `out` when one is given (`Result.save`).
+
+    The directory is checked and locked before the solve (a path that cannot serve, or a
+    second run on it, stops before any work) and let go after; FSP and SSA share this.
+    """
+    if out is None:
+        return solve()
+    with OutputDir(out):
+        result = solve()
+        result.save(out, plots=plots)
+    return result

@@ -40,8 +40,7 @@ from .network import (
     ReactionNetwork,
     check_times,
 )
-from .paths import OutputDir
-from .results import Result, ResultBuilder, check_boundary, versions
+from .results import Result, ResultBuilder, check_boundary, solve_into, versions
 
 __all__ = ["SSASettings", "simulate", "solve_ssa"]
 
@@ -432,12 +431,9 @@ def solve_ssa(
     """
     settings = (settings or SSASettings()).validate()
     times = check_times(settings.record_times(network.t_end) if times is None else times)
-    if settings.out is None:
-        return _solve_ssa(network, times, settings, pair)
-    with OutputDir(settings.out):  # checked and locked before the simulation, let go after
-        result = _solve_ssa(network, times, settings, pair)
-        result.save(settings.out, plots=settings.plots)
-    return result
+    return solve_into(
+        settings.out, settings.plots, lambda: _solve_ssa(network, times, settings, pair)
+    )
 
 
 def _solve_ssa(
@@ -473,5 +469,5 @@ def _solve_ssa(
         "versions": versions(),
     }
     result = builder.build(normalize=True, summary=summary)
-    check_boundary(result, settings.boundary_warn, stacklevel=4)
+    check_boundary(result, settings.boundary_warn, stacklevel=6)  # the caller of solve_ssa
     return result
