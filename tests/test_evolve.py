@@ -15,7 +15,7 @@ import nncme
 from nncme import Reaction, ReactionNetwork
 from nncme.api import build_driver
 from nncme.config import ConfigError, RunConfig
-from nncme.evolve import StepSizeError, time_grid
+from nncme.evolve import time_grid
 from nncme.exact import FSP, FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.models import NADE, Delta, Product
@@ -220,10 +220,6 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
     assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-def test_step_size_error_names_t_rate_and_a_working_dt():
-    net = birth_death(limit=30)  # a_0 up to 10 + 29 = 39
-    with pytest.raises(StepSizeError, match=r"dt \* a_0.*largest total propensity.*use dt <="):
-        nncme.run(net, RunConfig(t_end=0.3, dt=0.1, **FAST))
 
 
 def test_outputs_written(tmp_path):

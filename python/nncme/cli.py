@@ -464,8 +464,8 @@ def _many_steps_warning(driver, config) -> str | None:
         options = ["a larger --dt"]
     else:
         options = [
-            "a larger --dt (explicit steps need dt·a₀ < 1; the run stops naming the largest dt "
-            "that keeps it)"
+            "a larger --dt (explicit steps are accurate while dt·a₀ <= 1/2 where the mass is; "
+            "the run warns where it is not)"
         ]
     if stages > 1:
         unit = "stage" if config.optimizer == "tdvp" else "fit"
@@ -482,8 +482,8 @@ def _many_steps_warning(driver, config) -> str | None:
 # bound state, G_u + G_b = 1 conserved, and a protein whose production depends on it, which
 # gives its distribution a long shoulder), from the free gene and no protein, tracked by a NADE
 # and checked against the exact solution at every save time. The run's default budget (batch
-# 1000, up to 60 iterations per fit, Heun steps); dt as large as dt * a_0 < 1 allows, so it
-# takes a few minutes on a laptop core.
+# 1000, up to 60 iterations per fit, Heun steps) at a dt that takes a few minutes on a laptop
+# core.
 STUDY_SYSTEM = "autoregulation"
 STUDY_SETTINGS: dict = {
     "t_end": 2.0,

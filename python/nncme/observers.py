@@ -158,6 +158,11 @@ class Watchdog(Observer):
 
     TDVP's residual is a relative misfit (0: the flow follows the CME, 1: it captures nothing):
     for flows (`limit=None`) a residual above 1 is a warning, and divergence shows as NaN.
+
+    An explicit step whose draw has more than `stiff` of its weight where dt a_0 > 1/2 (where
+    the explicit map saturates to stay a probability map, `nncme.optim.target`) is warned
+    about too: dt is too large for where the mass is. That warning does not count towards
+    `patience`: the step is a probability map, only a less accurate one.
     """
 
     key = "watchdog"
@@ -170,11 +175,13 @@ class Watchdog(Observer):
         floor: float = 1e-2,
         patience: int = 5,
         warm_up: int = 10,
+        stiff: float = 1e-3,
     ) -> None:
-        self.limit, self.jump, self.floor = limit, jump, floor
+        self.limit, self.jump, self.floor, self.stiff = limit, jump, floor, stiff
         self.patience, self.warm_up = patience, warm_up
         self.residuals: list[float] = []
         self.streak = 0
+        self.stiff_warned = False
 
     def step(self, driver: Driver, info: StepInfo) -> None:
         report = info.report
@@ -184,7 +191,11 @@ class Watchdog(Observer):
                 f"follows its target stays far below {self.limit:g}); lower lr or dt"
             )
         problems = self._problems(report)
-        report.warnings += problems
+        stiff = self._stiffness(report)
+        if stiff and not self.stiff_warned:  # once per run: it holds for many steps alike
+            self.stiff_warned = True
+            warnings.warn(f"step {info.step} (t = {info.t:g}): {stiff[0]}", stacklevel=2)
+        report.warnings += problems + stiff
         if not problems:  # the median is of good steps: a streak of bad ones does not move it
             self.residuals.append(report.residual)
         self.streak = self.streak + 1 if problems else 0
@@ -213,6 +224,15 @@ class Watchdog(Observer):
                     f"residual ({report.residuals[0]:.3g} -> {report.residuals[-1]:.3g})"
                 )
         return found
+
+    def _stiffness(self, report: StepReport) -> list[str]:
+        if not report.stiff_mass > self.stiff:
+            return []
+        return [
+            f"dt * a_0 > 1/2 on {report.stiff_mass:.2%} of the mass (up to "
+            f"{report.rate_dt:.3g} on the states drawn): the explicit step is not accurate "
+            "there; use a smaller dt or --integrator implicit"
+        ]
 
     def state_dict(self) -> dict[str, Any]:
         return {"residuals": list(self.residuals), "streak": self.streak}

@@ -209,6 +209,7 @@ class Fit(Motion):
         last.iterations = sum(r.iterations for r in reports)
         last.seconds = sum(r.seconds for r in reports)
         last.rate_dt = max(r.rate_dt for r in reports)
+        last.stiff_mass = max(r.stiff_mass for r in reports)
         last.fallbacks = sum(r.fallbacks for r in reports)
         last.capped = any(r.capped for r in reports)
         return last

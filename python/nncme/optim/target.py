@@ -11,8 +11,16 @@ local generator (W q)(n)/q(n) and the exit rate a_0(n).
 combination of distributions and their explicit maps (`nncme.steppers` holds the schemes).
 
 The explicit first-order T is a probability map only while dt * a_0(n) < 1 at every state the
-distribution visits (the stay term 1 - dt a_0 must stay positive). `check_step_size` stops a run
-with a message naming t, the largest a_0 and a dt that would work, instead of clamping.
+distribution visits (the stay term 1 - dt a_0 must stay positive). A model's tails reach states
+of any exit rate, so a fast state that holds leaked mass would make the target negative there
+and stop a run whose bulk the step resolves well. So past x = dt a_0(n) = 1/2 the map leaves a
+state with probability `outflow_fraction(x)` = 1 - 1/(4x) instead of x (split among the
+reactions as a_k / a_0, so every column still sums to 1): the same map as Euler wherever
+dt a_0 <= 1/2, continuous with its first derivative there, and positive for every dt (its stay
+probability 1/(4x) is within 0.14 of the exact e^-x for every x). Where the saturation acts on
+real mass the step is not accurate; the updates report that mass (`StepReport.stiff_mass`) and
+the run's watchdog warns about it. `check_step_size` is the strict check of the TDVP flows,
+whose local generator has no such form.
 """
 
 from __future__ import annotations
@@ -41,11 +49,41 @@ __all__ = [
     "check_step_size",
     "explore_ahead",
     "jump",
+    "outflow_fraction",
+    "stiff_mass",
     "transition_support",
 ]
 
 # Rows of Mmax*L logits scored at once when the old model is evaluated (bounded memory).
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
+
+
+# dt * a_0 above which the explicit map saturates (`outflow_fraction`).
+STIFF_RATE_DT = 0.5
+
+
+def outflow_fraction(x: torch.Tensor) -> torch.Tensor:
+    """The probability that the explicit map moves out of a state with x = dt a_0(n): x up to
+    1/2 (Euler), 1 - 1/(4x) above (C^1 at 1/2, below 1 for every x)."""
+    return torch.where(x <= STIFF_RATE_DT, x, 1 - 0.25 / x.clamp(min=STIFF_RATE_DT))
+
+
+def _log_stay(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - outflow_fraction(x))."""
+    euler = torch.log1p(-x.clamp(max=STIFF_RATE_DT))
+    return torch.where(x <= STIFF_RATE_DT, euler, -torch.log(4 * x.clamp(min=STIFF_RATE_DT)))
+
+
+def _log_outflow_ratio(x: torch.Tensor) -> torch.Tensor:
+    """log(outflow_fraction(x) / x): 0 up to 1/2, where the map is Euler's."""
+    xs = x.clamp(min=STIFF_RATE_DT)
+    return torch.where(x <= STIFF_RATE_DT, torch.zeros_like(x), torch.log((1 - 0.25 / xs) / xs))
+
+
+def stiff_mass(weights: torch.Tensor, rate_dt: torch.Tensor) -> float:
+    """The share of a draw's importance weights (B,) at states whose dt a_0 (B,) exceeds
+    STIFF_RATE_DT: the mass on which the explicit map saturated."""
+    return float(weights[rate_dt > STIFF_RATE_DT].sum())
 
 
 class TrainingError(RuntimeError):
@@ -138,7 +176,32 @@ class TransitionTarget:
         log_tq, local_gen, exit_rate = ops.transition_logsum(
             states, log_p[:B], log_q_nbr, self.net, self.t, self.dt, impl=self.impl
         )
+        log_tq = self._saturate(states, unique, inverse, valid, log_p, log_q_nbr, log_tq)
         return TargetValues(log_tq, local_gen, exit_rate)
+
+    def _saturate(self, states, unique, inverse, valid, log_p, log_q_nbr, log_tq) -> torch.Tensor:
+        """log T q with the saturated outflow (`outflow_fraction`) at the rows where a state
+        or an in-box neighbour has dt a_0 > STIFF_RATE_DT; the operator's Euler value (the
+        same map) elsewhere."""
+        rates = ops.propensities(unique, self.net, self.t, impl=self.impl)  # (U, K)
+        x = self.dt * rates.sum(dim=1)  # (U,)
+        if not bool((x > STIFF_RATE_DT).any()):
+            return log_tq
+        B = states.shape[0]
+        at = torch.zeros(valid.shape, dtype=torch.int64, device=states.device)
+        at[valid] = inverse[B:]  # (B, K) the neighbours' rows among `unique`
+        a_in = torch.where(valid, rates.gather(0, at), torch.zeros((), dtype=rates.dtype))
+        x_nbr = torch.where(valid, x[at], torch.zeros((), dtype=x.dtype))
+        x_own = x[inverse[:B]]
+        inflow = torch.where(
+            a_in > 0,
+            math.log(self.dt) + torch.log(a_in) + log_q_nbr + _log_outflow_ratio(x_nbr),
+            torch.full_like(a_in, -math.inf),
+        )
+        stay = log_p[:B] + _log_stay(x_own)
+        saturated = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
+        rows = (x_own > STIFF_RATE_DT) | (x_nbr > STIFF_RATE_DT).any(dim=1)
+        return torch.where(rows, saturated.to(log_tq.dtype), log_tq)
 
     def old_log_prob(self, states: torch.Tensor) -> torch.Tensor:
         """log q_old at (B, L) states (memoised across the step's batches)."""
@@ -343,7 +406,6 @@ def transition_support(
             return None
         terms = [Term(values[j], t + times[j] * dt, a, b) for j, a, b in stage]
         stage_values = StageTarget(terms, net, dt, impl=impl)(support)
-        check_step_size(stage_values.exit_rate, t, dt)
         keep = torch.isfinite(stage_values.log_tq)
         support = support[keep]
         values.append(Listed(support, stage_values.log_tq[keep], net.limits))

@@ -33,8 +33,8 @@ from .target import (
     NonFiniteError,
     StageTarget,
     TransitionTarget,
-    check_step_size,
     explore_ahead,
+    stiff_mass,
 )
 
 __all__ = [
@@ -95,6 +95,9 @@ class StepReport:
         loss_std: weighted standard deviation of f over the batch, last iteration.
         iterations: optimiser iterations done.
         rate_dt: the largest dt * a_0(n) over the sampled states.
+        stiff_mass: the share of the last draw's weight at states where dt * a_0(n) > 1/2,
+            where the explicit map saturates (`nncme.optim.target.outflow_fraction`): a step
+            is accurate only where this is small.
         ess: effective sample size of the proposal's weights, last iteration.
         residual: the stopping rule's quantity, last iteration (see `KLUpdate`).
         gap: log q(U) - log T q_old(U) on the distinct training states U, last iteration; a
@@ -118,6 +121,7 @@ class StepReport:
     loss_std: float = 0.0
     iterations: int = 0
     rate_dt: float = 0.0
+    stiff_mass: float = 0.0
     ess: float = 0.0
     residual: float = 0.0
     gap: float = 0.0
@@ -135,8 +139,8 @@ class StepReport:
     scheme: str = ""
 
     LOGGED = (
-        "loss", "loss_std", "iterations", "rate_dt", "residual", "gap", "ess", "shift",
-        "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "capped", "warnings",
+        "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "residual", "gap", "ess",
+        "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "capped", "warnings",
         "scheme", "seconds",
     )  # fmt: skip
 
@@ -321,7 +325,7 @@ class KLUpdate(Update):
             with torch.no_grad():
                 log_q = torch.cat([log_q, problem.model.log_prob(states[B:])])
         values = problem.target(states)
-        rate_dt = check_step_size(values.exit_rate, problem.t, problem.dt)
+        rate_dt = problem.dt * values.exit_rate
         f_all = log_q - values.log_tq
         f = f_all[:B]
         loss = float((draw.weights * f).sum())
@@ -354,7 +358,8 @@ class KLUpdate(Update):
         report.losses.append(loss)
         report.loss = loss
         report.loss_std = float(torch.sqrt((draw.weights * (f - loss) ** 2).sum()))
-        report.rate_dt = max(report.rate_dt, rate_dt)
+        report.rate_dt = max(report.rate_dt, float(rate_dt.max()))
+        report.stiff_mass = stiff_mass(draw.weights, rate_dt[:B])
         report.ess = draw.ess
         report.pareto_k = draw.pareto_k
         report.iterations = it + 1
