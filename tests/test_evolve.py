@@ -220,8 +220,6 @@ def test_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):
     assert state["step"] == 6 and all(torch.isfinite(v).all() for v in state["model"].values())
 
 
-
-
 def test_outputs_written(tmp_path):
     out = _run(tmp_path)
     names = {p.name for p in tmp_path.iterdir()}
