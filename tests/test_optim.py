@@ -318,6 +318,10 @@ def test_config_names_and_defaults():
     rhs = stepper.motion.rhs
     assert isinstance(rhs.proposal, Mixture) and rhs.explore == 0.2  # "auto" for TDVP
     assert RunConfig(optimizer="adam").sampling_proposal == "vanilla"
+    assert RunConfig(optimizer="adam", proposal="mixture").fit_objective == "log_variance"
+    assert RunConfig(optimizer="adam", proposal="alpha").fit_objective == "kl"
+    assert RunConfig(optimizer="natgrad").sampling_proposal == "vanilla"
+    assert RunConfig(optimizer="natgrad").fit_objective == "kl"
     cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True)
     motion = build_driver(birth_death(), cfg).stepper.motion
     assert isinstance(motion, Fit) and isinstance(motion.update, NaturalGradientUpdate)

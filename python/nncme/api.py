@@ -164,7 +164,8 @@ def _build_driver(
     )
     motion = _motion(cfg, model, net, proposal, generator)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
-    options = {"tolerance": tolerance} if cfg.optimizer == "tdvp" else {}
+    adaptive = cfg.optimizer == "tdvp" or cfg.integrator == "implicit"
+    options = {"tolerance": tolerance} if adaptive else {}
     stepper = make_stepper(cfg.integrator, motion, **options)
     first = None
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
@@ -172,7 +173,13 @@ def _build_driver(
     else:
         first = _start_fit(cfg, model, start, net, proposal, generator)
     save_times = cfg.save_times(t_end, dt)
-    settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}
+    settings = {
+        **cfg.to_dict(),
+        "dt": dt,
+        "t_end": t_end,
+        "proposal": cfg.sampling_proposal,  # "auto" resolved: what the run did
+        "objective": cfg.fit_objective,
+    }
     summary = {
         "network": network.to_dict(),
         "settings": settings,
@@ -257,7 +264,7 @@ def _fit_options(cfg: RunConfig) -> dict[str, Any]:
         min_iterations=cfg.min_iterations,
         explore=cfg.explore,
         explore_baseline=cfg.explore_baseline,
-        objective=cfg.objective,
+        objective=cfg.fit_objective,
         lr_decay=cfg.lr_decay,
     )
 

@@ -443,11 +443,12 @@ class RunConfig(Settings):
         ("auto", "vanilla", "mixture", "prefix_mixture", "diffusive", "alpha"),
     )
     objective: str = _opt(
-        "kl",
+        "auto",
         "what each step minimises: reverse KL (importance-weighted), or the log-variance "
-        "divergence under the proposal (fits the tails a wide proposal draws; adam/sgd/natgrad; "
-        "with --proposal mixture, keeps a point-mass start's unseen states from filling up)",
-        ("kl", "log_variance"),
+        "divergence under the proposal (fits the tails a wide proposal draws, and keeps mass "
+        "off the states the target has none; adam/sgd/natgrad); auto: log_variance for adam "
+        "and sgd with a mixture proposal, kl otherwise",
+        ("auto", "kl", "log_variance"),
     )
     mixture_eps: float = _opt(
         0.1,
@@ -486,8 +487,12 @@ class RunConfig(Settings):
         "the log-variance objective and a tighter relative_tolerance to reach the tails)",
         ("euler", "heun", "rk4", "implicit"),
     )
-    adaptive_dt: bool = _opt(False, "tdvp: adaptive integrator sub-steps within each dt")
-    dt_tolerance: float = _opt(1e-2, "TDVP: error per adaptive step allowed (nats)", positive=True)
+    adaptive_dt: bool = _opt(
+        False, "tdvp, implicit: adaptive sub-steps within each dt, from a local error estimate"
+    )
+    dt_tolerance: float = _opt(
+        1e-2, "adaptive_dt: local error per sub-step allowed (nats)", positive=True
+    )
     first_iterations: int = _opt(3000, "iterations of the first step's fit", minimum=1)
     first_lr: float = _opt(0.1, "learning rate of the first step's fit", positive=True)
     first_tolerance: float = _opt(1e-4, "KL (nats) at which the first step's fit stops")
@@ -532,9 +537,10 @@ class RunConfig(Settings):
                 f"integrator: implicit steps fit with adam or sgd; {self.optimizer} steps are "
                 "explicit (euler, heun)"
             )
-        if self.adaptive_dt and self.optimizer != "tdvp":
+        if self.adaptive_dt and self.optimizer != "tdvp" and self.integrator != "implicit":
             raise ConfigError(
-                f"adaptive_dt: adaptive sub-steps are for optimizer tdvp, not {self.optimizer}"
+                "adaptive_dt: adaptive sub-steps are for optimizer tdvp or integrator implicit, "
+                f"not {self.optimizer} with {self.integrator}"
             )
         if self.hidden % self.heads and self.model == "transformer":
             raise ConfigError(f"hidden: {self.hidden} must be a multiple of heads ({self.heads})")
@@ -553,6 +559,16 @@ class RunConfig(Settings):
         if self.proposal != "auto":
             return self.proposal
         return "mixture" if self.optimizer == "tdvp" else "vanilla"
+
+    @property
+    def fit_objective(self) -> str:
+        """`objective`, with "auto" resolved: "log_variance" where adam or sgd fit to a mixture
+        proposal's draws (it weighs the uniform draws as drawn, so leaked mass is pulled
+        down; reverse KL weighs them by their tiny q), "kl" otherwise."""
+        if self.objective != "auto":
+            return self.objective
+        mixture = self.sampling_proposal in ("mixture", "prefix_mixture")
+        return "log_variance" if mixture and self.optimizer in ("adam", "sgd") else "kl"
 
 
 # ------------------------------------------------------------------------------ the command line

@@ -59,6 +59,7 @@ from .optim import (
     fit_enumerated,
     flat_parameters,
     implicit_support,
+    local_error,
     set_flat_parameters,
     transition_support,
 )
@@ -202,6 +203,10 @@ class Fit(Motion):
             self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt
         )
         return self.update.run(problem)
+
+    def restore(self, value: AutoregressiveModel) -> None:
+        """Put a snapshot's parameters back into the model (a rejected sub-step)."""
+        self.model.load_state_dict(value.state_dict())
 
     def merge(self, reports: list[StepReport]) -> StepReport:
         """The last fit's report, with the work and the step-size check of all of them."""
@@ -468,17 +473,35 @@ class RK4(RungeKutta):
 class BackwardEuler:
     """The implicit step q_new = (I - dt W)^-1 q_old (`nncme.optim.ImplicitTarget`): a
     probability map for every dt, first order. Fits only (its residual is fitted by an
-    `ImplicitUpdate`)."""
+    `ImplicitUpdate`).
+
+    With a `tolerance`, [t, t + dt] is crossed in sub-steps whose length follows the local
+    error estimate `nncme.optim.local_error` (relative, RMS under the new distribution): a
+    sub-step is accepted when its error is at most `tolerance`, and the next length is
+    h clip(0.9 (tolerance / err)^(1/2), 0.2, 2), carried over to the next step (never longer
+    than dt). So the step is short where the distribution moves fast (leaving a point mass)
+    and dt where it moves slowly, however fast the rates in the box.
+
+    Args:
+        motion: a `Fit` with an `ImplicitUpdate`.
+        tolerance: local error per sub-step (None: one step per dt).
+        min_step: the shortest sub-step allowed, relative to dt, before the step gives up.
+    """
 
     name = "implicit"
 
-    def __init__(self, motion: Fit) -> None:
+    def __init__(
+        self, motion: Fit, *, tolerance: float | None = None, min_step: float = 1e-6
+    ) -> None:
         if not (isinstance(motion, Fit) and isinstance(motion.update, ImplicitUpdate)):
             raise ValueError(
                 "the implicit step fits the backward-Euler residual with adam or sgd; "
                 "natgrad and tdvp take explicit steps"
             )
-        self.motion = motion
+        if tolerance is not None and not tolerance > 0:
+            raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+        self.motion, self.tolerance, self.min_step = motion, tolerance, float(min_step)
+        self.h: float | None = None  # the sub-step length, carried across steps
 
     @property
     def model(self) -> AutoregressiveModel:
@@ -487,15 +510,54 @@ class BackwardEuler:
     def step(self, t: float, dt: float) -> StepReport:
         motion = self.motion
         motion.begin(t, dt)
-        old = motion.snapshot(0)
-        report = motion.fit(ImplicitTarget(old, motion.net, t, dt, impl=motion.impl), dt)
-        report.accepted, report.scheme = 1, self.name
+        if self.tolerance is None:
+            report = self._fit(t, dt)
+            report.accepted, report.scheme = 1, self.name
+            return report
+        reports: list[StepReport] = []
+        t_end, h = t + dt, min(self.h or dt, dt)
+        accepted = rejected = 0
+        errors = []
+        while t < t_end - 1e-12 * max(1.0, abs(t_end)):
+            step = min(h, t_end - t)
+            old = motion.snapshot(0)
+            reports.append(self._fit(t, step))
+            err = local_error(
+                motion.model, old, motion.net, t, step, samples=motion.batch_size,
+                generator=motion.generator, impl=motion.impl,
+            )  # fmt: skip
+            if err <= self.tolerance:
+                t, accepted = t + step, accepted + 1
+                errors.append(err)
+            else:
+                motion.restore(old)
+                rejected += 1
+            factor = 2.0 if err == 0 else 0.9 * (self.tolerance / err) ** 0.5
+            h = min(dt, step * min(2.0, max(0.2, factor)))
+            if h < self.min_step * dt:
+                raise TrainingError(
+                    f"the implicit sub-step fell to {h:.3g} at t = {t:g} (local error "
+                    f"{err:.3g} against tolerance {self.tolerance:g}); raise dt_tolerance or "
+                    "the batch (the fits' own error sets a floor under the estimate)"
+                )
+            self.h = h
+        report = motion.merge(reports)
+        report.accepted, report.rejected, report.scheme = accepted, rejected, self.name
+        report.local_error = max(errors)
         return report
 
+    def _fit(self, t: float, dt: float) -> StepReport:
+        """One backward-Euler fit from the model's present state over [t, t + dt]."""
+        motion = self.motion
+        motion.begin(t, dt)
+        old = motion.snapshot(0)
+        return motion.fit(ImplicitTarget(old, motion.net, t, dt, impl=motion.impl), dt)
+
     def state_dict(self) -> dict[str, Any]:
-        return {"motion": self.motion.state_dict()}
+        return {"h": self.h, "motion": self.motion.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.h = state.get("h")
         self.motion.load_state_dict(state.get("motion", {}))
 
 
@@ -523,9 +585,11 @@ class StartFit:
     (`transition_support`), and the model is fitted to the result by minimising KL(u || q) over
     those states (`fit_enumerated`) to `tolerance` nats. (Euler from a point mass misses the
     mass two reactions away, (k dt)^2 / 2 for a birth at rate k: a Hellinger error of about
-    k dt / 2 at t_1 that the later steps carry.) With `implicit`, the step is backward Euler
-    instead: (I - dt W)^-1 p0, solved on the states that hold all but 1e-10 of it
-    (`implicit_support`) where they are few enough, else fitted through its residual.
+    k dt / 2 at t_1 that the later steps carry.) With `implicit`, the step is the CME's own
+    solution exp(dt W) p0 instead, on the states that hold all but 1e-10 of it
+    (`implicit_support`) where they are few enough (backward Euler's first step from a point
+    mass would widen it: the mass leaves at an exponentially distributed time), else backward
+    Euler fitted through its residual.
 
     Reverse KL would not do here: a point mass has log p0 = -inf off its
     state, so log q - log T p0 is +inf at almost every state the model samples. A start without
@@ -574,7 +638,7 @@ class StartFit:
         start, implicit = self.start, self.implicit
         if implicit:
             exact = implicit_support(
-                start, self.net, t, dt, max_states=self.max_states, impl=self.impl
+                start, self.net, t, dt, max_states=self.max_states, impl=self.impl, exact=True
             )
         else:
             exact = transition_support(

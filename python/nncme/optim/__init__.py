@@ -22,7 +22,7 @@ from .gradients import (
     set_flat_parameters,
     use_gram,
 )
-from .implicit import ImplicitTarget, ImplicitUpdate, implicit_support
+from .implicit import ImplicitTarget, ImplicitUpdate, implicit_support, local_error
 from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, ScoreSolution, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
@@ -85,6 +85,7 @@ __all__ = [
     "flat_parameters",
     "grad_of_sum",
     "implicit_support",
+    "local_error",
     "make_optimizer",
     "per_sample_grads",
     "set_flat_parameters",

@@ -98,6 +98,8 @@ class StepReport:
         stiff_mass: the share of the last draw's weight at states where dt * a_0(n) > 1/2,
             where the explicit map saturates (`nncme.optim.target.outflow_fraction`): a step
             is accurate only where this is small.
+        local_error: adaptive implicit steps: the largest local error estimate of the
+            accepted sub-steps (`nncme.optim.local_error`; nan otherwise).
         ess: effective sample size of the proposal's weights, last iteration.
         residual: the stopping rule's quantity, last iteration (see `KLUpdate`).
         gap: log q(U) - log T q_old(U) on the distinct training states U, last iteration; a
@@ -122,6 +124,7 @@ class StepReport:
     iterations: int = 0
     rate_dt: float = 0.0
     stiff_mass: float = 0.0
+    local_error: float = math.nan
     ess: float = 0.0
     residual: float = 0.0
     gap: float = 0.0
@@ -139,9 +142,9 @@ class StepReport:
     scheme: str = ""
 
     LOGGED = (
-        "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "residual", "gap", "ess",
-        "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks", "capped", "warnings",
-        "scheme", "seconds",
+        "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "local_error", "residual",
+        "gap", "ess", "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks",
+        "capped", "warnings", "scheme", "seconds",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:
