@@ -77,9 +77,9 @@ def test_run_warns_of_many_steps_before_it_starts(tmp_path, monkeypatch, capsys)
     warning = err.splitlines()[0]
     assert warning.startswith(
         "nncme run: warning: 10,000 steps of dt 0.0005, the network's default, each 2 fits "
-        "(heun) of up to 60 iterations. Fewer steps: a larger --dt"
+        "(heun; implicit where stiff) of up to 60 iterations. Fewer steps: a larger --dt"
     )
-    assert "--integrator euler" in warning and "--integrator implicit" in warning
+    assert "--integrator euler" in warning
 
 
 def test_run_names_only_the_options_that_shorten_it(tmp_path, monkeypatch, capsys):

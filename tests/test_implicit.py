@@ -4,6 +4,8 @@ cannot take against the exact backward-Euler iterates."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -125,7 +127,7 @@ def test_an_implicit_run_at_a_dt_no_explicit_step_can_take():
             want.append(p)
     h = hellinger(np.stack(want), out.result.marginals[1:, 0])
     assert h.max() < 0.02, h
-    assert {line["scheme"] for line in out.history} == {"implicit, exact", "implicit"}
+    assert {line["scheme"] for line in out.history} == {"exponential, exact", "implicit"}
 
 
 def test_implicit_settings():
@@ -149,3 +151,23 @@ def test_adaptive_implicit_steps_follow_the_exact_solution_where_fixed_ones_lag(
     lines = adaptive.history
     assert sum(line["accepted"] for line in lines[1:]) > len(lines) - 1  # it sub-stepped
     assert all(line["local_error"] <= 1e-2 for line in lines[1:])
+
+
+def test_auto_takes_heun_steps_where_the_mass_is_not_stiff_and_implicit_ones_where_it_is():
+    """Birth-death at dt = 0.1, where dt a_0 is 1 to 2 on the mass: the auto integrator's Heun
+    steps give way to adaptive implicit ones (no warning, FSP followed); at dt = 0.01 every
+    step after the exact first one is Heun's."""
+    net = birth_death()
+    fsp = FSP(net, FSPSettings(quiet=True))
+    p0 = fsp.initial_distribution()
+    exact = np.stack([spla.expm_multiply(t * fsp.generator(0.0), p0) for t in (0.2, 0.4, 0.6)])
+    common = dict(t_end=0.6, save_every=0.2, quiet=True, eval_samples=4000, **TIGHT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # no stiffness warning
+        stiff = nncme.run(net, RunConfig(dt=0.1, **common))
+    schemes = [line["scheme"] for line in stiff.history]
+    assert schemes[0] == "exponential, exact" and set(schemes[1:]) == {"implicit"}
+    assert hellinger(exact, stiff.result.marginals[1:, 0]).max() < 0.02
+    mild = nncme.run(net, RunConfig(dt=0.01, **{**common, "iterations": 60}))
+    assert {line["scheme"] for line in mild.history[1:]} == {"heun"}
+    assert hellinger(exact, mild.result.marginals[1:, 0]).max() < 0.02

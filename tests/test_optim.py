@@ -297,7 +297,7 @@ def test_natural_gradient_run_tracks_birth_death():
     h = hellinger(exact.marginals, out.result.marginals)[:, 0]
     assert h.max() < 0.04, h
     assert all(line["shift"] > 0 for line in out.history[1:])
-    fits = 2 if cfg.integrator == "heun" else 1  # Heun: a predictor and a corrector fit
+    fits = 2 if cfg.time_scheme == "heun" else 1  # Heun: a predictor and a corrector fit
     assert max(line["iterations"] for line in out.history[1:]) <= 10 * fits
 
 

@@ -164,9 +164,14 @@ def _build_driver(
     )
     motion = _motion(cfg, model, net, proposal, generator)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
-    adaptive = cfg.optimizer == "tdvp" or cfg.integrator == "implicit"
-    options = {"tolerance": tolerance} if adaptive else {}
-    stepper = make_stepper(cfg.integrator, motion, **options)
+    scheme = cfg.time_scheme
+    if scheme == "auto":  # its implicit steps always adapt
+        options: dict[str, Any] = {"tolerance": cfg.dt_tolerance}
+    elif cfg.optimizer == "tdvp" or scheme == "implicit":
+        options = {"tolerance": tolerance}
+    else:
+        options = {}
+    stepper = make_stepper(scheme, motion, **options)
     first = None
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
         model.load_state_dict(start.state_dict())  # step from it as from any later time
@@ -332,9 +337,10 @@ def _start_fit(
         generator,
         iterations=cfg.first_iterations,
         tolerance=cfg.first_tolerance,
-        implicit=cfg.integrator == "implicit",
+        implicit=cfg.time_scheme == "implicit",
+        exponential=cfg.time_scheme in ("implicit", "auto"),
         impl=cfg.impl,
-        scheme=getattr(STEPPERS[cfg.integrator], "scheme", None),
+        scheme=getattr(STEPPERS[cfg.time_scheme], "scheme", None),
     )
 
 

@@ -443,7 +443,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 MANY_STEPS = 2000
 
 # Fits (adam, sgd, natgrad) or TDVP stages per time step of each integrator.
-_STAGES = {"euler": 1, "heun": 2, "rk4": 4, "implicit": 1}
+_STAGES = {"euler": 1, "heun": 2, "rk4": 4, "implicit": 1, "auto": 2}
 
 
 def _many_steps_warning(driver, config) -> str | None:
@@ -452,16 +452,22 @@ def _many_steps_warning(driver, config) -> str | None:
     steps = driver.num_steps - driver.index
     if steps <= MANY_STEPS:
         return None
-    stages, scheme = _STAGES[config.integrator], config.integrator
+    stages, scheme = _STAGES[config.time_scheme], config.time_scheme
     plural = "s" if stages > 1 else ""
+    label = "heun; implicit where stiff" if scheme == "auto" else scheme
     if config.optimizer == "tdvp":
-        work = f"{stages} TDVP stage{plural} ({scheme})"
+        work = f"{stages} TDVP stage{plural} ({label})"
     else:
-        work = f"{stages} fit{plural} ({scheme}) of up to {config.iterations} iterations"
+        work = f"{stages} fit{plural} ({label}) of up to {config.iterations} iterations"
     if scheme == "implicit":
         options = ["a larger --dt (implicit steps take any dt)"]
     elif config.optimizer == "tdvp":
         options = ["a larger --dt"]
+    elif scheme == "auto":
+        options = [
+            "a larger --dt (Heun steps while dt·a₀ <= 1/2 where the mass is, adaptive "
+            "implicit ones where not)"
+        ]
     else:
         options = [
             "a larger --dt (explicit steps are accurate while dt·a₀ <= 1/2 where the mass is; "
@@ -470,7 +476,7 @@ def _many_steps_warning(driver, config) -> str | None:
     if stages > 1:
         unit = "stage" if config.optimizer == "tdvp" else "fit"
         options.append(f"--integrator euler (one {unit} per step, first order)")
-    if scheme != "implicit" and config.optimizer in ("adam", "sgd"):
+    if scheme not in ("implicit", "auto") and config.optimizer in ("adam", "sgd"):
         options.append("--integrator implicit (any dt)")
     options.append("a shorter --t-end")
     default = "" if config.dt is not None else ", the network's default"

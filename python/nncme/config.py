@@ -480,12 +480,13 @@ class RunConfig(Settings):
     )
     max_step: float = _opt(1.0, "natgrad: largest step in the Fisher metric (nats; 0: no cap)")
     integrator: str = _opt(
-        "heun",
+        "auto",
         "time scheme: euler (explicit, first order), heun (explicit, second order: two fits or "
         "two TDVP stages per step), rk4 (TDVP only), implicit (backward Euler, adam/sgd: a "
         "probability map at any dt; first order, and its fits need the mixture proposal with "
-        "the log-variance objective and a tighter relative_tolerance to reach the tails)",
-        ("euler", "heun", "rk4", "implicit"),
+        "the log-variance objective and a tighter relative_tolerance to reach the tails); auto: "
+        "heun, with adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 1/2",
+        ("auto", "euler", "heun", "rk4", "implicit"),
     )
     adaptive_dt: bool = _opt(
         False, "tdvp, implicit: adaptive sub-steps within each dt, from a local error estimate"
@@ -552,6 +553,13 @@ class RunConfig(Settings):
     def learning_rate(self) -> float:
         """`lr`, or the optimiser's default when it is not given."""
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def time_scheme(self) -> str:
+        """`integrator`, with "auto" resolved: "heun" for natgrad and tdvp (explicit only)."""
+        if self.integrator == "auto" and self.optimizer in ("natgrad", "tdvp"):
+            return "heun"
+        return self.integrator
 
     @property
     def sampling_proposal(self) -> str:

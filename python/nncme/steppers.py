@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from . import ops
 from .models import AutoregressiveModel
 from .optim import (
     ImplicitTarget,
@@ -63,11 +64,13 @@ from .optim import (
     set_flat_parameters,
     transition_support,
 )
+from .optim.target import STIFF_RATE_DT
 from .sampling import Proposal
 
 __all__ = [
     "RK4",
     "STEPPERS",
+    "Auto",
     "BackwardEuler",
     "Euler",
     "Fit",
@@ -561,11 +564,73 @@ class BackwardEuler:
         self.motion.load_state_dict(state.get("motion", {}))
 
 
+class Auto:
+    """Heun steps where the explicit map is accurate, adaptive backward-Euler steps where the
+    mass sits at states the step is stiff at (the `auto` integrator).
+
+    A Heun step whose draws put more than `stiff` of their weight where dt a_0 > 1/2 (where
+    the explicit map saturates, `nncme.optim.target.outflow_fraction`) is undone and taken
+    again implicitly, with sub-steps from the local error estimate (`BackwardEuler`). The
+    steps stay implicit until a draw of the model has less than `stiff` / 10 of its mass
+    where dt a_0 > 1/2, so a run that leaves a stiff region goes back to the second-order
+    explicit step, and one that only leaks a little mass into fast states never leaves it.
+
+    Args:
+        motion: a `Fit` with an `ImplicitUpdate` (it fits explicit stages too).
+        tolerance: the implicit sub-steps' local error (`BackwardEuler`).
+        stiff: the share of the mass that makes a step stiff.
+    """
+
+    name = "auto"
+
+    def __init__(self, motion: Fit, *, tolerance: float = 1e-2, stiff: float = 1e-3) -> None:
+        self.explicit = Heun(motion)
+        self.implicit = BackwardEuler(motion, tolerance=tolerance)
+        self.motion, self.stiff = motion, float(stiff)
+        self.stiff_now = False
+
+    @property
+    def model(self) -> AutoregressiveModel:
+        return self.motion.model
+
+    def step(self, t: float, dt: float) -> StepReport:
+        spent: list[StepReport] = []
+        if not self.stiff_now:
+            start = self.motion.snapshot(-3)
+            report = self.explicit.step(t, dt)
+            if not report.stiff_mass > self.stiff:
+                return report
+            self.motion.restore(start)
+            self.stiff_now = True
+            spent.append(report)
+        report = self.implicit.step(t, dt)
+        self.stiff_now = self._stiff_share(t + dt, dt) >= self.stiff / 10
+        report.iterations += sum(r.iterations for r in spent)
+        report.seconds += sum(r.seconds for r in spent)
+        return report
+
+    @torch.no_grad()
+    def _stiff_share(self, t: float, dt: float) -> float:
+        """The share of a draw of the model at states where dt a_0(n, t) > 1/2."""
+        motion = self.motion
+        states, _ = motion.model.sample(motion.batch_size, motion.generator)
+        a0 = ops.propensities(states.to(motion.net.device), motion.net, t, impl=motion.impl)
+        return float((dt * a0.sum(dim=1) > STIFF_RATE_DT).double().mean())
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stiff_now": self.stiff_now, "implicit": self.implicit.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stiff_now = bool(state.get("stiff_now", False))
+        self.implicit.load_state_dict(state.get("implicit", {}))
+
+
 STEPPERS: dict[str, type] = {
     "euler": Euler,
     "heun": Heun,
     "rk4": RK4,
     "implicit": BackwardEuler,
+    "auto": Auto,
 }
 
 
@@ -589,7 +654,8 @@ class StartFit:
     solution exp(dt W) p0 instead, on the states that hold all but 1e-10 of it
     (`implicit_support`) where they are few enough (backward Euler's first step from a point
     mass would widen it: the mass leaves at an exponentially distributed time), else backward
-    Euler fitted through its residual.
+    Euler fitted through its residual. `exponential` (default: `implicit`) takes that exact
+    first step whatever the later steps are (the `auto` integrator's).
 
     Reverse KL would not do here: a point mass has log p0 = -inf off its
     state, so log q - log T p0 is +inf at almost every state the model samples. A start without
@@ -622,11 +688,13 @@ class StartFit:
         iterations: int,
         tolerance: float,
         implicit: bool = False,
+        exponential: bool | None = None,
         impl: str = "auto",
         max_states: int = MAX_ENUMERATED,
         scheme: Scheme | None = None,
     ) -> None:
         self.implicit = implicit
+        self.exponential = implicit if exponential is None else exponential
         self.scheme = scheme if scheme is not None and scheme.fittable else Euler.scheme
         self.model, self.start, self.net = model, start, net
         self.optimizer, self.update = optimizer, update
@@ -636,7 +704,7 @@ class StartFit:
 
     def step(self, t: float, dt: float) -> StepReport:
         start, implicit = self.start, self.implicit
-        if implicit:
+        if self.exponential:
             exact = implicit_support(
                 start, self.net, t, dt, max_states=self.max_states, impl=self.impl, exact=True
             )
@@ -682,7 +750,7 @@ class StartFit:
             tolerance=self.tolerance,
         )
         name = "heun" if self.scheme == Heun.scheme else "euler"
-        report.scheme = "implicit, exact" if implicit else f"{name}, exact"
+        report.scheme = "exponential, exact" if self.exponential else f"{name}, exact"
         return report
 
     def state_dict(self) -> dict[str, Any]:
