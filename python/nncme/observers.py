@@ -179,7 +179,9 @@ class Watchdog(Observer):
     ) -> None:
         self.limit, self.jump, self.floor, self.stiff = limit, jump, floor, stiff
         self.patience, self.warm_up = patience, warm_up
-        self.residuals: list[float] = []
+        # the good steps' residuals per scheme: an implicit step's residual (the backward-Euler
+        # equation's) is not on the scale of an explicit fit's, and `auto` runs take both
+        self.residuals: dict[str, list[float]] = {}
         self.streak = 0
         self.stiff_warned = False
 
@@ -197,7 +199,7 @@ class Watchdog(Observer):
             warnings.warn(f"step {info.step} (t = {info.t:g}): {stiff[0]}", stacklevel=2)
         report.warnings += problems + stiff
         if not problems:  # the median is of good steps: a streak of bad ones does not move it
-            self.residuals.append(report.residual)
+            self.residuals.setdefault(report.scheme, []).append(report.residual)
         self.streak = self.streak + 1 if problems else 0
         if problems:
             warnings.warn(f"step {info.step} (t = {info.t:g}): {'; '.join(problems)}", stacklevel=2)
@@ -210,8 +212,9 @@ class Watchdog(Observer):
         found = []
         if self.limit is None and report.residual > 1.0:
             found.append(f"the flow's relative residual is {report.residual:.3g} (> 1)")
-        if len(self.residuals) >= self.warm_up:
-            median = float(np.median(self.residuals))
+        seen = self.residuals.get(report.scheme, [])
+        if len(seen) >= self.warm_up:
+            median = float(np.median(seen))
             if report.residual > max(self.jump * median, self.floor):
                 found.append(
                     f"residual {report.residual:.3g} nats, {report.residual / median:.3g}x the "
@@ -235,10 +238,14 @@ class Watchdog(Observer):
         ]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"residuals": list(self.residuals), "streak": self.streak}
+        return {"residuals": {k: list(v) for k, v in self.residuals.items()}, "streak": self.streak}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.residuals, self.streak = list(state["residuals"]), int(state["streak"])
+        saved = state["residuals"]
+        if isinstance(saved, list):  # a checkpoint from before residuals were kept per scheme
+            saved = {"": saved}
+        self.residuals = {k: list(v) for k, v in saved.items()}
+        self.streak = int(state["streak"])
 
 
 class StepLog(Observer):
