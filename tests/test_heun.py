@@ -48,7 +48,7 @@ def _dense(net, t: float):
 
 def test_heun_target_is_half_old_plus_half_moved_predictor():
     net = birth_death_sinusoidal()  # time-dependent: T must take the rates at t + dt
-    t, dt = 0.3, 0.005  # dt a_0 < 1/2 on the whole box: the map is Euler's
+    t, dt = 0.3, 0.005  # dt a_0 < 0.9 on the whole box: the map is Euler's
     fsp, _ = _dense(net, t)
     W1 = fsp.generator(t + dt).toarray()
     old = Product.poisson([5.0], net.limits)

@@ -465,12 +465,12 @@ def _many_steps_warning(driver, config) -> str | None:
         options = ["a larger --dt"]
     elif scheme == "auto":
         options = [
-            "a larger --dt (Heun steps while dt·a₀ <= 1/2 where the mass is, adaptive "
+            "a larger --dt (Heun steps while dt·a₀ <= 0.9 where the mass is, adaptive "
             "implicit ones where not)"
         ]
     else:
         options = [
-            "a larger --dt (explicit steps are accurate while dt·a₀ <= 1/2 where the mass is; "
+            "a larger --dt (explicit steps are positive while dt·a₀ <= 0.9 where the mass is; "
             "the run warns where it is not)"
         ]
     if stages > 1:

@@ -485,7 +485,7 @@ class RunConfig(Settings):
         "two TDVP stages per step), rk4 (TDVP only), implicit (backward Euler, adam/sgd: a "
         "probability map at any dt; first order, and its fits need the mixture proposal with "
         "the log-variance objective and a tighter relative_tolerance to reach the tails); auto: "
-        "heun, with adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 1/2",
+        "heun, with adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 0.9",
         ("auto", "euler", "heun", "rk4", "implicit"),
     )
     adaptive_dt: bool = _opt(

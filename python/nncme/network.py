@@ -858,6 +858,15 @@ class ReactionNetwork:
         return [r.name for r in self.reactions]
 
     @property
+    def free_dimensions(self) -> int:
+        """The counts that vary on their own beyond a switch: the species whose limit exceeds
+        2, less the conservation laws among those alone (a gene's on/off pair adds none; a
+        law that ties two counts, as in dimerisation, leaves one)."""
+        wide = self.limits > 2
+        tied = sum(1 for law in self.conservation_laws if wide[law.weights != 0].all())
+        return max(0, int(wide.sum()) - tied)
+
+    @property
     def is_time_dependent(self) -> bool:
         return any(r.has_time_dependent_rate for r in self.reactions)
 

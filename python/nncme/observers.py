@@ -159,7 +159,7 @@ class Watchdog(Observer):
     TDVP's residual is a relative misfit (0: the flow follows the CME, 1: it captures nothing):
     for flows (`limit=None`) a residual above 1 is a warning, and divergence shows as NaN.
 
-    An explicit step whose draw has more than `stiff` of its weight where dt a_0 > 1/2 (where
+    An explicit step whose draw has more than `stiff` of its weight where dt a_0 > 0.9 (where
     the explicit map saturates to stay a probability map, `nncme.optim.target`) is warned
     about too: dt is too large for where the mass is. That warning does not count towards
     `patience`: the step is a probability map, only a less accurate one.
@@ -232,7 +232,7 @@ class Watchdog(Observer):
         if not report.stiff_mass > self.stiff:
             return []
         return [
-            f"dt * a_0 > 1/2 on {report.stiff_mass:.2%} of the mass (up to "
+            f"dt * a_0 > 0.9 on {report.stiff_mass:.2%} of the mass (up to "
             f"{report.rate_dt:.3g} on the states drawn): the explicit step is not accurate "
             "there; use a smaller dt or --integrator implicit"
         ]

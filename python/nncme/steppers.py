@@ -568,11 +568,11 @@ class Auto:
     """Heun steps where the explicit map is accurate, adaptive backward-Euler steps where the
     mass sits at states the step is stiff at (the `auto` integrator).
 
-    A Heun step whose draws put more than `stiff` of their weight where dt a_0 > 1/2 (where
+    A Heun step whose draws put more than `stiff` of their weight where dt a_0 > 0.9 (where
     the explicit map saturates, `nncme.optim.target.outflow_fraction`) is undone and taken
     again implicitly, with sub-steps from the local error estimate (`BackwardEuler`). The
     steps stay implicit until a draw of the model has less than `stiff` / 10 of its mass
-    where dt a_0 > 1/2, so a run that leaves a stiff region goes back to the second-order
+    where dt a_0 > 0.9, so a run that leaves a stiff region goes back to the second-order
     explicit step, and one that only leaks a little mass into fast states never leaves it.
 
     Args:
@@ -611,7 +611,7 @@ class Auto:
 
     @torch.no_grad()
     def _stiff_share(self, t: float, dt: float) -> float:
-        """The share of a draw of the model at states where dt a_0(n, t) > 1/2."""
+        """The share of a draw of the model at states where dt a_0(n, t) > 0.9."""
         motion = self.motion
         states, _ = motion.model.sample(motion.batch_size, motion.generator)
         a0 = ops.propensities(states.to(motion.net.device), motion.net, t, impl=motion.impl)

@@ -13,14 +13,15 @@ combination of distributions and their explicit maps (`nncme.steppers` holds the
 The explicit first-order T is a probability map only while dt * a_0(n) < 1 at every state the
 distribution visits (the stay term 1 - dt a_0 must stay positive). A model's tails reach states
 of any exit rate, so a fast state that holds leaked mass would make the target negative there
-and stop a run whose bulk the step resolves well. So past x = dt a_0(n) = 1/2 the map leaves a
-state with probability `outflow_fraction(x)` = 1 - 1/(4x) instead of x (split among the
-reactions as a_k / a_0, so every column still sums to 1): the same map as Euler wherever
-dt a_0 <= 1/2, continuous with its first derivative there, and positive for every dt (its stay
-probability 1/(4x) is within 0.14 of the exact e^-x for every x). Where the saturation acts on
-real mass the step is not accurate; the updates report that mass (`StepReport.stiff_mass`) and
-the run's watchdog warns about it. `check_step_size` is the strict check of the TDVP flows,
-whose local generator has no such form.
+and stop a run whose bulk the step resolves well. So past x = dt a_0(n) = 0.9 the map leaves a
+state with probability `outflow_fraction(x)` = 1 - 0.01 / (x - 0.8) instead of x (split among
+the reactions as a_k / a_0, so every column still sums to 1): the same map as Euler wherever
+dt a_0 <= 0.9, continuous with its first derivative there, below 1 for every x, so a
+probability map for every dt. Its stay probability past 0.9 is not the exact e^-x: where the
+saturation acts on real mass the step is not accurate, and the updates report that mass
+(`StepReport.stiff_mass`), the `auto` integrator takes an implicit step instead
+(`nncme.steppers.Auto`) and the watchdog warns about explicit ones. `check_step_size` is the
+strict check of the TDVP flows, whose local generator has no such form.
 """
 
 from __future__ import annotations
@@ -58,26 +59,33 @@ __all__ = [
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
 
 
-# dt * a_0 above which the explicit map saturates (`outflow_fraction`).
-STIFF_RATE_DT = 0.5
+# dt * a_0 above which the explicit map saturates (`outflow_fraction`): Euler's own map is
+# positive up to 1 and the catalogue's dts reach 0.8 on the mass, where Heun steps are accurate.
+STIFF_RATE_DT = 0.9
+_SHIFT = 2 * STIFF_RATE_DT - 1  # outflow 1 - c / (x - _SHIFT), c = (1 - STIFF_RATE_DT)^2: C^1
+_C = (1 - STIFF_RATE_DT) ** 2
 
 
 def outflow_fraction(x: torch.Tensor) -> torch.Tensor:
     """The probability that the explicit map moves out of a state with x = dt a_0(n): x up to
-    1/2 (Euler), 1 - 1/(4x) above (C^1 at 1/2, below 1 for every x)."""
-    return torch.where(x <= STIFF_RATE_DT, x, 1 - 0.25 / x.clamp(min=STIFF_RATE_DT))
+    STIFF_RATE_DT (Euler), 1 - c / (x - (2 STIFF_RATE_DT - 1)) above, c = (1 -
+    STIFF_RATE_DT)^2 (C^1 at STIFF_RATE_DT, below 1 for every x)."""
+    xs = x.clamp(min=STIFF_RATE_DT)
+    return torch.where(x <= STIFF_RATE_DT, x, 1 - _C / (xs - _SHIFT))
 
 
 def _log_stay(x: torch.Tensor) -> torch.Tensor:
     """log(1 - outflow_fraction(x))."""
     euler = torch.log1p(-x.clamp(max=STIFF_RATE_DT))
-    return torch.where(x <= STIFF_RATE_DT, euler, -torch.log(4 * x.clamp(min=STIFF_RATE_DT)))
+    saturated = math.log(_C) - torch.log(x.clamp(min=STIFF_RATE_DT) - _SHIFT)
+    return torch.where(x <= STIFF_RATE_DT, euler, saturated)
 
 
 def _log_outflow_ratio(x: torch.Tensor) -> torch.Tensor:
-    """log(outflow_fraction(x) / x): 0 up to 1/2, where the map is Euler's."""
+    """log(outflow_fraction(x) / x): 0 up to STIFF_RATE_DT, where the map is Euler's."""
     xs = x.clamp(min=STIFF_RATE_DT)
-    return torch.where(x <= STIFF_RATE_DT, torch.zeros_like(x), torch.log((1 - 0.25 / xs) / xs))
+    ratio = torch.log(outflow_fraction(xs) / xs)
+    return torch.where(x <= STIFF_RATE_DT, torch.zeros_like(x), ratio)
 
 
 def stiff_mass(weights: torch.Tensor, rate_dt: torch.Tensor) -> float:

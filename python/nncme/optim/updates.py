@@ -95,7 +95,7 @@ class StepReport:
         loss_std: weighted standard deviation of f over the batch, last iteration.
         iterations: optimiser iterations done.
         rate_dt: the largest dt * a_0(n) over the sampled states.
-        stiff_mass: the share of the last draw's weight at states where dt * a_0(n) > 1/2,
+        stiff_mass: the share of the last draw's weight at states where dt * a_0(n) > 0.9,
             where the explicit map saturates (`nncme.optim.target.outflow_fraction`): a step
             is accurate only where this is small.
         local_error: adaptive implicit steps: the largest local error estimate of the
