@@ -317,11 +317,13 @@ def test_config_names_and_defaults():
     assert isinstance(stepper, RK4) and isinstance(stepper.motion, Flow)
     rhs = stepper.motion.rhs
     assert isinstance(rhs.proposal, Mixture) and rhs.explore == 0.2  # "auto" for TDVP
-    assert RunConfig(optimizer="adam").sampling_proposal == "vanilla"
-    assert RunConfig(optimizer="adam", proposal="mixture").fit_objective == "log_variance"
-    assert RunConfig(optimizer="adam", proposal="alpha").fit_objective == "kl"
-    assert RunConfig(optimizer="natgrad").sampling_proposal == "vanilla"
-    assert RunConfig(optimizer="natgrad").fit_objective == "kl"
+    one, two = RunConfig(optimizer="adam").resolved(1), RunConfig(optimizer="adam").resolved(2)
+    assert (one.proposal, one.objective) == ("mixture", "log_variance")
+    assert (two.proposal, two.objective) == ("mixture", "kl")
+    assert RunConfig(optimizer="adam", proposal="alpha").resolved(1).objective == "kl"
+    natgrad = RunConfig(optimizer="natgrad").resolved(1)
+    assert (natgrad.proposal, natgrad.objective) == ("vanilla", "kl")
+    assert RunConfig(objective="kl").resolved(1).objective == "kl"  # what is given stays
     cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True)
     motion = build_driver(birth_death(), cfg).stepper.motion
     assert isinstance(motion, Fit) and isinstance(motion.update, NaturalGradientUpdate)
@@ -420,8 +422,17 @@ def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
     FSP at t = 0.5 and 1, where the start itself is 0.05 away. Centred on their own mean they
     cannot, and the model stays near the start (the failure this baseline fixes)."""
     net = slow_leak()
-    cfg = dict(t_end=1.0, dt=0.01, save_every=0.5, batch=200, hidden=8, seed=0, quiet=True,
-               eval_samples=20000)  # fmt: skip
+    cfg = dict(
+        t_end=1.0,
+        dt=0.01,
+        save_every=0.5,
+        batch=200,
+        hidden=8,
+        seed=0,
+        quiet=True,
+        eval_samples=20000,
+        proposal="vanilla",
+    )  # fmt: skip  (mixture draws also pull)
     exact = solve_fsp(net, [0.0, 0.5, 1.0], FSPSettings(quiet=True))
     start_distance = float(hellinger(exact.marginals[0], exact.marginals[2]).max())
     assert start_distance > 0.045

@@ -1,7 +1,7 @@
-"""The explicit map past dt a_0 = STIFF_RATE_DT: Euler's own map below, a probability map above (every
-column sums to 1, no negative entry) for every dt, checked against the dense matrix built
-from the FSP generator; a run whose tails reach fast states no longer stops, and one whose
-bulk is stiff is warned about."""
+"""The explicit map past dt a_0 = STIFF_RATE_DT: Euler's own map below, a probability map
+above (every column sums to 1, no negative entry) for every dt, checked against the dense
+matrix built from the FSP generator; a run whose tails reach fast states no longer stops,
+and one whose bulk is stiff is warned about."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def build_driver(
     driver cannot be built, the lock goes and a directory made for it is removed again.
     A resumed run keeps its own t_end unless the settings give one.
     """
-    cfg = (config or RunConfig()).validate()
+    cfg = (config or RunConfig()).validate().resolved(network.free_dimensions)
     out = OutputDir(cfg.out).acquire() if cfg.out else None
     try:
         return _build_driver(network, cfg, out, start, model)
@@ -178,13 +178,7 @@ def _build_driver(
     else:
         first = _start_fit(cfg, model, start, net, proposal, generator)
     save_times = cfg.save_times(t_end, dt)
-    settings = {
-        **cfg.to_dict(),
-        "dt": dt,
-        "t_end": t_end,
-        "proposal": cfg.sampling_proposal,  # "auto" resolved: what the run did
-        "objective": cfg.fit_objective,
-    }
+    settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}  # proposal, objective resolved
     summary = {
         "network": network.to_dict(),
         "settings": settings,
@@ -269,7 +263,7 @@ def _fit_options(cfg: RunConfig) -> dict[str, Any]:
         min_iterations=cfg.min_iterations,
         explore=cfg.explore,
         explore_baseline=cfg.explore_baseline,
-        objective=cfg.fit_objective,
+        objective=cfg.objective,
         lr_decay=cfg.lr_decay,
     )
 

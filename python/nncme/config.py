@@ -438,8 +438,9 @@ class RunConfig(Settings):
     )
     proposal: str = _opt(
         "auto",
-        "where training states come from (importance-weighted); auto: vanilla, but mixture "
-        "for tdvp (which moves log q only at drawn states)",
+        "where training states come from (importance-weighted); auto: mixture (model draws "
+        "and uniform ones over the box, which reach the states where leaked mass sits), "
+        "vanilla for natgrad",
         ("auto", "vanilla", "mixture", "prefix_mixture", "diffusive", "alpha"),
     )
     objective: str = _opt(
@@ -447,7 +448,7 @@ class RunConfig(Settings):
         "what each step minimises: reverse KL (importance-weighted), or the log-variance "
         "divergence under the proposal (fits the tails a wide proposal draws, and keeps mass "
         "off the states the target has none; adam/sgd/natgrad); auto: log_variance for adam "
-        "and sgd with a mixture proposal, kl otherwise",
+        "and sgd with a mixture proposal on a network with one free count, kl otherwise",
         ("auto", "kl", "log_variance"),
     )
     mixture_eps: float = _opt(
@@ -563,20 +564,31 @@ class RunConfig(Settings):
 
     @property
     def sampling_proposal(self) -> str:
-        """`proposal`, with "auto" resolved: "mixture" for TDVP, "vanilla" otherwise."""
+        """`proposal`, with "auto" resolved: "vanilla" for natgrad, "mixture" otherwise
+        (its uniform draws reach the states where leaked mass would sit)."""
         if self.proposal != "auto":
             return self.proposal
-        return "mixture" if self.optimizer == "tdvp" else "vanilla"
+        return "vanilla" if self.optimizer == "natgrad" else "mixture"
 
-    @property
-    def fit_objective(self) -> str:
-        """`objective`, with "auto" resolved: "log_variance" where adam or sgd fit to a mixture
-        proposal's draws (it weighs the uniform draws as drawn, so leaked mass is pulled
-        down; reverse KL weighs them by their tiny q), "kl" otherwise."""
-        if self.objective != "auto":
-            return self.objective
-        mixture = self.sampling_proposal in ("mixture", "prefix_mixture")
-        return "log_variance" if mixture and self.optimizer in ("adam", "sgd") else "kl"
+    def resolved(self, free_dimensions: int) -> RunConfig:
+        """A copy with "auto" proposal and objective replaced by what a network with this
+        many `free_dimensions` (`ReactionNetwork.free_dimensions`) gets.
+
+        The objective: "log_variance" where adam or sgd fit to a mixture proposal's draws of a
+        network with one free count (it weighs the uniform draws as drawn, so leaked tail
+        mass is pulled down, where reverse KL weighs them by their tiny q), "kl" otherwise: in
+        a box of two or more free counts most uniform draws land where neither the model nor
+        the target has mass, and fitting log q there costs the bulk its accuracy
+        (benchmarks/results/defaults_cpu_compare.md).
+        """
+        proposal = self.sampling_proposal
+        objective = self.objective
+        if objective == "auto":
+            mixture = proposal in ("mixture", "prefix_mixture")
+            one_free = free_dimensions <= 1
+            wide = mixture and self.optimizer in ("adam", "sgd") and one_free
+            objective = "log_variance" if wide else "kl"
+        return dataclasses.replace(self, proposal=proposal, objective=objective)
 
 
 # ------------------------------------------------------------------------------ the command line

@@ -115,7 +115,9 @@ class Proposal:
         raise NotImplementedError
 
     def _weigh(self, states: torch.Tensor, log_q: torch.Tensor, log_rho: torch.Tensor) -> Draw:
-        keep = torch.isfinite(log_q)  # states q cannot hold (off a law) have weight 0: drop
+        # states q cannot hold (off a law, log q = -inf) have weight 0: drop them; a NaN stays,
+        # for the update to report (a model gone non-finite)
+        keep = ~torch.isneginf(log_q)
         if not keep.all():
             states, log_q, log_rho = states[keep], log_q[keep], log_rho[keep]
         log_w = log_q - log_rho

@@ -313,6 +313,8 @@ class KLUpdate(Update):
         explored states one reaction ahead 1/B each)."""
         draw = problem.proposal.draw(problem.model, problem.batch_size, problem.generator)
         B = draw.states.shape[0]
+        if B == 0:
+            raise NonFiniteError("the proposal drew no state that the model can hold")
         moved = explore_ahead(
             draw.states, self.explore, problem.target.net, problem.t, problem.generator
         )
