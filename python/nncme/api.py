@@ -165,12 +165,13 @@ def _build_driver(
     motion = _motion(cfg, model, net, proposal, generator)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
     scheme = cfg.time_scheme
+    max_motion = cfg.max_motion or None
     if scheme == "auto":  # its implicit steps always adapt
-        options: dict[str, Any] = {"tolerance": cfg.dt_tolerance}
+        options: dict[str, Any] = {"tolerance": cfg.dt_tolerance, "max_motion": max_motion}
     elif cfg.optimizer == "tdvp" or scheme == "implicit":
         options = {"tolerance": tolerance}
     else:
-        options = {}
+        options = {"max_motion": max_motion}
     stepper = make_stepper(scheme, motion, **options)
     first = None
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):

@@ -495,6 +495,12 @@ class RunConfig(Settings):
     dt_tolerance: float = _opt(
         1e-2, "adaptive_dt: local error per sub-step allowed (nats)", positive=True
     )
+    max_motion: float = _opt(
+        0.05,
+        "explicit fitted steps (adam, sgd, natgrad; heun, euler, auto): cut a step into up to "
+        "16 equal sub-steps so that each moves the distribution by at most this (relative RMS "
+        "change of q; the first steps from a point mass, fast transients); 0: off",
+    )
     first_iterations: int = _opt(3000, "iterations of the first step's fit", minimum=1)
     first_lr: float = _opt(0.1, "learning rate of the first step's fit", positive=True)
     first_tolerance: float = _opt(1e-4, "KL (nats) at which the first step's fit stops")

@@ -62,6 +62,7 @@ from .optim import (
     implicit_support,
     local_error,
     set_flat_parameters,
+    step_motion,
     transition_support,
 )
 from .optim.target import STIFF_RATE_DT
@@ -85,6 +86,8 @@ __all__ = [
 
 # Largest support of a start distribution that the first step enumerates exactly.
 MAX_ENUMERATED = 200_000
+# Most sub-steps `max_motion` cuts one step into (a stiff step is the implicit scheme's job).
+MAX_MOTION_SUBSTEPS = 16
 
 
 @dataclass(frozen=True)
@@ -130,6 +133,11 @@ class Motion:
 
     def begin(self, t: float, dt: float) -> None:
         """A new step from t of length dt starts (dt: the trainer's step, not a sub-step)."""
+
+    def motion(self, t: float, h: float) -> float | None:
+        """How far an explicit step of length h moves the model's distribution from t,
+        relative (`nncme.optim.step_motion`); None where the motion cannot say."""
+        return None
 
     def snapshot(self, slot: int) -> Any:
         raise NotImplementedError
@@ -185,6 +193,12 @@ class Fit(Motion):
     def begin(self, t: float, dt: float) -> None:
         self._t = t
 
+    def motion(self, t: float, h: float) -> float:
+        return step_motion(
+            self.model, self.net, t, h, samples=self.batch_size, generator=self.generator,
+            impl=self.impl,
+        )  # fmt: skip
+
     def snapshot(self, slot: int) -> AutoregressiveModel:
         """A frozen copy of the model, kept per slot and refreshed in place (no new model
         per step)."""
@@ -198,6 +212,7 @@ class Fit(Motion):
         return twin
 
     def stage(self, terms: list[Term], dt: float) -> StepReport:
+        self._t = min(term.t for term in terms)  # the (sub-)step's start
         return self.fit(StageTarget(terms, self.net, dt, impl=self.impl), dt)
 
     def fit(self, target: Any, dt: float) -> StepReport:
@@ -328,13 +343,25 @@ class RungeKutta:
         tolerance: adaptive sub-steps with this error per sub-step (nats; None: one step per
             dt). Needs a motion with an error estimate (`Flow`).
         min_step: the shortest sub-step allowed, relative to dt, before the step gives up.
+        max_motion: without a tolerance, cross each step in equal sub-steps (at most
+            `MAX_MOTION_SUBSTEPS`) that move the distribution by at most this much each,
+            relative RMS (`Motion.motion`, measured at the step's start; None: one step per
+            dt). For fits: a fit leaves undone a fixed fraction of its starting misfit, which
+            grows as the square of the motion (see `nncme.optim.step_motion`), so the steps
+            out of a point mass or through a fast transient are cut, and the slow rest of a
+            run is not.
     """
 
     name = "runge_kutta"
     scheme: Scheme
 
     def __init__(
-        self, motion: Motion, *, tolerance: float | None = None, min_step: float = 1e-6
+        self,
+        motion: Motion,
+        *,
+        tolerance: float | None = None,
+        min_step: float = 1e-6,
+        max_motion: float | None = None,
     ) -> None:
         if isinstance(motion, Fit) and not self.scheme.fittable:
             raise ValueError(
@@ -343,9 +370,12 @@ class RungeKutta:
             )
         if tolerance is not None and not tolerance > 0:
             raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+        if max_motion is not None and not max_motion > 0:
+            raise ValueError(f"max_motion must be > 0, got {max_motion!r}")
         self.motion = motion
         self.tolerance = tolerance
         self.min_step = float(min_step)
+        self.max_motion = max_motion
         self.h: float | None = None  # the adaptive sub-step length, carried across steps
 
     @property
@@ -356,15 +386,27 @@ class RungeKutta:
         """Advance the model from t to t + dt; the report covers the whole step."""
         self.motion.begin(t, dt)
         if self.tolerance is None:
-            _, reports = self._advance(t, dt, keep_last=False)
+            pieces = self._pieces(t, dt)
+            reports = []
+            for i in range(pieces):
+                reports += self._advance(t + i * dt / pieces, dt / pieces, keep_last=False)[1]
             report = self.motion.merge(reports)
-            report.accepted, report.scheme = 1, self.name
+            report.accepted, report.scheme = pieces, self.name
             return report
         reports: list[StepReport] = []
         accepted, rejected = self._adaptive(t, dt, reports)
         report = self.motion.merge(reports)
         report.accepted, report.rejected, report.scheme = accepted, rejected, self.name
         return report
+
+    def _pieces(self, t: float, dt: float) -> int:
+        """Equal sub-steps of [t, t + dt] that keep each one's motion below max_motion."""
+        if self.max_motion is None:
+            return 1
+        moved = self.motion.motion(t, dt)
+        if moved is None or not math.isfinite(moved):
+            return 1
+        return max(1, min(MAX_MOTION_SUBSTEPS, math.ceil(moved / self.max_motion - 1e-9)))
 
     def _advance(
         self, t: float, h: float, *, keep_last: bool = True
@@ -579,12 +621,20 @@ class Auto:
         motion: a `Fit` with an `ImplicitUpdate` (it fits explicit stages too).
         tolerance: the implicit sub-steps' local error (`BackwardEuler`).
         stiff: the share of the mass that makes a step stiff.
+        max_motion: the Heun steps' motion per sub-step (`RungeKutta`).
     """
 
     name = "auto"
 
-    def __init__(self, motion: Fit, *, tolerance: float = 1e-2, stiff: float = 1e-3) -> None:
-        self.explicit = Heun(motion)
+    def __init__(
+        self,
+        motion: Fit,
+        *,
+        tolerance: float = 1e-2,
+        stiff: float = 1e-3,
+        max_motion: float | None = None,
+    ) -> None:
+        self.explicit = Heun(motion, max_motion=max_motion)
         self.implicit = BackwardEuler(motion, tolerance=tolerance)
         self.motion, self.stiff = motion, float(stiff)
         self.stiff_now = False

@@ -37,6 +37,7 @@ from .target import (
     TransitionTarget,
     check_step_size,
     explore_ahead,
+    step_motion,
     transition_support,
 )
 from .tdvp import TDVPEvaluation, TDVPRightHandSide
@@ -89,6 +90,7 @@ __all__ = [
     "make_optimizer",
     "per_sample_grads",
     "set_flat_parameters",
+    "step_motion",
     "transition_support",
     "use_gram",
 ]

@@ -51,6 +51,7 @@ __all__ = [
     "explore_ahead",
     "jump",
     "outflow_fraction",
+    "step_motion",
     "stiff_mass",
     "transition_support",
 ]
@@ -238,6 +239,33 @@ class TransitionTarget:
             self._keys = merged[order]
             self._values = torch.cat([self._values, fresh])[order]
         return values
+
+
+@torch.no_grad()
+def step_motion(
+    model: Any,
+    net: Any,
+    t: float,
+    dt: float,
+    *,
+    samples: int,
+    generator: torch.Generator | None = None,
+    impl: str = "auto",
+) -> float:
+    """How far one explicit step moves q, relative, RMS under q: sqrt(E_q[(dt W q / q)^2]).
+
+    sqrt(2 KL(q || T q)) to leading order: the misfit a step's fit starts from. A fit stops at
+    a fixed fraction of that (`KLUpdate`'s relative tolerance), so what it leaves undone grows
+    as the square of the motion, and a step that moves q by tens of per cent (the first steps
+    from a point mass, a fast transient) leaves an error every later step inherits.
+
+    Args:
+        model: the distribution at t (`sample` gives states and log q).
+        net, t, dt, impl: the step.  samples: draws of q.  generator: their random stream.
+    """
+    states, _ = model.sample(samples, generator)
+    flow = TransitionTarget(model, net, t, dt, impl=impl)(states.to(net.device)).local_gen
+    return float(dt * flow.square().mean().sqrt())
 
 
 @dataclass(frozen=True)
