@@ -88,7 +88,9 @@ def test_heun_run_beats_exact_euler_steps():
     net = birth_death()
     start = Product.poisson([2.0], net.limits)
     dt, t_end = 0.02, 0.4
-    common = dict(t_end=t_end, dt=dt, save_every=0.2, batch=1000, quiet=True, explore=0.0)
+    common = dict(
+        t_end=t_end, dt=dt, save_every=0.2, batch=1000, quiet=True, explore=0.0, max_motion=0.0
+    )  # steps of dt, not sub-steps
     worst = {}
     for scheme in ("euler", "heun"):
         cfg = RunConfig(integrator=scheme, iterations=150, **common)

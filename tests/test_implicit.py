@@ -113,7 +113,7 @@ def test_an_implicit_run_at_a_dt_no_explicit_step_can_take():
     net = birth_death()
     common = dict(t_end=0.6, dt=0.1, save_every=0.2, quiet=True, eval_samples=2000)
     with pytest.warns(UserWarning, match=r"dt \* a_0 > 0\.9 on .* of the mass"):
-        nncme.run(net, RunConfig(integrator="heun", **common))
+        nncme.run(net, RunConfig(integrator="heun", max_motion=0.0, **common))  # steps of dt
     # the step after the exact first one is the hardest fit (from a narrow law at dt a_0 ~ 2)
     out = nncme.run(
         net, RunConfig(integrator="implicit", **{**TIGHT, "iterations": 1500}, **common)
@@ -155,8 +155,9 @@ def test_adaptive_implicit_steps_follow_the_exact_solution_where_fixed_ones_lag(
 
 def test_auto_takes_heun_steps_where_the_mass_is_not_stiff_and_implicit_ones_where_it_is():
     """Birth-death at dt = 0.1, where dt a_0 is 1 to 2 on the mass: the auto integrator's Heun
-    steps give way to adaptive implicit ones (no warning, FSP followed); at dt = 0.01 every
-    step after the exact first one is Heun's."""
+    steps of dt give way to adaptive implicit ones (no warning, FSP followed); by default the
+    law, which moves fast there, has the Heun steps cut into sub-steps instead (not stiff,
+    FSP followed); at dt = 0.01 every step after the exact first one is Heun's."""
     net = birth_death()
     fsp = FSP(net, FSPSettings(quiet=True))
     p0 = fsp.initial_distribution()
@@ -164,10 +165,14 @@ def test_auto_takes_heun_steps_where_the_mass_is_not_stiff_and_implicit_ones_whe
     common = dict(t_end=0.6, save_every=0.2, quiet=True, eval_samples=4000, **TIGHT)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no stiffness warning
-        stiff = nncme.run(net, RunConfig(dt=0.1, **common))
+        stiff = nncme.run(net, RunConfig(dt=0.1, max_motion=0.0, **common))
+        cut = nncme.run(net, RunConfig(dt=0.1, **common))
     schemes = [line["scheme"] for line in stiff.history]
     assert schemes[0] == "exponential, exact" and set(schemes[1:]) == {"implicit"}
     assert hellinger(exact, stiff.result.marginals[1:, 0]).max() < 0.02
+    assert {line["scheme"] for line in cut.history[1:]} == {"heun"}
+    assert min(line["accepted"] for line in cut.history[1:]) > 1
+    assert hellinger(exact, cut.result.marginals[1:, 0]).max() < 0.02
     mild = nncme.run(net, RunConfig(dt=0.01, **{**common, "iterations": 60}))
     assert {line["scheme"] for line in mild.history[1:]} == {"heun"}
     assert hellinger(exact, mild.result.marginals[1:, 0]).max() < 0.02
