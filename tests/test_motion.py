@@ -19,22 +19,11 @@ from nncme.models import build_model
 from nncme.optim import step_motion
 from nncme.steppers import MAX_MOTION_SUBSTEPS, Heun, Motion
 
-
-def production_conversion() -> ReactionNetwork:
-    return ReactionNetwork(
-        {"A": 10, "B": 8},
-        [
-            Reaction({}, {"A": 1}, 3.0),
-            Reaction({"A": 1}, {"B": 1}, 0.5),
-            Reaction({"A": 1, "B": 1}, {"B": 2}, 0.3),
-            Reaction({"B": 1}, {}, 1.0),
-        ],
-        {"A": 2, "B": 1},
-    )
+from .test_saturated_map import two_species
 
 
 def test_step_motion_is_the_rms_relative_change_of_the_explicit_step():
-    net = production_conversion()
+    net = two_species()  # a_0 grows fast with the counts
     fsp = FSP(net, FSPSettings(quiet=True))
     model = build_model("nade", net, dtype=torch.float64, seed=3, hidden=8)
     states = torch.as_tensor(fsp.states)
