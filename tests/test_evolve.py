@@ -205,6 +205,12 @@ def test_resume_after_a_kill_gives_the_same_parameters(tmp_path):
     assert [x["step"] for x in log] == list(range(1, 11))
     with pytest.raises(ConfigError, match="lr: "):
         _run(tmp_path / "killed", resume=True, lr=0.5)
+    # a checkpoint saved before a setting existed names it as such
+    state = torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)
+    del state["settings"]["max_motion"]
+    torch.save(state, tmp_path / "killed" / CHECKPOINT)
+    with pytest.raises(ConfigError, match="max_motion: not in the checkpoint"):
+        _run(tmp_path / "killed", resume=True)
 
 
 def test_nan_stops_the_run_naming_the_step_and_keeps_the_checkpoint(tmp_path):

@@ -491,7 +491,7 @@ class Checkpoints(Observer):
             k for k, v in self.settings.items() if k not in self.resumable and saved.get(k) != v
         ]
         if changed:
-            diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {self.settings[k]!r}" for k in changed)
+            diffs = ", ".join(_setting_change(k, saved, self.settings[k]) for k in changed)
             raise ConfigError(
                 f"resume: the run in {self.path.parent} used other settings ({diffs})"
             )
@@ -504,6 +504,13 @@ class Checkpoints(Observer):
         for observer in driver.observers:
             if observer.key:
                 observer.load_state_dict(state["observers"][observer.key])
+
+
+def _setting_change(key: str, saved: dict[str, Any], now: Any) -> str:
+    """One setting that differs from a checkpoint's, for the resume error."""
+    if key not in saved:  # a setting added to nncme after the run was saved
+        return f"{key}: not in the checkpoint (a newer setting; its value now is {now!r})"
+    return f"{key}: {saved[key]!r} -> {now!r}"
 
 
 class CheckpointWarning(UserWarning):
