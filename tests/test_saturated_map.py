@@ -120,16 +120,11 @@ def test_a_stiff_bulk_is_warned_about(tmp_path):
     net = ReactionNetwork(
         {"X": 30}, [Reaction({}, {"X": 1}, 10.0), Reaction({"X": 1}, {}, 1.0)], {"X": 0}
     )
+    # steps of dt: cut into sub-steps (tests/test_motion.py) they would not be stiff
     config = RunConfig(
-        t_end=0.3,
-        dt=0.1,
-        batch=200,
-        iterations=20,
-        integrator="heun",
-        quiet=True,
-        out=str(tmp_path),
-        max_motion=0.0,
-    )  # fmt: skip  (steps of dt: cut into sub-steps, tests/test_motion.py, they are not stiff)
+        t_end=0.3, dt=0.1, batch=200, iterations=20, integrator="heun", quiet=True,
+        out=str(tmp_path), max_motion=0.0,
+    )  # fmt: skip
     with pytest.warns(UserWarning, match=r"dt \* a_0 > 0\.9 on .* of the mass.*implicit"):
         nncme.run(net, config)
     summary = json.loads((tmp_path / "summary.json").read_text())
