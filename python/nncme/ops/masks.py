@@ -118,8 +118,10 @@ def _feasible(
     ok = in_range
     base, size = cons.group_meta.unbind(1)
     for g in range(cons.group_meta.shape[0]):
-        members = group == g
-        idx = idx_part[:, members].sum(dim=1) + base[g] + position * size[g]
+        # a product with the member mask, not a boolean index: no data-dependent shape, so
+        # no host sync, which a CUDA graph capture (the Transformer's sampler) refuses
+        members = (group == g).view(shape)
+        idx = (idx_part * members).sum(dim=1) + base[g] + position * size[g]
         idx = idx.clamp(max=cons.table.shape[0] - 1)
         ok = ok & cons.table[idx]
     return ok
