@@ -99,20 +99,6 @@ ShiftedFactor factor_with_raises(at::Tensor& A, double shift, int64_t max_raises
   const double eps = A.scalar_type() == at::kFloat
                          ? double(std::numeric_limits<float>::epsilon())
                          : std::numeric_limits<double>::epsilon();
-  // A block with NaN or inf fails under every shift: report it as its last raise would,
-  // without max_raises + 1 factorisations that cannot succeed.
-  const at::Tensor finite = at::isfinite(A).flatten(1).all(1).to(at::kCPU).contiguous();
-  for (int64_t g = 0; g < G; ++g) {
-    if (finite.data_ptr<bool>()[g]) continue;
-    double raised = shift;
-    for (int64_t r = 0; r < max_raises; ++r) {
-      raised = raised_shift(raised, mean_diag.data_ptr<double>()[g], eps);
-    }
-    TORCH_CHECK_LINALG(false, op, ": the Cholesky factorisation of block ", g,
-                       " failed with shift ", raised, " after ", max_raises,
-                       " raises (max_raises = ", max_raises, "); ", what,
-                       " probably contain NaN or inf");
-  }
   at::Tensor factor;
   const at::Tensor diag = A.diagonal(0, 1, 2).clone();  // (G, n), to re-shift failed blocks
   std::vector<int64_t> todo(G);
