@@ -591,6 +591,141 @@ def _cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_amortise(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "amortise",
+        help="train one conditional VAN over a box of rate constants and initial counts",
+        description="Train one network q(n | c, t) for every context c of a box at once "
+        "(nncme.amortise); answer with `nncme sweep`.",
+    )
+    p.add_argument("network", help="a built-in system or a .toml/.json/.xml file")
+    p.add_argument(
+        "--vary",
+        action="append",
+        required=True,
+        metavar="NAME=LO:HI[:log|linear]",
+        help="a reaction's rate constant or a species' initial count to vary (repeat)",
+    )
+    p.add_argument("--out", required=True, help="directory of the run")
+    p.add_argument("--t-end", type=float, help="horizon (default: the network's)")
+    p.add_argument("--dt", type=float, help="time step (default: the network's)")
+    p.add_argument("--saves", type=int, default=10, help="save times after 0 (evenly spaced)")
+    p.add_argument("--hidden", type=int, default=32, help="NADE width")
+    p.add_argument("--contexts", type=int, default=64, help="contexts per iteration")
+    p.add_argument("--per-context", type=int, default=32, help="samples per context")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_cmd_amortise)
+
+
+def _cmd_amortise(args: argparse.Namespace) -> int:
+    from .amortise import AmortiseConfig, Vary, amortise
+    from .io import resolve_network
+
+    network = resolve_network(args.network)
+    try:
+        varies = [Vary.parse(v) for v in args.vary]
+        config = AmortiseConfig(
+            hidden=args.hidden,
+            contexts=args.contexts,
+            per_context=args.per_context,
+            dt=args.dt,
+            t_end=args.t_end,
+            saves=args.saves,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    out = amortise(
+        network,
+        varies,
+        args.out,
+        config,
+        resume=args.resume,
+        device=args.device,
+        progress=not args.quiet,
+    )
+    print(f"amortised {network.name} over {', '.join(v.name for v in varies)}: {out}")
+    return 0
+
+
+def _parse_axis(text: str) -> tuple[str, np.ndarray]:
+    name, sep, rest = text.partition("=")
+    parts = rest.split(":")
+    try:
+        if not sep or len(parts) not in (1, 3, 4):
+            raise ValueError
+        if len(parts) == 1:
+            return name.strip(), np.array([float(x) for x in parts[0].split(",")])
+        lo, hi, n = float(parts[0]), float(parts[1]), int(parts[2])
+        if len(parts) == 4 and parts[3] == "log":
+            return name.strip(), np.geomspace(lo, hi, n)
+        return name.strip(), np.linspace(lo, hi, n)
+    except ValueError:
+        raise UsageError(
+            f"--grid takes NAME=LO:HI:N[:log] or NAME=V1,V2,..., got {text!r}"
+        ) from None
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sweep",
+        help="statistics of an amortised run over a grid of contexts (table and figure)",
+    )
+    p.add_argument("run", help="directory of an `nncme amortise` run")
+    p.add_argument("--t", type=float, help="save time (default: the last)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=LO:HI:N[:log]",
+        help="a varied quantity's grid (NAME=V1,V2,... lists values); others sit mid-range",
+    )
+    p.add_argument("--statistic", default="mean", help="mean, std, fano or bimodality")
+    p.add_argument("--species", help="species of the figure (default: the widest)")
+    p.add_argument("--out", help="directory for sweep.json and the figure (default: the run)")
+    p.set_defaults(handler=_cmd_sweep)
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from .amortise import STATISTICS, AmortisedSolution, sweep
+    from .plot import plot_sweep
+
+    solution = AmortisedSolution(args.run)
+    if args.statistic not in STATISTICS:
+        raise UsageError(f"--statistic must be one of {STATISTICS}")
+    axes = dict(_parse_axis(g) for g in args.grid)
+    if not 1 <= len(axes) <= 2:
+        raise UsageError("--grid: give one or two of " + ", ".join(solution.space.names))
+    t = float(solution.times[-1] if args.t is None else args.t)
+    try:
+        result = sweep(solution, axes, t)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    names = solution.network.species_names
+    if args.species is None:
+        species = int(np.argmax(solution.network.limits))
+    elif args.species in names:
+        species = names.index(args.species)
+    else:
+        raise UsageError(f"--species must be one of {names}")
+    out = Path(args.out or args.run)
+    _write_json(out / "sweep.json", _jsonable(result))
+    path = plot_sweep(
+        result, args.statistic, species, list(axes), out / f"sweep_{args.statistic}.png"
+    )
+    if result["outside"].any():
+        print(f"note: {int(result['outside'].sum())} grid points lie outside the trained box")
+    z = result["stats"][args.statistic][:, species]
+    print(
+        f"{args.statistic} of {names[species]} at t = {t:g} over {len(z)} contexts: "
+        f"{np.nanmin(z):.4g} .. {np.nanmax(z):.4g}; wrote {out / 'sweep.json'} and {path}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nncme",
@@ -612,6 +747,8 @@ _SUBCOMMANDS = [
     _add_compare,
     _add_run,
     _add_study,
+    _add_amortise,
+    _add_sweep,
 ]
 
 

@@ -474,3 +474,40 @@ def _save(fig: Any, path: str | Path) -> Path:
     finally:
         plt.close(fig)
     return path
+
+
+def sweep_figure(sweep: Mapping[str, Any], statistic: str, species: int, axes: Sequence[str]):
+    """A statistic of one species over a one- or two-quantity grid (`nncme.amortise.sweep`):
+    a line over one quantity, a heat map over two (first quantity across, second up)."""
+    values = np.asarray(sweep["values"])
+    names = list(sweep["names"])
+    z = np.asarray(sweep["stats"][statistic])[:, species]
+    label = f"{statistic} of {sweep['species'][species]} at t = {sweep['t']:g}"
+    fig, ax = plt.subplots(figsize=(5.2, 4.0))
+    cols = [names.index(a) for a in axes]
+    if len(cols) == 1:
+        x = values[:, cols[0]]
+        order = np.argsort(x)
+        ax.plot(x[order], z[order], marker="o", ms=3)
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(label)
+    elif len(cols) == 2:
+        xs, ys = np.unique(values[:, cols[0]]), np.unique(values[:, cols[1]])
+        grid = np.full((len(ys), len(xs)), np.nan)
+        grid[np.searchsorted(ys, values[:, cols[1]]), np.searchsorted(xs, values[:, cols[0]])] = z
+        mesh = ax.pcolormesh(_edges(xs), _edges(ys), grid, shading="flat", cmap="viridis")
+        fig.colorbar(mesh, ax=ax, label=label)
+        ax.set_xlabel(axes[0])
+        ax.set_ylabel(axes[1])
+    else:
+        raise ValueError(f"a sweep figure shows one or two quantities, got {list(axes)}")
+    ax.set_title(label)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sweep(
+    sweep: Mapping[str, Any], statistic: str, species: int, axes: Sequence[str], path: str | Path
+) -> Path:
+    """Save `sweep_figure` to path; returns the path."""
+    return _save(sweep_figure(sweep, statistic, species, axes), path)

@@ -57,19 +57,31 @@ def _call(op: str, device: torch.device, impl: str, *args):
     return getattr(reference, op)(*args)
 
 
-def propensities(states: torch.Tensor, net, t: float = 0.0, *, impl: str = "auto") -> torch.Tensor:
+def propensities(
+    states: torch.Tensor,
+    net,
+    t: float = 0.0,
+    *,
+    impl: str = "auto",
+    rates: torch.Tensor | None = None,
+) -> torch.Tensor:
     """a_k(n, t) for a batch of states with the truncation rule.
 
     Args:
         states: (B, L) integer counts.
         net: a CompiledNetwork (ReactionNetwork.compile) on the states' device.
         t: time (for time-dependent rates and custom propensities).
+        rates: (K,) rate constants in place of the network's at t (ones give each reaction's
+            state-dependent factor alone, which per-sample rates then scale).
 
     Returns:
         (B, K) in net.dtype.
     """
     states = states.to(torch.int64)
-    a = _call("propensities", states.device, impl, states, *net.operator_args(t))
+    args = net.operator_args(t)
+    if rates is not None:
+        args = (*args[:3], rates.to(device=states.device, dtype=net.dtype), *args[4:])
+    a = _call("propensities", states.device, impl, states, *args)
     if net.custom:
         a = _apply_custom(a, states, net, t)
     return a

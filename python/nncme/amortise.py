@@ -1,0 +1,1012 @@
+"""Amortised VANs: one conditional network q(n | c, t) over a box of rate constants and
+initial counts, carried through time once for every point of the box at the same time.
+
+The context c names what varies: some reactions' rate constants (log-uniform over a range
+where it is positive, uniform otherwise) and some species' initial counts (uniform integers).
+`ContextSpace` draws contexts (a scrambled Sobol sequence, so every batch covers the box
+evenly), encodes them for the model (each coordinate mapped to [-1, 1], rates on a log
+scale), and turns them into per-sample rate constants, initial counts and conserved totals.
+
+Training needs no run per parameter point (as MET's distillation does). Every fit draws C
+contexts and S states from q(. | c) for each, and minimises the mean over contexts of the
+reverse KL D(q(. | c) || T_c q_old(. | c)), where T_c is the step map of the network with c's
+rates: the score-function gradient, with each context's own mean of f = log q - log T_c q_old
+as its baseline (the KLs of different contexts differ, and a shared baseline would add their
+spread to the noise). The time scheme is Heun's (two fits per step, both probability maps in
+the saturated form of `nncme.optim.target`), and each step is cut into sub-steps that keep the
+distribution's relative motion below `max_motion` in the context that moves fastest, as the
+single-network runs do. Time enters as the checkpoint saved at each save time; q(. | c, t)
+between save times is not interpolated.
+
+`AmortisedSolution` loads a run's directory and answers for any context in (or near) the box:
+marginals, means, tail probabilities, log-likelihoods of snapshot data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import ops
+from .io import network_from_dict, network_to_dict
+from .models.nade import NADE
+from .network import NetworkError, ReactionNetwork
+from .optim.target import (
+    STIFF_RATE_DT,
+    NonFiniteError,
+    _log_outflow_ratio,
+    _log_stay,
+)
+
+__all__ = [
+    "AmortiseConfig",
+    "AmortisedSolution",
+    "AmortisedTrainer",
+    "ContextSpace",
+    "Vary",
+    "amortise",
+]
+
+SCALES = ("auto", "log", "linear")
+# Heun sub-steps per step at most (as `nncme.steppers.MAX_MOTION_SUBSTEPS`).
+MAX_SUBSTEPS = 16
+
+
+# --------------------------------------------------------------------------------- contexts
+@dataclass(frozen=True)
+class Vary:
+    """One quantity that varies over the box.
+
+    Attributes:
+        name: a reaction's name (its rate constant, 1/time) or a species' name (its initial
+            count).
+        lo, hi: the range (inclusive).
+        scale: "log" (log-uniform; rates with lo > 0), "linear", or "auto" (log for a rate
+            with lo > 0, linear otherwise).
+    """
+
+    name: str
+    lo: float
+    hi: float
+    scale: str = "auto"
+
+    @classmethod
+    def parse(cls, text: str) -> Vary:
+        """Parse NAME=LO:HI or NAME=LO:HI:log|linear (the command line's --vary)."""
+        name, sep, rest = text.partition("=")
+        parts = rest.split(":")
+        if not sep or not name.strip() or len(parts) not in (2, 3):
+            raise ValueError(f"--vary takes NAME=LO:HI[:log|linear], got {text!r}")
+        try:
+            lo, hi = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ValueError(f"--vary {text!r}: LO and HI must be numbers") from None
+        return cls(name.strip(), lo, hi, parts[2] if len(parts) == 3 else "auto")
+
+
+class ContextSpace:
+    """The box of contexts of an amortised network, and what a context means for the network.
+
+    Args:
+        network: the base network (what does not vary keeps its values).
+        varies: the varying quantities, in the order of the context's columns.
+
+    Raises:
+        NetworkError: a name that is neither a reaction nor a species (or is both), a rate that
+            depends on time or a custom propensity, a range that is empty or out of bounds.
+    """
+
+    def __init__(self, network: ReactionNetwork, varies: Sequence[Vary]) -> None:
+        if not varies:
+            raise NetworkError("amortise: name at least one rate or initial count to vary")
+        self.network = network
+        self.varies = list(varies)
+        names = [v.name for v in self.varies]
+        if len(set(names)) != len(names):
+            raise NetworkError(f"amortise: a quantity is named twice in {names}")
+        reactions = {r.name: k for k, r in enumerate(network.reactions)}
+        self.kinds: list[str] = []
+        self.index: list[int] = []
+        self.log_scale: list[bool] = []
+        for v in self.varies:
+            kind, index = self._resolve(v, reactions)
+            self.kinds.append(kind)
+            self.index.append(index)
+            self.log_scale.append(self._check_range(v, kind, index))
+        self._check_conserved_initials()
+
+    def _resolve(self, v: Vary, reactions: dict[str, int]) -> tuple[str, int]:
+        net = self.network
+        is_rate, is_species = v.name in reactions, v.name in net.species_names
+        if is_rate == is_species:
+            what = "both a reaction and a species" if is_rate else "no reaction or species"
+            raise NetworkError(
+                f"amortise: {v.name!r} names {what} of {net.name} (reactions: "
+                f"{sorted(reactions)}; species: {net.species_names})"
+            )
+        if is_species:
+            return "initial", net.index(v.name)
+        k = reactions[v.name]
+        r = net.reactions[k]
+        if r.propensity is not None or r.has_time_dependent_rate:
+            raise NetworkError(
+                f"amortise: reaction {v.name!r} has a custom propensity or a time-dependent "
+                "rate; only constant rate constants can vary"
+            )
+        return "rate", k
+
+    def _check_range(self, v: Vary, kind: str, index: int) -> bool:
+        if v.scale not in SCALES:
+            raise NetworkError(f"amortise: {v.name}: scale must be one of {SCALES}")
+        if not (math.isfinite(v.lo) and math.isfinite(v.hi) and 0 <= v.lo <= v.hi):
+            raise NetworkError(
+                f"amortise: {v.name}: the range must satisfy 0 <= LO <= HI, got {v.lo}:{v.hi}"
+            )
+        if kind == "initial":
+            top = int(self.network.limits[index]) - 1
+            if v.lo != int(v.lo) or v.hi != int(v.hi) or v.hi > top:
+                raise NetworkError(
+                    f"amortise: initial {v.name}: the range must be whole counts in 0..{top} "
+                    f"(the count limit), got {v.lo:g}:{v.hi:g}"
+                )
+            if v.scale == "log":
+                raise NetworkError(f"amortise: initial {v.name}: counts vary on a linear scale")
+            return False
+        if v.scale == "log" and v.lo <= 0:
+            raise NetworkError(f"amortise: rate {v.name}: a log scale needs LO > 0")
+        return v.scale == "log" or (v.scale == "auto" and v.lo > 0)
+
+    def _check_conserved_initials(self) -> None:
+        """A varying initial count of a species in a conservation law is allowed only where
+        the law's total then varies too (the model masks with per-sample totals)."""
+        for law in self.network.conservation_laws:
+            for kind, i, v in zip(self.kinds, self.index, self.varies):
+                if kind == "initial" and law.weights[i] and v.hi > v.lo:
+                    top = law.weights.clip(min=0) @ (self.network.limits - 1)
+                    if v.hi * abs(int(law.weights[i])) > top:
+                        raise NetworkError(f"amortise: {v.name}: {law.name} leaves the box")
+
+    # ------------------------------------------------------------------------- geometry
+    @property
+    def dim(self) -> int:
+        return len(self.varies)
+
+    @property
+    def names(self) -> list[str]:
+        return [v.name for v in self.varies]
+
+    def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = np.array([v.lo for v in self.varies], dtype=np.float64)
+        hi = np.array([v.hi for v in self.varies], dtype=np.float64)
+        log = np.array(self.log_scale)
+        return np.where(log, np.log(np.where(log, lo, 1.0)), lo), np.where(
+            log, np.log(np.where(log, hi, 1.0)), hi
+        )
+
+    def from_unit(self, u: np.ndarray) -> np.ndarray:
+        """(N, D) points of the unit cube -> (N, D) contexts (initial counts as whole numbers,
+        each count of the range equally likely)."""
+        u = np.asarray(u, dtype=np.float64)
+        lo, hi = self._bounds()
+        values = lo + u * (hi - lo)
+        for j, v in enumerate(self.varies):
+            if self.log_scale[j]:
+                values[:, j] = np.exp(values[:, j])
+            elif self.kinds[j] == "initial":
+                values[:, j] = np.minimum(np.floor(v.lo + u[:, j] * (v.hi - v.lo + 1)), v.hi)
+        return values
+
+    def encode(self, values: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(N, D) contexts -> (N, D) model inputs: each coordinate mapped to [-1, 1] over its
+        range (log rates on the log scale; 0 for a range of one value)."""
+        values = np.asarray(values, dtype=np.float64)
+        lo, hi = self._bounds()
+        x = np.where(np.array(self.log_scale), np.log(np.clip(values, 1e-300, None)), values)
+        width = np.where(hi > lo, hi - lo, 1.0)
+        return np.where(hi > lo, 2 * (x - lo) / width - 1, 0.0)
+
+    def check(self, values: np.ndarray) -> np.ndarray:
+        """(N, D) or (D,) contexts as a checked (N, D) array (finite, rates >= 0, whole
+        counts inside the count limits)."""
+        values = np.atleast_2d(np.asarray(values, dtype=np.float64))
+        if values.shape[1] != self.dim:
+            raise ValueError(f"a context has {self.dim} values ({self.names}), got {values.shape}")
+        if not np.isfinite(values).all() or (values < 0).any():
+            raise ValueError("contexts must be finite and >= 0")
+        for j, kind in enumerate(self.kinds):
+            if kind == "initial":
+                top = self.network.limits[self.index[j]] - 1
+                col = values[:, j]
+                if (col != np.round(col)).any() or (col > top).any():
+                    raise ValueError(f"initial {self.names[j]}: whole counts in 0..{top}")
+        return values
+
+    def outside(self, values: np.ndarray) -> np.ndarray:
+        """(N,) bool: contexts outside the training box (answers there are extrapolations)."""
+        values = np.atleast_2d(values)
+        lo = np.array([v.lo for v in self.varies])
+        hi = np.array([v.hi for v in self.varies])
+        return ((values < lo * (1 - 1e-12)) | (values > hi * (1 + 1e-12))).any(axis=1)
+
+    # ------------------------------------------------------------------------- meaning
+    def rates(self, values: torch.Tensor, t: float, net: Any) -> torch.Tensor:
+        """(N, D) contexts -> (N, K) rate constants at t (custom propensities: 1, their
+        values come whole from the operator)."""
+        base = net.rates(t).to(values.dtype).clone()
+        for k in net.custom:
+            base[k] = 1.0
+        r = base.unsqueeze(0).repeat(values.shape[0], 1)
+        for j, kind in enumerate(self.kinds):
+            if kind == "rate":
+                r[:, self.index[j]] = values[:, j]
+        return r
+
+    def initial(self, values: np.ndarray) -> np.ndarray:
+        """(N, D) contexts -> (N, L) int64 initial counts."""
+        n0 = np.repeat(self.network.initial_state[None, :], len(values), axis=0)
+        for j, kind in enumerate(self.kinds):
+            if kind == "initial":
+                n0[:, self.index[j]] = np.round(values[:, j]).astype(np.int64)
+        return n0
+
+    def totals(self, values: np.ndarray) -> np.ndarray | None:
+        """(N, C) conserved totals of each context's initial state (None without laws)."""
+        laws = self.network.conservation_laws
+        if not laws:
+            return None
+        w = np.stack([law.weights for law in laws])  # (C, L)
+        return self.initial(values) @ w.T
+
+    def network_at(self, values: Sequence[float]) -> ReactionNetwork:
+        """The plain network of one context (for FSP, SSA or `nncme run`)."""
+        values = self.check(values)[0]
+        net = self.network
+        reactions = list(net.reactions)
+        initial = {s: int(n) for s, n in zip(net.species_names, net.initial_state)}
+        for j, kind in enumerate(self.kinds):
+            if kind == "rate":
+                reactions[self.index[j]] = dataclasses.replace(
+                    reactions[self.index[j]], rate=float(values[j])
+                )
+            else:
+                initial[self.names[j]] = int(values[j])
+        laws = [
+            {s: int(w) for s, w in zip(net.species_names, law.weights) if w}
+            for law in net.conservation_laws
+        ]
+        return ReactionNetwork(
+            net.species,
+            reactions,
+            initial,
+            name=net.name,
+            convention=net.convention,
+            conservation=laws,
+            t_end=net.t_end,
+            dt=net.dt,
+            description=net.description,
+            source=net.source,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"varies": [dataclasses.asdict(v) for v in self.varies]}
+
+    @classmethod
+    def from_dict(cls, network: ReactionNetwork, d: dict[str, Any]) -> ContextSpace:
+        return cls(network, [Vary(**v) for v in d["varies"]])
+
+
+class ContextSampler:
+    """Contexts for training: a scrambled Sobol sequence over the unit cube, mapped to the
+    box (its state is the number drawn, so a resumed run continues the sequence)."""
+
+    def __init__(self, space: ContextSpace, seed: int) -> None:
+        self.space, self.seed, self.drawn = space, int(seed), 0
+        self._engine = torch.quasirandom.SobolEngine(space.dim, scramble=True, seed=self.seed)
+
+    def draw(self, n: int) -> np.ndarray:
+        u = self._engine.draw(n, dtype=torch.float64).numpy()
+        self.drawn += n
+        return self.space.from_unit(u)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "drawn": self.drawn}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed = int(state["seed"])
+        self._engine = torch.quasirandom.SobolEngine(self.space.dim, scramble=True, seed=self.seed)
+        self._engine.fast_forward(int(state["drawn"]))
+        self.drawn = int(state["drawn"])
+
+
+# --------------------------------------------------------------------------------- batches
+@dataclass
+class ContextBatch:
+    """C contexts, each repeated for its S rows of a batch of B = C * S states.
+
+    Attributes:
+        values: (C, D) contexts.  code: (C, D) the model's inputs.  rows: (B,) context of each
+            row.  totals: (B, laws) conserved totals per row, or None.
+    """
+
+    values: np.ndarray
+    code: torch.Tensor
+    rows: torch.Tensor
+    totals: torch.Tensor | None
+
+    @classmethod
+    def make(
+        cls, space: ContextSpace, values: np.ndarray, per: int, device: Any, dtype: Any
+    ) -> ContextBatch:
+        C = len(values)
+        rows = torch.arange(C, device=device).repeat_interleave(per)
+        code = torch.as_tensor(space.encode(values), dtype=dtype, device=device)
+        totals = space.totals(values)
+        if totals is not None:
+            totals = torch.as_tensor(totals, dtype=torch.int64, device=device)[rows]
+        return cls(values, code, rows, totals)
+
+    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's context and totals at the given rows' contexts."""
+        idx = self.rows[rows]
+        return self.code[idx], None if self.totals is None else self.totals[rows]
+
+
+def conditional_log_prob(
+    model: NADE, states: torch.Tensor, code: torch.Tensor, totals: torch.Tensor | None, rows: int
+) -> torch.Tensor:
+    """log q(n | c) of (N, L) states with (N, D) contexts, in chunks, without gradient."""
+    out = []
+    with torch.no_grad():
+        for i in range(0, states.shape[0], rows):
+            sl = slice(i, i + rows)
+            out.append(
+                model.log_prob(
+                    states[sl], context=code[sl], totals=None if totals is None else totals[sl]
+                )
+            )
+    return torch.cat(out) if out else states.new_empty((0,), dtype=model.dtype)
+
+
+@dataclass(frozen=True)
+class Term:
+    """alpha u + beta dt W(t) u of a Heun stage, u a frozen conditional model."""
+
+    model: NADE
+    t: float
+    alpha: float
+    beta: float
+
+
+class ConditionalStage:
+    """log sum_j [alpha_j u_j(n | c) + beta_j dt (W_c(t_j) u_j)(n | c)] at (state, context)
+    rows, with each term in the saturated explicit form of `nncme.optim.target` (the same map
+    as `StageTarget`, with per-row rate constants).
+
+    Args:
+        terms: the stage's terms.  space: the contexts' meaning.  net: the compiled network.
+        dt: the (sub-)step.  rows: states per log_prob call.
+    """
+
+    def __init__(
+        self, terms: list[Term], space: ContextSpace, net: Any, dt: float, rows: int = 16384
+    ) -> None:
+        self.terms, self.space, self.net, self.dt, self.rows = terms, space, net, dt, rows
+        self.ones = torch.ones(net.num_reactions, dtype=net.dtype, device=net.device)
+
+    @torch.no_grad()
+    def __call__(
+        self, states: torch.Tensor, batch: ContextBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) states of the batch's rows -> log target (B,) and the motion dt (W u)/u of
+        the last moving term (B,)."""
+        parts, flow = [], torch.zeros(states.shape[0], dtype=self.net.dtype, device=states.device)
+        for term in self.terms:
+            h = self.dt * term.beta / term.alpha
+            log_u, flow_j = self._map(term, states, batch, h)
+            if term.beta:
+                flow = flow_j * self.dt
+            parts.append(log_u + math.log(term.alpha))
+        return torch.logsumexp(torch.stack(parts), dim=0), flow
+
+    def _map(self, term: Term, states: torch.Tensor, batch: ContextBatch, h: float):
+        """log (T_h u)(n | c) and (W u)/u at n, T_h the saturated explicit map of step h."""
+        net = self.net
+        B, K = states.shape[0], net.num_reactions
+        code, totals = batch.select(torch.arange(B, device=states.device))
+        if h == 0:
+            return conditional_log_prob(term.model, states, code, totals, self.rows), None
+        nbr, valid = ops.neighbors(states, net)  # (B, K, L), (B, K)
+        rows = torch.cat([states, nbr[valid]])
+        idx = torch.cat([torch.arange(B, device=states.device), valid.nonzero()[:, 0]])
+        log_p = conditional_log_prob(
+            term.model, rows, code[idx], None if totals is None else totals[idx], self.rows
+        )
+        rates = self.space.rates(torch.as_tensor(batch.values, dtype=net.dtype), term.t, net)
+        rates = rates.to(states.device)[batch.rows]  # (B, K)
+        # each reaction's state factor at n and at every in-box neighbour, scaled per row
+        g = ops.propensities(rows, net, term.t, rates=self.ones)  # (U, K)
+        a_rows = g * rates[idx]
+        a_own = a_rows[:B]  # (B, K)
+        a_nbr = torch.zeros(B, K, K, dtype=g.dtype, device=g.device)
+        a_nbr[valid] = a_rows[B:]
+        a_in = torch.diagonal(a_nbr, dim1=1, dim2=2)  # (B, K): reaction k at n - s_k
+        log_nbr = torch.full((B, K), -math.inf, dtype=log_p.dtype, device=log_p.device)
+        log_nbr[valid] = log_p[B:]
+        x_own = h * a_own.sum(dim=1)
+        x_nbr = h * a_nbr.sum(dim=2)
+        live = (a_in > 0) & valid
+        inflow = torch.where(
+            live,
+            math.log(h) + torch.log(a_in.clamp(min=1e-300)) + log_nbr + _log_outflow_ratio(x_nbr),
+            -math.inf,
+        )
+        stay = log_p[:B] + _log_stay(x_own)
+        log_tu = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
+        ratio = torch.where(live, a_in * torch.exp(log_nbr - log_p[:B].unsqueeze(1)), 0.0)
+        return log_tu, ratio.sum(dim=1) - a_own.sum(dim=1)
+
+
+def stiff_share(x: torch.Tensor) -> float:
+    return float((x > STIFF_RATE_DT).double().mean())
+
+
+# --------------------------------------------------------------------------------- training
+@dataclass
+class AmortiseConfig:
+    """Settings of an amortised run (every one has a default that needs no tuning).
+
+    Attributes:
+        hidden: NADE width (the context moves the hidden state, so wider than a single run's).
+        contexts: contexts per iteration (C).  per_context: states per context (S).
+        lr: Adam's learning rate.  iterations: cap per fit.  min_iterations: before the rule.
+        relative_tolerance: a fit stops once its mean residual over the last `window`
+            iterations is this fraction of its first one.
+        first_iterations, first_lr, first_tolerance: the first fit, to the initial point masses
+            (stops once the mean -log q(n0 | c) is below first_tolerance).
+        max_motion: the largest relative motion of a sub-step in the fastest context.
+        dt: the time step (default: the network's).  t_end: the horizon (default: the
+            network's).  saves: save times after 0 (evenly spaced).
+        seed: parameters, contexts and samples.  dtype: "float64" or "float32".
+    """
+
+    hidden: int = 32
+    contexts: int = 64
+    per_context: int = 32
+    lr: float = 0.01
+    lr_decay: float = 0.1
+    explore: float = 0.2
+    mixture: float = 0.1
+    iterations: int = 100
+    min_iterations: int = 5
+    window: int = 5
+    relative_tolerance: float = 0.02
+    first_iterations: int = 3000
+    first_lr: float = 0.05
+    first_tolerance: float = 1e-5
+    max_motion: float = 0.05
+    dt: float | None = None
+    t_end: float | None = None
+    saves: int = 10
+    seed: int = 0
+    dtype: str = "float64"
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "contexts", "per_context", "iterations", "saves"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr", "first_lr", "max_motion", "relative_tolerance"):
+            if not (getattr(self, name) > 0):
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
+
+
+@dataclass
+class FitReport:
+    loss: float
+    residual: float
+    iterations: int
+    capped: bool
+
+
+class AmortisedTrainer:
+    """Carries a conditional NADE through time for every context of a box at once.
+
+    Args:
+        network: the base network.  space: what varies.  config: `AmortiseConfig`.
+        device: where it runs.
+    """
+
+    def __init__(
+        self,
+        network: ReactionNetwork,
+        space: ContextSpace,
+        config: AmortiseConfig | None = None,
+        *,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.network, self.space = network, space
+        self.config = config = config or AmortiseConfig()
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, config.dtype)
+        self.net = network.compile(self.device, self.dtype)
+        self.model = NADE(
+            network.limits,
+            hidden=config.hidden,
+            conservation=network.feasibility if network.conservation_laws else None,
+            context_dim=space.dim,
+            dtype=self.dtype,
+            device=self.device,
+            seed=config.seed,
+        )
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.sampler = ContextSampler(space, config.seed)
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        self._ones = torch.ones(network.K, dtype=self.dtype, device=self.device)
+        self.t = 0.0
+        self.started = False
+
+    # ------------------------------------------------------------------------- one fit
+    def _batch(self) -> ContextBatch:
+        c = self.config
+        values = self.sampler.draw(c.contexts)
+        return ContextBatch.make(self.space, values, c.per_context, self.device, self.dtype)
+
+    def _sample(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        code, totals = batch.select(torch.arange(batch.rows.shape[0], device=self.device))
+        return self.model.sample(batch.rows.shape[0], self.generator, context=code, totals=totals)
+
+    def _draw(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """States and log q(n | c) of the batch's rows: from q(. | c), each replaced with
+        probability `mixture` by a state drawn uniformly over the box (so that the fit sees
+        where q leaks mass that no sample of q would reach; log q = -inf off a law)."""
+        states, log_q = self._sample(batch)
+        eps = self.config.mixture
+        if eps == 0:
+            return states, log_q
+        u = torch.rand(states.shape[0], generator=self.generator, dtype=self.dtype)
+        mixed = u < eps
+        if mixed.any():
+            limits = self.net.limits
+            r = torch.rand(int(mixed.sum()), len(limits), generator=self.generator)
+            states[mixed] = torch.minimum((r * limits).long(), limits - 1)
+            code, totals = batch.select(mixed.nonzero()[:, 0])
+            log_q[mixed] = conditional_log_prob(self.model, states[mixed], code, totals, 1 << 15)
+        return states, log_q
+
+    def _explore(self, states: torch.Tensor, batch: ContextBatch) -> torch.Tensor:
+        """One reaction from the first `explore` share of each context's samples, chosen with
+        probability a_k(n | c) / a_0(n | c): where T_c q_old's new mass goes (as
+        `nncme.optim.target.explore_ahead`), (C, m, L) -> rows in the batch's order."""
+        C, S = len(batch.values), self.config.per_context
+        m = round(self.config.explore * S)
+        if not m:
+            return states[:0], batch.rows[:0]
+        take = states.view(C, S, -1)[:, :m].reshape(C * m, -1)
+        rows = torch.arange(C, device=self.device).repeat_interleave(m)
+        rates = self.space.rates(torch.as_tensor(batch.values, dtype=self.dtype), self.t, self.net)
+        a = ops.propensities(take, self.net, self.t, rates=self._ones) * rates.to(self.device)[rows]
+        total = a.sum(dim=1, keepdim=True)
+        u = torch.rand(a.shape[0], 1, generator=self.generator, dtype=a.dtype, device=a.device)
+        k = (torch.cumsum(a, dim=1) <= u * total).sum(dim=1).clamp(max=a.shape[1] - 1)
+        fires = a.gather(1, k.unsqueeze(1)).squeeze(1) > 0
+        moved = torch.where(
+            (fires & (total[:, 0] > 0)).unsqueeze(1), take + self.net.change[k], take
+        )
+        return moved, rows
+
+    def _lr(self, it: int) -> float:
+        """lr for the first half of a fit's allowed iterations, then a cosine down to
+        lr_decay * lr at the last (less of Adam's jitter is left when a fit ends)."""
+        c = self.config
+        half = (c.iterations - 1) / 2
+        progress = max(0.0, it - half) / half if half > 0 else 1.0
+        return c.lr * (c.lr_decay + (1 - c.lr_decay) * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def fit(self, stage: ConditionalStage) -> FitReport:
+        """Minimise the mean over contexts of D(q(. | c) || stage(. | c)) (module docstring),
+        with explored states one reaction ahead of the samples pulled up towards the target
+        (their coefficient is (f - b) / S against their context's baseline b, as in
+        `nncme.optim.updates.KLUpdate`)."""
+        c = self.config
+        residuals: list[float] = []
+        loss = math.nan
+        try:
+            for it in range(c.iterations):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = self._lr(it)
+                batch = self._batch()
+                states, log_q = self._draw(batch)
+                moved, moved_rows = self._explore(states, batch)
+                B = states.shape[0]
+                all_states = torch.cat([states, moved])
+                all_rows = torch.cat([batch.rows, moved_rows])
+                ext = ContextBatch(batch.values, batch.code, all_rows, None)
+                if batch.totals is not None:
+                    totals_c = batch.totals[:: c.per_context]
+                    ext.totals = totals_c[all_rows]
+                code, totals = ext.select(torch.arange(all_states.shape[0], device=self.device))
+                log_target, _ = stage(all_states, ext)
+                with torch.no_grad():
+                    log_q_moved = conditional_log_prob(
+                        self.model, moved, code[B:], None if totals is None else totals[B:], 1 << 15
+                    )
+                f = torch.cat([log_q, log_q_moved]) - log_target
+                held = torch.isfinite(log_q)  # uniform draws off a conservation law: q = 0
+                if not torch.isfinite(f[:B][held]).all():
+                    raise NonFiniteError(
+                        f"t = {self.t:g}: the target is -inf or NaN at a sampled state "
+                        "(a state the previous model holds no mass at)"
+                    )
+                live = torch.cat([held, torch.isfinite(f[B:])])
+                f = torch.where(live, f, torch.zeros_like(f))
+                C = len(batch.values)
+                count = torch.zeros(C, dtype=f.dtype).index_add_(0, batch.rows, held.to(f.dtype))
+                b = torch.zeros(C, dtype=f.dtype).index_add_(0, batch.rows, f[:B]) / count.clamp(
+                    min=1
+                )
+                dev = torch.where(live, f - b[all_rows], torch.zeros_like(f))
+                coef = dev / count.clamp(min=1)[all_rows] / C
+                self.optimizer.zero_grad(set_to_none=True)
+                log_q_g = self.model.log_prob(
+                    all_states[live],
+                    context=code[live],
+                    totals=None if totals is None else totals[live],
+                )
+                (coef[live] * log_q_g).sum().backward()
+                self.optimizer.step()
+                loss = float(b.mean())
+                residuals.append(0.5 * float(dev[:B].square().sum() / held.sum().clamp(min=1)))
+                if not math.isfinite(residuals[-1]):
+                    raise NonFiniteError(f"t = {self.t:g}: the fit's residual is not finite")
+                if it + 1 >= max(c.min_iterations, 2 * c.window):
+                    recent = float(np.mean(residuals[-c.window :]))
+                    first = float(np.mean(residuals[: c.window]))
+                    if recent <= c.relative_tolerance * first or recent < 1e-7:
+                        return FitReport(loss, recent, it + 1, False)
+        finally:
+            for group in self.optimizer.param_groups:
+                group["lr"] = c.lr
+        return FitReport(loss, float(np.mean(residuals[-c.window :])), c.iterations, True)
+
+    def fit_start(self) -> FitReport:
+        """The first fit: q(. | c) to the point mass at each context's initial counts."""
+        c = self.config
+        opt = torch.optim.Adam(self.model.parameters(), lr=c.first_lr)
+        nll = math.inf
+        for it in range(c.first_iterations):
+            values = self.sampler.draw(c.contexts * 4)
+            batch = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
+            n0 = torch.as_tensor(self.space.initial(values), device=self.device)
+            opt.zero_grad(set_to_none=True)
+            loss = -self.model.log_prob(n0, context=batch.code, totals=batch.totals).mean()
+            loss.backward()
+            opt.step()
+            nll = float(loss.detach())
+            if nll < c.first_tolerance:
+                return FitReport(nll, nll, it + 1, False)
+        return FitReport(nll, nll, c.first_iterations, True)
+
+    # ------------------------------------------------------------------------- one step
+    def _frozen(self) -> NADE:
+        import copy
+
+        frozen = copy.deepcopy(self.model)
+        for p in frozen.parameters():
+            p.requires_grad_(False)
+        return frozen
+
+    def motion(self, dt: float) -> float:
+        """The largest over contexts of dt RMS_q[(W_c q)/q]: how far one Euler step of dt
+        moves the fastest context's distribution, relative."""
+        batch = self._batch()
+        states, _ = self._sample(batch)
+        _, flow = ConditionalStage(
+            [Term(self._frozen(), self.t, 1.0, 1.0)], self.space, self.net, dt
+        )(states, batch)
+        per = flow.view(len(batch.values), -1).square().mean(dim=1).sqrt()
+        return float(per.max())
+
+    def step(self, dt: float) -> dict[str, Any]:
+        """t -> t + dt in Heun sub-steps (as few as keep the motion below max_motion)."""
+        start = time.perf_counter()
+        pieces = min(MAX_SUBSTEPS, max(1, math.ceil(self.motion(dt) / self.config.max_motion)))
+        h = dt / pieces
+        reports = []
+        for _ in range(pieces):
+            old = self._frozen()
+            reports.append(
+                self.fit(ConditionalStage([Term(old, self.t, 1, 1)], self.space, self.net, h))
+            )
+            mid = self._frozen()
+            reports.append(
+                self.fit(
+                    ConditionalStage(
+                        [Term(old, self.t, 0.5, 0.0), Term(mid, self.t + h, 0.5, 0.5)],
+                        self.space,
+                        self.net,
+                        h,
+                    )
+                )
+            )
+            self.t += h
+        return {
+            "t": self.t,
+            "pieces": pieces,
+            "iterations": sum(r.iterations for r in reports),
+            "residual": max(r.residual for r in reports),
+            "loss": reports[-1].loss,
+            "capped": sum(r.capped for r in reports),
+            "seconds": time.perf_counter() - start,
+        }
+
+    # ------------------------------------------------------------------------- the run
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "generator": self.generator.get_state(),
+            "t": self.t,
+            "started": self.started,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.generator.set_state(state["generator"])
+        self.t = float(state["t"])
+        self.started = bool(state["started"])
+
+    def times(self) -> tuple[float, float, np.ndarray]:
+        """dt, t_end and the save times (0 included)."""
+        c = self.config
+        t_end = float(c.t_end if c.t_end is not None else self.network.t_end)
+        dt = float(c.dt if c.dt is not None else self.network.dt)
+        saves = np.linspace(0.0, t_end, c.saves + 1)
+        return dt, t_end, saves
+
+
+def _save(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def amortise(
+    network: ReactionNetwork,
+    varies: Sequence[Vary],
+    out: str | Path,
+    config: AmortiseConfig | None = None,
+    *,
+    resume: bool = False,
+    device: str = "cpu",
+    progress: bool = True,
+) -> Path:
+    """Train an amortised network over `varies` and write it to `out`.
+
+    `out` holds `amortise.json` (the network, the box and the settings), `checkpoints/` (the
+    model at each save time, `t_XXXX.pt`), `state.pt` (the run's last state: `resume=True`
+    continues from it) and `log.jsonl` (one line per step). Returns `out`.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    space = ContextSpace(network, varies)
+    config = config or AmortiseConfig()
+    trainer = AmortisedTrainer(network, space, config, device=device)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    meta = {
+        "network": network_to_dict(network),
+        "space": space.to_dict(),
+        "config": dataclasses.asdict(config),
+        "status": "running",
+    }
+    state_path = out / "state.pt"
+    if resume and state_path.exists():
+        trainer.load_state_dict(torch.load(state_path, weights_only=False))
+    elif resume:
+        raise FileNotFoundError(f"--resume: {state_path} does not exist")
+    (out / "amortise.json").write_text(json.dumps(meta, indent=1))
+    dt, t_end, saves = trainer.times()
+    log = (out / "log.jsonl").open("a")
+    if not trainer.started:
+        report = trainer.fit_start()
+        log.write(json.dumps({"t": 0.0, "first": dataclasses.asdict(report)}) + "\n")
+        trainer.started = True
+        _save(out / "checkpoints" / "t_0000.pt", {"t": 0.0, "model": trainer.model.state_dict()})
+        _save(state_path, trainer.state_dict())
+    bar = tqdm(total=round(t_end / dt), disable=not progress, desc="amortise", unit="step")
+    bar.update(round(trainer.t / dt))
+    try:
+        for i, ts in enumerate(saves[1:], start=1):
+            while trainer.t < ts - 1e-9 * max(1.0, ts):
+                record = trainer.step(min(dt, ts - trainer.t))
+                log.write(json.dumps(record) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(t=f"{trainer.t:.3g}", pieces=record["pieces"])
+            path = out / "checkpoints" / f"t_{i:04d}.pt"
+            if not path.exists():
+                _save(path, {"t": float(ts), "model": trainer.model.state_dict()})
+                _save(state_path, trainer.state_dict())
+    except NonFiniteError as err:
+        meta["status"] = "failed"
+        meta["error"] = str(err)
+        (out / "amortise.json").write_text(json.dumps(meta, indent=1))
+        raise
+    finally:
+        bar.close()
+        log.close()
+    meta["status"] = "completed"
+    (out / "amortise.json").write_text(json.dumps(meta, indent=1))
+    return out
+
+
+# --------------------------------------------------------------------------------- answers
+class AmortisedSolution:
+    """A trained amortised run: the conditional model at each save time.
+
+    Args:
+        out: the run's directory (as written by `amortise`).
+        device: where the models are evaluated.
+    """
+
+    def __init__(self, out: str | Path, device: str = "cpu") -> None:
+        self.out = Path(out)
+        meta = json.loads((self.out / "amortise.json").read_text())
+        self.network = network_from_dict(meta["network"])
+        self.space = ContextSpace.from_dict(self.network, meta["space"])
+        self.config = AmortiseConfig(**meta["config"])
+        self.status = meta.get("status", "unknown")
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, self.config.dtype)
+        paths = sorted((self.out / "checkpoints").glob("t_*.pt"))
+        if not paths:
+            raise FileNotFoundError(f"{self.out}: no checkpoints")
+        self._states = [torch.load(p, weights_only=False) for p in paths]
+        self.times = np.array([s["t"] for s in self._states])
+        self.model = NADE(
+            self.network.limits,
+            hidden=self.config.hidden,
+            conservation=self.network.feasibility if self.network.conservation_laws else None,
+            context_dim=self.space.dim,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self._loaded: int | None = None
+
+    def at(self, t: float) -> NADE:
+        """The model at save time t (one of `times`)."""
+        i = int(np.argmin(np.abs(self.times - t)))
+        if abs(self.times[i] - t) > 1e-9 * max(1.0, abs(t)):
+            raise ValueError(f"t = {t:g} is not a save time of this run: {self.times.tolist()}")
+        if self._loaded != i:
+            self.model.load_state_dict(self._states[i]["model"])
+            self._loaded = i
+        return self.model
+
+    def _inputs(self, values: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        code = torch.as_tensor(self.space.encode(values), dtype=self.dtype, device=self.device)
+        totals = self.space.totals(values)
+        code = code.repeat_interleave(n, dim=0)
+        if totals is not None:
+            totals = torch.as_tensor(totals, device=self.device).repeat_interleave(n, dim=0)
+        return code, totals
+
+    def log_prob(self, states: np.ndarray, values: np.ndarray, t: float) -> np.ndarray:
+        """log q(n | c, t) of (N, L) states at (N, D) contexts (or one (D,) context)."""
+        states = torch.as_tensor(np.atleast_2d(states), dtype=torch.int64, device=self.device)
+        values = self.space.check(values)
+        if len(values) == 1:
+            values = np.repeat(values, len(states), axis=0)
+        code, totals = self._inputs(values, 1)
+        model = self.at(t)
+        return conditional_log_prob(model, states, code, totals, 1 << 15).cpu().numpy()
+
+    def marginals(
+        self, values: np.ndarray, t: float, *, samples: int = 20000, seed: int = 0
+    ) -> list[np.ndarray]:
+        """Per species i, (N, M_i) marginals of q(. | c, t) at N contexts: exact sums over the
+        box where it has at most 200,000 states, else histograms of `samples` draws."""
+        values = self.space.check(values)
+        model = self.at(t)
+        limits = self.network.limits
+        out = [np.zeros((len(values), int(m))) for m in limits]
+        size = int(np.prod(limits))
+        if size <= 200_000:
+            grid = np.stack(np.meshgrid(*[np.arange(m) for m in limits], indexing="ij"), -1)
+            grid = torch.as_tensor(grid.reshape(-1, len(limits)), device=self.device)
+            for j in range(len(values)):
+                code, totals = self._inputs(values[j : j + 1], grid.shape[0])
+                p = conditional_log_prob(model, grid, code, totals, 1 << 15).exp().cpu().numpy()
+                g = grid.cpu().numpy()
+                for i in range(len(limits)):
+                    out[i][j] = np.bincount(g[:, i], weights=p, minlength=int(limits[i]))
+            return out
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        for j in range(len(values)):
+            code, totals = self._inputs(values[j : j + 1], samples)
+            with torch.no_grad():
+                s, _ = model.sample(samples, gen, context=code, totals=totals)
+            s = s.cpu().numpy()
+            for i in range(len(limits)):
+                out[i][j] = np.bincount(s[:, i], minlength=int(limits[i])) / samples
+        return out
+
+    def means(self, values: np.ndarray, t: float, **kw: Any) -> np.ndarray:
+        """(N, L) means of each species at N contexts."""
+        return np.stack([m @ np.arange(m.shape[1]) for m in self.marginals(values, t, **kw)], 1)
+
+
+def grid_values(space: ContextSpace, axes: dict[str, Iterable[float]]) -> np.ndarray:
+    """The contexts of a grid: every combination of the given values of the named quantities,
+    the others at the middle of their range (the geometric middle on a log scale)."""
+    unknown = set(axes) - set(space.names)
+    if unknown:
+        raise ValueError(f"not varied by this run: {sorted(unknown)}; it varies {space.names}")
+    middle = space.from_unit(np.full((1, space.dim), 0.5))[0]
+    lists = [list(axes.get(name, [middle[j]])) for j, name in enumerate(space.names)]
+    mesh = np.meshgrid(*lists, indexing="ij")
+    return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+STATISTICS = ("mean", "std", "fano", "bimodality")
+
+
+def marginal_statistic(marginal: np.ndarray, name: str) -> np.ndarray:
+    """(N, M) marginals -> (N,) statistic: "mean", "std", "fano" (variance / mean) or
+    "bimodality" (Sarle's coefficient (skewness^2 + 1) / kurtosis: 1/3 for a uniform law,
+    above 5/9 suggests two modes)."""
+    if name not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {name!r}")
+    x = np.arange(marginal.shape[1], dtype=np.float64)
+    p = marginal / marginal.sum(axis=1, keepdims=True)
+    mean = p @ x
+    d = x[None, :] - mean[:, None]
+    var = (p * d**2).sum(axis=1)
+    if name == "mean":
+        return mean
+    if name == "std":
+        return np.sqrt(var)
+    if name == "fano":
+        return np.where(mean > 0, var / np.where(mean > 0, mean, 1.0), np.nan)
+    safe = np.where(var > 0, var, np.nan)
+    skew = (p * d**3).sum(axis=1) / safe**1.5
+    kurt = (p * d**4).sum(axis=1) / safe**2
+    return (skew**2 + 1) / kurt
+
+
+def sweep(
+    solution: AmortisedSolution,
+    axes: dict[str, Iterable[float]],
+    t: float,
+    statistics: Sequence[str] = STATISTICS,
+) -> dict[str, Any]:
+    """Statistics of every species over a grid of contexts at save time t.
+
+    Returns:
+        {"names", "values" (N, D), "t", "outside" (N,) bool, "species",
+         "stats": {statistic: (N, L)}}: the grid's contexts in `grid_values` order.
+    """
+    values = grid_values(solution.space, axes)
+    marginals = solution.marginals(values, t)
+    stats = {s: np.stack([marginal_statistic(m, s) for m in marginals], axis=1) for s in statistics}
+    return {
+        "names": solution.space.names,
+        "values": values,
+        "t": float(t),
+        "outside": solution.space.outside(values),
+        "species": solution.network.species_names,
+        "stats": stats,
+    }
