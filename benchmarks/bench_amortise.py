@@ -10,6 +10,13 @@ and a horizon. One `nncme.amortise.amortise(...)` run with `AmortiseConfig` at i
 Hellinger distance of each species' marginal (the model's exact sums over the box) from
 FSP's. Per case: training wall time, steps, sub-steps and capped fits from log.jsonl, and per
 context the largest distance over species and times; the median and the worst over contexts.
+Inference: `--datasets` synthetic data sets of `--cells` cells each, drawn from FSP at the
+last save time at true rates drawn uniformly (log scale) from the middle half of the box;
+per data set the maximum-likelihood rates (`AmortisedSolution.fit_rates`, L-BFGS in log c)
+and the Laplace 90 % interval of each log rate from the observed information; reported: the
+share of intervals that cover the truth, per rate, and the median |log(estimate / truth)|.
+`--reuse` skips training where runs/amortise/<case> holds a completed run (the training time
+is then the sum of its log's step times).
 The JSON goes to benchmarks/results/amortise_<device>.json after every case.
 """
 
@@ -65,20 +72,27 @@ def gene() -> tuple[ReactionNetwork, list[Vary], float]:
 CASES = {"birth_death": birth_death, "gene": gene}
 
 
-def run_case(name: str, held_out: int, out: Path, saves: int) -> dict:
+def train(name: str, out: Path, saves: int, reuse: bool) -> float:
     net, varies, t_end = CASES[name]()
-    config = AmortiseConfig(t_end=t_end, saves=saves)
+    meta = out / name / "amortise.json"
+    if reuse and meta.exists() and json.loads(meta.read_text())["status"] == "completed":
+        log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
+        return float(sum(r["seconds"] for r in log))
     start = time.perf_counter()
-    amortise(net, varies, out / name, config, progress=False)
-    seconds = time.perf_counter() - start
-    log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
-    solution = AmortisedSolution(out / name)
-    values = solution.space.from_unit(np.random.default_rng(12345).random((held_out, len(varies))))
+    amortise(net, varies, out / name, AmortiseConfig(t_end=t_end, saves=saves), progress=False)
+    return time.perf_counter() - start
+
+
+def accuracy(solution: AmortisedSolution, held_out: int) -> list[dict]:
+    values = solution.space.from_unit(
+        np.random.default_rng(12345).random((held_out, solution.space.dim))
+    )
     rows = []
     for v in values:
-        exact = solve_fsp(solution.space.network_at(v), solution.times, FSPSettings(quiet=True))
+        times = solution.save_times
+        exact = solve_fsp(solution.space.network_at(v), times, FSPSettings(quiet=True))
         per_time = []
-        for i, t in enumerate(solution.times[1:], start=1):
+        for i, t in enumerate(times[1:], start=1):
             got = solution.marginals(v[None], t)
             per_time.append(
                 max(
@@ -87,14 +101,58 @@ def run_case(name: str, held_out: int, out: Path, saves: int) -> dict:
                 )
             )
         rows.append({"context": v.tolist(), "hellinger": per_time, "max": max(per_time)})
-        print(f"  {name} {np.round(v, 3).tolist()}: {max(per_time):.4f}", flush=True)
+        print(f"  {np.round(v, 3).tolist()}: {max(per_time):.4f}", flush=True)
+    return rows
+
+
+def inference(solution: AmortisedSolution, datasets: int, cells: int) -> dict:
+    """Coverage of Laplace 90 % intervals of the log rates over synthetic data sets."""
+    rng = np.random.default_rng(777)
+    t = float(solution.save_times[-1])
+    z = 1.6448536269514722  # the 95 % normal quantile: two-sided 90 %
+    cover, errors = [], []
+    for _ in range(datasets):
+        truth = solution.space.from_unit(0.25 + 0.5 * rng.random((1, solution.space.dim)))[0]
+        states = _exact_draws(solution, truth, t, cells, rng)
+        fit = solution.fit_rates(states, t)
+        sd = np.sqrt(np.clip(np.diag(np.linalg.pinv(fit["fisher"])), 0, None))
+        err = np.log(fit["values"] / truth)
+        cover.append(np.abs(err) <= z * sd)
+        errors.append(np.abs(err))
+    cover, errors = np.array(cover), np.array(errors)
+    return {
+        "datasets": datasets,
+        "cells": cells,
+        "t": t,
+        "coverage_90": cover.mean(axis=0).tolist(),
+        "median_abs_log_error": np.median(errors, axis=0).tolist(),
+    }
+
+
+def _exact_draws(solution, truth, t, cells, rng) -> np.ndarray:
+    """Cells drawn from the exact joint law at t (FSP over the whole state list)."""
+    from nncme.exact import FSP
+
+    net = solution.space.network_at(truth)
+    fsp = FSP(net, FSPSettings(quiet=True))
+    p = fsp.solve([0.0, t])[-1]
+    p = np.clip(p, 0, None)
+    idx = rng.choice(len(p), size=cells, p=p / p.sum())
+    return fsp.states[idx]
+
+
+def run_case(name: str, args: argparse.Namespace) -> dict:
+    out = Path(args.out)
+    seconds = train(name, out, args.saves, args.reuse)
+    log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
+    solution = AmortisedSolution(out / name)
+    rows = accuracy(solution, args.held_out)
     worst = [r["max"] for r in rows]
     return {
         "case": name,
-        "varies": [vars(v) for v in varies],
-        "t_end": t_end,
-        "times": solution.times.tolist(),
-        "config": vars(config),
+        "varies": [vars(v) for v in solution.space.varies],
+        "times": solution.save_times.tolist(),
+        "config": vars(solution.config),
         "train_seconds": seconds,
         "steps": len(log),
         "substeps": sum(r["pieces"] for r in log),
@@ -103,6 +161,7 @@ def run_case(name: str, held_out: int, out: Path, saves: int) -> dict:
         "median_max_hellinger": float(np.median(worst)),
         "worst_max_hellinger": float(np.max(worst)),
         "contexts": rows,
+        "inference": inference(solution, args.datasets, args.cells) if args.datasets else None,
     }
 
 
@@ -112,11 +171,14 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=20)
     parser.add_argument("--saves", type=int, default=4)
     parser.add_argument("--out", default="runs/amortise")
+    parser.add_argument("--datasets", type=int, default=50)
+    parser.add_argument("--cells", type=int, default=500)
+    parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     payload = {"device": device_info("cpu"), "threads": 1, "cases": []}
     for name in args.cases:
-        payload["cases"].append(run_case(name, args.held_out, Path(args.out), args.saves))
+        payload["cases"].append(run_case(name, args))
         c = payload["cases"][-1]
         print(
             f"{name}: train {c['train_seconds']:.0f} s, {c['steps']} steps "
@@ -124,6 +186,11 @@ def main() -> None:
             f"species and times: median {c['median_max_hellinger']:.4f}, worst "
             f"{c['worst_max_hellinger']:.4f} over {len(c['contexts'])} held-out contexts"
         )
+        if c["inference"]:
+            print(
+                f"  inference: 90 % coverage {c['inference']['coverage_90']}, median "
+                f"|log error| {c['inference']['median_abs_log_error']}"
+            )
         write_results("amortise", "cpu", payload)
 
 

@@ -8,18 +8,28 @@ evenly), encodes them for the model (each coordinate mapped to [-1, 1], rates on
 scale), and turns them into per-sample rate constants, initial counts and conserved totals.
 
 Training needs no run per parameter point (as MET's distillation does). Every fit draws C
-contexts and S states from q(. | c) for each, and minimises the mean over contexts of the
-reverse KL D(q(. | c) || T_c q_old(. | c)), where T_c is the step map of the network with c's
-rates: the score-function gradient, with each context's own mean of f = log q - log T_c q_old
-as its baseline (the KLs of different contexts differ, and a shared baseline would add their
-spread to the noise). The time scheme is Heun's (two fits per step, both probability maps in
-the saturated form of `nncme.optim.target`), and each step is cut into sub-steps that keep the
-distribution's relative motion below `max_motion` in the context that moves fastest, as the
-single-network runs do. Time enters as the checkpoint saved at each save time; q(. | c, t)
-between save times is not interpolated.
+contexts and S states for each, and moves q(. | c) towards T_c q_old(. | c), where T_c is the
+step map of the network with c's rates, for all of them at once: the score-function gradient
+sum (f - b_c) grad log q, f = log q - log T_c q_old, with each context's own mean b_c as its
+baseline (the divergences of different contexts differ, and a shared baseline would add their
+spread to the noise). The draws are those of q(. | c) with a share `mixture` replaced by
+uniform states of the box, each with the same weight (the log-variance divergence, which pulls
+down mass that q leaks where none of its own samples go); each deviation f - b_c is clipped
+at +-`clip` nats, so the states in the far tails that the uniform draws reach, where q and its
+target can differ by tens of nats at probabilities of 1e-10, steer the fit without swamping
+the bulk (a Huber-type divergence: the same fixed point q = T_c q_old), and states where both
+are below `tail_floor` are left out. Exploration one reaction ahead of the samples, with each
+context's rates, pulls up where T_c q_old's new mass goes (`nncme.optim.updates.KLUpdate`).
+The time scheme is Heun's (two fits per step, both probability maps in the saturated form of
+`nncme.optim.target`), and each step is cut into sub-steps that keep the distribution's
+relative motion below `max_motion` in the context that moves fastest, as the single-network
+runs do. Time enters as the checkpoint saved at each save time; q(. | c, t) between save times
+is not interpolated.
 
 `AmortisedSolution` loads a run's directory and answers for any context in (or near) the box:
-marginals, means, tail probabilities, log-likelihoods of snapshot data.
+marginals and means (`sweep` over a grid, with `marginal_statistic`), log-likelihoods of
+snapshot data, sensitivities in the log rates by autograd, and maximum-likelihood rates with
+their observed information (`fit_rates`).
 """
 
 from __future__ import annotations
@@ -38,13 +48,13 @@ import torch
 
 from . import ops
 from .io import network_from_dict, network_to_dict
-from .models.nade import NADE
+from .models import build_model
+from .models.base import AutoregressiveModel
 from .network import NetworkError, ReactionNetwork
 from .optim.target import (
-    STIFF_RATE_DT,
     NonFiniteError,
-    _log_outflow_ratio,
-    _log_stay,
+    log_outflow_ratio,
+    log_stay,
 )
 
 __all__ = [
@@ -205,14 +215,20 @@ class ContextSpace:
                 values[:, j] = np.minimum(np.floor(v.lo + u[:, j] * (v.hi - v.lo + 1)), v.hi)
         return values
 
-    def encode(self, values: np.ndarray | torch.Tensor) -> np.ndarray:
+    def encode(self, values: np.ndarray) -> np.ndarray:
         """(N, D) contexts -> (N, D) model inputs: each coordinate mapped to [-1, 1] over its
         range (log rates on the log scale; 0 for a range of one value)."""
-        values = np.asarray(values, dtype=np.float64)
-        lo, hi = self._bounds()
-        x = np.where(np.array(self.log_scale), np.log(np.clip(values, 1e-300, None)), values)
-        width = np.where(hi > lo, hi - lo, 1.0)
-        return np.where(hi > lo, 2 * (x - lo) / width - 1, 0.0)
+        values = torch.as_tensor(np.asarray(values, dtype=np.float64))
+        return self.encode_tensor(values).numpy()
+
+    def encode_tensor(self, values: torch.Tensor) -> torch.Tensor:
+        """`encode` in torch, differentiable in the values (sensitivities, MAP estimates)."""
+        lo, hi = (torch.as_tensor(b, dtype=values.dtype) for b in self._bounds())
+        log = torch.as_tensor(self.log_scale)
+        x = torch.where(log, torch.log(values.clamp(min=1e-300)), values)
+        spread = hi > lo
+        width = torch.where(spread, hi - lo, torch.ones_like(hi))
+        return torch.where(spread, 2 * (x - lo) / width - 1, torch.zeros_like(x))
 
     def check(self, values: np.ndarray) -> np.ndarray:
         """(N, D) or (D,) contexts as a checked (N, D) array (finite, rates >= 0, whole
@@ -242,6 +258,7 @@ class ContextSpace:
         """(N, D) contexts -> (N, K) rate constants at t (custom propensities: 1, their
         values come whole from the operator)."""
         base = net.rates(t).to(values.dtype).clone()
+        values = values.to(base.device)
         for k in net.custom:
             base[k] = 1.0
         r = base.unsqueeze(0).repeat(values.shape[0], 1)
@@ -361,7 +378,7 @@ class ContextBatch:
 
 
 def conditional_log_prob(
-    model: NADE, states: torch.Tensor, code: torch.Tensor, totals: torch.Tensor | None, rows: int
+    model: Any, states: torch.Tensor, code: torch.Tensor, totals: torch.Tensor | None, rows: int
 ) -> torch.Tensor:
     """log q(n | c) of (N, L) states with (N, D) contexts, in chunks, without gradient."""
     out = []
@@ -380,7 +397,7 @@ def conditional_log_prob(
 class Term:
     """alpha u + beta dt W(t) u of a Heun stage, u a frozen conditional model."""
 
-    model: NADE
+    model: AutoregressiveModel
     t: float
     alpha: float
     beta: float
@@ -446,17 +463,13 @@ class ConditionalStage:
         live = (a_in > 0) & valid
         inflow = torch.where(
             live,
-            math.log(h) + torch.log(a_in.clamp(min=1e-300)) + log_nbr + _log_outflow_ratio(x_nbr),
+            math.log(h) + torch.log(a_in.clamp(min=1e-300)) + log_nbr + log_outflow_ratio(x_nbr),
             -math.inf,
         )
-        stay = log_p[:B] + _log_stay(x_own)
+        stay = log_p[:B] + log_stay(x_own)
         log_tu = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
         ratio = torch.where(live, a_in * torch.exp(log_nbr - log_p[:B].unsqueeze(1)), 0.0)
         return log_tu, ratio.sum(dim=1) - a_own.sum(dim=1)
-
-
-def stiff_share(x: torch.Tensor) -> float:
-    return float((x > STIFF_RATE_DT).double().mean())
 
 
 # --------------------------------------------------------------------------------- training
@@ -465,9 +478,17 @@ class AmortiseConfig:
     """Settings of an amortised run (every one has a default that needs no tuning).
 
     Attributes:
-        hidden: NADE width (the context moves the hidden state, so wider than a single run's).
+        model: "nade" (the context shifts its first hidden state, which the fused kernels
+            take per sample) or "transformer" (the context is added to its first token).
+        hidden: the model's width (wider than a single run's: one model for the whole box).
         contexts: contexts per iteration (C).  per_context: states per context (S).
-        lr: Adam's learning rate.  iterations: cap per fit.  min_iterations: before the rule.
+        lr: Adam's learning rate.  lr_decay: its fraction at a fit's last allowed iteration
+            (constant for the first half, then a cosine).
+        explore: share of each context's samples moved one reaction ahead.
+        mixture: share of uniform draws over the box.  clip: the largest |f - b_c| (nats)
+            a draw acts with.  tail_floor: draws where q and the target are both below it
+            are left out.  (Module docstring; bench_amortise.py measured these choices.)
+        iterations: cap per fit.  min_iterations: before the rule.
         relative_tolerance: a fit stops once its mean residual over the last `window`
             iterations is this fraction of its first one.
         first_iterations, first_lr, first_tolerance: the first fit, to the initial point masses
@@ -478,13 +499,16 @@ class AmortiseConfig:
         seed: parameters, contexts and samples.  dtype: "float64" or "float32".
     """
 
+    model: str = "nade"
     hidden: int = 32
     contexts: int = 64
     per_context: int = 32
     lr: float = 0.01
     lr_decay: float = 0.1
     explore: float = 0.2
-    mixture: float = 0.1
+    mixture: float = 0.02
+    clip: float = 1.0
+    tail_floor: float = 1e-12
     iterations: int = 100
     min_iterations: int = 5
     window: int = 5
@@ -506,8 +530,25 @@ class AmortiseConfig:
         for name in ("lr", "first_lr", "max_motion", "relative_tolerance"):
             if not (getattr(self, name) > 0):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.model not in ("nade", "transformer"):
+            raise ValueError(f"model must be nade or transformer, got {self.model!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be float64 or float32, got {self.dtype!r}")
+
+
+def build_conditional(
+    network: ReactionNetwork, space: ContextSpace, config: AmortiseConfig, device: torch.device
+) -> AutoregressiveModel:
+    """The conditional VAN of a run: `config.model` with the box's context width."""
+    return build_model(
+        config.model,
+        network,
+        dtype=getattr(torch, config.dtype),
+        device=device,
+        seed=config.seed,
+        hidden=config.hidden,
+        context_dim=space.dim,
+    )
 
 
 @dataclass
@@ -519,7 +560,7 @@ class FitReport:
 
 
 class AmortisedTrainer:
-    """Carries a conditional NADE through time for every context of a box at once.
+    """Carries a conditional VAN through time for every context of a box at once.
 
     Args:
         network: the base network.  space: what varies.  config: `AmortiseConfig`.
@@ -539,20 +580,13 @@ class AmortisedTrainer:
         self.device = torch.device(device)
         self.dtype = getattr(torch, config.dtype)
         self.net = network.compile(self.device, self.dtype)
-        self.model = NADE(
-            network.limits,
-            hidden=config.hidden,
-            conservation=network.feasibility if network.conservation_laws else None,
-            context_dim=space.dim,
-            dtype=self.dtype,
-            device=self.device,
-            seed=config.seed,
-        )
+        self.model = build_conditional(network, space, config, self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.sampler = ContextSampler(space, config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
         self._ones = torch.ones(network.K, dtype=self.dtype, device=self.device)
         self.t = 0.0
+        self.steps = 0
         self.started = False
 
     # ------------------------------------------------------------------------- one fit
@@ -573,11 +607,15 @@ class AmortisedTrainer:
         eps = self.config.mixture
         if eps == 0:
             return states, log_q
-        u = torch.rand(states.shape[0], generator=self.generator, dtype=self.dtype)
+        u = torch.rand(
+            states.shape[0], generator=self.generator, dtype=self.dtype, device=self.device
+        )
         mixed = u < eps
         if mixed.any():
             limits = self.net.limits
-            r = torch.rand(int(mixed.sum()), len(limits), generator=self.generator)
+            r = torch.rand(
+                int(mixed.sum()), len(limits), generator=self.generator, device=self.device
+            )
             states[mixed] = torch.minimum((r * limits).long(), limits - 1)
             code, totals = batch.select(mixed.nonzero()[:, 0])
             log_q[mixed] = conditional_log_prob(self.model, states[mixed], code, totals, 1 << 15)
@@ -648,13 +686,17 @@ class AmortisedTrainer:
                         "(a state the previous model holds no mass at)"
                     )
                 live = torch.cat([held, torch.isfinite(f[B:])])
+                # states where both q and its target are below the floor: nothing to fit
+                log_both = torch.maximum(torch.cat([log_q, log_q_moved]), log_target)
+                live &= log_both > math.log(c.tail_floor)
                 f = torch.where(live, f, torch.zeros_like(f))
                 C = len(batch.values)
-                count = torch.zeros(C, dtype=f.dtype).index_add_(0, batch.rows, held.to(f.dtype))
-                b = torch.zeros(C, dtype=f.dtype).index_add_(0, batch.rows, f[:B]) / count.clamp(
-                    min=1
-                )
+                zeros = f.new_zeros(C)
+                count = zeros.index_add(0, batch.rows, held.to(f.dtype))
+                b = zeros.index_add(0, batch.rows, f[:B]) / count.clamp(min=1)
                 dev = torch.where(live, f - b[all_rows], torch.zeros_like(f))
+                if c.clip > 0:
+                    dev = dev.clamp(-c.clip, c.clip)
                 coef = dev / count.clamp(min=1)[all_rows] / C
                 self.optimizer.zero_grad(set_to_none=True)
                 log_q_g = self.model.log_prob(
@@ -697,7 +739,7 @@ class AmortisedTrainer:
         return FitReport(nll, nll, c.first_iterations, True)
 
     # ------------------------------------------------------------------------- one step
-    def _frozen(self) -> NADE:
+    def _frozen(self) -> AutoregressiveModel:
         import copy
 
         frozen = copy.deepcopy(self.model)
@@ -721,6 +763,7 @@ class AmortisedTrainer:
         start = time.perf_counter()
         pieces = min(MAX_SUBSTEPS, max(1, math.ceil(self.motion(dt) / self.config.max_motion)))
         h = dt / pieces
+        t_end = self.t + dt
         reports = []
         for _ in range(pieces):
             old = self._frozen()
@@ -739,6 +782,7 @@ class AmortisedTrainer:
                 )
             )
             self.t += h
+        self.t = t_end  # the sub-steps' sum, without their rounding
         return {
             "t": self.t,
             "pieces": pieces,
@@ -757,6 +801,7 @@ class AmortisedTrainer:
             "sampler": self.sampler.state_dict(),
             "generator": self.generator.get_state(),
             "t": self.t,
+            "steps": self.steps,
             "started": self.started,
         }
 
@@ -766,6 +811,7 @@ class AmortisedTrainer:
         self.sampler.load_state_dict(state["sampler"])
         self.generator.set_state(state["generator"])
         self.t = float(state["t"])
+        self.steps = int(state["steps"])
         self.started = bool(state["started"])
 
     def times(self) -> tuple[float, float, np.ndarray]:
@@ -783,6 +829,22 @@ def _save(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _step_path(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"step_{step:05d}.pt"
+
+
+def _check_same_run(out: Path, meta: dict[str, Any]) -> None:
+    """--resume continues the same run: the same network, box and settings."""
+    old = json.loads((out / "amortise.json").read_text())
+    meta = json.loads(json.dumps(meta))  # tuples as lists, as the file has them
+    for key in ("network", "space", "config"):
+        if old[key] != meta[key]:
+            if key == "config":
+                diff = sorted(k for k in meta[key] if old[key].get(k) != meta[key][k])
+                key = f"settings ({', '.join(diff)})"
+            raise ValueError(f"--resume: the run in {out} has another {key}; start a new --out")
+
+
 def amortise(
     network: ReactionNetwork,
     varies: Sequence[Vary],
@@ -796,8 +858,9 @@ def amortise(
     """Train an amortised network over `varies` and write it to `out`.
 
     `out` holds `amortise.json` (the network, the box and the settings), `checkpoints/` (the
-    model at each save time, `t_XXXX.pt`), `state.pt` (the run's last state: `resume=True`
-    continues from it) and `log.jsonl` (one line per step). Returns `out`.
+    model at the end of every step, `step_XXXXX.pt`: `AmortisedSolution` interpolates between
+    them), `state.pt` (the run's state at its last save time: `resume=True` continues from
+    it, redoing the steps after it) and `log.jsonl` (one line per step). Returns `out`.
     """
     from tqdm import tqdm
 
@@ -814,9 +877,13 @@ def amortise(
     }
     state_path = out / "state.pt"
     if resume and state_path.exists():
+        _check_same_run(out, meta)
         trainer.load_state_dict(torch.load(state_path, weights_only=False))
     elif resume:
         raise FileNotFoundError(f"--resume: {state_path} does not exist")
+    else:  # a fresh run: nothing of an earlier one may be read back as this one's
+        for stale in [state_path, out / "log.jsonl", *(out / "checkpoints").glob("*.pt")]:
+            stale.unlink(missing_ok=True)
     (out / "amortise.json").write_text(json.dumps(meta, indent=1))
     dt, t_end, saves = trainer.times()
     log = (out / "log.jsonl").open("a")
@@ -824,21 +891,24 @@ def amortise(
         report = trainer.fit_start()
         log.write(json.dumps({"t": 0.0, "first": dataclasses.asdict(report)}) + "\n")
         trainer.started = True
-        _save(out / "checkpoints" / "t_0000.pt", {"t": 0.0, "model": trainer.model.state_dict()})
+        _save(_step_path(out, 0), {"t": 0.0, "model": trainer.model.state_dict()})
         _save(state_path, trainer.state_dict())
     bar = tqdm(total=round(t_end / dt), disable=not progress, desc="amortise", unit="step")
     bar.update(round(trainer.t / dt))
     try:
-        for i, ts in enumerate(saves[1:], start=1):
+        for ts in saves[1:]:
             while trainer.t < ts - 1e-9 * max(1.0, ts):
                 record = trainer.step(min(dt, ts - trainer.t))
+                trainer.steps += 1
+                _save(
+                    _step_path(out, trainer.steps),
+                    {"t": trainer.t, "model": trainer.model.state_dict()},
+                )
                 log.write(json.dumps(record) + "\n")
                 log.flush()
                 bar.update(1)
                 bar.set_postfix(t=f"{trainer.t:.3g}", pieces=record["pieces"])
-            path = out / "checkpoints" / f"t_{i:04d}.pt"
-            if not path.exists():
-                _save(path, {"t": float(ts), "model": trainer.model.state_dict()})
+            if trainer.t > torch.load(state_path, weights_only=False)["t"]:
                 _save(state_path, trainer.state_dict())
     except NonFiniteError as err:
         meta["status"] = "failed"
@@ -854,6 +924,35 @@ def amortise(
 
 
 # --------------------------------------------------------------------------------- answers
+class Interpolated:
+    """(1 - w) q_a + w q_b: the law between two steps' ends, linear in probability.
+
+    A probability distribution for every w in [0, 1], exact in log-probability (a
+    log-sum-exp) and sampled exactly (each draw from q_b with probability w). Its error is at
+    most dt^2 / 8 times the largest |d^2 P / dt^2|, second order in the step like Heun's.
+    """
+
+    def __init__(self, a: AutoregressiveModel, b: AutoregressiveModel, w: float) -> None:
+        self.a, self.b, self.w = a, b, w
+        self.num_species, self.max_count, self.dtype = a.num_species, a.max_count, a.dtype
+
+    def log_prob(self, states: torch.Tensor, **kw: Any) -> torch.Tensor:
+        return torch.logaddexp(
+            self.a.log_prob(states, **kw) + math.log1p(-self.w),
+            self.b.log_prob(states, **kw) + math.log(self.w),
+        )
+
+    @torch.no_grad()
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None, **kw: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        sa, _ = self.a.sample(batch_size, generator, **kw)
+        sb, _ = self.b.sample(batch_size, generator, **kw)
+        u = torch.rand(batch_size, 1, generator=generator, device=sa.device)
+        states = torch.where(u < self.w, sb, sa)
+        return states, self.log_prob(states, **kw)
+
+
 class AmortisedSolution:
     """A trained amortised run: the conditional model at each save time.
 
@@ -871,30 +970,40 @@ class AmortisedSolution:
         self.status = meta.get("status", "unknown")
         self.device = torch.device(device)
         self.dtype = getattr(torch, self.config.dtype)
-        paths = sorted((self.out / "checkpoints").glob("t_*.pt"))
+        paths = sorted((self.out / "checkpoints").glob("step_*.pt"))
         if not paths:
             raise FileNotFoundError(f"{self.out}: no checkpoints")
         self._states = [torch.load(p, weights_only=False) for p in paths]
         self.times = np.array([s["t"] for s in self._states])
-        self.model = NADE(
-            self.network.limits,
-            hidden=self.config.hidden,
-            conservation=self.network.feasibility if self.network.conservation_laws else None,
-            context_dim=self.space.dim,
-            dtype=self.dtype,
-            device=self.device,
-        )
-        self._loaded: int | None = None
+        self.save_times = np.linspace(0.0, self.times[-1], self.config.saves + 1)
+        self._models = [self._new_model(), self._new_model()]
+        self._loaded: list[int | None] = [None, None]
 
-    def at(self, t: float) -> NADE:
-        """The model at save time t (one of `times`)."""
-        i = int(np.argmin(np.abs(self.times - t)))
-        if abs(self.times[i] - t) > 1e-9 * max(1.0, abs(t)):
-            raise ValueError(f"t = {t:g} is not a save time of this run: {self.times.tolist()}")
-        if self._loaded != i:
-            self.model.load_state_dict(self._states[i]["model"])
-            self._loaded = i
-        return self.model
+    def _new_model(self) -> AutoregressiveModel:
+        return build_conditional(
+            self.network, self.space, self.config, self.device
+        )  # trainable: sensitivities differentiate through the unfused pass
+
+    def _model(self, slot: int, step: int) -> AutoregressiveModel:
+        if self._loaded[slot] != step:
+            self._models[slot].load_state_dict(self._states[step]["model"])
+            self._loaded[slot] = step
+        return self._models[slot]
+
+    def at(self, t: float) -> AutoregressiveModel | Interpolated:
+        """q(. | c, t) at any t in [0, last step's time]: the model of a step's end, or between
+        two, their mixture (`Interpolated`)."""
+        last = float(self.times[-1])
+        if not (-1e-9 <= t <= last * (1 + 1e-9)):
+            raise ValueError(f"t = {t:g} is outside this run's span [0, {last:g}]")
+        k = int(np.searchsorted(self.times, t))
+        tol = 1e-9 * max(1.0, abs(t))
+        if k < len(self.times) and abs(self.times[k] - t) <= tol:
+            return self._model(0, k)
+        if k > 0 and abs(self.times[k - 1] - t) <= tol:
+            return self._model(0, k - 1)
+        w = (t - self.times[k - 1]) / (self.times[k] - self.times[k - 1])
+        return Interpolated(self._model(0, k - 1), self._model(1, k), float(w))
 
     def _inputs(self, values: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         code = torch.as_tensor(self.space.encode(values), dtype=self.dtype, device=self.device)
@@ -943,6 +1052,131 @@ class AmortisedSolution:
             for i in range(len(limits)):
                 out[i][j] = np.bincount(s[:, i], minlength=int(limits[i])) / samples
         return out
+
+    def _box_states(self) -> torch.Tensor:
+        limits = self.network.limits
+        if int(np.prod(limits)) > 200_000:
+            raise ValueError(
+                "sensitivities and likelihood fits sum over the box: at most "
+                f"200,000 states, this one has {int(np.prod(limits))}"
+            )
+        grid = np.stack(np.meshgrid(*[np.arange(m) for m in limits], indexing="ij"), -1)
+        return torch.as_tensor(grid.reshape(-1, len(limits)), device=self.device)
+
+    def _rate_columns(self) -> list[int]:
+        cols = [j for j, kind in enumerate(self.space.kinds) if kind == "rate"]
+        if not cols:
+            raise ValueError("this run varies no rate constant")
+        return cols
+
+    def _marginals_at(self, grid: torch.Tensor, values: torch.Tensor, t: float) -> torch.Tensor:
+        """(L, Mmax) marginals of q(. | c, t) at one context (D,) as a differentiable tensor."""
+        code = self.space.encode_tensor(values.unsqueeze(0)).to(self.device, self.dtype)
+        totals = self.space.totals(values.detach().numpy()[None])
+        if totals is not None:
+            totals = torch.as_tensor(totals, device=self.device).expand(grid.shape[0], -1)
+        p = self.at(t).log_prob(grid, context=code.expand(grid.shape[0], -1), totals=totals).exp()
+        M = int(self.network.limits.max())
+        out = p.new_zeros(grid.shape[1], M)
+        for i in range(grid.shape[1]):
+            out[i] = p.new_zeros(M).index_add(0, grid[:, i], p)
+        return out
+
+    def sensitivities(self, values: Sequence[float], t: float) -> dict[str, Any]:
+        """Derivatives in the log rate constants that vary, by autograd through the model.
+
+        Args:
+            values: (D,) one context.  t: a save time.
+
+        Returns:
+            {"rates": names (R,), "marginals" (L, Mmax), "d_marginals" (L, Mmax, R): the
+            derivative of each P(n_i = m) in log c_r, "means" (L,), "d_means" (L, R)}.
+        """
+        values = self.space.check(values)[0]
+        cols = self._rate_columns()
+        grid = self._box_states()
+        base = torch.as_tensor(values, dtype=torch.float64)
+
+        def marginals(log_rates: torch.Tensor) -> torch.Tensor:
+            v = base.clone()
+            v[cols] = torch.exp(log_rates)
+            return self._marginals_at(grid, v, t)
+
+        log_rates = torch.log(base[cols])
+        p = marginals(log_rates).detach()
+        jac = torch.autograd.functional.jacobian(marginals, log_rates)  # (L, M, R)
+        x = torch.arange(p.shape[1], dtype=p.dtype, device=p.device)
+        return {
+            "rates": [self.space.names[j] for j in cols],
+            "marginals": p.cpu().numpy(),
+            "d_marginals": jac.cpu().numpy(),
+            "means": (p @ x).cpu().numpy(),
+            "d_means": torch.einsum("lmr,m->lr", jac, x).cpu().numpy(),
+        }
+
+    def log_likelihood(self, data: np.ndarray, values: Sequence[float], t: float) -> float:
+        """sum over cells of log q(n_cell | c, t): (N, L) snapshot counts at save time t."""
+        data = np.atleast_2d(np.asarray(data))
+        return float(self.log_prob(data, np.asarray(values, dtype=np.float64), t).sum())
+
+    def fit_rates(
+        self,
+        data: np.ndarray,
+        t: float,
+        *,
+        start: Sequence[float] | None = None,
+        iterations: int = 200,
+    ) -> dict[str, Any]:
+        """Maximum-likelihood rate constants for snapshot data at save time t, by L-BFGS in
+        log c over the box (the other quantities at `start`, default mid-box).
+
+        Returns:
+            {"values" (D,): the estimate, "log_likelihood", "fisher" (R, R): the observed
+            information in log c (its inverse approximates the estimate's covariance),
+            "at_box_edge": whether a rate ended on its range's edge}.
+        """
+        data = torch.as_tensor(
+            np.atleast_2d(np.asarray(data)), dtype=torch.int64, device=self.device
+        )
+        middle = self.space.from_unit(np.full((1, self.space.dim), 0.5))[0]
+        base = torch.as_tensor(self.space.check(middle if start is None else start)[0])
+        cols = self._rate_columns()
+        lo = torch.log(torch.tensor([max(self.space.varies[j].lo, 1e-12) for j in cols]))
+        hi = torch.log(torch.tensor([self.space.varies[j].hi for j in cols]))
+        model = self.at(t)
+        totals = self.space.totals(base.numpy()[None])
+        if totals is not None:
+            totals = torch.as_tensor(totals, device=self.device).expand(data.shape[0], -1)
+
+        def nll(log_rates: torch.Tensor) -> torch.Tensor:
+            v = base.clone()
+            v[cols] = torch.exp(torch.maximum(torch.minimum(log_rates, hi), lo))
+            code = self.space.encode_tensor(v.unsqueeze(0)).to(self.device, self.dtype)
+            lp = model.log_prob(data, context=code.expand(data.shape[0], -1), totals=totals)
+            return -lp.sum()
+
+        theta = torch.log(base[cols]).clone().requires_grad_(True)
+        opt = torch.optim.LBFGS([theta], max_iter=iterations, line_search_fn="strong_wolfe")
+
+        def closure() -> torch.Tensor:
+            opt.zero_grad()
+            loss = nll(theta)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        with torch.no_grad():
+            theta.copy_(torch.maximum(torch.minimum(theta, hi), lo))
+        fisher = torch.autograd.functional.hessian(nll, theta.detach())
+        v = base.clone()
+        v[cols] = torch.exp(theta.detach())
+        edge = bool(((theta - lo).abs() < 1e-6).any() or ((hi - theta).abs() < 1e-6).any())
+        return {
+            "values": v.numpy(),
+            "log_likelihood": -float(nll(theta.detach()).detach()),
+            "fisher": fisher.cpu().numpy(),
+            "at_box_edge": edge,
+        }
 
     def means(self, values: np.ndarray, t: float, **kw: Any) -> np.ndarray:
         """(N, L) means of each species at N contexts."""

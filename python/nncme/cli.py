@@ -610,7 +610,8 @@ def _add_amortise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--t-end", type=float, help="horizon (default: the network's)")
     p.add_argument("--dt", type=float, help="time step (default: the network's)")
     p.add_argument("--saves", type=int, default=10, help="save times after 0 (evenly spaced)")
-    p.add_argument("--hidden", type=int, default=32, help="NADE width")
+    p.add_argument("--model", default="nade", choices=["nade", "transformer"])
+    p.add_argument("--hidden", type=int, default=32, help="model width")
     p.add_argument("--contexts", type=int, default=64, help="contexts per iteration")
     p.add_argument("--per-context", type=int, default=32, help="samples per context")
     p.add_argument("--seed", type=int, default=0)
@@ -628,6 +629,7 @@ def _cmd_amortise(args: argparse.Namespace) -> int:
     try:
         varies = [Vary.parse(v) for v in args.vary]
         config = AmortiseConfig(
+            model=args.model,
             hidden=args.hidden,
             contexts=args.contexts,
             per_context=args.per_context,
@@ -638,15 +640,18 @@ def _cmd_amortise(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    out = amortise(
-        network,
-        varies,
-        args.out,
-        config,
-        resume=args.resume,
-        device=args.device,
-        progress=not args.quiet,
-    )
+    try:
+        out = amortise(
+            network,
+            varies,
+            args.out,
+            config,
+            resume=args.resume,
+            device=args.device,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:  # a --resume of another run
+        raise UsageError(str(exc)) from None
     print(f"amortised {network.name} over {', '.join(v.name for v in varies)}: {out}")
     return 0
 
@@ -726,6 +731,69 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_infer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "infer",
+        help="maximum-likelihood rate constants of snapshot data under an amortised run",
+        description="Fit the varied rate constants of an `nncme amortise` run to snapshot "
+        "counts (a CSV with one column per species, one row per cell) at one save time.",
+    )
+    p.add_argument("run", help="directory of an `nncme amortise` run")
+    p.add_argument("data", help="CSV: a header naming the species, one row of counts per cell")
+    p.add_argument("--t", type=float, required=True, help="the save time the data were taken at")
+    p.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a varied quantity held fixed (an initial count, or a known rate); others start "
+        "mid-box",
+    )
+    p.add_argument("--out", help="where infer.json goes (default: the run's directory)")
+    p.set_defaults(handler=_cmd_infer)
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from .amortise import AmortisedSolution
+
+    solution = AmortisedSolution(args.run)
+    names = solution.network.species_names
+    with open(args.data) as f:
+        header = [h.strip() for h in f.readline().split(",")]
+    if sorted(header) != sorted(names):
+        raise UsageError(f"{args.data}: the header must name the species {names}, got {header}")
+    table = np.loadtxt(args.data, delimiter=",", skiprows=1, ndmin=2)
+    cells = table[:, [header.index(n) for n in names]]
+    if (cells != np.round(cells)).any() or (cells < 0).any():
+        raise UsageError(f"{args.data}: counts must be whole numbers >= 0")
+    start = solution.space.from_unit(np.full((1, solution.space.dim), 0.5))[0]
+    for item in args.at:
+        name, _, value = item.partition("=")
+        if name not in solution.space.names:
+            raise UsageError(f"--at {item}: this run varies {solution.space.names}")
+        start[solution.space.names.index(name)] = float(value)
+    try:
+        fit = solution.fit_rates(cells.astype(np.int64), args.t, start=start)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cov = np.linalg.pinv(fit["fisher"])
+    sd = np.sqrt(np.clip(np.diag(cov), 0, None))
+    rates = [n for n, k in zip(solution.space.names, solution.space.kinds) if k == "rate"]
+    report = {"cells": len(cells), "t": args.t, "log_likelihood": fit["log_likelihood"]}
+    report["rates"] = {}
+    for r, name in enumerate(rates):
+        value = float(fit["values"][solution.space.names.index(name)])
+        lo, hi = value * np.exp(-1.6449 * sd[r]), value * np.exp(1.6449 * sd[r])
+        report["rates"][name] = {"estimate": value, "sd_log": float(sd[r]), "interval_90": [lo, hi]}
+        print(f"{name} = {value:.4g}  (90 % interval {lo:.4g} .. {hi:.4g})")
+    if fit["at_box_edge"]:
+        print("note: an estimate sits on the edge of the trained box; the data may lie outside it")
+    report["at_box_edge"] = fit["at_box_edge"]
+    out = Path(args.out or args.run)
+    _write_json(out / "infer.json", report)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nncme",
@@ -749,6 +817,7 @@ _SUBCOMMANDS = [
     _add_study,
     _add_amortise,
     _add_sweep,
+    _add_infer,
 ]
 
 

@@ -50,6 +50,8 @@ __all__ = [
     "check_step_size",
     "explore_ahead",
     "jump",
+    "log_outflow_ratio",
+    "log_stay",
     "outflow_fraction",
     "step_motion",
     "stiff_mass",
@@ -75,14 +77,14 @@ def outflow_fraction(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= STIFF_RATE_DT, x, 1 - _C / (xs - _SHIFT))
 
 
-def _log_stay(x: torch.Tensor) -> torch.Tensor:
+def log_stay(x: torch.Tensor) -> torch.Tensor:
     """log(1 - outflow_fraction(x))."""
     euler = torch.log1p(-x.clamp(max=STIFF_RATE_DT))
     saturated = math.log(_C) - torch.log(x.clamp(min=STIFF_RATE_DT) - _SHIFT)
     return torch.where(x <= STIFF_RATE_DT, euler, saturated)
 
 
-def _log_outflow_ratio(x: torch.Tensor) -> torch.Tensor:
+def log_outflow_ratio(x: torch.Tensor) -> torch.Tensor:
     """log(outflow_fraction(x) / x): 0 up to STIFF_RATE_DT, where the map is Euler's."""
     xs = x.clamp(min=STIFF_RATE_DT)
     ratio = torch.log(outflow_fraction(xs) / xs)
@@ -204,10 +206,10 @@ class TransitionTarget:
         x_own = x[inverse[:B]]
         inflow = torch.where(
             a_in > 0,
-            math.log(self.dt) + torch.log(a_in) + log_q_nbr + _log_outflow_ratio(x_nbr),
+            math.log(self.dt) + torch.log(a_in) + log_q_nbr + log_outflow_ratio(x_nbr),
             torch.full_like(a_in, -math.inf),
         )
-        stay = log_p[:B] + _log_stay(x_own)
+        stay = log_p[:B] + log_stay(x_own)
         saturated = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
         rows = (x_own > STIFF_RATE_DT) | (x_nbr > STIFF_RATE_DT).any(dim=1)
         return torch.where(rows, saturated.to(log_tq.dtype), log_tq)
