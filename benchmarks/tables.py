@@ -522,6 +522,37 @@ def table_nade_cpu_1thread() -> list[str]:
     return [*markdown(header, rows), "", f"Machine: {machine(d)} (`nade_cpu_1thread.json`)."]
 
 
+def table_amortise() -> list[str]:
+    """Amortised runs at their defaults against FSP at held-out contexts, and the coverage of
+    their Laplace intervals (bench_amortise.py)."""
+    d = load("amortise_cpu.json")
+    header = [
+        "box", "training", "held-out contexts: median / worst max Hellinger",
+        "90 % intervals cover", "median abs log error",
+    ]  # fmt: skip
+    rows = []
+    for c in d["cases"]:
+        box = ", ".join(f"{v['name']} {sig(v['lo'])}–{sig(v['hi'])}" for v in c["varies"])
+        inf = c.get("inference") or {}
+        names = [v["name"] for v in c["varies"]]
+        rows.append([
+            f"{c['case']}: {box}, t ≤ {sig(c['times'][-1])}",
+            f"{seconds(c['train_seconds'])}, {c['steps']} steps",
+            f"{sig(c['median_max_hellinger'])} / {sig(c['worst_max_hellinger'])} "
+            f"({len(c['contexts'])})",
+            ", ".join(f"{n} {x:.0%}" for n, x in zip(names, inf.get("coverage_90", []))),
+            ", ".join(f"{n} {sig(x)}" for n, x in zip(names, inf.get("median_abs_log_error", []))),
+        ])  # fmt: skip
+    datasets = {c["inference"]["datasets"] for c in d["cases"] if c.get("inference")}
+    cells = {c["inference"]["cells"] for c in d["cases"] if c.get("inference")}
+    return [
+        *markdown(header, rows),
+        "",
+        f"Intervals: {', '.join(map(str, datasets))} data sets of {', '.join(map(str, cells))} "
+        f"cells each at the last time. Machine: {machine(d)} (`amortise_cpu.json`).",
+    ]
+
+
 # file -> table name -> function
 TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
     README: {
@@ -531,6 +562,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "second_order_gram": table_second_order_gram,
         "rare_events_one_site": table_rare_events_one_site,
         "rare_events_two_sites": table_rare_events_two_sites,
+        "amortise": table_amortise,
     },
     RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
 }

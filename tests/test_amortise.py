@@ -310,3 +310,32 @@ def test_sweep_marks_contexts_outside_the_box(tmp_path):
     amortise(net, [Vary("birth", 1.0, 3.0)], tmp_path / "run", config, progress=False)
     result = sweep(AmortisedSolution(tmp_path / "run"), {"birth": [2.0, 5.0]}, 0.1, ["mean"])
     assert result["outside"].tolist() == [False, True]
+
+
+@pytest.mark.cuda
+def test_amortised_run_on_cuda_matches_the_stage_map_on_cpu(tmp_path):
+    """The conditional step map on the GPU (fused operators where built) against the CPU's,
+    then a short run and every answer on the GPU."""
+    net = gene_network()
+    space = ContextSpace(net, [Vary("make", 2.0, 32.0), Vary("P", 0, 5)])
+    config = AmortiseConfig(hidden=8, seed=4, t_end=0.1, dt=0.05, saves=1, iterations=10)
+    cpu = AmortisedTrainer(net, space, config)
+    gpu = AmortisedTrainer(net, space, config, device="cuda")
+    gpu.model.load_state_dict(cpu.model.state_dict())
+    values = space.from_unit(np.random.default_rng(2).random((4, 2)))
+    batch = ContextBatch.make(space, values, 40, torch.device("cpu"), torch.float64)
+    states, _ = cpu._sample(batch)
+    want, _ = ConditionalStage([Term(cpu._frozen(), 0.0, 1, 1)], space, cpu.net, 0.05)(
+        states, batch
+    )
+    batch_gpu = ContextBatch.make(space, values, 40, torch.device("cuda"), torch.float64)
+    got, _ = ConditionalStage([Term(gpu._frozen(), 0.0, 1, 1)], space, gpu.net, 0.05)(
+        states.cuda(), batch_gpu
+    )
+    torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+    amortise(net, space.varies, tmp_path / "run", config, device="cuda", progress=False)
+    solution = AmortisedSolution(tmp_path / "run", device="cuda")
+    v = np.array([10.0, 2])
+    assert sum(m.sum() for m in solution.marginals(v[None], 0.075)) == pytest.approx(4.0)
+    assert solution.sensitivities(v, 0.1)["d_means"].shape == (4, 1)
+    assert np.isfinite(solution.fit_rates(np.array([[1, 0, 2, 0]] * 5), 0.1)["values"]).all()
