@@ -18,7 +18,7 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja \
-		numpy scipy matplotlib tqdm xarray pytest "ruff==0.17.6" "python-libsbml>=5.20"
+		numpy scipy matplotlib tqdm xarray pytest "ruff==0.17.6" "python-libsbml>=5.20" "emcee>=3.1"
 	$(BIN)/python -m pip install -q --no-build-isolation -Cbuild-dir=build/{wheel_tag} -e .
 	touch $@
 

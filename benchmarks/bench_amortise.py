@@ -13,8 +13,10 @@ context the largest distance over species and times; the median and the worst ov
 Inference: `--datasets` synthetic data sets of `--cells` cells each, drawn from FSP at the
 last save time at true rates drawn uniformly (log scale) from the middle half of the box;
 per data set the maximum-likelihood rates (`AmortisedSolution.fit_rates`, L-BFGS in log c)
-and the Laplace 90 % interval of each log rate from the observed information; reported: the
-share of intervals that cover the truth, per rate, and the median |log(estimate / truth)|.
+and the Laplace 90 % interval of each log rate from the observed information, and the 5-95 %
+credible interval of emcee's posterior (`AmortisedSolution.posterior`, the box as prior);
+reported: the share of each kind of interval that covers the truth, per rate, the median
+|log(estimate / truth)| and the median log width of the credible intervals.
 `--reuse` skips training where runs/amortise/<case> holds a completed run (the training time
 is then the sum of its log's step times).
 The JSON goes to benchmarks/results/amortise_<device>.json after every case.
@@ -110,7 +112,7 @@ def inference(solution: AmortisedSolution, datasets: int, cells: int) -> dict:
     rng = np.random.default_rng(777)
     t = float(solution.save_times[-1])
     z = 1.6448536269514722  # the 95 % normal quantile: two-sided 90 %
-    cover, errors = [], []
+    cover, errors, credible, widths = [], [], [], []
     for _ in range(datasets):
         truth = solution.space.from_unit(0.25 + 0.5 * rng.random((1, solution.space.dim)))[0]
         states = _exact_draws(solution, truth, t, cells, rng)
@@ -119,12 +121,18 @@ def inference(solution: AmortisedSolution, datasets: int, cells: int) -> dict:
         err = np.log(fit["values"] / truth)
         cover.append(np.abs(err) <= z * sd)
         errors.append(np.abs(err))
+        post = solution.posterior(states, t, seed=len(errors))["samples"]
+        lo, hi = np.percentile(post, [5, 95], axis=0)
+        credible.append((lo <= truth) & (truth <= hi))
+        widths.append(np.log(hi / lo))
     cover, errors = np.array(cover), np.array(errors)
     return {
         "datasets": datasets,
         "cells": cells,
         "t": t,
         "coverage_90": cover.mean(axis=0).tolist(),
+        "posterior_coverage_90": np.mean(credible, axis=0).tolist(),
+        "posterior_median_log_width_90": np.median(widths, axis=0).tolist(),
         "median_abs_log_error": np.median(errors, axis=0).tolist(),
     }
 

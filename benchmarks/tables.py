@@ -528,7 +528,8 @@ def table_amortise() -> list[str]:
     d = load("amortise_cpu.json")
     header = [
         "box", "training", "held-out contexts: median / worst max Hellinger",
-        "90 % intervals cover", "median abs log error",
+        "90 % Laplace intervals cover", "90 % posterior intervals cover",
+        "median abs log error",
     ]  # fmt: skip
     rows = []
     for c in d["cases"]:
@@ -541,6 +542,9 @@ def table_amortise() -> list[str]:
             f"{sig(c['median_max_hellinger'])} / {sig(c['worst_max_hellinger'])} "
             f"({len(c['contexts'])})",
             ", ".join(f"{n} {x:.0%}" for n, x in zip(names, inf.get("coverage_90", []))),
+            ", ".join(
+                f"{n} {x:.0%}" for n, x in zip(names, inf.get("posterior_coverage_90", []))
+            ),
             ", ".join(f"{n} {sig(x)}" for n, x in zip(names, inf.get("median_abs_log_error", []))),
         ])  # fmt: skip
     datasets = {c["inference"]["datasets"] for c in d["cases"] if c.get("inference")}

@@ -163,13 +163,26 @@ def test_conditional_stage_equals_the_plain_stage_at_each_context(h, model):
 
 
 # ----------------------------------------------------------------------------- training
-@pytest.mark.slow  # about 2 minutes on one core
-def test_amortised_birth_death_follows_fsp_at_contexts_it_never_drew(tmp_path):
-    net = birth_death()
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> AmortisedSolution:
+    """Birth-death over a box of birth rates and initial counts to t = 0.6 (about 2 minutes
+    on one core), at the defaults but the horizon."""
+    out = tmp_path_factory.mktemp("amortised") / "run"
     varies = [Vary("birth", 1.0, 8.0), Vary("X", 0, 6)]
-    config = AmortiseConfig(t_end=0.6, dt=0.1, saves=2, seed=1)  # defaults otherwise
-    amortise(net, varies, tmp_path / "run", config, progress=False)
-    solution = AmortisedSolution(tmp_path / "run")
+    config = AmortiseConfig(t_end=0.6, dt=0.1, saves=2, seed=1)
+    amortise(birth_death(), varies, out, config, progress=False)
+    return AmortisedSolution(out)
+
+
+def cells_at(solution: AmortisedSolution, v: np.ndarray, t: float, n: int) -> np.ndarray:
+    """n cells drawn from the exact law at context v and time t."""
+    exact = solve_fsp(solution.space.network_at(v), times=[0, t]).marginals[1, 0]
+    return np.random.default_rng(3).choice(len(exact), size=n, p=exact / exact.sum())[:, None]
+
+
+@pytest.mark.slow
+def test_amortised_birth_death_follows_fsp_at_contexts_it_never_drew(trained):
+    solution = trained
     assert solution.status == "completed"
     np.testing.assert_allclose(solution.save_times, [0.0, 0.3, 0.6])
     np.testing.assert_allclose(solution.times, np.arange(7) * 0.1, atol=1e-12)  # every step
@@ -187,7 +200,7 @@ def test_amortised_birth_death_follows_fsp_at_contexts_it_never_drew(tmp_path):
     assert distance[:, 0].max() < 0.005, distance
     assert distance.max() < 0.03, distance
     assert np.median(distance.max(axis=1)) < 0.02, distance
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (solution.out / "log.jsonl").read_text().splitlines()]
     assert log[0]["first"]["loss"] < 1e-3 and len(log) == 7
 
     # sensitivities by autograd against central differences of FSP in log(birth)
@@ -204,9 +217,7 @@ def test_amortised_birth_death_follows_fsp_at_contexts_it_never_drew(tmp_path):
     assert sens["d_means"][0, 0] == pytest.approx(fd, rel=0.1)
 
     # the birth rate from 2000 cells at t = 0.6, drawn from the exact law at birth = 4.4
-    exact = solve_fsp(solution.space.network_at(v), times=[0, 0.6]).marginals[1, 0]
-    cells = np.random.default_rng(3).choice(len(exact), size=2000, p=exact / exact.sum())
-    fit = solution.fit_rates(cells[:, None], 0.6, start=[2.0, 2])
+    fit = solution.fit_rates(cells_at(solution, v, 0.6, 2000), 0.6, start=[2.0, 2])
     sd = float(np.sqrt(1 / fit["fisher"][0, 0]))  # of log(birth)
     print("birth", fit["values"][0], "sd(log)", sd)
     assert 0.01 < sd < 0.2 and not fit["at_box_edge"]
@@ -339,3 +350,16 @@ def test_amortised_run_on_cuda_matches_the_stage_map_on_cpu(tmp_path):
     assert sum(m.sum() for m in solution.marginals(v[None], 0.075)) == pytest.approx(4.0)
     assert solution.sensitivities(v, 0.1)["d_means"].shape == (4, 1)
     assert np.isfinite(solution.fit_rates(np.array([[1, 0, 2, 0]] * 5), 0.1)["values"]).all()
+
+
+@pytest.mark.slow
+def test_posterior_of_the_birth_rate_covers_the_truth(trained):
+    pytest.importorskip("emcee")
+    v = np.array([4.4, 2.0])
+    cells = cells_at(trained, v, 0.6, 500)
+    post = trained.posterior(cells, 0.6, start=[2.0, 2])
+    assert post["rates"] == ["birth"] and 0.3 < post["acceptance"] < 0.95
+    lo, mid, hi = np.percentile(post["samples"][:, 0], [5, 50, 95])
+    assert lo < 4.4 < hi and hi / lo < 1.5  # 500 cells pin the rate to about +-10 %
+    fit = trained.fit_rates(cells, 0.6, start=[2.0, 2])
+    assert mid == pytest.approx(fit["values"][0], rel=0.05)  # a near-Gaussian posterior
