@@ -621,10 +621,13 @@ class AmortisedTrainer:
             log_q[mixed] = conditional_log_prob(self.model, states[mixed], code, totals, 1 << 15)
         return states, log_q
 
-    def _explore(self, states: torch.Tensor, batch: ContextBatch) -> torch.Tensor:
+    def _explore(
+        self, states: torch.Tensor, batch: ContextBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One reaction from the first `explore` share of each context's samples, chosen with
         probability a_k(n | c) / a_0(n | c): where T_c q_old's new mass goes (as
-        `nncme.optim.target.explore_ahead`), (C, m, L) -> rows in the batch's order."""
+        `nncme.optim.target.explore_ahead`). Returns the moved states (C m, L) and the
+        context of each (C m,)."""
         C, S = len(batch.values), self.config.per_context
         m = round(self.config.explore * S)
         if not m:
