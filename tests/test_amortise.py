@@ -19,7 +19,6 @@ from nncme.amortise import (
     ConditionalStage,
     ContextBatch,
     ContextSpace,
-    Term,
     Vary,
     amortise,
     marginal_statistic,
@@ -29,8 +28,7 @@ from nncme.cli import main
 from nncme.exact import solve_fsp
 from nncme.metrics import hellinger
 from nncme.network import Hill, NetworkError, Sinusoidal
-from nncme.optim.target import StageTarget
-from nncme.optim.target import Term as PlainTerm
+from nncme.optim.target import StageTarget, Term
 
 
 def gene_network() -> ReactionNetwork:
@@ -155,7 +153,7 @@ def test_conditional_stage_equals_the_plain_stage_at_each_context(h, model):
         plain = space.network_at(values[c]).compile(torch.device("cpu"), torch.float64)
         code = batch.code[c : c + 1]
         ref = StageTarget(
-            [PlainTerm(Bound(old, code), 0.0, 0.5, 0.0), PlainTerm(Bound(mid, code), h, 0.5, 0.5)],
+            [Term(Bound(old, code), 0.0, 0.5, 0.0), Term(Bound(mid, code), h, 0.5, 0.5)],
             plain,
             h,
         )(states[c * per : (c + 1) * per])

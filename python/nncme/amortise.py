@@ -53,9 +53,13 @@ from .models.base import AutoregressiveModel
 from .network import NetworkError, ReactionNetwork
 from .optim.target import (
     NonFiniteError,
+    Term,
+    jump,
     log_outflow_ratio,
     log_stay,
 )
+from .optim.updates import lr_schedule
+from .steppers import motion_pieces
 
 __all__ = [
     "AmortiseConfig",
@@ -67,8 +71,8 @@ __all__ = [
 ]
 
 SCALES = ("auto", "log", "linear")
-# Heun sub-steps per step at most (as `nncme.steppers.MAX_MOTION_SUBSTEPS`).
-MAX_SUBSTEPS = 16
+# Boxes up to this many states are summed exactly (marginals, sensitivities); larger ones sampled.
+EXACT_STATES = 200_000
 
 
 # --------------------------------------------------------------------------------- contexts
@@ -351,7 +355,7 @@ class ContextBatch:
 
     Attributes:
         values: (C, D) contexts.  code: (C, D) the model's inputs.  rows: (B,) context of each
-            row.  totals: (B, laws) conserved totals per row, or None.
+            row.  totals: (C, laws) conserved totals of each context, or None.
     """
 
     values: np.ndarray
@@ -368,13 +372,18 @@ class ContextBatch:
         code = torch.as_tensor(space.encode(values), dtype=dtype, device=device)
         totals = space.totals(values)
         if totals is not None:
-            totals = torch.as_tensor(totals, dtype=torch.int64, device=device)[rows]
+            totals = torch.as_tensor(totals, dtype=torch.int64, device=device)
         return cls(values, code, rows, totals)
 
-    def select(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The model's context and totals at the given rows' contexts."""
-        idx = self.rows[rows]
-        return self.code[idx], None if self.totals is None else self.totals[rows]
+    def with_rows(self, rows: torch.Tensor) -> ContextBatch:
+        """The same contexts for other rows (B',) (each row's context index)."""
+        return ContextBatch(self.values, self.code, rows, self.totals)
+
+    def select(self, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The model's context and totals of every row, or of the given rows (indices or a
+        mask)."""
+        idx = self.rows if rows is None else self.rows[rows]
+        return self.code[idx], None if self.totals is None else self.totals[idx]
 
 
 def conditional_log_prob(
@@ -391,16 +400,6 @@ def conditional_log_prob(
                 )
             )
     return torch.cat(out) if out else states.new_empty((0,), dtype=model.dtype)
-
-
-@dataclass(frozen=True)
-class Term:
-    """alpha u + beta dt W(t) u of a Heun stage, u a frozen conditional model."""
-
-    model: AutoregressiveModel
-    t: float
-    alpha: float
-    beta: float
 
 
 class ConditionalStage:
@@ -438,14 +437,14 @@ class ConditionalStage:
         """log (T_h u)(n | c) and (W u)/u at n, T_h the saturated explicit map of step h."""
         net = self.net
         B, K = states.shape[0], net.num_reactions
-        code, totals = batch.select(torch.arange(B, device=states.device))
+        code, totals = batch.select()
         if h == 0:
-            return conditional_log_prob(term.model, states, code, totals, self.rows), None
+            return conditional_log_prob(term.value, states, code, totals, self.rows), None
         nbr, valid = ops.neighbors(states, net)  # (B, K, L), (B, K)
         rows = torch.cat([states, nbr[valid]])
         idx = torch.cat([torch.arange(B, device=states.device), valid.nonzero()[:, 0]])
         log_p = conditional_log_prob(
-            term.model, rows, code[idx], None if totals is None else totals[idx], self.rows
+            term.value, rows, code[idx], None if totals is None else totals[idx], self.rows
         )
         rates = self.space.rates(torch.as_tensor(batch.values, dtype=net.dtype), term.t, net)
         rates = rates.to(states.device)[batch.rows]  # (B, K)
@@ -584,7 +583,6 @@ class AmortisedTrainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.sampler = ContextSampler(space, config.seed)
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
-        self._ones = torch.ones(network.K, dtype=self.dtype, device=self.device)
         self.t = 0.0
         self.steps = 0
         self.started = False
@@ -596,7 +594,7 @@ class AmortisedTrainer:
         return ContextBatch.make(self.space, values, c.per_context, self.device, self.dtype)
 
     def _sample(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
-        code, totals = batch.select(torch.arange(batch.rows.shape[0], device=self.device))
+        code, totals = batch.select()
         return self.model.sample(batch.rows.shape[0], self.generator, context=code, totals=totals)
 
     def _draw(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -617,7 +615,7 @@ class AmortisedTrainer:
                 int(mixed.sum()), len(limits), generator=self.generator, device=self.device
             )
             states[mixed] = torch.minimum((r * limits).long(), limits - 1)
-            code, totals = batch.select(mixed.nonzero()[:, 0])
+            code, totals = batch.select(mixed)
             log_q[mixed] = conditional_log_prob(self.model, states[mixed], code, totals, 1 << 15)
         return states, log_q
 
@@ -635,23 +633,8 @@ class AmortisedTrainer:
         take = states.view(C, S, -1)[:, :m].reshape(C * m, -1)
         rows = torch.arange(C, device=self.device).repeat_interleave(m)
         rates = self.space.rates(torch.as_tensor(batch.values, dtype=self.dtype), self.t, self.net)
-        a = ops.propensities(take, self.net, self.t, rates=self._ones) * rates.to(self.device)[rows]
-        total = a.sum(dim=1, keepdim=True)
-        u = torch.rand(a.shape[0], 1, generator=self.generator, dtype=a.dtype, device=a.device)
-        k = (torch.cumsum(a, dim=1) <= u * total).sum(dim=1).clamp(max=a.shape[1] - 1)
-        fires = a.gather(1, k.unsqueeze(1)).squeeze(1) > 0
-        moved = torch.where(
-            (fires & (total[:, 0] > 0)).unsqueeze(1), take + self.net.change[k], take
-        )
+        moved = jump(take, self.net, self.t, self.generator, rates=rates.to(self.device)[rows])
         return moved, rows
-
-    def _lr(self, it: int) -> float:
-        """lr for the first half of a fit's allowed iterations, then a cosine down to
-        lr_decay * lr at the last (less of Adam's jitter is left when a fit ends)."""
-        c = self.config
-        half = (c.iterations - 1) / 2
-        progress = max(0.0, it - half) / half if half > 0 else 1.0
-        return c.lr * (c.lr_decay + (1 - c.lr_decay) * 0.5 * (1 + math.cos(math.pi * progress)))
 
     def fit(self, stage: ConditionalStage) -> FitReport:
         """Minimise the mean over contexts of D(q(. | c) || stage(. | c)) (module docstring),
@@ -664,18 +647,15 @@ class AmortisedTrainer:
         try:
             for it in range(c.iterations):
                 for group in self.optimizer.param_groups:
-                    group["lr"] = self._lr(it)
+                    group["lr"] = c.lr * lr_schedule(it, c.iterations, c.lr_decay)
                 batch = self._batch()
                 states, log_q = self._draw(batch)
                 moved, moved_rows = self._explore(states, batch)
                 B = states.shape[0]
                 all_states = torch.cat([states, moved])
                 all_rows = torch.cat([batch.rows, moved_rows])
-                ext = ContextBatch(batch.values, batch.code, all_rows, None)
-                if batch.totals is not None:
-                    totals_c = batch.totals[:: c.per_context]
-                    ext.totals = totals_c[all_rows]
-                code, totals = ext.select(torch.arange(all_states.shape[0], device=self.device))
+                ext = batch.with_rows(all_rows)
+                code, totals = ext.select()
                 log_target, _ = stage(all_states, ext)
                 with torch.no_grad():
                     log_q_moved = conditional_log_prob(
@@ -733,7 +713,8 @@ class AmortisedTrainer:
             batch = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
             n0 = torch.as_tensor(self.space.initial(values), device=self.device)
             opt.zero_grad(set_to_none=True)
-            loss = -self.model.log_prob(n0, context=batch.code, totals=batch.totals).mean()
+            code, totals = batch.select()
+            loss = -self.model.log_prob(n0, context=code, totals=totals).mean()
             loss.backward()
             opt.step()
             nll = float(loss.detach())
@@ -764,7 +745,7 @@ class AmortisedTrainer:
     def step(self, dt: float) -> dict[str, Any]:
         """t -> t + dt in Heun sub-steps (as few as keep the motion below max_motion)."""
         start = time.perf_counter()
-        pieces = min(MAX_SUBSTEPS, max(1, math.ceil(self.motion(dt) / self.config.max_motion)))
+        pieces = motion_pieces(self.motion(dt), self.config.max_motion)
         h = dt / pieces
         t_end = self.t + dt
         reports = []
@@ -890,6 +871,7 @@ def amortise(
     (out / "amortise.json").write_text(json.dumps(meta, indent=1))
     dt, t_end, saves = trainer.times()
     log = (out / "log.jsonl").open("a")
+    saved_t = trainer.t  # the state file holds the run at this time
     if not trainer.started:
         report = trainer.fit_start()
         log.write(json.dumps({"t": 0.0, "first": dataclasses.asdict(report)}) + "\n")
@@ -911,8 +893,9 @@ def amortise(
                 log.flush()
                 bar.update(1)
                 bar.set_postfix(t=f"{trainer.t:.3g}", pieces=record["pieces"])
-            if trainer.t > torch.load(state_path, weights_only=False)["t"]:
+            if trainer.t > saved_t:
                 _save(state_path, trainer.state_dict())
+                saved_t = trainer.t
     except NonFiniteError as err:
         meta["status"] = "failed"
         meta["error"] = str(err)
@@ -1009,12 +992,8 @@ class AmortisedSolution:
         return Interpolated(self._model(0, k - 1), self._model(1, k), float(w))
 
     def _inputs(self, values: np.ndarray, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        code = torch.as_tensor(self.space.encode(values), dtype=self.dtype, device=self.device)
-        totals = self.space.totals(values)
-        code = code.repeat_interleave(n, dim=0)
-        if totals is not None:
-            totals = torch.as_tensor(totals, device=self.device).repeat_interleave(n, dim=0)
-        return code, totals
+        """The model's context and totals for n rows of each of the (N, D) contexts."""
+        return ContextBatch.make(self.space, values, n, self.device, self.dtype).select()
 
     def log_prob(self, states: np.ndarray, values: np.ndarray, t: float) -> np.ndarray:
         """log q(n | c, t) of (N, L) states at (N, D) contexts (or one (D,) context)."""
@@ -1030,15 +1009,13 @@ class AmortisedSolution:
         self, values: np.ndarray, t: float, *, samples: int = 20000, seed: int = 0
     ) -> list[np.ndarray]:
         """Per species i, (N, M_i) marginals of q(. | c, t) at N contexts: exact sums over the
-        box where it has at most 200,000 states, else histograms of `samples` draws."""
+        box where it has at most EXACT_STATES states, else histograms of `samples` draws."""
         values = self.space.check(values)
         model = self.at(t)
         limits = self.network.limits
         out = [np.zeros((len(values), int(m))) for m in limits]
-        size = int(np.prod(limits))
-        if size <= 200_000:
-            grid = np.stack(np.meshgrid(*[np.arange(m) for m in limits], indexing="ij"), -1)
-            grid = torch.as_tensor(grid.reshape(-1, len(limits)), device=self.device)
+        if int(np.prod(limits)) <= EXACT_STATES:
+            grid = self._box_states()
             for j in range(len(values)):
                 code, totals = self._inputs(values[j : j + 1], grid.shape[0])
                 p = conditional_log_prob(model, grid, code, totals, 1 << 15).exp().cpu().numpy()
@@ -1057,11 +1034,12 @@ class AmortisedSolution:
         return out
 
     def _box_states(self) -> torch.Tensor:
+        """Every state of the box (S, L) (the sums that give exact marginals)."""
         limits = self.network.limits
-        if int(np.prod(limits)) > 200_000:
+        if int(np.prod(limits)) > EXACT_STATES:
             raise ValueError(
-                "sensitivities and likelihood fits sum over the box: at most "
-                f"200,000 states, this one has {int(np.prod(limits))}"
+                f"sensitivities sum over the box: at most {EXACT_STATES:,} states, this one "
+                f"has {int(np.prod(limits)):,}"
             )
         grid = np.stack(np.meshgrid(*[np.arange(m) for m in limits], indexing="ij"), -1)
         return torch.as_tensor(grid.reshape(-1, len(limits)), device=self.device)
@@ -1116,11 +1094,6 @@ class AmortisedSolution:
             "means": (p @ x).cpu().numpy(),
             "d_means": torch.einsum("lmr,m->lr", jac, x).cpu().numpy(),
         }
-
-    def log_likelihood(self, data: np.ndarray, values: Sequence[float], t: float) -> float:
-        """sum over cells of log q(n_cell | c, t): (N, L) snapshot counts at save time t."""
-        data = np.atleast_2d(np.asarray(data))
-        return float(self.log_prob(data, np.asarray(values, dtype=np.float64), t).sum())
 
     def fit_rates(
         self,

@@ -82,12 +82,19 @@ __all__ = [
     "Scheme",
     "StartFit",
     "make_stepper",
+    "motion_pieces",
 ]
 
 # Largest support of a start distribution that the first step enumerates exactly.
 MAX_ENUMERATED = 200_000
 # Most sub-steps `max_motion` cuts one step into (a stiff step is the implicit scheme's job).
 MAX_MOTION_SUBSTEPS = 16
+
+
+def motion_pieces(moved: float, max_motion: float) -> int:
+    """The fewest equal sub-steps (1..MAX_MOTION_SUBSTEPS) of a step that moves the
+    distribution by `moved` (relative, RMS) that keep each below `max_motion`."""
+    return max(1, min(MAX_MOTION_SUBSTEPS, math.ceil(moved / max_motion - 1e-9)))
 
 
 @dataclass(frozen=True)
@@ -406,7 +413,7 @@ class RungeKutta:
         moved = self.motion.motion(t, dt)
         if moved is None or not math.isfinite(moved):
             return 1
-        return max(1, min(MAX_MOTION_SUBSTEPS, math.ceil(moved / self.max_motion - 1e-9)))
+        return motion_pieces(moved, self.max_motion)
 
     def _advance(
         self, t: float, h: float, *, keep_last: bool = True

@@ -479,6 +479,7 @@ def jump(
     generator: torch.Generator | None = None,
     *,
     impl: str = "auto",
+    rates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """One reaction from each state, chosen with probability a_k(n) / a_0(n).
 
@@ -488,11 +489,16 @@ def jump(
 
     Args:
         states: (B, L) int64 in the box.
+        rates: (B, K) rate constants per state in place of the network's (amortised runs).
 
     Returns:
         (B, L) int64 states n + s_k.
     """
-    a = ops.propensities(states, net, t, impl=impl)  # (B, K)
+    if rates is None:
+        a = ops.propensities(states, net, t, impl=impl)  # (B, K)
+    else:
+        ones = torch.ones(net.num_reactions, dtype=net.dtype, device=states.device)
+        a = ops.propensities(states, net, t, impl=impl, rates=ones) * rates
     total = a.sum(dim=1, keepdim=True)
     u = torch.rand(states.shape[0], 1, generator=generator, dtype=a.dtype, device=a.device)
     cdf = torch.cumsum(a, dim=1)

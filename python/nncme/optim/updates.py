@@ -44,6 +44,7 @@ __all__ = [
     "StepReport",
     "Update",
     "fit_enumerated",
+    "lr_schedule",
     "make_optimizer",
 ]
 
@@ -61,6 +62,14 @@ def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=0.9)
     raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
+
+
+def lr_schedule(it: int, iterations: int, lr_decay: float) -> float:
+    """The learning rate of a fit's iteration `it`, as a fraction of lr: 1 for the first half
+    of its `iterations`, then a cosine down to lr_decay at the last (see `KLUpdate`, "Noise")."""
+    half = (iterations - 1) / 2
+    progress = max(0.0, it - half) / half if half > 0 else 1.0
+    return lr_decay + (1 - lr_decay) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass
@@ -302,9 +311,7 @@ class KLUpdate(Update):
         cosine down to lr_decay * lr at the last."""
         if self.lr_decay == 1.0:
             return
-        half = (self.iterations - 1) / 2
-        progress = max(0.0, it - half) / half if half > 0 else 1.0
-        factor = self.lr_decay + (1 - self.lr_decay) * 0.5 * (1 + math.cos(math.pi * progress))
+        factor = lr_schedule(it, self.iterations, self.lr_decay)
         for group, lr in zip(self.optimizer.param_groups, base_lrs):
             group["lr"] = lr * factor
 
