@@ -21,6 +21,7 @@ import functools
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -557,6 +558,77 @@ def table_amortise() -> list[str]:
     ]
 
 
+def table_fit() -> list[str]:
+    """Rate constants fitted to observables through an amortised run, against the truth, and
+    SSA with finite differences on the same references (bench_fit.py)."""
+    d = load("fit_cpu.json")
+    names = [v["name"] for v in d["varies"]]
+    header = [
+        "references", "fits", "median abs log error", "worst", "90 % intervals cover",
+        "evaluations, s per fit",
+    ]  # fmt: skip
+    rows = []
+    for kind, r in d["recovery"].items():
+        s = r["summary"]
+        rows.append([
+            f"{kind} ({r['observables']} observables)",
+            str(s["fits"]),
+            ", ".join(f"{n} {sig(x)}" for n, x in zip(names, s["median_abs_log_error"])),
+            ", ".join(f"{n} {sig(x)}" for n, x in zip(names, s["worst_abs_log_error"])),
+            ", ".join(f"{n} {x:.0%}" for n, x in zip(names, s["coverage_90"])),
+            f"{s['median_evaluations']:.0f}, {s['median_seconds']:.2f} s",
+        ])  # fmt: skip
+    base = d["ssa_baseline"]
+    if base:
+        errors = [b["ssa_abs_log_error"] for b in base]
+        rows.append([
+            f"moments, SSA ({base[0]['ssa_trajectories']} paths) + finite differences",
+            str(len(base)),
+            ", ".join(f"{n} {sig(statistics.median(e))}" for n, e in zip(names, zip(*errors))),
+            ", ".join(f"{n} {sig(max(e))}" for n, e in zip(names, zip(*errors))),
+            "-",
+            f"{statistics.median(b['ssa_runs'] for b in base):.0f} SSA runs, "
+            f"{statistics.median(b['ssa_seconds'] for b in base):.2f} s",
+        ])  # fmt: skip
+    times = ", ".join(sig(t) for t in d["times"])
+    return [
+        *markdown(header, rows),
+        "",
+        f"Box: {d['case']} ({', '.join(names)}), amortised in {seconds(d['train_seconds'])}; "
+        f"references at t = {times} from {d['cells']} cells per time, true rates drawn from "
+        f"the box. Machine: {machine(d)} (`fit_cpu.json`).",
+    ]
+
+
+def table_supervision() -> list[str]:
+    """Runs with and without observable supervision against the exact moment equations
+    (bench_supervision.py)."""
+    d = load("supervision_cpu.json")
+    header = [
+        "network, span", "supervise", "largest mean error", "largest variance error",
+        "at the last time: worst mean, variance", "wall",
+    ]  # fmt: skip
+    rows = []
+    for case in d["cases"]:
+        for r in case["runs"]:
+            last_mean = max((x for x in r["mean_rel_error_last"] if x is not None), default=0)
+            last_var = max((x for x in r["variance_rel_error_last"] if x is not None), default=0)
+            rows.append([
+                f"{case['network']} ({len(r['species'])} species), t ≤ {sig(r['t_end'])}",
+                "moments" if r["supervise"] else "-",
+                f"{r['max_mean_rel_error']:.1%}",
+                f"{r['max_variance_rel_error']:.1%}",
+                f"{last_mean:.1%}, {last_var:.1%}",
+                seconds(r["wall_seconds"]) if r.get("wall_seconds") else "-",
+            ])  # fmt: skip
+    return [
+        *markdown(header, rows),
+        "",
+        "Errors relative to the exact moments, over species and save times where the exact "
+        f"moment is at least 0.05. Machine: {machine(d)} (`supervision_cpu.json`).",
+    ]
+
+
 # file -> table name -> function
 TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
     README: {
@@ -567,6 +639,8 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "rare_events_one_site": table_rare_events_one_site,
         "rare_events_two_sites": table_rare_events_two_sites,
         "amortise": table_amortise,
+        "fit": table_fit,
+        "supervision": table_supervision,
     },
     RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
 }

@@ -308,3 +308,42 @@ def test_result_of_fsp_has_joint_pair_and_summary(tmp_path):
     assert result.boundary.max() == 0.0
     out = result.save(tmp_path / "fsp")
     assert {p.name for p in out.iterdir()} >= {"results.npz", "summary.json", "marginals.png"}
+
+
+def test_linear_moments_of_the_closed_part_of_a_nonlinear_network():
+    """Not in the catalogue: a forced gene product A (sinusoidal production) activating B
+    (catalytic, first order) feeds a nonlinear tail (Hill-regulated C that dimerises), which
+    changes neither A nor B; the moment equations of {A, B} are exact, FSP is the oracle."""
+    from nncme.exact import closed_linear_species, linear_moments
+    from nncme.network import Hill
+
+    net = ReactionNetwork(
+        {"A": 30, "B": 50, "C": 8, "D": 4},  # C, D truncated hard: they do not act on A, B
+        [
+            Reaction({}, {"A": 1}, Sinusoidal(4.0, 0.5, 2.0), "make_A"),
+            Reaction({"A": 1}, {}, 1.0, "lose_A"),
+            Reaction({"A": 1}, {"A": 1, "B": 1}, 1.5, "activate_B"),
+            Reaction({"B": 1}, {}, 0.7, "lose_B"),
+            Reaction({}, {"C": 1}, 3.0, "make_C", hill=Hill("B", 4.0, 2, "activation")),
+            Reaction({"C": 2}, {"D": 1}, 0.2, "dimerise"),
+            Reaction({"D": 1}, {}, 0.5, "lose_D"),
+        ],
+        {"A": 2, "C": 1},
+        t_end=2.0,
+    )
+    assert closed_linear_species(net) == [0, 1]
+    times = np.linspace(0, 2, 5)
+    moments = linear_moments(net, times)
+    assert moments.species == ["A", "B"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BoundaryWarning)  # C and D's: they leave A, B alone
+        warnings.simplefilter("ignore", RuntimeWarning)  # round-off negatives of 1e-10
+        exact = solve_fsp(net, times, FSPSettings(**QUIET))
+    # what A and B lose at their limits moves a moment by < 1e-6 of itself
+    assert max(exact.marginals[:, 0, 29].max(), exact.marginals[:, 1, 49].max()) < 1e-8
+    np.testing.assert_allclose(moments.mean, exact.means[:, :2], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(moments.cov, exact.covariances[:, :2, :2], rtol=1e-5, atol=1e-7)
+    # a second-order reaction that changes A closes nothing
+    net2 = ReactionNetwork({"A": 5}, [Reaction({"A": 2}, {}, 1.0)], {"A": 2})
+    with pytest.raises(ValueError, match="no species has a closed"):
+        linear_moments(net2, [0.0, 1.0])

@@ -51,6 +51,7 @@ from .io import network_from_dict, network_to_dict
 from .models import build_model
 from .models.base import AutoregressiveModel
 from .network import NetworkError, ReactionNetwork
+from .observers import box_states
 from .optim.target import (
     NonFiniteError,
     Term,
@@ -1015,7 +1016,7 @@ class AmortisedSolution:
         limits = self.network.limits
         out = [np.zeros((len(values), int(m))) for m in limits]
         if int(np.prod(limits)) <= EXACT_STATES:
-            grid = self._box_states()
+            grid = self.box_states()
             for j in range(len(values)):
                 code, totals = self._inputs(values[j : j + 1], grid.shape[0])
                 p = conditional_log_prob(model, grid, code, totals, 1 << 15).exp().cpu().numpy()
@@ -1033,16 +1034,15 @@ class AmortisedSolution:
                 out[i][j] = np.bincount(s[:, i], minlength=int(limits[i])) / samples
         return out
 
-    def _box_states(self) -> torch.Tensor:
+    def box_states(self) -> torch.Tensor:
         """Every state of the box (S, L) (the sums that give exact marginals)."""
         limits = self.network.limits
         if int(np.prod(limits)) > EXACT_STATES:
             raise ValueError(
-                f"sensitivities sum over the box: at most {EXACT_STATES:,} states, this one "
+                f"exact sums over the box: at most {EXACT_STATES:,} states, this one "
                 f"has {int(np.prod(limits)):,}"
             )
-        grid = np.stack(np.meshgrid(*[np.arange(m) for m in limits], indexing="ij"), -1)
-        return torch.as_tensor(grid.reshape(-1, len(limits)), device=self.device)
+        return box_states(limits, self.device)
 
     def _rate_columns(self) -> list[int]:
         cols = [j for j, kind in enumerate(self.space.kinds) if kind == "rate"]
@@ -1050,13 +1050,19 @@ class AmortisedSolution:
             raise ValueError("this run varies no rate constant")
         return cols
 
-    def _marginals_at(self, grid: torch.Tensor, values: torch.Tensor, t: float) -> torch.Tensor:
-        """(L, Mmax) marginals of q(. | c, t) at one context (D,) as a differentiable tensor."""
+    def box_probabilities(self, grid: torch.Tensor, values: torch.Tensor, t: float) -> torch.Tensor:
+        """(S,) q(n | c, t) of the (S, L) states at one context (D,), differentiable in it."""
         code = self.space.encode_tensor(values.unsqueeze(0)).to(self.device, self.dtype)
-        totals = self.space.totals(values.detach().numpy()[None])
+        totals = self.space.totals(values.detach().cpu().numpy()[None])
         if totals is not None:
             totals = torch.as_tensor(totals, device=self.device).expand(grid.shape[0], -1)
-        p = self.at(t).log_prob(grid, context=code.expand(grid.shape[0], -1), totals=totals).exp()
+        return (
+            self.at(t).log_prob(grid, context=code.expand(grid.shape[0], -1), totals=totals).exp()
+        )
+
+    def _marginals_at(self, grid: torch.Tensor, values: torch.Tensor, t: float) -> torch.Tensor:
+        """(L, Mmax) marginals of q(. | c, t) at one context (D,) as a differentiable tensor."""
+        p = self.box_probabilities(grid, values, t)
         M = int(self.network.limits.max())
         out = p.new_zeros(grid.shape[1], M)
         for i in range(grid.shape[1]):
@@ -1075,7 +1081,7 @@ class AmortisedSolution:
         """
         values = self.space.check(values)[0]
         cols = self._rate_columns()
-        grid = self._box_states()
+        grid = self.box_states()
         base = torch.as_tensor(values, dtype=torch.float64)
 
         def marginals(log_rates: torch.Tensor) -> torch.Tensor:

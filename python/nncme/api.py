@@ -18,6 +18,7 @@ import torch
 from .config import ConfigError, RunConfig
 from .evolve import Driver, StepInfo
 from .models import AutoregressiveModel, Delta, Product, build_model
+from .observables import read_observables
 from .observers import Checkpoints, OutputLock, ProgressBar, Recorder, StepLog, Watchdog
 from .optim import (
     OPTIMIZERS,
@@ -28,7 +29,8 @@ from .optim import (
     Update,
     make_optimizer,
 )
-from .paths import OutputDir
+from .optim.supervision import Supervision, moment_references
+from .paths import OutputDir, check_input_file
 from .sampling import Proposal, make_proposal
 from .steppers import STEPPERS, Fit, Flow, Motion, StartFit, make_stepper
 
@@ -162,7 +164,8 @@ def _build_driver(
         alpha=cfg.alpha,
         psis=cfg.psis,
     )
-    motion = _motion(cfg, model, net, proposal, generator)
+    supervision = _supervision(cfg, network, t_end)
+    motion = _motion(cfg, model, net, proposal, generator, supervision)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
     scheme = cfg.time_scheme
     max_motion = cfg.max_motion or None
@@ -269,12 +272,32 @@ def _fit_options(cfg: RunConfig) -> dict[str, Any]:
     )
 
 
+def _supervision(cfg: RunConfig, network: Any, t_end: float) -> Supervision | None:
+    """The observable term of the config's `supervise` (None: off)."""
+    if cfg.supervise is None:
+        return None
+    names = network.species_names
+    if cfg.supervise == "moments":
+        poisson = cfg.initial == "poisson"  # independent Poisson counts: variance = mean
+        try:
+            refs = moment_references(network, t_end, poisson_start=poisson)
+        except ValueError as exc:
+            raise ConfigError(f"supervise: {exc}") from None
+        return Supervision(refs, names, weight=cfg.supervise_weight, interpolation="cubic")
+    try:
+        refs = read_observables(check_input_file(cfg.supervise, "supervise file"))
+        return Supervision(refs, names, weight=cfg.supervise_weight)
+    except ValueError as exc:
+        raise ConfigError(f"supervise: {exc}") from None
+
+
 def _motion(
     cfg: RunConfig,
     model: AutoregressiveModel,
     net: Any,
     proposal: Proposal,
     generator: torch.Generator,
+    supervision: Supervision | None = None,
 ) -> Motion:
     """How a stage is made: a TDVP flow, or a fit by the config's optimiser."""
     if cfg.optimizer == "tdvp":
@@ -294,11 +317,12 @@ def _motion(
             lr=cfg.learning_rate,
             solver=_solver(cfg),
             max_step=cfg.max_step,
+            supervision=supervision,
             **_fit_options(cfg),
         )
     else:  # fits explicit stages as KLUpdate does, and implicit ones
         optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.learning_rate)
-        update = ImplicitUpdate(optimizer, **_fit_options(cfg))
+        update = ImplicitUpdate(optimizer, supervision=supervision, **_fit_options(cfg))
     return Fit(model, update, net, proposal, cfg.batch, generator, impl=cfg.impl)
 
 

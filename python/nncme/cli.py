@@ -794,6 +794,95 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_fit(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "fit",
+        help="rate constants that match measured observables (means, Fano factors, histograms)",
+        description="Fit the varied rate constants to observables through an amortised run "
+        "(nncme.fit): RUN is an `nncme amortise` directory, or a network, which is first "
+        "amortised over --vary into --out (to the last observable's time; resumed if there).",
+    )
+    p.add_argument("target", help="an `nncme amortise` directory, or a network with --vary")
+    p.add_argument(
+        "observables",
+        help="CSV: kind,species,t,value,sigma[,weight,lo,hi,width] (kinds: mean, variance, "
+        "fano, covariance (species A:B), histogram (bin lo..hi), tail (n >= lo))",
+    )
+    p.add_argument("--vary", action="append", default=[], metavar="NAME=LO:HI[:log|linear]")
+    p.add_argument("--out", help="with a network: the amortised run's directory")
+    p.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a varied quantity held fixed (an initial count, or a known rate)",
+    )
+    p.add_argument("--starts", type=int, default=5, help="local fits from Sobol points")
+    p.add_argument("--method", default="auto", choices=["auto", "exact", "sample"])
+    p.add_argument("--samples", type=int, default=20000, help="draws per time (method sample)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar while amortising")
+    p.set_defaults(handler=_cmd_fit)
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from .amortise import AmortiseConfig, AmortisedSolution, Vary, amortise
+    from .fit import fit_observables
+    from .observables import read_observables
+
+    try:
+        observables = read_observables(args.observables)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    run = Path(args.target)
+    if not (run / "amortise.json").exists():
+        from .io import resolve_network
+
+        if not args.vary or not args.out:
+            raise UsageError(f"{args.target} is not an amortised run: give --vary and --out")
+        network = resolve_network(args.target)
+        try:
+            varies = [Vary.parse(v) for v in args.vary]
+            config = AmortiseConfig(t_end=max(o.t for o in observables))
+            run = amortise(
+                network,
+                varies,
+                args.out,
+                config,
+                resume=(Path(args.out) / "state.pt").exists(),
+                progress=not args.quiet,
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+    solution = AmortisedSolution(run)
+    start = solution.space.from_unit(np.full((1, solution.space.dim), 0.5))[0]
+    for item in args.at:
+        name, _, value = item.partition("=")
+        if name not in solution.space.names:
+            raise UsageError(f"--at {item}: this run varies {solution.space.names}")
+        start[solution.space.names.index(name)] = float(value)
+    try:
+        fit = fit_observables(
+            solution,
+            observables,
+            start=start,
+            starts=args.starts,
+            method=args.method,
+            samples=args.samples,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    for r, name in enumerate(fit["rates"]):
+        lo, hi = fit["interval_90"][r]
+        edge = "  (on the box's edge)" if fit["at_box_edge"][r] else ""
+        print(f"{name} = {fit['estimate'][r]:.4g}  (90 % interval {lo:.4g} .. {hi:.4g}){edge}")
+    print(
+        f"chi2 = {fit['chi2']:.3g} over {fit['dof']} degrees of freedom; "
+        f"{fit['evaluations']} evaluations, {fit['seconds']:.1f} s ({fit['method']} sums)"
+    )
+    _write_json(run / "fit.json", _jsonable(fit))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nncme",
@@ -818,6 +907,7 @@ _SUBCOMMANDS = [
     _add_amortise,
     _add_sweep,
     _add_infer,
+    _add_fit,
 ]
 
 

@@ -501,6 +501,17 @@ class RunConfig(Settings):
         "16 equal sub-steps so that each moves the distribution by at most this (relative RMS "
         "change of q; the first steps from a point mass, fast transients); 0: off",
     )
+    supervise: str | None = _opt(
+        None,
+        "hold the run to observables along it (nncme.optim.supervision): 'moments' (the exact "
+        "means and variances of the network's closed linear species) or a CSV of observables "
+        "(kind,species,t,value,sigma,...; linear in time between their times); adam/sgd/natgrad",
+    )
+    supervise_weight: float = _opt(
+        1.0,
+        "weight of the observable term (1: an observable's error costs about the KL of the "
+        "smallest change of q that corrects it; larger holds the observables harder)",
+    )
     first_iterations: int = _opt(3000, "iterations of the first step's fit", minimum=1)
     first_lr: float = _opt(0.1, "learning rate of the first step's fit", positive=True)
     first_tolerance: float = _opt(1e-4, "KL (nats) at which the first step's fit stops")
@@ -552,6 +563,8 @@ class RunConfig(Settings):
             )
         if self.hidden % self.heads and self.model == "transformer":
             raise ConfigError(f"hidden: {self.hidden} must be a multiple of heads ({self.heads})")
+        if self.supervise is not None and self.optimizer == "tdvp":
+            raise ConfigError("supervise: observable supervision is for fitted steps, not tdvp")
         if self.resume and not self.out:
             raise ConfigError("resume: needs out, the directory of the run to continue")
 

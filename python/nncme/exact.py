@@ -45,8 +45,11 @@ __all__ = [
     "DEFAULT_MAX_STATES",
     "FSP",
     "FSPSettings",
+    "LinearMoments",
+    "closed_linear_species",
     "count_states",
     "enumerate_states",
+    "linear_moments",
     "solve_fsp",
 ]
 
@@ -665,3 +668,126 @@ def _solve_fsp(
     result = builder.build(normalize=False, summary=summary)
     check_boundary(result, settings.boundary_warn, stacklevel=6)  # the caller of solve_fsp
     return result
+
+
+# ------------------------------------------------------------- moments of linear networks
+@dataclass
+class LinearMoments:
+    """Exact means and covariances of the species of a network's linear part.
+
+    Attributes:
+        species: the names of the closed species U (see `linear_moments`).
+        index: (U,) their indices in the network.
+        times: (T,) the times.
+        mean: (T, U) means.  cov: (T, U, U) covariances.
+    """
+
+    species: list[str]
+    index: np.ndarray
+    times: np.ndarray
+    mean: np.ndarray
+    cov: np.ndarray
+
+    @property
+    def var(self) -> np.ndarray:
+        """(T, U) variances."""
+        return np.diagonal(self.cov, axis1=1, axis2=2).copy()
+
+
+def _affine(reaction: Any) -> bool:
+    """Whether a reaction's propensity is c(t) or c(t) x_i (mass action of order <= 1)."""
+    if reaction.propensity is not None or reaction.hills or reaction.complements:
+        return False
+    return sum(int(v) for v in reaction.reactants.values()) <= 1
+
+
+def closed_linear_species(network: ReactionNetwork) -> list[int]:
+    """The largest set U of species whose every changing reaction has a propensity affine in
+    the counts of U: their first two moments obey closed ODEs (the rest of the network may be
+    anything, as long as it does not change U)."""
+    change = network.product_matrix - network.reactant_matrix  # (K, L)
+    reactant = network.reactant_matrix
+    inside = np.ones(network.L, dtype=bool)
+    while True:
+        bad = np.zeros(network.L, dtype=bool)
+        for k, r in enumerate(network.reactions):
+            touches = (change[k] != 0) & inside
+            if not touches.any():
+                continue
+            if not _affine(r) or (reactant[k] > 0).astype(bool)[~inside].any():
+                bad |= touches
+        if not bad.any():
+            return [int(i) for i in np.nonzero(inside)[0]]
+        inside &= ~bad
+
+
+def linear_moments(
+    network: ReactionNetwork,
+    times: Sequence[float],
+    *,
+    initial_mean: np.ndarray | None = None,
+    initial_cov: np.ndarray | None = None,
+) -> LinearMoments:
+    """Means and covariances of the closed linear species (`closed_linear_species`) by their
+    exact moment equations: with propensities a_k = c_k(t) (w_k . n + w0_k) and net changes
+    s_k, m' = sum_k s_k a_k(m) and C' = A C + C A^T + sum_k s_k s_k^T a_k(m), A = sum_k c_k
+    s_k w_k^T (no closure: exact for the untruncated network; the box's truncation rule is
+    ignored, so the limits must hold the mass). Solved by scipy's LSODA at tight tolerances.
+
+    Args:
+        times: (T,) increasing times from 0.
+        initial_mean, initial_cov: the law at t = 0 on all L species (default: the network's
+            initial state, a point mass).
+
+    Raises:
+        ValueError: no species is closed.
+    """
+    times = check_times(times)
+    U = closed_linear_species(network)
+    if not U:
+        raise ValueError(f"{network.name}: no species has a closed (linear) moment system")
+    change = (network.product_matrix - network.reactant_matrix)[:, U].astype(np.float64)
+    pos = {s: j for j, s in enumerate(U)}
+    rows = [k for k in range(len(network.reactions)) if change[k].any()]
+    W = np.zeros((len(rows), len(U)))
+    for j, k in enumerate(rows):
+        for i in np.nonzero(network.reactant_matrix[k])[0]:
+            W[j, pos[int(i)]] = 1.0
+    zeroth = (W.sum(axis=1) == 0).astype(np.float64)
+    S = change[rows]  # (K', U)
+    reactions = [network.reactions[k] for k in rows]
+    m0 = network.initial_state.astype(np.float64) if initial_mean is None else initial_mean
+    C0 = np.zeros((network.L, network.L)) if initial_cov is None else initial_cov
+    n = len(U)
+
+    def rhs(t: float, y: np.ndarray) -> np.ndarray:
+        c = np.array([r.rate_at(t) for r in reactions])
+        m, C = y[:n], y[n:].reshape(n, n)
+        a = c * (W @ m + zeroth)  # (K',)
+        A = S.T @ (c[:, None] * W)  # (U, U)
+        AC = A @ C
+        return np.concatenate([S.T @ a, (AC + AC.T + (S.T * a) @ S).ravel()])
+
+    y0 = np.concatenate([np.asarray(m0)[U], np.asarray(C0)[np.ix_(U, U)].ravel()])
+    if times[-1] == 0:
+        y = np.repeat(y0[None], len(times), axis=0)
+        return LinearMoments(
+            [network.species_names[i] for i in U],
+            np.array(U),
+            times,
+            y[:, :n],
+            y[:, n:].reshape(-1, n, n),
+        )
+    sol = solve_ivp(
+        rhs, (0.0, float(times[-1])), y0, t_eval=times, method="LSODA", rtol=1e-10, atol=1e-12
+    )
+    if not sol.success:
+        raise RuntimeError(f"the moment equations failed: {sol.message}")
+    y = sol.y.T
+    return LinearMoments(
+        [network.species_names[i] for i in U],
+        np.array(U),
+        times,
+        y[:, :n],
+        y[:, n:].reshape(-1, n, n),
+    )

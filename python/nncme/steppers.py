@@ -220,13 +220,18 @@ class Fit(Motion):
 
     def stage(self, terms: list[Term], dt: float) -> StepReport:
         self._t = min(term.t for term in terms)  # the (sub-)step's start
-        return self.fit(StageTarget(terms, self.net, dt, impl=self.impl), dt)
-
-    def fit(self, target: Any, dt: float) -> StepReport:
-        """Fit the model to any target (an explicit stage, an `ImplicitTarget`)."""
-        problem = StepProblem(
-            self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt
+        # the model holds the newest stage value, whose time is the latest term's
+        return self.fit(
+            StageTarget(terms, self.net, dt, impl=self.impl), dt, max(term.t for term in terms)
         )
+
+    def fit(self, target: Any, dt: float, t_model: float | None = None) -> StepReport:
+        """Fit the model to any target (an explicit stage, an `ImplicitTarget`); t_model: the
+        time the model's law stands for as the fit starts (default: the step's start)."""
+        problem = StepProblem(
+            self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt,
+            t_model,
+        )  # fmt: skip
         return self.update.run(problem)
 
     def restore(self, value: AutoregressiveModel) -> None:

@@ -150,7 +150,13 @@ class ImplicitUpdate(KLUpdate):
             )
         square = (W * r * r).sum()
         self.optimizer.zero_grad(set_to_none=True)
-        square.backward()
+        objective = square
+        tilt = self.supervised(draw.states, report)
+        if tilt is not None:  # the gradient of E_q[g]: the tilt's pull, by the score function
+            dw = draw.weights / draw.weights.sum()
+            coef = (dw * (tilt - (dw * tilt).sum())).to(square.dtype)
+            objective = square + (coef * problem.model.log_prob(draw.states)).sum()
+        objective.backward()
         self.optimizer.step()
         rd = r.detach()
         report.loss = float((W * rd).sum())

@@ -29,6 +29,7 @@ import torch
 from ..models.base import AutoregressiveModel
 from ..sampling import Draw, Proposal, unique_states
 from .gradients import grad_of_sum
+from .supervision import Supervision
 from .target import (
     NonFiniteError,
     StageTarget,
@@ -83,6 +84,8 @@ class StepProblem:
         batch_size: states per iteration.
         generator: the run's random stream.
         t, dt: the step's start and length (t is where explored states take their rates).
+        t_model: the time the model's law stands for when the fit starts (a later stage of
+            a Runge-Kutta step starts from an earlier stage's value; default t).
     """
 
     model: AutoregressiveModel
@@ -92,6 +95,11 @@ class StepProblem:
     generator: torch.Generator | None
     t: float
     dt: float
+    t_model: float | None = None  # the time the model's law stands for as the fit starts (t)
+
+    @property
+    def start_time(self) -> float:
+        return self.t if self.t_model is None else self.t_model
 
 
 @dataclass
@@ -126,6 +134,9 @@ class StepReport:
         capped: a fit ended at its iteration cap before its stopping rule was met.
         scheme: the time scheme that made the step (`nncme.steppers`).
         warnings: what the run's watchdog found wrong with the step (`nncme.observers`).
+        supervision_penalty, supervision_z: with observable supervision, the last
+            iteration's penalty (nats) and largest |O - r| / sigma (`Supervision`; nan
+            where no reference was).
     """
 
     loss: float
@@ -149,11 +160,13 @@ class StepReport:
     capped: bool = False
     warnings: list[str] = field(default_factory=list)
     scheme: str = ""
+    supervision_penalty: float = math.nan
+    supervision_z: float = math.nan
 
     LOGGED = (
         "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "local_error", "residual",
         "gap", "ess", "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks",
-        "capped", "warnings", "scheme", "seconds",
+        "capped", "warnings", "scheme", "seconds", "supervision_penalty", "supervision_z",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:
@@ -229,6 +242,8 @@ class KLUpdate(Update):
         objective: "kl" (reverse KL, importance-weighted) or "log_variance": the log-variance
             divergence Var_rho[log q - log T q_old] under the proposal itself, every drawn
             state with weight 1/B (see below).
+        supervision: observables to hold each fit to (`nncme.optim.supervision`): its tilt
+            exp(-g) of the target enters f = log q - log T q_old + g at every training state.
 
     The log-variance objective. Reverse KL weighs a state by q: probability that q leaks into
     states far in the tails costs only (leaked mass) x (its log error), so a tail whose log q
@@ -264,7 +279,9 @@ class KLUpdate(Update):
         objective: str = "kl",
         lr_decay: float = 1.0,
         explore_baseline: str = "samples",
+        supervision: Supervision | None = None,
     ) -> None:
+        self.supervision = supervision
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         if explore_baseline not in EXPLORE_BASELINES:
@@ -292,6 +309,10 @@ class KLUpdate(Update):
         start = time.perf_counter()
         report = StepReport(loss=math.nan)
         base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        if self.supervision is not None:
+            self.supervision.begin(
+                problem.model, problem.start_time, 4 * problem.batch_size, problem.generator
+            )
         try:
             report.capped = True
             for it in range(self.iterations):
@@ -341,6 +362,8 @@ class KLUpdate(Update):
         f_all = log_q - values.log_tq
         f = f_all[:B]
         loss = float((draw.weights * f).sum())
+        tilt = self.supervised(states, report)
+        g_all = f_all if tilt is None else f_all + tilt.to(f_all.dtype)  # log q - log T~
         if not math.isfinite(loss):
             bad = int((~torch.isfinite(f)).sum())
             raise NonFiniteError(
@@ -350,12 +373,12 @@ class KLUpdate(Update):
             )
         if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
             w = torch.full_like(w, 1.0 / B)
-            baseline = f.mean()
+            baseline = g_all[:B].mean()
         else:
-            baseline = loss
-        coef = w * (f_all - baseline)
+            baseline = (draw.weights * g_all[:B]).sum()
+        coef = w * (g_all - baseline)
         if states.shape[0] > B and self.explore_baseline == "own":
-            coef[B:] = w[B:] * (f_all[B:] - f_all[B:].mean())
+            coef[B:] = w[B:] * (g_all[B:] - g_all[B:].mean())
         unique, inverse = unique_states(states, problem.model.limits)
         c = torch.zeros(unique.shape[0], dtype=coef.dtype, device=coef.device)
         c.index_add_(0, inverse, coef)
@@ -365,7 +388,8 @@ class KLUpdate(Update):
         lq_u = torch.empty_like(c).scatter_(0, inverse, log_q)
         lt_u = torch.empty_like(c).scatter_(0, inverse, values.log_tq)
         report.gap = float(torch.logsumexp(lq_u, 0) - torch.logsumexp(lt_u, 0))
-        report.residual = 0.5 * float((coef * (f_all - loss)).sum())
+        kl_baseline = (draw.weights * g_all[:B]).sum()
+        report.residual = 0.5 * float((coef * (g_all - kl_baseline)).sum())
         report.residuals.append(report.residual)
         report.losses.append(loss)
         report.loss = loss
@@ -375,6 +399,17 @@ class KLUpdate(Update):
         report.ess = draw.ess
         report.pareto_k = draw.pareto_k
         report.iterations = it + 1
+
+    def supervised(self, states: torch.Tensor, report: StepReport) -> torch.Tensor | None:
+        """The observable term's tilt g at the training states (`Supervision.tilt`: the
+        target becomes T q_old exp(-g)), if any; its penalty and largest |z| go into the
+        report."""
+        if self.supervision is None:
+            return None
+        g = self.supervision.tilt(states)
+        report.supervision_penalty = self.supervision.last.get("penalty", math.nan)
+        report.supervision_z = self.supervision.last.get("max_z", math.nan)
+        return g
 
     def _converged(self, residuals: list[float]) -> bool:
         """The stopping rule (see the class docstring)."""
