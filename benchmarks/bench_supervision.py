@@ -89,6 +89,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--score", nargs="*", help="saved results to score instead of runs")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--note", help="how the runs were made (kept in the JSON)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     network = network_of(args.network)
@@ -120,6 +121,10 @@ def main() -> None:
     cases = {c["network"]: c for c in old.get("cases", [])}
     cases[args.network] = {"network": args.network, "runs": rows}
     payload = {"device": device_info("cpu"), "threads": 1, "cases": list(cases.values())}
+    if args.score:  # the load while scoring says nothing of the runs
+        payload.update(load_average_1min_start=None, load_average_1min_end=None)
+    if args.note:
+        payload["note"] = args.note
     print("wrote", write_results("supervision", "cpu", payload, args.tag))
 
 

@@ -625,7 +625,8 @@ def table_supervision() -> list[str]:
         *markdown(header, rows),
         "",
         "Errors relative to the exact moments, over species and save times where the exact "
-        f"moment is at least 0.05. Machine: {machine(d)} (`supervision_cpu.json`).",
+        f"moment is at least 0.05. {d.get('note', '')} Machine: {machine(d)} "
+        "(`supervision_cpu.json`).",
     ]
 
 
