@@ -15,12 +15,16 @@ import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import __version__
 from .config import ConfigError, add_settings_arguments, settings_from_args
 from .network import NetworkError
+
+if TYPE_CHECKING:  # the amortised module loads torch models: only where a command needs it
+    from .amortise import AmortisedSolution
 
 __all__ = ["build_parser", "main"]
 
@@ -766,12 +770,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     cells = table[:, [header.index(n) for n in names]]
     if (cells != np.round(cells)).any() or (cells < 0).any():
         raise UsageError(f"{args.data}: counts must be whole numbers >= 0")
-    start = solution.space.from_unit(np.full((1, solution.space.dim), 0.5))[0]
-    for item in args.at:
-        name, _, value = item.partition("=")
-        if name not in solution.space.names:
-            raise UsageError(f"--at {item}: this run varies {solution.space.names}")
-        start[solution.space.names.index(name)] = float(value)
+    start = _held_context(solution, args.at)
     try:
         fit = solution.fit_rates(cells.astype(np.int64), args.t, start=start)
     except ValueError as exc:
@@ -792,6 +791,17 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     out = Path(args.out or args.run)
     _write_json(out / "infer.json", report)
     return 0
+
+
+def _held_context(solution: AmortisedSolution, items: Sequence[str]) -> np.ndarray:
+    """The context a fit starts from: mid-box, with the --at NAME=VALUE quantities held."""
+    start = solution.space.from_unit(np.full((1, solution.space.dim), 0.5))[0]
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in solution.space.names:
+            raise UsageError(f"--at {item}: this run varies {solution.space.names}")
+        start[solution.space.names.index(name)] = float(value)
+    return start
 
 
 def _add_fit(sub: argparse._SubParsersAction) -> None:
@@ -854,12 +864,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     solution = AmortisedSolution(run)
-    start = solution.space.from_unit(np.full((1, solution.space.dim), 0.5))[0]
-    for item in args.at:
-        name, _, value = item.partition("=")
-        if name not in solution.space.names:
-            raise UsageError(f"--at {item}: this run varies {solution.space.names}")
-        start[solution.space.names.index(name)] = float(value)
+    start = _held_context(solution, args.at)
     try:
         fit = fit_observables(
             solution,

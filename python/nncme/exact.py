@@ -771,19 +771,13 @@ def linear_moments(
     y0 = np.concatenate([np.asarray(m0)[U], np.asarray(C0)[np.ix_(U, U)].ravel()])
     if times[-1] == 0:
         y = np.repeat(y0[None], len(times), axis=0)
-        return LinearMoments(
-            [network.species_names[i] for i in U],
-            np.array(U),
-            times,
-            y[:, :n],
-            y[:, n:].reshape(-1, n, n),
+    else:
+        sol = solve_ivp(
+            rhs, (0.0, float(times[-1])), y0, t_eval=times, method="LSODA", rtol=1e-10, atol=1e-12
         )
-    sol = solve_ivp(
-        rhs, (0.0, float(times[-1])), y0, t_eval=times, method="LSODA", rtol=1e-10, atol=1e-12
-    )
-    if not sol.success:
-        raise RuntimeError(f"the moment equations failed: {sol.message}")
-    y = sol.y.T
+        if not sol.success:
+            raise RuntimeError(f"the moment equations failed: {sol.message}")
+        y = sol.y.T
     return LinearMoments(
         [network.species_names[i] for i in U],
         np.array(U),

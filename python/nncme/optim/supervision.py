@@ -9,7 +9,8 @@ u_k = J_g(m_k) . F_k(n) (the count itself for a mean) plus the reference's own u
 The fit's target T q_old then becomes T q_old exp(-g), g(n) = sum_k eta_k (u_k(n) - E_q u_k).
 A tilt by eta moves E[u_k] by about sum_j Cov_q(u_k, u_j) eta_j, so eta solves
 Cov_q(u) eta = w lambda / (1 + lambda) (O - r), jointly: the observables of one species, or of
-the species of a cascade, are correlated, and tilting each alone would overshoot (directions
+the species of a cascade, are correlated, and tilting each alone would overshoot, or drag
+the observables that are right off their references (directions
 the draws barely tell apart, below CORRELATION_RTOL of the correlation matrix's spectrum,
 are dropped). So each fit removes the share lambda / (1 + lambda) of the error it starts
 with (lambda = 1: half; a larger lambda holds the observables harder than the shape, and
@@ -158,7 +159,9 @@ class Supervision:
             # only what the draws resolve: an error within NOISE_Z standard errors of the
             # measurement is not acted on (a rare species' few hits would steer the tilt)
             excess = max(0.0, abs(error) - NOISE_Z * math.sqrt(var_u / samples))
-            if var_u > 0 and excess > 0:  # a point mass cannot be tilted
+            if var_u > 0:  # a point mass cannot be tilted
+                # those within the noise stay in the solve, held where they are: tilting a
+                # correlated observable alone would drag them off
                 share = min(1.0, o.weight * keep)
                 wanted.append(share * math.copysign(min(excess, Z_CLIP * s), error))
                 us.append(u)
@@ -166,7 +169,7 @@ class Supervision:
                 means.append(float(u.mean()))
                 sigmas.append(o.sigma)
         self.last = {"penalty": penalty, "max_z": worst, "references": len(refs)}
-        if not us:
+        if not any(wanted):
             return
         # a tilt by sum_j eta_j u_j moves E[u_k] by sum_j Cov(u_k, u_j) eta_j: solve for the
         # wanted moves jointly (observables of one species, or of a cascade, are correlated)
