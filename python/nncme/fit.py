@@ -134,6 +134,8 @@ class ObservableModel:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Observables from samples and d/d log c = J_g Cov(f, d log q / d log c)."""
         sol = self.solution
+        # the same seed at every evaluation (common random numbers): the solver's steps see
+        # how the observables change with c, not a new draw's noise
         gen = torch.Generator(device=sol.device).manual_seed(self.seed)
         theta = theta.clone().requires_grad_(True)
         v = self.context(theta)
