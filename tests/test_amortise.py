@@ -444,3 +444,28 @@ def test_rates_fitted_to_means_and_fano_factors(trained, tmp_path, capsys):
     report = json.loads((solution.out / "fit.json").read_text())
     assert report["estimate"][0] == pytest.approx(fit["estimate"][0], rel=1e-3)
     assert "birth = " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_cli_fit_amortises_a_network_first(tmp_path, capsys):
+    """`nncme fit NETWORK OBSERVABLES.csv --vary ... --out DIR` trains the amortised run to the
+    last observable's time at the defaults, fits, and a second call reuses the run."""
+    from nncme.io import save_network
+    from nncme.observables import Observable, write_observables
+
+    net_file = tmp_path / "bd.json"
+    save_network(birth_death(16), net_file)
+    obs = [Observable("mean", ("X",), 0.1, 0.25, 0.02), Observable("mean", ("X",), 0.2, 0.45, 0.02)]
+    path = write_observables(obs, tmp_path / "obs.csv")
+    run = tmp_path / "run"
+    args = ["fit", str(net_file), str(path), "--vary", "birth=1:4", "--out", str(run), "--quiet"]
+    assert main(args) == 0
+    meta = json.loads((run / "amortise.json").read_text())
+    assert meta["status"] == "completed" and meta["config"]["t_end"] == 0.2
+    first = json.loads((run / "fit.json").read_text())
+    # from X = 0, the mean is birth (1 - exp(-t)) / death: 0.25 at t = 0.1 means birth ~ 2.6
+    assert first["estimate"][0] == pytest.approx(2.6, rel=0.1)
+    assert main(args) == 0  # the run is there: resumed (nothing to do), fitted again
+    again = json.loads((run / "fit.json").read_text())
+    assert again["estimate"][0] == pytest.approx(first["estimate"][0], rel=1e-9)
+    assert "birth = " in capsys.readouterr().out
