@@ -211,7 +211,7 @@ def gradient_study(solution, repeats: int) -> list[dict]:
         Observable("tail", ("P",), t, 0.0, 1.0, lo=10),
     ]
     model = solution.at(t)
-    middle = solution.space.from_unit(np.full((1, 2), 0.5))
+    middle = solution.space.middle()[None]
     code = torch.as_tensor(solution.space.encode(middle), dtype=solution.dtype)
     totals = torch.as_tensor(solution.space.totals(middle))
     grid = solution.box_states()

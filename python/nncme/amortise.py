@@ -207,6 +207,10 @@ class ContextSpace:
             log, np.log(np.where(log, hi, 1.0)), hi
         )
 
+    def middle(self) -> np.ndarray:
+        """(D,) the box's middle (the geometric middle on a log scale)."""
+        return self.from_unit(np.full((1, self.dim), 0.5))[0]
+
     def from_unit(self, u: np.ndarray) -> np.ndarray:
         """(N, D) points of the unit cube -> (N, D) contexts (initial counts as whole numbers,
         each count of the range equally likely)."""
@@ -1044,11 +1048,17 @@ class AmortisedSolution:
             )
         return box_states(limits, self.device)
 
-    def _rate_columns(self) -> list[int]:
+    def rate_columns(self) -> list[int]:
+        """The context's columns that are rate constants (a ValueError if none)."""
         cols = [j for j, kind in enumerate(self.space.kinds) if kind == "rate"]
         if not cols:
             raise ValueError("this run varies no rate constant")
         return cols
+
+    def log_rate_bounds(self, cols: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+        """(R,) lower and upper log rate constants of the box at those columns."""
+        lo = np.log([max(self.space.varies[j].lo, 1e-12) for j in cols])
+        return lo, np.log([self.space.varies[j].hi for j in cols])
 
     def box_probabilities(self, grid: torch.Tensor, values: torch.Tensor, t: float) -> torch.Tensor:
         """(S,) q(n | c, t) of the (S, L) states at one context (D,), differentiable in it."""
@@ -1080,7 +1090,7 @@ class AmortisedSolution:
             derivative of each P(n_i = m) in log c_r, "means" (L,), "d_means" (L, R)}.
         """
         values = self.space.check(values)[0]
-        cols = self._rate_columns()
+        cols = self.rate_columns()
         grid = self.box_states()
         base = torch.as_tensor(values, dtype=torch.float64)
 
@@ -1120,11 +1130,10 @@ class AmortisedSolution:
         data = torch.as_tensor(
             np.atleast_2d(np.asarray(data)), dtype=torch.int64, device=self.device
         )
-        middle = self.space.from_unit(np.full((1, self.space.dim), 0.5))[0]
+        middle = self.space.middle()
         base = torch.as_tensor(self.space.check(middle if start is None else start)[0])
-        cols = self._rate_columns()
-        lo = torch.log(torch.tensor([max(self.space.varies[j].lo, 1e-12) for j in cols]))
-        hi = torch.log(torch.tensor([self.space.varies[j].hi for j in cols]))
+        cols = self.rate_columns()
+        lo, hi = (torch.as_tensor(b) for b in self.log_rate_bounds(cols))
         model = self.at(t)
         totals = self.space.totals(base.numpy()[None])
         if totals is not None:
@@ -1187,7 +1196,7 @@ class AmortisedSolution:
             import emcee
         except ImportError:  # pragma: no cover - the message is the point
             raise ImportError("posterior sampling needs emcee: pip install emcee") from None
-        cols = self._rate_columns()
+        cols = self.rate_columns()
         fit = self.fit_rates(data, t, start=start)
         base = torch.as_tensor(fit["values"])
         log = [self.space.log_scale[j] for j in cols]
@@ -1244,7 +1253,7 @@ def grid_values(space: ContextSpace, axes: dict[str, Iterable[float]]) -> np.nda
     unknown = set(axes) - set(space.names)
     if unknown:
         raise ValueError(f"not varied by this run: {sorted(unknown)}; it varies {space.names}")
-    middle = space.from_unit(np.full((1, space.dim), 0.5))[0]
+    middle = space.middle()
     lists = [list(axes.get(name, [middle[j]])) for j, name in enumerate(space.names)]
     mesh = np.meshgrid(*lists, indexing="ij")
     return np.stack([m.reshape(-1) for m in mesh], axis=1)

@@ -795,7 +795,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
 def _held_context(solution: AmortisedSolution, items: Sequence[str]) -> np.ndarray:
     """The context a fit starts from: mid-box, with the --at NAME=VALUE quantities held."""
-    start = solution.space.from_unit(np.full((1, solution.space.dim), 0.5))[0]
+    start = solution.space.middle()
     for item in items:
         name, _, value = item.partition("=")
         if name not in solution.space.names:

@@ -152,6 +152,15 @@ class Observable:
             return m[..., 2] - m[..., 0] * m[..., 1]
         return m[..., 0]
 
+    def slope(self, m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The observable at (F,) feature expectations m and its gradient J_g there (F,): its
+        linearisation u(n) = J_g . F(n), which the score-function estimators weigh."""
+        with torch.enable_grad():
+            mg = m.detach().clone().requires_grad_(True)
+            value = self.combine(mg)
+            (dg,) = torch.autograd.grad(value, mg)
+        return value.detach(), dg
+
     def to_row(self) -> dict[str, Any]:
         """The CSV row of `read_observables` (a callable's fn cannot be written)."""
         return {
@@ -241,9 +250,7 @@ def score_gradient(
         log_q = model.log_prob(states, context=ctx, totals=tot)
         for o in observables:
             f = o.features(states, species)  # (n, F)
-            m = f.mean(dim=0).requires_grad_(True)
-            value = o.combine(m)
-            (dg,) = torch.autograd.grad(value, m)  # (F,) J_g at this set's means
+            _, dg = o.slope(f.mean(dim=0))  # (F,) J_g at this set's means
             loo = (f.sum(dim=0, keepdim=True) - f) / (n - 1)
             centred = f - loo
             if clip is not None:

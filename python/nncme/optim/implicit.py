@@ -151,7 +151,7 @@ class ImplicitUpdate(KLUpdate):
         square = (W * r * r).sum()
         self.optimizer.zero_grad(set_to_none=True)
         objective = square
-        tilt = self.supervised(draw.states, report)
+        tilt = None if self.supervision is None else self.supervision.tilt(draw.states)
         if tilt is not None:  # the gradient of E_q[g]: the tilt's pull, by the score function
             dw = draw.weights / draw.weights.sum()
             coef = (dw * (tilt - (dw * tilt).sum())).to(square.dtype)

@@ -146,14 +146,11 @@ class Supervision:
         penalty, worst = 0.0, 0.0
         for o in refs:
             F = o.features(states, self.species)  # (S, F)
-            m = F.mean(dim=0)
-            with torch.enable_grad():
-                mg = m.clone().requires_grad_(True)
-                (dg,) = torch.autograd.grad(o.combine(mg), mg)
+            value, dg = o.slope(F.mean(dim=0))
             u = F @ dg  # the observable's linearisation at each draw
             var_u = float(u.var())
             s = math.sqrt(var_u + o.sigma**2)
-            error = float(o.combine(m)) - o.value
+            error = float(value) - o.value
             penalty += 0.5 * o.weight * (error / s) ** 2
             worst = max(worst, abs(error) / s)
             # only what the draws resolve: an error within NOISE_Z standard errors of the

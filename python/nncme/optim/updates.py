@@ -134,8 +134,8 @@ class StepReport:
         capped: a fit ended at its iteration cap before its stopping rule was met.
         scheme: the time scheme that made the step (`nncme.steppers`).
         warnings: what the run's watchdog found wrong with the step (`nncme.observers`).
-        supervision_penalty, supervision_z: with observable supervision, the last
-            iteration's penalty (nats) and largest |O - r| / sigma (`Supervision`; nan
+        supervision_penalty, supervision_z: with observable supervision, the penalty
+            (nats) and largest |O - r| / s as the (last) fit started (`Supervision`; nan
             where no reference was).
     """
 
@@ -309,10 +309,12 @@ class KLUpdate(Update):
         start = time.perf_counter()
         report = StepReport(loss=math.nan)
         base_lrs = [group["lr"] for group in self.optimizer.param_groups]
-        if self.supervision is not None:
+        if self.supervision is not None:  # the tilt of this fit's target, fixed within it
             self.supervision.begin(
                 problem.model, problem.start_time, 4 * problem.batch_size, problem.generator
             )
+            report.supervision_penalty = self.supervision.last.get("penalty", math.nan)
+            report.supervision_z = self.supervision.last.get("max_z", math.nan)
         try:
             report.capped = True
             for it in range(self.iterations):
@@ -362,8 +364,9 @@ class KLUpdate(Update):
         f_all = log_q - values.log_tq
         f = f_all[:B]
         loss = float((draw.weights * f).sum())
-        tilt = self.supervised(states, report)
+        tilt = None if self.supervision is None else self.supervision.tilt(states)
         g_all = f_all if tilt is None else f_all + tilt.to(f_all.dtype)  # log q - log T~
+        tilted_loss = (draw.weights * g_all[:B]).sum()  # = loss without a tilt
         if not math.isfinite(loss):
             bad = int((~torch.isfinite(f)).sum())
             raise NonFiniteError(
@@ -375,7 +378,7 @@ class KLUpdate(Update):
             w = torch.full_like(w, 1.0 / B)
             baseline = g_all[:B].mean()
         else:
-            baseline = (draw.weights * g_all[:B]).sum()
+            baseline = tilted_loss
         coef = w * (g_all - baseline)
         if states.shape[0] > B and self.explore_baseline == "own":
             coef[B:] = w[B:] * (g_all[B:] - g_all[B:].mean())
@@ -388,8 +391,7 @@ class KLUpdate(Update):
         lq_u = torch.empty_like(c).scatter_(0, inverse, log_q)
         lt_u = torch.empty_like(c).scatter_(0, inverse, values.log_tq)
         report.gap = float(torch.logsumexp(lq_u, 0) - torch.logsumexp(lt_u, 0))
-        kl_baseline = (draw.weights * g_all[:B]).sum()
-        report.residual = 0.5 * float((coef * (g_all - kl_baseline)).sum())
+        report.residual = 0.5 * float((coef * (g_all - tilted_loss)).sum())
         report.residuals.append(report.residual)
         report.losses.append(loss)
         report.loss = loss
@@ -399,17 +401,6 @@ class KLUpdate(Update):
         report.ess = draw.ess
         report.pareto_k = draw.pareto_k
         report.iterations = it + 1
-
-    def supervised(self, states: torch.Tensor, report: StepReport) -> torch.Tensor | None:
-        """The observable term's tilt g at the training states (`Supervision.tilt`: the
-        target becomes T q_old exp(-g)), if any; its penalty and largest |z| go into the
-        report."""
-        if self.supervision is None:
-            return None
-        g = self.supervision.tilt(states)
-        report.supervision_penalty = self.supervision.last.get("penalty", math.nan)
-        report.supervision_z = self.supervision.last.get("max_z", math.nan)
-        return g
 
     def _converged(self, residuals: list[float]) -> bool:
         """The stopping rule (see the class docstring)."""
