@@ -630,6 +630,37 @@ def table_supervision() -> list[str]:
     ]
 
 
+def table_parallel() -> list[str]:
+    """One process against several at the same global batch (bench_parallel.py)."""
+    d = load("parallel_cpu.json")
+    header = [
+        "network", "batch", "processes", "iterations", "ms per iteration", "efficiency",
+        "rank 0 peak memory", "max Hellinger vs exact",
+    ]  # fmt: skip
+    rows = [
+        [
+            f"`{r['network']}`",
+            f"{r['batch']:,}",
+            str(r["processes"]),
+            f"{r['iterations']:,}",
+            f"{r['ms_per_iteration']:.1f}",
+            f"{r['efficiency']:.2f}" if r.get("efficiency") is not None else "-",
+            f"{r['peak_memory_mb']['host']:,.0f} MB",
+            f"{r['max_hellinger']:.4f}",
+        ]
+        for r in d["rows"]
+    ]
+    return [
+        *markdown(header, rows),
+        "",
+        "Steps after the first (birth_death: t <= 0.5, dt 0.05; 2x2: t <= 0.05, dt 0.01; "
+        "3x3: t <= 0.004, dt 0.002), rank 0's time; efficiency T_1 / (N T_N) per iteration "
+        "(the processes' random streams differ, so their iteration counts do); Hellinger over "
+        f"sites and save times, every step included. {d['note']}. "
+        f"Machine: {machine(d)} (`parallel_cpu.json`).",
+    ]
+
+
 # file -> table name -> function
 TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
     README: {
@@ -642,6 +673,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "amortise": table_amortise,
         "fit": table_fit,
         "supervision": table_supervision,
+        "parallel": table_parallel,
     },
     RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
 }

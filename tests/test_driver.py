@@ -179,3 +179,25 @@ def test_a_completed_run_says_so(tmp_path):
     nncme.run(dimerisation(), cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["warnings"] == 0
+
+
+def test_a_first_step_too_large_to_list_starts_from_a_shorter_exact_step():
+    """A point mass whose first step reaches more states than can be listed (forced here by
+    a small listing budget on a 2x2 diffusion lattice): the exact step over dt / 4^j, the
+    model fitted to it, then the run's stepper to t_1. Against the exact marginals."""
+    from nncme import systems
+    from nncme.exact import monomolecular_marginals
+    from nncme.metrics import hellinger
+
+    net = systems.get(
+        "reaction_diffusion", shape="2x2", kinetics="birth_death", x0=2, k=4, gamma=1, hopping=1
+    )
+    driver = build_driver(net, RunConfig(t_end=0.004, dt=0.002, batch=1000, quiet=True))
+    driver.first.max_states = 300  # fewer than the whole step reaches
+    driver.run()
+    schemes = [entry["scheme"] for entry in driver.observer(StepLog).history]
+    assert schemes[0].startswith("exact to ") and schemes[0].endswith(", then heun"), schemes
+    result = driver.observer(Recorder).result()
+    exact = monomolecular_marginals(net, result.times)
+    worst = hellinger(result.marginals[1:], exact[1:, :, : result.marginals.shape[-1]]).max()
+    assert worst < 0.02, worst

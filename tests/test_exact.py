@@ -347,3 +347,33 @@ def test_linear_moments_of_the_closed_part_of_a_nonlinear_network():
     net2 = ReactionNetwork({"A": 5}, [Reaction({"A": 2}, {}, 1.0)], {"A": 2})
     with pytest.raises(ValueError, match="no species has a closed"):
         linear_moments(net2, [0.0, 1.0])
+
+
+def test_monomolecular_marginals_are_fsps_on_networks_of_every_kind():
+    """Jahnke-Huisinga marginals against FSP: a diffusion lattice and a made-up network
+    with molecules at t = 0 in several species, conversion, decay and birth."""
+    from nncme import systems
+    from nncme.exact import monomolecular_marginals
+
+    lattice = systems.get(
+        "reaction_diffusion", shape="2x2", kinetics="birth_death", x0=2, k=3, gamma=1, hopping=0.7
+    )
+    made_up = ReactionNetwork(
+        {"A": 16, "B": 18, "C": 20},
+        [
+            Reaction({}, {"A": 1}, 2.5),
+            Reaction({"A": 1}, {"B": 1}, 1.3),
+            Reaction({"B": 1}, {"A": 1}, 0.4),
+            Reaction({"B": 1}, {"C": 1}, 0.9),
+            Reaction({"C": 1}, {}, 0.6),
+            Reaction({"A": 1}, {}, 0.2),
+        ],
+        {"A": 3, "B": 1, "C": 4},
+    )
+    for net in (lattice, made_up):
+        times = [0.0, 0.15, 0.7, 2.0]
+        exact = solve_fsp(net, times=times, settings=FSPSettings(quiet=True)).marginals
+        np.testing.assert_allclose(monomolecular_marginals(net, times), exact, atol=1e-9)
+    with pytest.raises(ValueError, match="not monomolecular"):
+        dimers = ReactionNetwork({"A": 10}, [Reaction({"A": 2}, {}, 1.0)], {"A": 4})
+        monomolecular_marginals(dimers, [0.1])

@@ -335,8 +335,9 @@ def test_config_names_and_defaults():
 class _Spy(KLUpdate):
     """Records the coefficients and weights an iteration hands to the optimiser."""
 
-    def apply_gradient(self, problem, states, coef, weights):
+    def apply_gradient(self, problem, states, coef, weights, numbers=None):
         self.seen = (states, coef, weights)
+        return numbers  # one process: the batch's numbers are this process's
 
 
 @pytest.mark.parametrize("objective", ["kl", "log_variance"])
@@ -471,7 +472,7 @@ def test_mixture_and_log_variance_keep_a_point_mass_start_off_the_unseen_states(
 class _LrSpy(KLUpdate):
     """Records the learning rate of every iteration (and takes no step)."""
 
-    def apply_gradient(self, problem, states, coef, weights):
+    def apply_gradient(self, problem, states, coef, weights, numbers=None):
         self.lrs.append(self.optimizer.param_groups[0]["lr"])
 
 

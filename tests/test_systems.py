@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -310,6 +311,32 @@ def test_reaction_diffusion_lattices():
     assert big.compile("cpu").rxn_entries.shape[0] == 1024 * 4 + 2 * 2 * (2 * 32 * 31)
 
 
+@pytest.mark.parametrize("order", ["snake", "hilbert"])
+def test_lattice_site_orders_keep_consecutive_sites_neighbours(order):
+    net = systems.get("reaction_diffusion", shape="4x4", kinetics="birth_death", order=order)
+    rows = systems.get("reaction_diffusion", shape="4x4", kinetics="birth_death")
+    assert sorted(net.species_names) == sorted(rows.species_names)  # the same sites
+    assert sorted(net.reaction_names) == sorted(rows.reaction_names)  # the same reactions
+    sites = [tuple(int(v) for v in name[1:].split("_")) for name in net.species_names]
+    assert all(abs(a[0] - b[0]) + abs(a[1] - b[1]) == 1 for a, b in itertools.pairwise(sites))
+    # row-major puts the end of a row next to the start of the next, 4 sites away
+    assert rows.species_names[3:5] == ["X0_3", "X1_0"]
+    assert net.parameters["order"] == order
+
+
+def test_lattice_site_order_does_not_change_the_answer():
+    """The order only permutes the species: FSP's marginals per site agree."""
+    from nncme.exact import solve_fsp
+
+    kw = dict(shape="2x2", kinetics="birth_death", x0=1, k=2, gamma=1, hopping=1, limit=8)
+    a = solve_fsp(systems.get("reaction_diffusion", **kw), times=[0.3])
+    b = solve_fsp(systems.get("reaction_diffusion", order="snake", **kw), times=[0.3])
+    assert a.species != b.species
+    for name in a.species:
+        i, j = a.species.index(name), b.species.index(name)
+        np.testing.assert_allclose(b.marginals[:, j], a.marginals[:, i], atol=1e-12)
+
+
 # --------------------------------------------------------------------------- helpers, errors
 def test_nice_step_and_shapes():
     assert nice_step(100.0) == 0.002
@@ -344,6 +371,8 @@ def test_parse_spec():
         ("autoregulation", {"parameter_set": 4}, "parameter_set must be 1, 2 or 3"),
         ("mapk", {"k9": 1.0}, "mapk: unknown parameter 'k9'"),
         ("reaction_diffusion", {"kinetics": "brusselator"}, "kinetics must be one of"),
+        ("reaction_diffusion", {"order": "zigzag"}, "order must be one of"),
+        ("reaction_diffusion", {"shape": "3x3", "order": "hilbert"}, "side 2^k"),
         ("schlogl", {"c1": float("nan")}, "schlogl: c1: must be finite"),
     ],
 )

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from . import parallel
 from .config import ConfigError, RunConfig
 from .evolve import Driver, StepInfo
 from .models import AutoregressiveModel, Delta, Product, build_model
@@ -124,13 +125,43 @@ def build_driver(
     A resumed run keeps its own t_end unless the settings give one.
     """
     cfg = (config or RunConfig()).validate().resolved(network.free_dimensions)
-    out = OutputDir(cfg.out).acquire() if cfg.out else None
+    cfg = _parallel_settings(cfg)
+    # in a run of many processes only rank 0 writes, and all ranks start or none does (a rank
+    # that failed alone would leave the others waiting in their first collective)
+    out = OutputDir(cfg.out).acquire() if cfg.out and parallel.is_main() else None
+    driver, error = None, None
     try:
-        return _build_driver(network, cfg, out, start, model)
-    except BaseException:
+        driver = _build_driver(network, cfg, out, start, model)
+    except BaseException as exc:
+        error = exc
+    if parallel.any_true(error is not None):
         if out is not None:
             out.release()
-        raise
+        raise error or ConfigError("another process of the run could not start it")
+    assert driver is not None
+    parallel.broadcast_parameters(driver.model)
+    return driver
+
+
+def _parallel_settings(cfg: RunConfig) -> RunConfig:
+    """Join torchrun's process group, if there is one, and refuse what it cannot split."""
+    device = parallel.setup(cfg.device)
+    if not parallel.active():
+        return cfg
+    refused = {
+        "natural gradient (--optimizer natgrad)": cfg.optimizer == "natgrad",
+        "TDVP (--optimizer tdvp)": cfg.optimizer == "tdvp",
+        "supervision (--supervise)": cfg.supervise is not None,
+        "Pareto smoothing (--psis)": cfg.psis,
+    }
+    names = [name for name, used in refused.items() if used]
+    if names:
+        raise ConfigError(
+            f"{', '.join(names)} cannot run over {parallel.world_size()} processes yet; "
+            "run it as one process"
+        )
+    parallel.local_batch(cfg.batch)  # a batch smaller than the world is refused here
+    return cfg.replace(device=device) if device != cfg.device else cfg
 
 
 def _build_driver(
@@ -142,8 +173,8 @@ def _build_driver(
 ) -> Driver:
     device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]  # the settings checked device
     checkpoints = None
-    if out is not None:
-        checkpoints = Checkpoints(out.path, cfg.to_dict(), network.name, RunConfig.RESUMABLE)
+    if cfg.out is not None:  # every rank reads a checkpoint, rank 0 alone writes them
+        checkpoints = Checkpoints(Path(cfg.out), cfg.to_dict(), network.name, RunConfig.RESUMABLE)
     state = checkpoints.load(device) if cfg.resume and checkpoints is not None else None
     t_end = float(cfg.t_end if cfg.t_end is not None else _t_end(state, network))
     dt = float(cfg.dt if cfg.dt is not None else network.dt)
@@ -156,7 +187,8 @@ def _build_driver(
         model = _model(cfg, network, dtype, device)
     model.to(device=device, dtype=dtype)
     start = start if start is not None else _default_start(cfg, network, dtype, device)
-    generator = torch.Generator(device).manual_seed(cfg.seed)
+    generator = torch.Generator(device).manual_seed(parallel.rank_seed(cfg.seed))
+    batch = parallel.local_batch(cfg.batch)  # this rank's share
     proposal = make_proposal(
         cfg.sampling_proposal,
         eps=cfg.mixture_eps,
@@ -165,7 +197,7 @@ def _build_driver(
         psis=cfg.psis,
     )
     supervision = _supervision(cfg, network, t_end)
-    motion = _motion(cfg, model, net, proposal, generator, supervision)
+    motion = _motion(cfg, model, net, proposal, generator, supervision, batch)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
     scheme = cfg.time_scheme
     max_motion = cfg.max_motion or None
@@ -180,7 +212,8 @@ def _build_driver(
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
         model.load_state_dict(start.state_dict())  # step from it as from any later time
     else:
-        first = _start_fit(cfg, model, start, net, proposal, generator)
+        first = _start_fit(cfg, model, start, net, proposal, generator, batch)
+        first.then = stepper
     save_times = cfg.save_times(t_end, dt)
     settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}  # proposal, objective resolved
     summary = {
@@ -188,10 +221,12 @@ def _build_driver(
         "settings": settings,
         "model": repr(model),
         "parameters": model.num_parameters(),
+        "processes": parallel.world_size(),
+        "batch_per_rank": parallel.batch_shares(cfg.batch),
     }
     directory = out.path if out is not None else None
     observers = [
-        ProgressBar(network.name, quiet=cfg.quiet),
+        ProgressBar(network.name, quiet=cfg.quiet or not parallel.is_main()),
         Watchdog(limit=None if cfg.optimizer == "tdvp" else 1.0),
         StepLog(directory),
         Recorder(
@@ -204,7 +239,7 @@ def _build_driver(
             directory=directory,
         ),
     ]
-    if checkpoints is not None and out is not None:  # both or neither
+    if checkpoints is not None and out is not None:  # rank 0's, with its directory
         observers += [checkpoints, OutputLock(out)]  # the lock last: it goes when all closed
     driver = Driver(
         model,
@@ -298,13 +333,16 @@ def _motion(
     proposal: Proposal,
     generator: torch.Generator,
     supervision: Supervision | None = None,
+    batch: int | None = None,
 ) -> Motion:
-    """How a stage is made: a TDVP flow, or a fit by the config's optimiser."""
+    """How a stage is made: a TDVP flow, or a fit by the config's optimiser; `batch`: this
+    process's share of the config's (default: all of it)."""
+    batch = cfg.batch if batch is None else batch
     if cfg.optimizer == "tdvp":
         rhs = TDVPRightHandSide(
             net,
             proposal=proposal,
-            batch_size=cfg.batch,
+            batch_size=batch,
             solver=_solver(cfg),
             impl=cfg.impl,
             explore=cfg.explore,
@@ -323,7 +361,7 @@ def _motion(
     else:  # fits explicit stages as KLUpdate does, and implicit ones
         optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.learning_rate)
         update = ImplicitUpdate(optimizer, supervision=supervision, **_fit_options(cfg))
-    return Fit(model, update, net, proposal, cfg.batch, generator, impl=cfg.impl)
+    return Fit(model, update, net, proposal, batch, generator, impl=cfg.impl)
 
 
 def _start_fit(
@@ -333,6 +371,7 @@ def _start_fit(
     net: Any,
     proposal: Proposal,
     generator: torch.Generator,
+    batch: int,
 ) -> StartFit:
     """The first step's own fit of the run's step from p0 (Adam, or SGD where the run uses SGD)."""
     name = cfg.optimizer if cfg.optimizer in OPTIMIZERS else "adam"
@@ -352,7 +391,7 @@ def _start_fit(
         optimizer,
         update,
         proposal,
-        cfg.batch,
+        batch,
         generator,
         iterations=cfg.first_iterations,
         tolerance=cfg.first_tolerance,

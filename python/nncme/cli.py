@@ -398,6 +398,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from . import parallel
     from .api import build_driver
     from .config import ConfigError
     from .evolve import TrainingError
@@ -416,21 +417,29 @@ def _cmd_run(args: argparse.Namespace) -> int:
     model = driver.model
     first = driver.index  # > 0 when resumed
     left = f" ({driver.num_steps - first:,} left)" if first else ""
-    print(
-        f"van {network.name}: {config.model} ({model.num_parameters():,} parameters, "
-        f"{config.dtype}, {model.device}), {driver.num_steps:,} steps{left} of dt "
-        f"{driver.dt:g} to t = {driver.t_end:g}, batch {config.batch}"
-    )
+    main = parallel.is_main()  # under torchrun, rank 0 alone speaks and writes
+    processes = f" over {parallel.world_size()} processes" if parallel.active() else ""
+    if main:
+        print(
+            f"van {network.name}: {config.model} ({model.num_parameters():,} parameters, "
+            f"{config.dtype}, {model.device}), {driver.num_steps:,} steps{left} of dt "
+            f"{driver.dt:g} to t = {driver.t_end:g}, batch {config.batch}{processes}"
+        )
     warning = _many_steps_warning(driver, config)
-    if warning:
+    if warning and main:
         print(f"nncme run: warning: {warning}", file=sys.stderr)
     try:
         driver.run()
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     except TrainingError as exc:
-        print(f"nncme run: error: {exc}", file=sys.stderr)
+        if main:
+            print(f"nncme run: error: {exc}", file=sys.stderr)
         return 1
+    finally:
+        parallel.teardown()
+    if not main:
+        return 0
     recorder = driver.observer(Recorder)
     result = recorder.result(driver.elapsed)
     seconds = driver.elapsed

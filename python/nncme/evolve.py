@@ -24,6 +24,7 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
+from . import parallel
 from .config import ConfigError
 from .models import AutoregressiveModel
 from .observers import Observer, StepInfo
@@ -103,6 +104,7 @@ class Driver:
         self._set_save_times(list(save_times))
         self.index = 0
         self._began: float | None = None
+        self._rank_streams: list[Any] = []  # every rank's stream at the last save time
 
     def _set_save_times(self, save_times: list[float]) -> None:
         self.save_times = save_times
@@ -152,6 +154,7 @@ class Driver:
         stepper = self.first if j == 1 and self.first is not None else self.stepper
         try:
             report = stepper.step(t0, t1 - t0)
+            parallel.broadcast_parameters(self.model)  # ranks stay bit-identical
             bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
             if bad:
                 raise NonFiniteError(f"parameters {', '.join(bad[:3])} became NaN or inf")
@@ -164,6 +167,7 @@ class Driver:
             notes = [note for o in self.observers if (note := o.failed(self, error))]
             raise type(exc)("; ".join([str(error), *notes])) from exc
         if j in self.save_steps:
+            self._rank_streams = parallel.gather_objects(self._stream_state())
             for observer in self.observers:
                 observer.save(self, info)
         return info
@@ -191,16 +195,24 @@ class Driver:
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs from the driver: step, model, stepper, stream."""
-        return {
+        """Everything a resumed run needs from the driver: step, model, stepper, stream (in a
+        run of many processes, every rank's stream as it was at the last save time)."""
+        state = {
             "step": self.index,
             "t": self.t,
             "model": self.model.state_dict(),
             "stepper": self.stepper.state_dict(),
-            "generator": self.generator.get_state() if self.generator is not None else None,
+            "generator": self._stream_state(),
             "save_times": list(self.save_times),
             "t_end": self.t_end,
         }
+        if parallel.active():
+            state["generator"] = self._rank_streams[0]
+            state["rank_generators"] = list(self._rank_streams)
+        return state
+
+    def _stream_state(self) -> torch.Tensor | None:
+        return self.generator.get_state() if self.generator is not None else None
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a state; the save times already passed stay as they were (a longer
@@ -214,8 +226,14 @@ class Driver:
                 f"resume: the checkpoint's t = {t_saved:g} is not a step of this run "
                 f"(t_end = {self.t_end:g}, dt = {self.dt:g})"
             )
+        streams = state.get("rank_generators", [state["generator"]])
+        if len(streams) != parallel.world_size():
+            raise ConfigError(
+                f"resume: the run was made by {len(streams)} process(es), this one has "
+                f"{parallel.world_size()}: resume with --nproc-per-node {len(streams)}"
+            )
         self.model.load_state_dict(state["model"])
         self.stepper.load_state_dict(state["stepper"])
         if self.generator is not None:
-            self.generator.set_state(state["generator"].cpu())
+            self.generator.set_state(streams[parallel.rank()].cpu())
         self.index = j

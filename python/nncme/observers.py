@@ -318,8 +318,10 @@ class Recorder(Observer):
         self.final_loss: float | None = None
         self.warnings: list[str] = []
         self.status, self.error = "running", None
+        self.device = torch.device("cpu")
 
     def _record(self, distribution: Any, t: float, device: torch.device) -> None:
+        self.device = device
         # each save time samples from its own stream, apart from the run's
         seed = self.seed * 1_000_003 + 7919 * len(self.records) + 1
         record = summarize(
@@ -379,6 +381,7 @@ class Recorder(Observer):
             "warnings": len(self.warnings),
             "first_warnings": self.warnings[:20],
             "timings": {"run_seconds": seconds},
+            "peak_memory_mb": peak_memory_mb(self.device),
             "final_loss": self.final_loss,
             "versions": versions(),
         }
@@ -410,6 +413,18 @@ class Recorder(Observer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.times, self.records = list(state["times"]), list(state["records"])
         self.final_loss, self.warnings = state["final_loss"], list(state["warnings"])
+
+
+def peak_memory_mb(device: torch.device | str) -> dict[str, float | None]:
+    """This process's peak resident memory (host, MB) and, on a GPU, the most torch has
+    allocated on it (MB; None on the CPU)."""
+    import resource
+
+    host = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+    gpu = None
+    if torch.device(device).type == "cuda":
+        gpu = torch.cuda.max_memory_allocated(device) / 2**20
+    return {"host": round(host, 1), "gpu": None if gpu is None else round(gpu, 1)}
 
 
 class Checkpoints(Observer):

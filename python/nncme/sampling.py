@@ -33,11 +33,13 @@ and q differ too much for importance sampling to be trusted.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
+from . import parallel
 from .models.base import AutoregressiveModel, ConditionalTransform, Tempering
 
 __all__ = [
@@ -52,7 +54,9 @@ __all__ = [
     "UniformKernel",
     "Vanilla",
     "make_proposal",
+    "member_rows",
     "pareto_smooth",
+    "pool",
     "state_keys",
     "unique_states",
 ]
@@ -66,8 +70,11 @@ class Draw:
         states: (B, L) int64.
         log_q: (B,) log q(n) under the model (no gradient).
         log_rho: (B,) log rho(n) under the proposal.
-        weights: (B,) self-normalised importance weights q/rho (they sum to 1).
+        weights: (B,) self-normalised importance weights q/rho (they sum to 1 over this
+            draw; over all ranks' draws once `pool`ed in a run of many processes).
         pareto_k: PSIS shape estimate of the weights' tail (nan without smoothing).
+        log_mass: log sum exp(log q - log rho) over this draw, before normalisation.
+        drawn: the number of states over all ranks once pooled (-1: this draw's own, B).
     """
 
     states: torch.Tensor
@@ -75,11 +82,42 @@ class Draw:
     log_rho: torch.Tensor
     weights: torch.Tensor
     pareto_k: float = math.nan
+    log_mass: float = 0.0
+    drawn: int = -1
+
+    @property
+    def total(self) -> int:
+        """States drawn over all ranks once pooled, else this draw's B."""
+        return self.states.shape[0] if self.drawn < 0 else self.drawn
 
     @property
     def ess(self) -> float:
-        """Effective sample size 1 / sum w^2 (B for vanilla sampling)."""
+        """Effective sample size 1 / sum w^2 of this draw (B for vanilla sampling)."""
         return float(1.0 / (self.weights**2).sum())
+
+
+def pool(
+    draw: Draw, weighted: Sequence[float] = (), plain: Sequence[float] = ()
+) -> tuple[Draw, list[float], list[float]]:
+    """A draw's weights normalised over all ranks' draws, and per-rank sums totalled, in one
+    collective (`nncme.parallel`); with one process, all as given.
+
+    Each rank's weights are its share exp(log_mass_r) / sum_r' exp(log_mass_r') of the
+    whole, spread as its own normalised weights spread it.
+
+    Args:
+        weighted: sums of this rank's normalised weights times anything; they come back as
+            the same sums under the pooled weights, over all ranks.
+        plain: other sums, totalled over ranks.
+    """
+    if not parallel.active():
+        return draw, list(weighted), list(plain)
+    table = parallel.gather_table([draw.log_mass, draw.states.shape[0], *weighted, *plain])
+    share = torch.exp(table[:, 0] - torch.logsumexp(table[:, 0], 0))  # (ranks,)
+    drawn = round(float(table[:, 1].sum()))
+    pooled = replace(draw, weights=draw.weights * float(share[parallel.rank()]), drawn=drawn)
+    a = 2 + len(weighted)
+    return pooled, (share[:, None] * table[:, 2:a]).sum(0).tolist(), table[:, a:].sum(0).tolist()
 
 
 class Proposal:
@@ -124,7 +162,8 @@ class Proposal:
         k = math.nan
         if self.psis:
             log_w, k = pareto_smooth(log_w)
-        return Draw(states, log_q, log_rho, torch.softmax(log_w, dim=0), k)
+        mass = float(torch.logsumexp(log_w, 0))  # for `pool`
+        return Draw(states, log_q, log_rho, torch.softmax(log_w, dim=0), k, mass)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(psis={self.psis})"
@@ -144,8 +183,9 @@ class Vanilla(Proposal):
         return model.log_prob(states)
 
     def _weigh(self, states, log_q, log_rho):
-        w = torch.full_like(log_q, 1.0 / log_q.shape[0])
-        return Draw(states, log_q, log_rho, w)
+        B = log_q.shape[0]
+        w = torch.full_like(log_q, 1.0 / B)
+        return Draw(states, log_q, log_rho, w, log_mass=math.log(B) if B else -math.inf)
 
 
 class Transformed(Proposal):
@@ -450,6 +490,19 @@ def state_keys(states: torch.Tensor, limits: torch.Tensor) -> torch.Tensor | Non
     for i in range(len(sizes) - 2, -1, -1):
         strides[i] = strides[i + 1] * sizes[i + 1]
     return (states * torch.tensor(strides, dtype=torch.int64, device=states.device)).sum(dim=1)
+
+
+def member_rows(rows: torch.Tensor, table: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
+    """Whether each of rows (N, L) is one of table's (M, L) rows (in-box states) -> (N,) bool."""
+    both = torch.cat([rows, table])
+    keys = state_keys(both, limits)
+    N = rows.shape[0]
+    if keys is not None:
+        return torch.isin(keys[:N], keys[N:])
+    _, inverse = torch.unique(both, dim=0, return_inverse=True)
+    present = torch.zeros(int(inverse.max()) + 1 if both.shape[0] else 0, dtype=torch.bool)
+    present[inverse[N:]] = True
+    return present[inverse[:N]]
 
 
 def unique_states(states: torch.Tensor, limits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

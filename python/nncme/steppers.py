@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from . import ops
+from . import ops, parallel
 from .models import AutoregressiveModel
 from .optim import (
     ImplicitTarget,
@@ -65,7 +65,7 @@ from .optim import (
     step_motion,
     transition_support,
 )
-from .optim.target import STIFF_RATE_DT
+from .optim.target import STIFF_RATE_DT, listed_support
 from .sampling import Proposal
 
 __all__ = [
@@ -677,7 +677,7 @@ class Auto:
         motion = self.motion
         states, _ = motion.model.sample(motion.batch_size, motion.generator)
         a0 = ops.propensities(states.to(motion.net.device), motion.net, t, impl=motion.impl)
-        return float((dt * a0.sum(dim=1) > STIFF_RATE_DT).double().mean())
+        return parallel.mean((dt * a0.sum(dim=1) > STIFF_RATE_DT).double())  # all ranks
 
     def state_dict(self) -> dict[str, Any]:
         return {"stiff_now": self.stiff_now, "implicit": self.implicit.state_dict()}
@@ -701,6 +701,19 @@ def make_stepper(name: str, motion: Motion, **options: Any) -> Any:
     if name not in STEPPERS:
         raise ValueError(f"integrator must be one of {tuple(STEPPERS)}, got {name!r}")
     return STEPPERS[name](motion, **options)
+
+
+def _bulk(
+    states: torch.Tensor, log_p: torch.Tensor, leak: float = 1e-9
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The most probable states that hold all but `leak` of the mass (a short exact step
+    lists tens of thousands of states, most of them below 1e-12, and the fit to them costs
+    in proportion to their number)."""
+    order = torch.argsort(log_p, descending=True)
+    mass = torch.cumsum(torch.exp(log_p[order]), 0)
+    keep = int(torch.searchsorted(mass, mass[-1] - leak)) + 1
+    chosen = order[: min(keep, order.shape[0])]
+    return states[chosen], log_p[chosen]
 
 
 class StartFit:
@@ -734,6 +747,8 @@ class StartFit:
         iterations, tolerance: of the exact fit.
         scheme: the tableau applied exactly from a listed support (default: Euler; one that is
             not `fittable`, such as RK4's, falls back to Euler).
+        then: the run's stepper: where the step's states are too many to list but the start
+            lists its own, the model is fitted to the start and `then` takes the step.
     """
 
     def __init__(
@@ -754,6 +769,7 @@ class StartFit:
         impl: str = "auto",
         max_states: int = MAX_ENUMERATED,
         scheme: Scheme | None = None,
+        then: Any | None = None,
     ) -> None:
         self.implicit = implicit
         self.exponential = implicit if exponential is None else exponential
@@ -763,6 +779,7 @@ class StartFit:
         self.proposal, self.batch_size, self.generator = proposal, batch_size, generator
         self.iterations, self.tolerance, self.impl = iterations, tolerance, impl
         self.max_states = max_states
+        self.then = then
 
     def step(self, t: float, dt: float) -> StepReport:
         start, implicit = self.start, self.implicit
@@ -781,6 +798,10 @@ class StartFit:
                 stages=self.scheme.stages,
                 times=self.scheme.times,
             )
+        if exact is None and not implicit and self.then is not None:
+            listed = listed_support(start, self.max_states, self.net.device)
+            if listed is not None:  # a point mass whose step reaches too many states
+                return self._exact_then_step(listed, t, dt)
         if exact is None:
             if implicit:
                 target: Any = ImplicitTarget(start, self.net, t, dt, impl=self.impl)
@@ -813,6 +834,44 @@ class StartFit:
         )
         name = "heun" if self.scheme == Heun.scheme else "euler"
         report.scheme = "exponential, exact" if self.exponential else f"{name}, exact"
+        return report
+
+    def _exact_then_step(
+        self, listed: tuple[torch.Tensor, torch.Tensor], t: float, dt: float
+    ) -> StepReport:
+        """The exact step over the longest h = dt / 4^j whose states are few enough to list,
+        the model fitted to it, then the run's own step over the rest, t + h -> t + dt.
+
+        Where the whole step's states are too many to list (a lattice of many sites from a
+        point mass: each of hundreds of reactions may fire several times), reverse KL against
+        a step of p0 is infinite wherever the model puts mass off p0's reach. A shorter exact
+        step puts the mass one, two, three reactions away in the right proportions, and from
+        that VAN (mass everywhere) the stepper continues as from any later time. If even
+        dt / 4^6 reaches too many states, the model is fitted to p0 itself (less accurate:
+        the first fits must then grow the mass off p0 from the model's leak)."""
+        h, exact = dt, None
+        for _ in range(6):
+            h /= 4
+            exact = implicit_support(
+                self.start, self.net, t, h, max_states=self.max_states, impl=self.impl, exact=True
+            )
+            if exact is not None:
+                break
+        states, log_p = _bulk(*exact) if exact is not None else listed
+        h = h if exact is not None else 0.0
+        first = fit_enumerated(
+            self.model,
+            states,
+            log_p,
+            self.optimizer,
+            iterations=self.iterations,
+            tolerance=self.tolerance,
+        )
+        report = self.then.step(t + h, dt - h)
+        report.iterations += first.iterations
+        report.seconds += first.seconds
+        exactly = f"exact to {t + h:.3g}" if h > 0 else "start fitted"
+        report.scheme = f"{exactly}, then {report.scheme}"
         return report
 
     def state_dict(self) -> dict[str, Any]:

@@ -42,8 +42,8 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
 
-from .. import ops
-from ..sampling import unique_states
+from .. import ops, parallel
+from ..sampling import member_rows, pool, unique_states
 from .target import NonFiniteError, TransitionTarget, listed_support, one_reaction_ahead
 from .updates import KLUpdate, StepProblem, StepReport
 
@@ -70,9 +70,14 @@ class ImplicitTarget:
         states, _ = self._old.old.sample(n, generator)
         return states.to(self.net.device)
 
-    def residual(self, model: Any, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def residual(
+        self, model: Any, states: torch.Tensor, others: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """r(n) = log q(n) - log G_q(n) at distinct states (U, L), differentiable in the
-        model's parameters, and the exit rate a_0(n) at t + dt -> (U,), (U,)."""
+        model's parameters, and the exit rate a_0(n) at t + dt -> (U,), (U,).
+
+        others: (M, L) the states fitted elsewhere (the other ranks' in a run of many
+        processes): a neighbour among them is differentiable too, as it is in one process."""
         U = states.shape[0]
         nbr, valid = ops.neighbors(states, self.net, impl=self.impl)  # (U, K, L), (U, K)
         rows, k = valid.nonzero(as_tuple=True)
@@ -83,7 +88,7 @@ class ImplicitTarget:
             a_in = a_in.gather(1, k.unsqueeze(1)).squeeze(1)
             exit_rate = ops.propensities(states, self.net, self.t_rates, impl=self.impl).sum(1)
             log_old = self._old.old_log_prob(states)
-        log_q, log_q_nbr = _scores(model, states, inflow_from, self.net.limits)
+        log_q, log_q_nbr = _scores(model, states, inflow_from, self.net.limits, others)
         live = a_in > 0
         terms = torch.full(
             (U, valid.shape[1] + 1), -math.inf, dtype=log_q.dtype, device=log_q.device
@@ -96,7 +101,11 @@ class ImplicitTarget:
 
 
 def _scores(
-    model: Any, states: torch.Tensor, neighbours: torch.Tensor, limits: torch.Tensor
+    model: Any,
+    states: torch.Tensor,
+    neighbours: torch.Tensor,
+    limits: torch.Tensor,
+    others: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """log q at the states (differentiable) and at the neighbours: differentiable where a
     neighbour is one of the states, fixed (lagged) where it is not.
@@ -108,6 +117,8 @@ def _scores(
     both, inverse = unique_states(torch.cat([states, neighbours]), limits)
     fitted = torch.zeros(both.shape[0], dtype=torch.bool, device=both.device)
     fitted[inverse[:U]] = True
+    if others is not None and others.shape[0]:  # fitted on another rank
+        fitted[inverse[U:][member_rows(neighbours, others, limits)]] = True
     log_q = torch.empty(both.shape[0], dtype=torch.float64, device=both.device)
     with torch.no_grad():
         if (~fitted).any():
@@ -129,25 +140,29 @@ class ImplicitUpdate(KLUpdate):
         if not isinstance(problem.target, ImplicitTarget):
             super()._iteration(problem, it, report)
             return
-        draw, states, w = self._batch(problem)
-        B = draw.states.shape[0]
-        if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
-            w = torch.full_like(w, 1.0 / B)
+        # in a run of many processes the sums over the batch are over all ranks' states
+        # (`nncme.parallel`), in two collectives: the draw's pooling, the gradient's sum
+        draw, states = self._batch(problem)
+        B = draw.states.shape[0]  # this rank's draws
         # and states of q_old, the source: the residual must vanish where the mass comes from,
         # or the fit could move mass off it and balance the equations where it lands
         source = problem.target.sample_old(max(1, B // 2), problem.generator)
-        states = torch.cat([states, source])
-        w = torch.cat([w, w.new_full(source.shape[:1], 1.0 / B)])
-        unique, inverse = unique_states(states, problem.model.limits)
+        every = torch.cat([states, source])
+        unique, inverse = unique_states(every, problem.model.limits)
+        draw, _, (extra,) = pool(draw, [], [every.shape[0] - B])
+        others = None
+        if parallel.active():  # the states the other ranks fit
+            gathered = parallel.gather_objects(unique.cpu())
+            del gathered[parallel.rank()]
+            others = torch.cat(gathered).to(unique.device)
+        r, exit_rate = problem.target.residual(problem.model, unique, others)
+        w = self._weights(draw, states.shape[0])
+        if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
+            w = torch.full_like(w, 1.0 / draw.total)
+        w = torch.cat([w, w.new_full(source.shape[:1], 1.0 / draw.total)])
         W = torch.zeros(unique.shape[0], dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
-        W = W / W.sum()
-        r, exit_rate = problem.target.residual(problem.model, unique)
-        if not torch.isfinite(r).all():
-            bad = int((~torch.isfinite(r)).sum())
-            raise NonFiniteError(
-                f"the implicit residual is not finite at {bad} of {r.numel()} states at "
-                f"iteration {it + 1}: the model has no mass where the step's equation needs it"
-            )
+        # the drawn states' weights sum to 1 over all ranks, each other state's is 1/B
+        W = W / (float(W.sum()) if not parallel.active() else 1.0 + extra / draw.total)
         square = (W * r * r).sum()
         self.optimizer.zero_grad(set_to_none=True)
         objective = square
@@ -157,15 +172,26 @@ class ImplicitUpdate(KLUpdate):
             coef = (dw * (tilt - (dw * tilt).sum())).to(square.dtype)
             objective = square + (coef * problem.model.log_prob(draw.states)).sum()
         objective.backward()
-        self.optimizer.step()
         rd = r.detach()
-        report.loss = float((W * rd).sum())
-        report.residual = 0.5 * float(square.detach())
+        bad = int((~torch.isfinite(rd)).sum())
+        (loss, square_all, square_weights, bad_all), (fastest,), _ = parallel.sum_gradients(
+            problem.model.parameters(),
+            [float((W * rd).sum()), float(square.detach()), float((draw.weights**2).sum()), bad],
+            [float(exit_rate.max()) if exit_rate.numel() else 0.0],
+        )  # the whole batch's gradient, and its numbers
+        if bad_all > 0:  # before the step: the parameters stay as they were
+            raise NonFiniteError(
+                f"the implicit residual is not finite at {round(bad_all)} states at "
+                f"iteration {it + 1}: the model has no mass where the step's equation needs it"
+            )
+        self.optimizer.step()
+        report.loss = loss
+        report.residual = 0.5 * square_all
         report.loss_std = math.sqrt(2 * report.residual)
         report.residuals.append(report.residual)
         report.losses.append(report.loss)
-        report.rate_dt = max(report.rate_dt, problem.dt * float(exit_rate.max()))
-        report.ess = draw.ess
+        report.rate_dt = max(report.rate_dt, problem.dt * fastest)
+        report.ess = 1.0 / square_weights
         report.pareto_k = draw.pareto_k
         report.iterations = it + 1
 
@@ -206,6 +232,8 @@ def local_error(
     ratio = torch.exp(target.old_log_prob(states).to(log_new.dtype) - log_new)  # q_old / q_new
     moved = torch.where(ratio > 0, dt * flow * ratio, torch.zeros_like(ratio))
     e = 0.5 * (1 - ratio - moved)
+    if parallel.active():  # over every rank's draws
+        return math.sqrt(parallel.mean(e.square()))
     return float(e.square().mean().sqrt())
 
 

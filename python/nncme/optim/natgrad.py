@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .. import parallel
 from .linear import FisherSolver, SolveInfo
 from .updates import KLUpdate, StepProblem, StepReport
 
@@ -71,7 +72,9 @@ class NaturalGradientUpdate(KLUpdate):
         states: torch.Tensor,
         coef: torch.Tensor,
         weights: torch.Tensor,
-    ) -> None:
+        numbers: parallel.Numbers | None = None,
+    ) -> parallel.Numbers:
+        # one process only (a run of many refuses natgrad), so the numbers stay as given
         w = weights / weights.sum()
         sol = self.solver.solve_scores(problem.model, states, coef / w, w)
         self._last = sol.info
@@ -81,6 +84,7 @@ class NaturalGradientUpdate(KLUpdate):
             p.grad = x[offset : offset + p.numel()].view_as(p).clone()
             offset += p.numel()
         self.optimizer.step()
+        return numbers or ([], [], [])
 
     def _step_scale(self, fitted: torch.Tensor, w: torch.Tensor) -> float:
         """1, or less where the step's Fisher length lr * sqrt(sum w (O_c x)^2) > max_step.

@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 import torch
 
-from .. import ops
+from .. import ops, parallel
 from ..sampling import state_keys, unique_states
 
 __all__ = [
@@ -267,6 +267,8 @@ def step_motion(
     """
     states, _ = model.sample(samples, generator)
     flow = TransitionTarget(model, net, t, dt, impl=impl)(states.to(net.device)).local_gen
+    if parallel.active():  # over every rank's draws
+        return dt * math.sqrt(parallel.mean(flow.square()))
     return float(dt * flow.square().mean().sqrt())
 
 

@@ -26,8 +26,9 @@ from typing import Any
 
 import torch
 
+from .. import parallel
 from ..models.base import AutoregressiveModel
-from ..sampling import Draw, Proposal, unique_states
+from ..sampling import Draw, Proposal, pool, unique_states
 from .gradients import grad_of_sum
 from .supervision import Supervision
 from .target import (
@@ -338,23 +339,31 @@ class KLUpdate(Update):
         for group, lr in zip(self.optimizer.param_groups, base_lrs):
             group["lr"] = lr * factor
 
-    def _batch(self, problem: StepProblem) -> tuple[Draw, torch.Tensor, torch.Tensor]:
-        """The proposal's draw, then all training states (B + eta B, L) and their weights (the
-        explored states one reaction ahead 1/B each)."""
+    def _batch(self, problem: StepProblem) -> tuple[Draw, torch.Tensor]:
+        """The proposal's draw, and all training states (B + eta B, L): the explored states
+        one reaction ahead after the draw's."""
         draw = problem.proposal.draw(problem.model, problem.batch_size, problem.generator)
-        B = draw.states.shape[0]
-        if B == 0:
+        if draw.states.shape[0] == 0 and not parallel.active():
             raise NonFiniteError("the proposal drew no state that the model can hold")
         moved = explore_ahead(
             draw.states, self.explore, problem.target.net, problem.t, problem.generator
         )
-        states = torch.cat([draw.states, moved])
-        weights = torch.cat([draw.weights, draw.weights.new_full(moved.shape[:1], 1.0 / B)])
-        return draw, states, weights
+        return draw, torch.cat([draw.states, moved])
+
+    @staticmethod
+    def _weights(draw: Draw, n_states: int) -> torch.Tensor:
+        """The training states' weights: the (pooled) draw's, then 1/B for each explored
+        state (B: the states drawn over all ranks)."""
+        if draw.total == 0:
+            raise NonFiniteError("the proposal drew no state that the model can hold")
+        extra = n_states - draw.states.shape[0]
+        return torch.cat([draw.weights, draw.weights.new_full((extra,), 1.0 / draw.total)])
 
     def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
-        draw, states, w = self._batch(problem)
-        B = draw.states.shape[0]
+        # In a run of many processes the sums over the batch are over all ranks' states
+        # (`nncme.parallel`), in two collectives: the draw's pooling, and the gradient's sum.
+        draw, states = self._batch(problem)
+        B = draw.states.shape[0]  # this rank's draws
         log_q = draw.log_q
         if states.shape[0] > B:
             with torch.no_grad():
@@ -363,10 +372,14 @@ class KLUpdate(Update):
         rate_dt = problem.dt * values.exit_rate
         f_all = log_q - values.log_tq
         f = f_all[:B]
-        loss = float((draw.weights * f).sum())
         tilt = None if self.supervision is None else self.supervision.tilt(states)
         g_all = f_all if tilt is None else f_all + tilt.to(f_all.dtype)  # log q - log T~
-        tilted_loss = (draw.weights * g_all[:B]).sum()  # = loss without a tilt
+        draw, (loss, tilted_loss), (drawn_sum, explored_sum, explored) = pool(
+            draw,
+            [float((draw.weights * f).sum()), float((draw.weights * g_all[:B]).sum())],
+            [float(g_all[:B].sum()), float(g_all[B:].sum()), states.shape[0] - B],
+        )  # tilted_loss = loss without a tilt
+        w = self._weights(draw, states.shape[0])
         if not math.isfinite(loss):
             bad = int((~torch.isfinite(f)).sum())
             raise NonFiniteError(
@@ -375,30 +388,42 @@ class KLUpdate(Update):
                 "previous distribution's one-step map has none, or it diverged)"
             )
         if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
-            w = torch.full_like(w, 1.0 / B)
-            baseline = g_all[:B].mean()
+            w = torch.full_like(w, 1.0 / draw.total)
+            baseline = drawn_sum / draw.total
         else:
             baseline = tilted_loss
         coef = w * (g_all - baseline)
-        if states.shape[0] > B and self.explore_baseline == "own":
-            coef[B:] = w[B:] * (g_all[B:] - g_all[B:].mean())
+        if explored > 0 and self.explore_baseline == "own":
+            coef[B:] = w[B:] * (g_all[B:] - explored_sum / explored)
         unique, inverse = unique_states(states, problem.model.limits)
         c = torch.zeros(unique.shape[0], dtype=coef.dtype, device=coef.device)
         c.index_add_(0, inverse, coef)
         weights = torch.zeros_like(c).index_add_(0, inverse, w)
-        self.apply_gradient(problem, unique, c, weights)
         # diagnostics: mass of q and of T q_old on the states seen (a leak shows as gap < 0)
         lq_u = torch.empty_like(c).scatter_(0, inverse, log_q)
         lt_u = torch.empty_like(c).scatter_(0, inverse, values.log_tq)
-        report.gap = float(torch.logsumexp(lq_u, 0) - torch.logsumexp(lt_u, 0))
-        report.residual = 0.5 * float((coef * (g_all - tilted_loss)).sum())
+        numbers = (
+            [
+                float((coef * (g_all - tilted_loss)).sum()),
+                float((draw.weights * (f - loss) ** 2).sum()),
+                stiff_mass(draw.weights, rate_dt[:B]),
+                float((draw.weights**2).sum()),
+            ],
+            [_largest(rate_dt)],
+            [float(torch.logsumexp(lq_u, 0)), float(torch.logsumexp(lt_u, 0))],
+        )
+        # (an override that returns nothing leaves them as they are: right for one process)
+        numbers = self.apply_gradient(problem, unique, c, weights, numbers) or numbers
+        (residual, spread, stiff, square_weights), (largest,), (mass_q, mass_t) = numbers
+        report.gap = mass_q - mass_t
+        report.residual = 0.5 * residual
         report.residuals.append(report.residual)
         report.losses.append(loss)
         report.loss = loss
-        report.loss_std = float(torch.sqrt((draw.weights * (f - loss) ** 2).sum()))
-        report.rate_dt = max(report.rate_dt, float(rate_dt.max()))
-        report.stiff_mass = stiff_mass(draw.weights, rate_dt[:B])
-        report.ess = draw.ess
+        report.loss_std = math.sqrt(spread)
+        report.rate_dt = max(report.rate_dt, largest)
+        report.stiff_mass = stiff
+        report.ess = 1.0 / square_weights
         report.pareto_k = draw.pareto_k
         report.iterations = it + 1
 
@@ -416,7 +441,8 @@ class KLUpdate(Update):
         states: torch.Tensor,
         coef: torch.Tensor,
         weights: torch.Tensor,
-    ) -> None:
+        numbers: parallel.Numbers | None = None,
+    ) -> parallel.Numbers:
         """One optimiser step on sum_u coef_u log q(n_u): the seam for preconditioners.
 
         Args:
@@ -424,16 +450,29 @@ class KLUpdate(Update):
                 gradient as scoring every repeat, for much less work).
             coef: (U,) their summed coefficients w (f - b).
             weights: (U,) their summed sampling weights (for a Fisher matrix E_rho[O O^T]).
+            numbers: sums, maxima and log-sum-exps of this rank's states, reduced over all
+                ranks with the gradient (`nncme.parallel.sum_gradients`).
+
+        Returns:
+            the numbers, reduced (as given with one process).
         """
         self.optimizer.zero_grad(set_to_none=True)
         grad_of_sum(problem.model, states, coef)
+        numbers = numbers or ([], [], [])
+        numbers = parallel.sum_gradients(problem.model.parameters(), *numbers)  # whole batch
         self.optimizer.step()
+        return numbers
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+def _largest(values: torch.Tensor) -> float:
+    """The largest entry (0 for none: a rank whose draws all fell off the model's support)."""
+    return float(values.max()) if values.numel() else 0.0
 
 
 def fit_enumerated(

@@ -34,6 +34,7 @@ def reaction_diffusion(
     t_end: float = 1.0,
     dt: float | None = None,
     limit: int | None = None,
+    order: str = "row",
 ) -> ReactionNetwork:
     """One species X per lattice site, local kinetics on every site and hopping to neighbours.
 
@@ -75,6 +76,12 @@ def reaction_diffusion(
         t_end: end of the time span.
         dt: VAN time step (default: from the propensity bound).
         limit: per-site count limit (default: as above).
+        order: the order of the sites among the species, which is the order in which an
+            autoregressive model conditions on them: "row" (row-major), "snake" (rows in
+            alternating directions, so that consecutive sites are always neighbours) or
+            "hilbert" (a Hilbert curve: consecutive sites are neighbours and sites close on
+            the grid stay close in the order; square grids of side 2^k). A chain is in
+            order whatever this says.
     """
     name = "reaction_diffusion"
     dims = parse_shape(shape, f"{name}: shape")
@@ -148,6 +155,7 @@ def reaction_diffusion(
             reac_s = {s: reac["X"]} if reac else {}
             prod_s = {s: prod["X"]} if prod else {}
             reactions.append(Reaction(reac_s, prod_s, rate, f"{label}_{s}"))
+    ordered = [names[r * cols + c] for r, c in site_order(rows, cols, order)]
     if d > 0 and n_sites > 1:
         for r in range(rows):
             for c in range(cols):
@@ -163,9 +171,9 @@ def reaction_diffusion(
     shape_text = "x".join(str(v) for v in dims)
     lattice = f"{n_sites}-site chain" if len(dims) == 1 else f"{shape_text} grid"
     return ReactionNetwork(
-        dict.fromkeys(names, M),
+        dict.fromkeys(ordered, M),
         reactions,
-        dict.fromkeys(names, x0),
+        dict.fromkeys(ordered, x0),
         name=name,
         convention=convention,
         conservation=[],
@@ -183,8 +191,46 @@ def reaction_diffusion(
             t_end=t_end,
             dt=dt,
             limit=M,
+            order=order,
         ),
     )
+
+
+ORDERS = ("row", "snake", "hilbert")
+
+
+def site_order(rows: int, cols: int, order: str = "row") -> list[tuple[int, int]]:
+    """The (row, column) of every site of a rows x cols grid, in the given order (ORDERS)."""
+    if order not in ORDERS:
+        raise NetworkError(f"reaction_diffusion: order must be one of {ORDERS}, got {order!r}")
+    if rows == 1 or cols == 1 or order == "row":
+        return [(r, c) for r in range(rows) for c in range(cols)]
+    if order == "snake":
+        return [(r, c if r % 2 == 0 else cols - 1 - c) for r in range(rows) for c in range(cols)]
+    side = rows
+    if rows != cols or side & (side - 1):
+        raise NetworkError(
+            f"reaction_diffusion: order 'hilbert' needs a square grid of side 2^k, got "
+            f"{rows}x{cols} (use 'snake')"
+        )
+    return [_hilbert_point(side, i) for i in range(side * side)]
+
+
+def _hilbert_point(side: int, index: int) -> tuple[int, int]:
+    """The index-th point of the Hilbert curve through a side x side grid (side = 2^k)."""
+    x = y = 0
+    s, t = 1, index
+    while s < side:
+        rx = 1 & (t // 2)
+        ry = 1 & (t ^ rx)
+        if ry == 0:  # rotate the quadrant
+            if rx == 1:
+                x, y = s - 1 - x, s - 1 - y
+            x, y = y, x
+        x, y = x + s * rx, y + s * ry
+        t //= 4
+        s *= 2
+    return y, x
 
 
 def _lattice_rate_bound(

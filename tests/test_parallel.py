@@ -1,0 +1,245 @@
+"""Runs over many processes (torch.distributed, gloo on the CPU) against one process.
+
+A fit over two ranks, each with half of a fixed batch, must make the one-process fit's
+optimiser steps on the whole batch (to rounding); a whole run over two processes must answer
+as one does (against FSP), write what a run writes, and resume to the same parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import pickle
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import nncme
+from nncme import parallel
+from nncme.config import ConfigError
+from nncme.exact import solve_fsp
+from nncme.io import save_network
+from nncme.metrics import hellinger
+from nncme.models import build_model
+from nncme.network import Reaction, ReactionNetwork
+from nncme.optim import ImplicitUpdate, KLUpdate, StepProblem, make_optimizer
+from nncme.optim.implicit import ImplicitTarget
+from nncme.optim.target import TransitionTarget
+from nncme.results import Result
+from nncme.sampling import Proposal
+
+pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
+
+DT = 0.05
+
+
+def _network() -> ReactionNetwork:
+    """Not in the catalogue: A is made and degraded and turns into B, which decays."""
+    return ReactionNetwork(
+        {"A": 24, "B": 24},
+        [
+            Reaction({}, {"A": 1}, 6.0, "make"),
+            Reaction({"A": 1}, {}, 1.0, "degrade"),
+            Reaction({"A": 1}, {"B": 1}, 0.8, "convert"),
+            Reaction({"B": 1}, {}, 0.5, "decay"),
+        ],
+        {"A": 2},
+        t_end=0.25,
+        dt=DT,
+        name="make-convert",
+    )
+
+
+# ------------------------------------------------------------------ process plumbing
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _entry(rank: int, world: int, port: int, fn, args) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        fn(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+def _spawn(fn, world: int, *args) -> None:
+    mp.spawn(_entry, args=(world, _free_port(), fn, args), nprocs=world, join=True)
+
+
+# ------------------------------------------------------------------ one fit, fixed batch
+class _Fixed(Proposal):
+    """A fixed list of states, this rank's share of it, weighted by a made-up rho != q."""
+
+    def __init__(self, states: torch.Tensor) -> None:
+        super().__init__()
+        self.states = states
+
+    def _draw(self, model, batch_size, generator):
+        with torch.no_grad():
+            log_q = model.log_prob(self.states)
+        return self.states, log_q, self.log_prob(model, self.states)
+
+    @torch.no_grad()
+    def log_prob(self, model, states):
+        return model.log_prob(states) + 0.4 * torch.sin(states.sum(1).double())
+
+
+class _FixedSource(ImplicitTarget):
+    """The implicit step with a fixed list of q_old's states as its source draw."""
+
+    def __init__(self, *args, source: torch.Tensor, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.source = source
+
+    def sample_old(self, n, generator):
+        return self.source
+
+
+def _fit(rank: int | None, kind: str, objective: str, out: Path) -> None:
+    """Five iterations of a fit on this rank's share of 600 fixed states (rank None: all)."""
+    net = _network().compile("cpu", torch.float64)
+    model = build_model("nade", _network(), hidden=8, seed=3)
+    old = copy.deepcopy(model)
+    with torch.no_grad():  # move q away from q_old so that the fit has work to do
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(9)))
+    states, _ = old.sample(600, torch.Generator().manual_seed(1))
+    source, _ = old.sample(300, torch.Generator().manual_seed(2))
+    if rank is not None:
+        world = parallel.world_size()
+        states, source = states[rank::world], source[rank::world]
+    if kind == "implicit":
+        target = _FixedSource(old, net, 0.0, DT, source=source)
+    else:
+        target = TransitionTarget(old, net, 0.0, DT)
+    optimizer = make_optimizer("adam", model.parameters(), 0.02)
+    options = dict(iterations=5, explore=0.0, objective=objective)
+    update = (ImplicitUpdate if kind == "implicit" else KLUpdate)(optimizer, **options)
+    problem = StepProblem(model, target, _Fixed(states), states.shape[0], None, 0.0, DT)
+    report = update.run(problem)
+    if rank in (None, 0):
+        params = [p.detach().clone() for p in model.parameters()]
+        summary = (params, report.losses, report.residuals, report.ess, report.rate_dt)
+        out.write_bytes(pickle.dumps(summary))
+
+
+@pytest.mark.parametrize(
+    "kind, objective",
+    [("explicit", "kl"), ("explicit", "log_variance"), ("implicit", "kl")],
+)
+def test_two_processes_make_the_one_process_fit_on_the_same_batch(tmp_path, kind, objective):
+    _fit(None, kind, objective, tmp_path / "one.pkl")
+    _spawn(_fit, 2, kind, objective, tmp_path / "two.pkl")
+    one = pickle.loads((tmp_path / "one.pkl").read_bytes())
+    two = pickle.loads((tmp_path / "two.pkl").read_bytes())
+    for a, b in zip(one[0], two[0]):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(two[1], one[1], rtol=1e-9, atol=1e-14)  # losses
+    np.testing.assert_allclose(two[2], one[2], rtol=1e-7, atol=1e-16)  # residuals
+    assert two[3] == pytest.approx(one[3], rel=1e-12)  # the ESS of the whole batch
+    assert two[4] == pytest.approx(one[4], rel=1e-12)  # the fastest rate seen by any rank
+    assert one[1][0] != one[1][-1]  # the fit moved
+
+
+def test_the_batch_splits_over_ranks():
+    assert parallel.batch_shares(1001) == [1001]  # one process
+    assert parallel.world_size() == 1 and parallel.is_main() and not parallel.active()
+    assert parallel.reduce([1.5], [2.0], [0.0]) == ([1.5], [2.0], [0.0])
+
+
+# ------------------------------------------------------------------ whole runs
+RUN = dict(batch=600, hidden=8, t_end=0.25, dt=DT, quiet=True, eval_samples=4000, save_every=DT)
+
+
+def _runs(rank: int, out: Path) -> None:
+    """Over two processes: refusals, a run, a run stopped at step 3, its resumption."""
+    net = _network()
+    messages = []
+    for bad in ({"optimizer": "natgrad"}, {"psis": True}):
+        try:
+            nncme.run(net, **{**RUN, **bad})
+        except ConfigError as exc:
+            messages.append(str(exc))
+    full = nncme.run(net, out=str(out / "full"), **RUN)
+
+    class Stop(Exception):
+        pass
+
+    def stop(info):
+        if info.step == 3:
+            raise Stop
+
+    try:
+        nncme.run(net, out=str(out / "cut"), callbacks=[stop], **RUN)
+    except Stop:
+        pass
+    dist.barrier()
+    resumed = nncme.run(net, out=str(out / "cut"), resume=True, **RUN)
+    if rank == 0:
+        same = all(
+            torch.equal(a, b)
+            for a, b in zip(full.model.state_dict().values(), resumed.model.state_dict().values())
+        )
+        (out / "ranks.json").write_text(json.dumps({"messages": messages, "same": same}))
+
+
+def test_a_run_over_two_processes_answers_as_one_and_resumes(tmp_path):
+    _spawn(_runs, 2, tmp_path)
+    ranks = json.loads((tmp_path / "ranks.json").read_text())
+    assert len(ranks["messages"]) == 2
+    assert "natural gradient" in ranks["messages"][0] and "2 processes" in ranks["messages"][0]
+    assert "Pareto" in ranks["messages"][1]
+    assert ranks["same"], "the resumed run did not reach the uninterrupted run's parameters"
+    summary = json.loads((tmp_path / "full" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["batch_per_rank"] == [300, 300]
+    assert _worst_hellinger(tmp_path / "full") < 0.02
+    # a resume with another number of processes is refused, naming both
+    with pytest.raises(ConfigError, match="2 process"):
+        nncme.run(_network(), out=str(tmp_path / "cut"), resume=True, **RUN)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_command(tmp_path):
+    """`torchrun --nproc-per-node 2 -m nncme.cli run ...`: rank 0 alone prints and writes."""
+    path = save_network(_network(), tmp_path / "net.json")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    command += ["--master-port", str(_free_port()), "-m", "nncme.cli", "run", str(path)]
+    command += ["--batch", "400", "--hidden", "8", "--t-end", "0.1", "--dt", "0.05"]
+    command += ["--eval-samples", "2000", "--quiet", "--out", str(tmp_path / "out")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("over 2 processes") == 1, done.stdout
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["batch_per_rank"] == [200, 200]
+    assert _worst_hellinger(tmp_path / "out") < 0.02
+
+
+def _worst_hellinger(directory: Path) -> float:
+    """The largest Hellinger distance of a run's marginals from FSP's, over its save times."""
+    result = Result.load(directory)
+    exact = solve_fsp(_network(), times=result.times)
+    return max(
+        hellinger(result.marginals[j, i], exact.marginals[j, i])
+        for j in range(1, len(result.times))
+        for i in range(2)
+    )
