@@ -661,6 +661,32 @@ def table_parallel() -> list[str]:
     ]
 
 
+def table_lattice() -> list[str]:
+    """Lattices at the defaults against exact marginals (bench_lattice.py)."""
+    d = load("lattice_cpu.json")
+    header = ["lattice", "sites", "span, dt", "iterations", "s per step", "peak memory",
+              "max Hellinger vs exact"]  # fmt: skip
+    rows = [
+        [
+            r["shape"],
+            str(r["sites"]),
+            f"t ≤ {sig(r['t_end'])}, {sig(r['dt'])}",
+            f"{r['iterations']:,}",
+            f"{r['seconds_per_step']:.1f}",
+            f"{r['peak_memory_mb']:,.0f} MB",
+            f"{r['max_hellinger']:.4f}",
+        ]
+        for r in d["rows"]
+    ]
+    return [
+        *markdown(header, rows),
+        "",
+        "Birth-death on every site (birth 4, death 1, hopping 1, 2 molecules per site at t = 0); "
+        "every step included, the first one's exact start too. "
+        f"{d['note']}. Machine: {machine(d)} (`lattice_cpu.json`).",
+    ]
+
+
 # file -> table name -> function
 TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
     README: {
@@ -674,6 +700,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "fit": table_fit,
         "supervision": table_supervision,
         "parallel": table_parallel,
+        "lattice": table_lattice,
     },
     RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
 }
