@@ -202,12 +202,11 @@ class Driver:
             "t": self.t,
             "model": self.model.state_dict(),
             "stepper": self.stepper.state_dict(),
-            "generator": self._stream_state(),
+            "generator": self._rank_streams[0] if parallel.active() else self._stream_state(),
             "save_times": list(self.save_times),
             "t_end": self.t_end,
         }
         if parallel.active():
-            state["generator"] = self._rank_streams[0]
             state["rank_generators"] = list(self._rank_streams)
         return state
 

@@ -494,15 +494,10 @@ def state_keys(states: torch.Tensor, limits: torch.Tensor) -> torch.Tensor | Non
 
 def member_rows(rows: torch.Tensor, table: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     """Whether each of rows (N, L) is one of table's (M, L) rows (in-box states) -> (N,) bool."""
-    both = torch.cat([rows, table])
-    keys = state_keys(both, limits)
-    N = rows.shape[0]
-    if keys is not None:
-        return torch.isin(keys[:N], keys[N:])
-    _, inverse = torch.unique(both, dim=0, return_inverse=True)
-    present = torch.zeros(int(inverse.max()) + 1 if both.shape[0] else 0, dtype=torch.bool)
-    present[inverse[N:]] = True
-    return present[inverse[:N]]
+    distinct, inverse = unique_states(torch.cat([rows, table]), limits)
+    present = torch.zeros(distinct.shape[0], dtype=torch.bool, device=inverse.device)
+    present[inverse[rows.shape[0] :]] = True
+    return present[inverse[: rows.shape[0]]]
 
 
 def unique_states(states: torch.Tensor, limits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

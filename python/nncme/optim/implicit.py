@@ -232,9 +232,7 @@ def local_error(
     ratio = torch.exp(target.old_log_prob(states).to(log_new.dtype) - log_new)  # q_old / q_new
     moved = torch.where(ratio > 0, dt * flow * ratio, torch.zeros_like(ratio))
     e = 0.5 * (1 - ratio - moved)
-    if parallel.active():  # over every rank's draws
-        return math.sqrt(parallel.mean(e.square()))
-    return float(e.square().mean().sqrt())
+    return math.sqrt(parallel.mean(e.square()))  # over every rank's draws
 
 
 @torch.no_grad()

@@ -267,9 +267,7 @@ def step_motion(
     """
     states, _ = model.sample(samples, generator)
     flow = TransitionTarget(model, net, t, dt, impl=impl)(states.to(net.device)).local_gen
-    if parallel.active():  # over every rank's draws
-        return dt * math.sqrt(parallel.mean(flow.square()))
-    return float(dt * flow.square().mean().sqrt())
+    return dt * math.sqrt(parallel.mean(flow.square()))  # over every rank's draws
 
 
 @dataclass(frozen=True)
