@@ -320,6 +320,11 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
         else None,
         final_loss=out.result.summary.get("final_loss"),
         parameters=int(out.model.num_parameters()),
+        largest_batch=out.result.summary.get("largest_batch"),
+        steps_per_batch={
+            str(b): sum(1 for h in history if h.get("batch") == b)
+            for b in sorted({h.get("batch") for h in history if h.get("batch")})
+        },
     )
     try:
         row.update(measure(network, out.result, FSPSettings(quiet=True), save_dir))

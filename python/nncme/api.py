@@ -361,7 +361,8 @@ def _motion(
     else:  # fits explicit stages as KLUpdate does, and implicit ones
         optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.learning_rate)
         update = ImplicitUpdate(optimizer, supervision=supervision, **_fit_options(cfg))
-    return Fit(model, update, net, proposal, batch, generator, impl=cfg.impl)
+    return Fit(model, update, net, proposal, batch, generator, impl=cfg.impl,
+               max_batch=batch * cfg.max_batch_factor)  # fmt: skip
 
 
 def _start_fit(

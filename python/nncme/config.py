@@ -415,7 +415,15 @@ class RunConfig(Settings):
         positive=True,
         maximum=1.0,
     )
-    batch: int = _opt(1000, "samples per iteration", minimum=1)
+    batch: int = _opt(
+        1000, "samples per iteration (fitted steps start here: see max_batch_factor)", minimum=1
+    )
+    max_batch_factor: int = _opt(
+        4,
+        "fitted steps: the batch doubles, up to this factor, while the fits make less than 90 % "
+        "of each step's motion (a lag later steps cannot make up); 1: a fixed batch",
+        minimum=1,
+    )
     iterations: int = _opt(
         60, "optimiser iterations per time step (the maximum with --tolerance)", minimum=1
     )

@@ -317,6 +317,7 @@ class Recorder(Observer):
         self.records: list[dict[str, torch.Tensor]] = []
         self.final_loss: float | None = None
         self.warnings: list[str] = []
+        self.largest_batch = 0  # the fits' batch grows while they lag (`nncme.steppers.Fit`)
         self.status, self.error = "running", None
         self.device = torch.device("cpu")
 
@@ -340,6 +341,7 @@ class Recorder(Observer):
 
     def step(self, driver: Driver, info: StepInfo) -> None:
         self.final_loss = info.report.loss
+        self.largest_batch = max(self.largest_batch, info.report.batch)
         self.warnings += [f"step {info.step} (t = {info.t:g}): {w}" for w in info.report.warnings]
 
     def save(self, driver: Driver, info: StepInfo) -> None:
@@ -383,6 +385,7 @@ class Recorder(Observer):
             "timings": {"run_seconds": seconds},
             "peak_memory_mb": peak_memory_mb(self.device),
             "final_loss": self.final_loss,
+            "largest_batch": self.largest_batch or None,
             "versions": versions(),
         }
         return Result(
@@ -408,11 +411,13 @@ class Recorder(Observer):
             "records": self.records,
             "final_loss": self.final_loss,
             "warnings": list(self.warnings),
+            "largest_batch": self.largest_batch,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.times, self.records = list(state["times"]), list(state["records"])
         self.final_loss, self.warnings = state["final_loss"], list(state["warnings"])
+        self.largest_batch = int(state.get("largest_batch", 0))
 
 
 def peak_memory_mb(device: torch.device | str) -> dict[str, float | None]:

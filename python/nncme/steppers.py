@@ -38,6 +38,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -172,6 +173,17 @@ class Motion:
 class Fit(Motion):
     """Stage values by fitting the model to each stage's target with an `Update`.
 
+    The batch follows the fits' lag. A fit that makes only a fraction alpha of the motion it
+    is asked for (`StepReport.motion_made`) leaves the rest undone for good: every later
+    step fits T q_old of the lagging q_old, so a lag of 1 - alpha per step adds up to a
+    relative error of (1 - alpha) x (the motion so far), the means falling behind. Where the
+    gradient is mostly sampling noise (bursty networks: a rare on-state whose counts move
+    fast), Adam makes progress in proportion to the gradient's signal to noise, so alpha
+    rises with the batch. So the fits' alpha is averaged over the last fits (weighted by
+    their motion, `motion_spread`, so that steps that hardly move do not decide); below
+    `LAG_GROW` the batch doubles, up to `max_batch`, and above `LAG_SHRINK` it halves
+    again, down to `batch_size`; each change waits for `LAG_FITS` new fits.
+
     Args:
         model: the VAN (changed in place).
         update: the fit (`KLUpdate`, `NaturalGradientUpdate`); its optimiser state carries
@@ -179,7 +191,12 @@ class Fit(Motion):
         net: the compiled network.  proposal: where training states come from.
         batch_size: states per iteration.  generator: the run's random stream.
         impl: operator implementation.
+        max_batch: the largest batch the lag may ask for (None or batch_size: fixed).
     """
+
+    LAG_GROW, LAG_SHRINK = 0.9, 0.97
+    LAG_MEMORY = 0.8  # weight of the earlier fits in the running alpha
+    LAG_FITS = 10
 
     def __init__(
         self,
@@ -191,9 +208,14 @@ class Fit(Motion):
         generator: torch.Generator | None,
         *,
         impl: str = "auto",
+        max_batch: int | None = None,
     ) -> None:
         self.model, self.update, self.net, self.impl = model, update, net, impl
         self.proposal, self.batch_size, self.generator = proposal, batch_size, generator
+        self.base_batch = int(batch_size)
+        self.max_batch = max(self.base_batch, int(max_batch or batch_size))
+        self._lag = [0.0, 0.0, 0]  # running sums of (alpha - 1) x spread and spread; fits
+        self._lag_warned = False
         self._twins: dict[int, AutoregressiveModel] = {}
         self._t = 0.0
 
@@ -232,7 +254,38 @@ class Fit(Motion):
             self.model, target, self.proposal, self.batch_size, self.generator, self._t, dt,
             t_model,
         )  # fmt: skip
-        return self.update.run(problem)
+        report = self.update.run(problem)
+        self._follow_lag(report)
+        return report
+
+    def _follow_lag(self, report: StepReport) -> None:
+        """Double or halve the batch as the fits' running alpha asks (class docstring)."""
+        made, spread = report.motion_made, report.motion_spread
+        if self.max_batch == self.base_batch or not (math.isfinite(made) and spread > 0):
+            return
+        b = self.LAG_MEMORY
+        lagged, moved, fits = self._lag
+        self._lag = [b * lagged + (1 - b) * (made - 1.0) * spread, b * moved + (1 - b) * spread,
+                     fits + 1]  # fmt: skip
+        if self._lag[2] < self.LAG_FITS:
+            return
+        alpha = 1.0 + self._lag[0] / self._lag[1]
+        if alpha < self.LAG_GROW and self.batch_size == self.max_batch and not self._lag_warned:
+            self._lag_warned = True  # once per run: it holds for many steps alike
+            message = (
+                f"the fits make only {alpha:.0%} of each step's motion at the largest batch "
+                f"({self.batch_size}): the law lags behind the CME by the rest, step after "
+                "step; raise --max-batch-factor, --batch or --iterations"
+            )
+            report.warnings.append(message)
+            warnings.warn(message, stacklevel=2)
+        if alpha < self.LAG_GROW and self.batch_size < self.max_batch:
+            self.batch_size = min(2 * self.batch_size, self.max_batch)
+        elif alpha > self.LAG_SHRINK and self.batch_size > self.base_batch:
+            self.batch_size = max(self.batch_size // 2, self.base_batch)
+        else:
+            return
+        self._lag = [0.0, 0.0, 0]  # the new batch is judged on its own fits
 
     def restore(self, value: AutoregressiveModel) -> None:
         """Put a snapshot's parameters back into the model (a rejected sub-step)."""
@@ -247,13 +300,19 @@ class Fit(Motion):
         last.stiff_mass = max(r.stiff_mass for r in reports)
         last.fallbacks = sum(r.fallbacks for r in reports)
         last.capped = any(r.capped for r in reports)
+        last.warnings = [w for r in reports for w in r.warnings]
         return last
 
     def state_dict(self) -> dict[str, Any]:
-        return self.update.state_dict()
+        lag = {"batch_size": self.batch_size, "lag": list(self._lag)}
+        return {**self.update.state_dict(), **lag, "lag_warned": self._lag_warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.update.load_state_dict(state)
+        # (a checkpoint from before the batch followed the lag has neither)
+        self.batch_size = int(state.get("batch_size", self.base_batch))
+        self._lag = list(state.get("lag", [0.0, 0.0, 0]))
+        self._lag_warned = bool(state.get("lag_warned", False))
 
 
 @dataclass

@@ -19,6 +19,7 @@ step from a start with few states).
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -138,6 +139,15 @@ class StepReport:
         supervision_penalty, supervision_z: with observable supervision, the penalty
             (nats) and largest |O - r| / s as the (last) fit started (`Supervision`; nan
             where no reference was).
+        motion_made: the fraction of the motion it was asked for that the (last) fit made,
+            1 + Cov(f, r) / Var(r) under its last draw's weights, with r = log p - log q_start
+            the change of log q the target asks for and f = log q - log p what is left (so
+            log q - log q_start = f + r); 1: the whole step, below 1: a lag that no later
+            step makes up (each fits T q_old of a lagging q_old). nan where not measured (an
+            implicit fit, a draw on which the target does not move q).
+        motion_spread: Var(r) on that draw (nats^2): the step's squared relative motion,
+            how much weight its motion_made carries when fits are averaged.
+        batch: states per iteration of the (last) fit.
     """
 
     loss: float
@@ -163,11 +173,15 @@ class StepReport:
     scheme: str = ""
     supervision_penalty: float = math.nan
     supervision_z: float = math.nan
+    motion_made: float = math.nan
+    motion_spread: float = math.nan
+    batch: int = 0
 
     LOGGED = (
         "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "local_error", "residual",
         "gap", "ess", "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks",
         "capped", "warnings", "scheme", "seconds", "supervision_penalty", "supervision_z",
+        "motion_made", "batch",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:
@@ -305,6 +319,8 @@ class KLUpdate(Update):
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.lr_decay = float(lr_decay)
+        self._twin: AutoregressiveModel | None = None  # the model as a fit began
+        self._last_draw: tuple[torch.Tensor, ...] | None = None  # the last iteration's draw
 
     def run(self, problem: StepProblem) -> StepReport:
         start = time.perf_counter()
@@ -316,6 +332,8 @@ class KLUpdate(Update):
             )
             report.supervision_penalty = self.supervision.last.get("penalty", math.nan)
             report.supervision_z = self.supervision.last.get("max_z", math.nan)
+        begun = self._start_copy(problem.model)
+        self._last_draw = None
         try:
             report.capped = True
             for it in range(self.iterations):
@@ -327,8 +345,46 @@ class KLUpdate(Update):
         finally:  # the optimiser (and its checkpoint) keeps the undecayed rate
             for group, lr in zip(self.optimizer.param_groups, base_lrs):
                 group["lr"] = lr
+        report.motion_made, report.motion_spread = self._motion_made(problem.model, begun)
+        report.batch = problem.batch_size
         report.seconds = time.perf_counter() - start
         return report
+
+    def _start_copy(self, model: AutoregressiveModel) -> AutoregressiveModel:
+        """A frozen copy of the model as the fit starts (one per update, refreshed in place)."""
+        twin = self._twin
+        if twin is None:
+            twin = copy.deepcopy(model)
+            for p in twin.parameters():
+                p.requires_grad_(False)
+            self._twin = twin
+        twin.load_state_dict(model.state_dict())
+        return twin
+
+    def _motion_made(
+        self, model: AutoregressiveModel, begun: AutoregressiveModel
+    ) -> tuple[float, float]:
+        """(motion_made, motion_spread) of the fit (see `StepReport`), on the last
+        iteration's draw: log q at its states once more by the model as it ended and as it
+        began (two evaluations of B states, against the fit's B (K + 1) per iteration)."""
+        last, nan = self._last_draw, math.nan
+        if last is None:  # an implicit fit (every rank alike)
+            return nan, nan
+        states, weights, log_p = last
+        with torch.no_grad():  # q as the fit ended (the draw's f is one optimiser step old)
+            f = model.log_prob(states) - log_p
+            r = log_p - begun.log_prob(states)
+        ok = torch.isfinite(f) & torch.isfinite(r)
+        w, f, r = weights * ok, torch.where(ok, f, 0.0), torch.where(ok, r, 0.0)
+        (mass, sf, sr, sfr, srr), _, _ = parallel.reduce(
+            [float(x.sum()) for x in (w, w * f, w * r, w * f * r, w * r * r)]
+        )
+        if not mass > 0:
+            return nan, nan
+        spread = srr / mass - (sr / mass) ** 2
+        if not spread > 0:
+            return nan, nan
+        return 1.0 + (sfr / mass - sf * sr / mass**2) / spread, spread
 
     def _set_lr(self, base_lrs: list[float], it: int) -> None:
         """The learning rate of iteration `it`: lr for the first half of `iterations`, then a
@@ -380,6 +436,8 @@ class KLUpdate(Update):
             [float(g_all[:B].sum()), float(g_all[B:].sum()), states.shape[0] - B],
         )  # tilted_loss = loss without a tilt
         w = self._weights(draw, states.shape[0])
+        # what `_motion_made` reads once the fit ends (the untilted target: the CME's motion)
+        self._last_draw = (draw.states, draw.weights, values.log_tq[:B])
         if not math.isfinite(loss):
             bad = int((~torch.isfinite(f)).sum())
             raise NonFiniteError(

@@ -1,0 +1,129 @@
+"""The fits' lag: `StepReport.motion_made` is the fraction of the asked-for motion a fit made
+(checked against the exact regression over the whole box), and `Fit` doubles the batch while
+the fits' running fraction is below `LAG_GROW`, halves it above `LAG_SHRINK`, within its bounds,
+and keeps both in its checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from nncme.exact import FSP, FSPSettings
+from nncme.models import build_model
+from nncme.optim import KLUpdate, StepProblem, StepReport
+from nncme.optim.target import StageTarget, Term
+from nncme.sampling import make_proposal
+from nncme.steppers import Fit
+
+from .test_saturated_map import two_species
+
+
+def exact_motion_made(before, after, target, states) -> float:
+    """1 + Cov(f, r) / Var(r) under the fitted q, over every state of the box."""
+    with torch.no_grad():
+        log_q = after.log_prob(states)
+        log_p = target(states).log_tq
+        r = log_p - before.log_prob(states)
+    f, w = log_q - log_p, log_q.exp()
+    ok = w > 0
+    w, f, r = w[ok] / w[ok].sum(), f[ok], r[ok]
+    mf, mr = (w * f).sum(), (w * r).sum()
+    return float(1 + (w * (f - mf) * (r - mr)).sum() / (w * (r - mr) ** 2).sum())
+
+
+@pytest.mark.parametrize(("iterations", "low", "high"), [(3, 0.05, 0.5), (40, 0.9, 1.1)])
+def test_motion_made_is_the_share_of_the_asked_for_change_of_log_q(iterations, low, high):
+    net = two_species()
+    states = torch.as_tensor(FSP(net, FSPSettings(quiet=True)).states)
+    compiled = net.compile(torch.device("cpu"), torch.float64)
+    model = build_model("nade", net, dtype=torch.float64, seed=1, hidden=8)
+    before = copy.deepcopy(model)
+    target = StageTarget([Term(before, 0.0, 1.0, 1.0)], compiled, 0.05)  # Euler, dt 0.05
+    update = KLUpdate(torch.optim.Adam(model.parameters(), lr=0.01), iterations=iterations,
+                      lr_decay=1.0)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    problem = StepProblem(model, target, make_proposal("vanilla"), 100_000, generator, 0.0, 0.05)
+    report = update.run(problem)
+    exact = exact_motion_made(before, model, target, states)
+    assert low < exact < high  # a fit part of the way, and one that made the step
+    assert report.motion_made == pytest.approx(exact, abs=0.03)
+    assert report.motion_spread > 0
+    assert report.batch == 100_000
+
+
+class Lagging(KLUpdate):
+    """An update that reports a set motion_made and does nothing else."""
+
+    def __init__(self) -> None:
+        self.made, self.spread = 1.0, 1e-4
+
+    def run(self, problem: StepProblem) -> StepReport:
+        return StepReport(loss=0.0, motion_made=self.made, motion_spread=self.spread,
+                          batch=problem.batch_size)  # fmt: skip
+
+    def state_dict(self):
+        return {"optimizer": {}}
+
+    def load_state_dict(self, state) -> None:
+        pass
+
+
+def lagging_fit(max_batch: int | None) -> tuple[Fit, Lagging]:
+    net = two_species()
+    model = build_model("nade", net, dtype=torch.float64, seed=1, hidden=4)
+    update = Lagging()
+    fit = Fit(model, update, None, make_proposal("vanilla"), 100, None, max_batch=max_batch)
+    return fit, update
+
+
+def fits(fit: Fit, n: int) -> list[int]:
+    return [fit.fit(None, 0.01).batch for _ in range(n)]
+
+
+def test_the_batch_doubles_while_the_fits_lag_and_halves_once_they_keep_up():
+    fit, update = lagging_fit(max_batch=400)
+    update.made = 0.8
+    wait = Fit.LAG_FITS
+    assert fits(fit, wait) == [100] * wait  # judged after LAG_FITS fits
+    assert fit.batch_size == 200
+    assert fits(fit, wait) == [200] * wait
+    assert fit.batch_size == 400
+    with pytest.warns(UserWarning, match="only 80% of each step's motion at the largest batch"):
+        reports = [fit.fit(None, 0.01) for _ in range(3 * wait)]
+    assert fit.batch_size == 400  # not past max_batch, and warned about once
+    assert sum(len(r.warnings) for r in reports) == 1
+    update.made = 0.93  # between the thresholds: stays
+    fits(fit, 3 * wait)
+    assert fit.batch_size == 400
+    update.made = 1.0
+    fits(fit, 4 * wait)
+    assert fit.batch_size == 100  # back down to the run's batch, not below
+    # a checkpoint keeps the batch and the running sums
+    update.made = 0.5
+    fits(fit, wait - 2)
+    state = fit.state_dict()
+    other, _ = lagging_fit(max_batch=400)
+    other.load_state_dict(state)
+    assert other.batch_size == fit.batch_size and other._lag == fit._lag
+    fits(fit, 2)
+    fits(other, 2)
+    assert fit.batch_size == other.batch_size == 200
+    # a checkpoint from before the batch followed the lag: the run's batch
+    other.load_state_dict({"optimizer": {}})
+    assert other.batch_size == 100
+
+
+def test_fits_that_do_not_move_or_are_not_measured_do_not_decide():
+    fit, update = lagging_fit(max_batch=800)
+    update.made, update.spread = 0.2, 0.0  # no motion asked for: its fraction means nothing
+    fits(fit, 3 * Fit.LAG_FITS)
+    update.made, update.spread = math.nan, math.nan  # an implicit fit
+    fits(fit, 3 * Fit.LAG_FITS)
+    assert fit.batch_size == 100
+    fixed, update = lagging_fit(max_batch=None)  # max_batch_factor 1: a fixed batch
+    update.made = 0.1
+    fits(fixed, 3 * Fit.LAG_FITS)
+    assert fixed.batch_size == 100
