@@ -49,7 +49,7 @@ import torch
 from . import ops
 from .io import network_from_dict, network_to_dict
 from .models import build_model
-from .models.base import AutoregressiveModel
+from .models.base import AutoregressiveModel, frozen_copy
 from .network import NetworkError, ReactionNetwork
 from .observers import box_states
 from .optim.target import (
@@ -729,12 +729,7 @@ class AmortisedTrainer:
 
     # ------------------------------------------------------------------------- one step
     def _frozen(self) -> AutoregressiveModel:
-        import copy
-
-        frozen = copy.deepcopy(self.model)
-        for p in frozen.parameters():
-            p.requires_grad_(False)
-        return frozen
+        return frozen_copy(self.model)
 
     def motion(self, dt: float) -> float:
         """The largest over contexts of dt RMS_q[(W_c q)/q]: how far one Euler step of dt

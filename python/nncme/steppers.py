@@ -35,7 +35,6 @@ and fits the model to the result, with its own optimiser.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
@@ -45,7 +44,7 @@ from typing import Any
 import torch
 
 from . import ops, parallel
-from .models import AutoregressiveModel
+from .models import AutoregressiveModel, frozen_copy
 from .optim import (
     ImplicitTarget,
     ImplicitUpdate,
@@ -231,14 +230,8 @@ class Fit(Motion):
     def snapshot(self, slot: int) -> AutoregressiveModel:
         """A frozen copy of the model, kept per slot and refreshed in place (no new model
         per step)."""
-        twin = self._twins.get(slot)
-        if twin is None:
-            twin = copy.deepcopy(self.model)
-            for p in twin.parameters():
-                p.requires_grad_(False)
-            self._twins[slot] = twin
-        twin.load_state_dict(self.model.state_dict())
-        return twin
+        self._twins[slot] = frozen_copy(self.model, self._twins.get(slot))
+        return self._twins[slot]
 
     def stage(self, terms: list[Term], dt: float) -> StepReport:
         self._t = min(term.t for term in terms)  # the (sub-)step's start

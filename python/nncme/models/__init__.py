@@ -20,6 +20,7 @@ from .base import (
     ClosedFormScores,
     ConditionalTransform,
     Tempering,
+    frozen_copy,
     inverse_cdf,
 )
 from .nade import NADE, NADEScores
@@ -38,6 +39,7 @@ __all__ = [
     "Tempering",
     "Transformer",
     "build_model",
+    "frozen_copy",
     "inverse_cdf",
 ]
 

@@ -14,6 +14,7 @@ The base class does the masking, the log-probabilities, the conditionals and the
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -29,6 +30,7 @@ __all__ = [
     "ClosedFormScores",
     "ConditionalTransform",
     "Tempering",
+    "frozen_copy",
     "inverse_cdf",
 ]
 
@@ -82,6 +84,17 @@ class Tempering:
 
     def __repr__(self) -> str:
         return f"Tempering(alpha={self.alpha:g})"
+
+
+def frozen_copy(model: nn.Module, into: nn.Module | None = None) -> nn.Module:
+    """A copy of the model's parameters in a model that takes no gradients: `into` (an
+    earlier copy, refreshed in place, so a step makes no new model) or a new deep copy."""
+    if into is None:
+        into = copy.deepcopy(model)
+        for p in into.parameters():
+            p.requires_grad_(False)
+    into.load_state_dict(model.state_dict())
+    return into
 
 
 def inverse_cdf(log_p: torch.Tensor, allowed: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,6 @@ step from a start with few states).
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import parallel
-from ..models.base import AutoregressiveModel
+from ..models.base import AutoregressiveModel, frozen_copy
 from ..sampling import Draw, Proposal, pool, unique_states
 from .gradients import grad_of_sum
 from .supervision import Supervision
@@ -352,14 +351,8 @@ class KLUpdate(Update):
 
     def _start_copy(self, model: AutoregressiveModel) -> AutoregressiveModel:
         """A frozen copy of the model as the fit starts (one per update, refreshed in place)."""
-        twin = self._twin
-        if twin is None:
-            twin = copy.deepcopy(model)
-            for p in twin.parameters():
-                p.requires_grad_(False)
-            self._twin = twin
-        twin.load_state_dict(model.state_dict())
-        return twin
+        self._twin = frozen_copy(model, self._twin)
+        return self._twin
 
     def _motion_made(
         self, model: AutoregressiveModel, begun: AutoregressiveModel
