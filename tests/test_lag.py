@@ -99,7 +99,11 @@ def test_the_batch_doubles_while_the_fits_lag_and_halves_once_they_keep_up():
     fits(fit, 3 * wait)
     assert fit.batch_size == 400
     update.made = 1.0
-    fits(fit, 4 * wait)
+    fits(fit, Fit.LAG_KEEP * wait - 1)
+    assert fit.batch_size == 400  # not before LAG_KEEP x LAG_FITS good fits in a row
+    fits(fit, wait)
+    assert fit.batch_size == 200
+    fits(fit, 3 * Fit.LAG_KEEP * wait)
     assert fit.batch_size == 100  # back down to the run's batch, not below
     # a checkpoint keeps the batch and the running sums
     update.made = 0.5

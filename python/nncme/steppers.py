@@ -180,8 +180,10 @@ class Fit(Motion):
     fast), Adam makes progress in proportion to the gradient's signal to noise, so alpha
     rises with the batch. So the fits' alpha is averaged over the last fits (weighted by
     their motion, `motion_spread`, so that steps that hardly move do not decide); below
-    `LAG_GROW` the batch doubles, up to `max_batch`, and above `LAG_SHRINK` it halves
-    again, down to `batch_size`; each change waits for `LAG_FITS` new fits.
+    `LAG_GROW` the batch doubles, up to `max_batch`, and once it has stayed above
+    `LAG_SHRINK` for `LAG_KEEP` x `LAG_FITS` fits it halves again, down to `batch_size`
+    (each fit's reading is of one draw, noisy enough that a batch halved on a few good
+    readings came back within a few steps); each change waits for `LAG_FITS` new fits.
 
     Args:
         model: the VAN (changed in place).
@@ -196,6 +198,7 @@ class Fit(Motion):
     LAG_GROW, LAG_SHRINK = 0.9, 0.97
     LAG_MEMORY = 0.8  # weight of the earlier fits in the running alpha
     LAG_FITS = 10
+    LAG_KEEP = 4  # halved once alpha stayed above LAG_SHRINK for LAG_KEEP x LAG_FITS fits
 
     def __init__(
         self,
@@ -213,7 +216,9 @@ class Fit(Motion):
         self.proposal, self.batch_size, self.generator = proposal, batch_size, generator
         self.base_batch = int(batch_size)
         self.max_batch = max(self.base_batch, int(max_batch or batch_size))
-        self._lag = [0.0, 0.0, 0]  # running sums of (alpha - 1) x spread and spread; fits
+        # running sums of (alpha - 1) x spread and of spread; fits; fits in a row above
+        # LAG_SHRINK
+        self._lag = [0.0, 0.0, 0, 0]
         self._lag_warned = False
         self._twins: dict[int, AutoregressiveModel] = {}
         self._t = 0.0
@@ -257,12 +262,13 @@ class Fit(Motion):
         if self.max_batch == self.base_batch or not (math.isfinite(made) and spread > 0):
             return
         b = self.LAG_MEMORY
-        lagged, moved, fits = self._lag
-        self._lag = [b * lagged + (1 - b) * (made - 1.0) * spread, b * moved + (1 - b) * spread,
-                     fits + 1]  # fmt: skip
-        if self._lag[2] < self.LAG_FITS:
+        lagged, moved, fits, kept = self._lag
+        lagged, moved = b * lagged + (1 - b) * (made - 1.0) * spread, b * moved + (1 - b) * spread
+        self._lag = [lagged, moved, fits + 1, kept]
+        if fits + 1 < self.LAG_FITS:
             return
-        alpha = 1.0 + self._lag[0] / self._lag[1]
+        alpha = 1.0 + lagged / moved
+        self._lag[3] = kept = kept + 1 if alpha > self.LAG_SHRINK else 0
         if alpha < self.LAG_GROW and self.batch_size == self.max_batch and not self._lag_warned:
             self._lag_warned = True  # once per run: it holds for many steps alike
             message = (
@@ -274,11 +280,13 @@ class Fit(Motion):
             warnings.warn(message, stacklevel=2)
         if alpha < self.LAG_GROW and self.batch_size < self.max_batch:
             self.batch_size = min(2 * self.batch_size, self.max_batch)
-        elif alpha > self.LAG_SHRINK and self.batch_size > self.base_batch:
+        elif kept >= self.LAG_KEEP * self.LAG_FITS:
+            if self.batch_size == self.base_batch:
+                return
             self.batch_size = max(self.batch_size // 2, self.base_batch)
         else:
             return
-        self._lag = [0.0, 0.0, 0]  # the new batch is judged on its own fits
+        self._lag = [0.0, 0.0, 0, 0]  # the new batch is judged on its own fits
 
     def restore(self, value: AutoregressiveModel) -> None:
         """Put a snapshot's parameters back into the model (a rejected sub-step)."""
@@ -304,7 +312,8 @@ class Fit(Motion):
         self.update.load_state_dict(state)
         # (a checkpoint from before the batch followed the lag has neither)
         self.batch_size = int(state.get("batch_size", self.base_batch))
-        self._lag = list(state.get("lag", [0.0, 0.0, 0]))
+        lag = list(state.get("lag", [0.0, 0.0, 0]))
+        self._lag = [*lag[:3], lag[3] if len(lag) > 3 else 0]
         self._lag_warned = bool(state.get("lag_warned", False))
 
 
