@@ -264,11 +264,13 @@ class Fit(Motion):
         b = self.LAG_MEMORY
         lagged, moved, fits, kept = self._lag
         lagged, moved = b * lagged + (1 - b) * (made - 1.0) * spread, b * moved + (1 - b) * spread
-        self._lag = [lagged, moved, fits + 1, kept]
-        if fits + 1 < self.LAG_FITS:
-            return
+        fits += 1
         alpha = 1.0 + lagged / moved
-        self._lag[3] = kept = kept + 1 if alpha > self.LAG_SHRINK else 0
+        if fits >= self.LAG_FITS:
+            kept = kept + 1 if alpha > self.LAG_SHRINK else 0
+        self._lag = [lagged, moved, fits, kept]
+        if fits < self.LAG_FITS:
+            return
         if alpha < self.LAG_GROW and self.batch_size == self.max_batch and not self._lag_warned:
             self._lag_warned = True  # once per run: it holds for many steps alike
             message = (
@@ -280,9 +282,7 @@ class Fit(Motion):
             warnings.warn(message, stacklevel=2)
         if alpha < self.LAG_GROW and self.batch_size < self.max_batch:
             self.batch_size = min(2 * self.batch_size, self.max_batch)
-        elif kept >= self.LAG_KEEP * self.LAG_FITS:
-            if self.batch_size == self.base_batch:
-                return
+        elif kept >= self.LAG_KEEP * self.LAG_FITS and self.batch_size > self.base_batch:
             self.batch_size = max(self.batch_size // 2, self.base_batch)
         else:
             return

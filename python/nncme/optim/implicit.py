@@ -140,7 +140,6 @@ class ImplicitUpdate(KLUpdate):
         if not isinstance(problem.target, ImplicitTarget):
             super()._iteration(problem, it, report)
             return
-        self._last_draw = None  # its motion is not measured (see `KLUpdate._motion_made`)
         # in a run of many processes the sums over the batch are over all ranks' states
         # (`nncme.parallel`), in two collectives: the draw's pooling, the gradient's sum
         draw, states = self._batch(problem)

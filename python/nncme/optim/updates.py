@@ -369,9 +369,8 @@ class KLUpdate(Update):
             r = log_p - begun.log_prob(states)
         ok = torch.isfinite(f) & torch.isfinite(r)
         w, f, r = weights * ok, torch.where(ok, f, 0.0), torch.where(ok, r, 0.0)
-        (mass, sf, sr, sfr, srr), _, _ = parallel.reduce(
-            [float(x.sum()) for x in (w, w * f, w * r, w * f * r, w * r * r)]
-        )
+        sums = torch.stack([x.sum() for x in (w, w * f, w * r, w * f * r, w * r * r)])
+        (mass, sf, sr, sfr, srr), _, _ = parallel.reduce(sums.tolist())  # one host sync
         if not mass > 0:
             return nan, nan
         spread = srr / mass - (sr / mass) ** 2
