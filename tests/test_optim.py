@@ -434,7 +434,9 @@ def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
         eval_samples=20000,
         proposal="vanilla",
         max_batch_factor=1,
-    )  # fmt: skip  (mixture draws also pull; so does a batch that grows while the fits lag)
+        first_tolerance=1e-4,
+    )  # fmt: skip  (mixture draws also pull; so does a batch that grows while the fits lag,
+    # and a first fit run to its cap, whose heads give unseen counts some mass to start from)
     exact = solve_fsp(net, [0.0, 0.5, 1.0], FSPSettings(quiet=True))
     start_distance = float(hellinger(exact.marginals[0], exact.marginals[2]).max())
     assert start_distance > 0.045

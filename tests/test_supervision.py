@@ -102,7 +102,9 @@ def birth_death() -> ReactionNetwork:
 @pytest.mark.slow
 def test_a_run_is_pulled_towards_measured_means(tmp_path):
     """Means 'measured' 25 % above the exact ones (a CSV, as a user gives them) pull a run's
-    means up, by more with a larger weight; the log reports the term."""
+    means up, by more with a larger weight (on average over the run: seeds 3-5 put the
+    excess at 0.209-0.215 with weight 1, 0.218-0.221 with weight 4); the log reports the
+    term."""
     import json
 
     from nncme import run
@@ -120,11 +122,14 @@ def test_a_run_is_pulled_towards_measured_means(tmp_path):
         out = tmp_path / f"w{weight}"
         kw = {} if weight == 0 else {"supervise": str(path), "supervise_weight": weight}
         result = run(net, quiet=True, seed=3, out=str(out), **kw).result
-        end[weight] = result.means[-1, 0] / exact[-1] - 1
+        # averaged over the save times: the last one alone moves by +-0.01 from run to run
+        later = result.times >= 0.1
+        excess = result.means[later, 0] / (8.0 - 6.0 * np.exp(-result.times[later])) - 1
+        end[weight] = float(excess.mean())
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         z = [r["supervision_z"] for r in log if r["supervision_z"] is not None]
         assert (len(z) > 5) == (weight > 0)
-    print("relative excess of the last mean", end)
+    print("relative excess of the means", end)
     assert abs(end[0.0]) < 0.03  # the run alone
     assert 0.05 < end[1.0] < end[4.0] < 0.25
 
