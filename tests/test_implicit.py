@@ -102,7 +102,6 @@ def birth_death(limit: int = 30) -> ReactionNetwork:
 # log-variance objective (no floor on counts the samples never reach), tighter stopping.
 TIGHT = dict(
     proposal="mixture", objective="log_variance", relative_tolerance=1e-3, iterations=300,
-    first_tolerance=1e-7,
 )  # fmt: skip
 
 
