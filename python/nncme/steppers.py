@@ -271,22 +271,27 @@ class Fit(Motion):
         self._lag = [lagged, moved, fits, kept]
         if fits < self.LAG_FITS:
             return
-        if alpha < self.LAG_GROW and self.batch_size == self.max_batch and not self._lag_warned:
-            self._lag_warned = True  # once per run: it holds for many steps alike
-            message = (
-                f"the fits make only {alpha:.0%} of each step's motion at the largest batch "
-                f"({self.batch_size}): the law lags behind the CME by the rest, step after "
-                "step; raise --max-batch-factor, --batch or --iterations"
-            )
-            report.warnings.append(message)
-            warnings.warn(message, stacklevel=2)
-        if alpha < self.LAG_GROW and self.batch_size < self.max_batch:
+        if alpha < self.LAG_GROW and self.batch_size == self.max_batch:
+            self._warn_lag(alpha, report)
+        elif alpha < self.LAG_GROW:
             self.batch_size = min(2 * self.batch_size, self.max_batch)
+            self._lag = [0.0, 0.0, 0, 0]  # the new batch is judged on its own fits
         elif kept >= self.LAG_KEEP * self.LAG_FITS and self.batch_size > self.base_batch:
             self.batch_size = max(self.batch_size // 2, self.base_batch)
-        else:
+            self._lag = [0.0, 0.0, 0, 0]
+
+    def _warn_lag(self, alpha: float, report: StepReport) -> None:
+        """Once per run (a lag at the largest batch holds for many steps alike)."""
+        if self._lag_warned:
             return
-        self._lag = [0.0, 0.0, 0, 0]  # the new batch is judged on its own fits
+        self._lag_warned = True
+        message = (
+            f"the fits make only {alpha:.0%} of each step's motion at the largest batch "
+            f"({self.batch_size}): the law lags behind the CME by the rest, step after "
+            "step; raise --max-batch-factor, --batch or --iterations"
+        )
+        report.warnings.append(message)
+        warnings.warn(message, stacklevel=3)
 
     def restore(self, value: AutoregressiveModel) -> None:
         """Put a snapshot's parameters back into the model (a rejected sub-step)."""
@@ -312,8 +317,7 @@ class Fit(Motion):
         self.update.load_state_dict(state)
         # (a checkpoint from before the batch followed the lag has neither)
         self.batch_size = int(state.get("batch_size", self.base_batch))
-        lag = list(state.get("lag", [0.0, 0.0, 0]))
-        self._lag = [*lag[:3], lag[3] if len(lag) > 3 else 0]
+        self._lag = list(state.get("lag", [0.0, 0.0, 0, 0]))
         self._lag_warned = bool(state.get("lag_warned", False))
 
 

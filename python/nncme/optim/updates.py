@@ -318,7 +318,7 @@ class KLUpdate(Update):
         if not 0 < lr_decay <= 1:
             raise ValueError(f"lr_decay must be in (0, 1], got {lr_decay}")
         self.lr_decay = float(lr_decay)
-        self._twin: AutoregressiveModel | None = None  # the model as a fit began
+        self._twin: AutoregressiveModel | None = None  # the model as a fit began (reused)
         self._last_draw: tuple[torch.Tensor, ...] | None = None  # the last iteration's draw
 
     def run(self, problem: StepProblem) -> StepReport:
@@ -331,7 +331,7 @@ class KLUpdate(Update):
             )
             report.supervision_penalty = self.supervision.last.get("penalty", math.nan)
             report.supervision_z = self.supervision.last.get("max_z", math.nan)
-        begun = self._start_copy(problem.model)
+        begun = self._twin = frozen_copy(problem.model, self._twin)  # the model as it began
         self._last_draw = None
         try:
             report.capped = True
@@ -348,11 +348,6 @@ class KLUpdate(Update):
         report.batch = problem.batch_size
         report.seconds = time.perf_counter() - start
         return report
-
-    def _start_copy(self, model: AutoregressiveModel) -> AutoregressiveModel:
-        """A frozen copy of the model as the fit starts (one per update, refreshed in place)."""
-        self._twin = frozen_copy(model, self._twin)
-        return self._twin
 
     def _motion_made(
         self, model: AutoregressiveModel, begun: AutoregressiveModel
