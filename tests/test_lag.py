@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 from nncme.exact import FSP, FSPSettings
 from nncme.models import build_model
-from nncme.optim import KLUpdate, StepProblem, StepReport
+from nncme.optim import ImplicitTarget, ImplicitUpdate, KLUpdate, StepProblem, StepReport
+from nncme.optim.implicit import _solve_on
 from nncme.optim.target import StageTarget, Term
 from nncme.sampling import make_proposal
 from nncme.steppers import Fit
@@ -52,6 +54,33 @@ def test_motion_made_is_the_share_of_the_asked_for_change_of_log_q(iterations, l
     assert report.motion_made == pytest.approx(exact, abs=0.03)
     assert report.motion_spread > 0
     assert report.batch == 100_000
+
+
+@pytest.mark.parametrize(("iterations", "low", "high"), [(3, 0.05, 0.5), (60, 0.85, 1.1)])
+def test_an_implicit_fit_reads_its_motion_made_from_its_residuals(iterations, low, high):
+    """Against the exact share over the box, with the exact backward-Euler solution q* as the
+    target (a dense solve): the residuals' regression measures how far the fit went."""
+    net = two_species()
+    states = torch.as_tensor(FSP(net, FSPSettings(quiet=True)).states)
+    compiled = net.compile(torch.device("cpu"), torch.float64)
+    model = build_model("nade", net, dtype=torch.float64, seed=1, hidden=8)
+    before = copy.deepcopy(model)
+    dt = 0.05
+    with torch.no_grad():
+        p_old = before.log_prob(states).exp().numpy()
+    p_new, lost = _solve_on(states, p_old, compiled, 0.0, dt, "reference", False)
+    assert lost < 1e-12  # the box holds the step
+    target = ImplicitTarget(before, compiled, 0.0, dt)
+    update = ImplicitUpdate(torch.optim.Adam(model.parameters(), lr=0.01), iterations=iterations,
+                            lr_decay=1.0)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    problem = StepProblem(model, target, make_proposal("vanilla"), 20_000, generator, 0.0, dt)
+    report = update.run(problem)
+    log_p_new = torch.log(torch.as_tensor(p_new))
+    exact = exact_motion_made(before, model, lambda s: SimpleNamespace(log_tq=log_p_new), states)
+    assert low < exact < high
+    assert report.motion_made == pytest.approx(exact, abs=0.05)
+    assert report.motion_spread > 0
 
 
 class Lagging(KLUpdate):

@@ -45,7 +45,7 @@ import torch
 from .. import ops, parallel
 from ..sampling import member_rows, pool, unique_states
 from .target import NonFiniteError, TransitionTarget, listed_support, one_reaction_ahead
-from .updates import KLUpdate, StepProblem, StepReport
+from .updates import KLUpdate, StepProblem, StepReport, motion_regression
 
 __all__ = ["ImplicitTarget", "ImplicitUpdate", "implicit_support", "local_error"]
 
@@ -136,6 +136,24 @@ class ImplicitUpdate(KLUpdate):
 
     name = "implicit"
 
+    def run(self, problem: StepProblem) -> StepReport:
+        self._last_fit: tuple[ImplicitTarget, torch.Tensor, torch.Tensor, Any] | None = None
+        return super().run(problem)
+
+    def _motion_made(self, model: Any, begun: Any) -> tuple[float, float]:
+        """An implicit fit's alpha, from the residual of its last iteration's states as the
+        fit ended (f) and as it began (r = minus that one): the target q* has r = 0 at every
+        state, so r as the fit began is the motion it was asked for, about log q* - log q
+        where the step is not stiff (a lag in the implicit steps adds up as in the explicit
+        ones: the batch follows it, `nncme.steppers.Fit`). Two residual evaluations."""
+        if self._last_fit is None:  # an explicit fit
+            return super()._motion_made(model, begun)
+        target, states, weights, others = self._last_fit
+        with torch.no_grad():
+            f = target.residual(model, states, others)[0]
+            r = -target.residual(begun, states, others)[0]
+        return motion_regression(f, r, weights)
+
     def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
         if not isinstance(problem.target, ImplicitTarget):
             super()._iteration(problem, it, report)
@@ -163,6 +181,7 @@ class ImplicitUpdate(KLUpdate):
         W = torch.zeros(unique.shape[0], dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
         # the drawn states' weights sum to 1 over all ranks, each other state's is 1/B
         W = W / (float(W.sum()) if not parallel.active() else 1.0 + extra / draw.total)
+        self._last_fit = (problem.target, unique, W, others)
         square = (W * r * r).sum()
         self.optimizer.zero_grad(set_to_none=True)
         objective = square

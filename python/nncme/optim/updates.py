@@ -142,8 +142,9 @@ class StepReport:
             1 + Cov(f, r) / Var(r) under its last draw's weights, with r = log p - log q_start
             the change of log q the target asks for and f = log q - log p what is left (so
             log q - log q_start = f + r); 1: the whole step, below 1: a lag that no later
-            step makes up (each fits T q_old of a lagging q_old). nan where not measured (an
-            implicit fit, a draw on which the target does not move q).
+            step makes up (each fits T q_old of a lagging q_old). An implicit fit reads its
+            residuals instead (f: as it ended, r: minus as it began; `ImplicitUpdate`). nan
+            where not measured (a draw on which the target does not move q).
         motion_spread: Var(r) on that draw (nats^2): the step's squared relative motion,
             how much weight its motion_made carries when fits are averaged.
         batch: states per iteration of the (last) fit.
@@ -355,23 +356,14 @@ class KLUpdate(Update):
         """(motion_made, motion_spread) of the fit (see `StepReport`), on the last
         iteration's draw: log q at its states once more by the model as it ended and as it
         began (two evaluations of B states, against the fit's B (K + 1) per iteration)."""
-        last, nan = self._last_draw, math.nan
-        if last is None:  # an implicit fit (every rank alike)
-            return nan, nan
+        last = self._last_draw
+        if last is None:  # no iteration ran (every rank alike)
+            return math.nan, math.nan
         states, weights, log_p = last
         with torch.no_grad():  # q as the fit ended (the draw's f is one optimiser step old)
             f = model.log_prob(states) - log_p
             r = log_p - begun.log_prob(states)
-        ok = torch.isfinite(f) & torch.isfinite(r)
-        w, f, r = weights * ok, torch.where(ok, f, 0.0), torch.where(ok, r, 0.0)
-        sums = torch.stack([x.sum() for x in (w, w * f, w * r, w * f * r, w * r * r)])
-        (mass, sf, sr, sfr, srr), _, _ = parallel.reduce(sums.tolist())  # one host sync
-        if not mass > 0:
-            return nan, nan
-        spread = srr / mass - (sr / mass) ** 2
-        if not spread > 0:
-            return nan, nan
-        return 1.0 + (sfr / mass - sf * sr / mass**2) / spread, spread
+        return motion_regression(f, r, weights)
 
     def _set_lr(self, base_lrs: list[float], it: int) -> None:
         """The learning rate of iteration `it`: lr for the first half of `iterations`, then a
@@ -560,3 +552,22 @@ def fit_enumerated(
         report.iterations = it + 1
     report.seconds = time.perf_counter() - start
     return report
+
+
+def motion_regression(
+    f: torch.Tensor, r: torch.Tensor, weights: torch.Tensor
+) -> tuple[float, float]:
+    """(alpha, Var(r)) with alpha = 1 + Cov(f, r) / Var(r) under the weights, over all ranks'
+    states: r, the motion a fit was asked for (its target against q as it began), and f, what
+    it left undone (q as it ended against its target). alpha = 0 where the fit did not move q,
+    1 where it made all of it; noise in f that r does not predict leaves it unbiased."""
+    ok = torch.isfinite(f) & torch.isfinite(r)
+    w, f, r = weights * ok, torch.where(ok, f, 0.0), torch.where(ok, r, 0.0)
+    sums = torch.stack([x.sum() for x in (w, w * f, w * r, w * f * r, w * r * r)])
+    (mass, sf, sr, sfr, srr), _, _ = parallel.reduce(sums.tolist())  # one host sync
+    if not mass > 0:
+        return math.nan, math.nan
+    spread = srr / mass - (sr / mass) ** 2
+    if not spread > 0:
+        return math.nan, math.nan
+    return 1.0 + (sfr / mass - sf * sr / mass**2) / spread, spread
