@@ -60,12 +60,13 @@ STEPS=(
   "environment|15|nvidia-smi; $PY -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, \"available\", torch.cuda.is_available()); print(torch.cuda.get_device_name(0))'; nvcc --version; cmake --version | head -1; git rev-parse HEAD 2>/dev/null || echo \"(no git checkout)\""
   "build|190|$PY -m pip install --no-build-isolation --no-deps -v -Cbuild-dir=build/gpu_check ."
   "build_info|20|cd / && $PY -m nncme.cli info && cd '$ROOT' && $PY -c 'import nncme; i = nncme.build_info(); print(nncme.__file__); assert i[\"extension\"] and i[\"cuda\"] and i[\"cuda_available\"], \"CUDA kernels not built or no GPU: %s\" % i'"
-  "tests_cuda_marked|50|$PYTEST -m cuda tests/"
+  "exceptions|10|cd / && $PY '$ROOT/benchmarks/check_exceptions.py'"
+  "tests_cuda_marked|45|$PYTEST -m cuda tests/"
   "tests_ops_on_cuda|60|$PYTEST -m 'not cuda' -k cuda tests/test_ops_nade.py tests/test_ops_transition.py tests/test_ops_fisher.py tests/test_ops_network.py"
   "bench_nade|35|$PY benchmarks/bench_nade.py --device cuda --quick"
   "bench_transition|25|$PY benchmarks/bench_transition.py --device cuda --quick"
   "bench_fisher_solve|35|$PY benchmarks/bench_fisher_solve.py --device cuda"
-  "bench_ssa|45|$PY benchmarks/bench_ssa.py --device cuda --trajectories 10000 100000 --repeats 2"
+  "bench_ssa|40|$PY benchmarks/bench_ssa.py --device cuda --trajectories 10000 100000 --repeats 2"
   "bench_trainer|60|$PY benchmarks/bench_trainer.py --device cuda --steps 20 --reference-steps 10 --profile-steps 5 --warmup 2 --pretrain-t 0.03 --pretrain-iterations 10"
 )
 

@@ -688,6 +688,45 @@ def table_lattice() -> list[str]:
 
 
 # file -> table name -> function
+def table_paths() -> list[str]:
+    """Trajectory ensembles from an amortised run's transition kernel against FSP's one- and
+    two-time statistics, with SSA ensembles for the noise level (bench_paths.py)."""
+    d = load("paths_cpu.json")
+    header = [
+        "case", "context", "kernel: max Hellinger", "paths: max Hellinger (SSA)",
+        "lag-one correlation error (SSA)", "lag-two correlation error (SSA)",
+        "paths / SSA wall time",
+    ]  # fmt: skip
+    rows, notes_ = [], []
+    for c in d["cases"]:
+        for r in c["rows"]:
+            v, s = r["van"], r["ssa"]
+            rows.append([
+                f"`{c['case']}`",
+                ", ".join(f"{k} {sig(x)}" for k, x in r["context"].items()),
+                sig(r["kernel_hellinger"]),
+                f"{sig(v['max_hellinger_after_start'])} ({sig(s['max_hellinger_after_start'])})",
+                f"{sig(v['max_correlation_error']['1'])} ({sig(s['max_correlation_error']['1'])})",
+                f"{sig(v['max_correlation_error']['2'])} ({sig(s['max_correlation_error']['2'])})",
+                f"{seconds(r['paths_seconds'])} / {seconds(r['ssa_seconds'])}",
+            ])  # fmt: skip
+        box = ", ".join(f"{k} {sig(lo)}–{sig(hi)}" for k, (lo, hi) in c["box"].items())
+        r0 = c["rows"][0]
+        notes_.append(
+            f"`{c['case']}`: amortised over {box} to t = {sig(c['lag'])} in "
+            f"{seconds(c['training_seconds'])} ({c['training_steps']} steps, first fit "
+            f"{sig(c['first_fit']['loss'])} nats); {r0['paths']:,} paths of {c['steps']} lags "
+            f"of {sig(c['lag'])}, {r0['ssa_trajectories']:,} SSA trajectories."
+        )
+    return [
+        *markdown(header, rows),
+        "",
+        *notes_,
+        f"Errors over every species and time after the start. Machine: {machine(d)} "
+        "(`paths_cpu.json`).",
+    ]
+
+
 TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
     README: {
         "headline": table_headline,
@@ -697,6 +736,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "rare_events_one_site": table_rare_events_one_site,
         "rare_events_two_sites": table_rare_events_two_sites,
         "amortise": table_amortise,
+        "paths": table_paths,
         "fit": table_fit,
         "supervision": table_supervision,
         "parallel": table_parallel,

@@ -29,7 +29,9 @@ is not interpolated.
 `AmortisedSolution` loads a run's directory and answers for any context in (or near) the box:
 marginals and means (`sweep` over a grid, with `marginal_statistic`), log-likelihoods of
 snapshot data, sensitivities in the log rates by autograd, and maximum-likelihood rates with
-their observed information (`fit_rates`).
+their observed information (`fit_rates`). A run that varies the initial count of every species
+that changes holds the network's transition kernel q(n' | n, c, t): `paths` chains it into
+trajectory ensembles (`PathEnsemble`: one- and two-time statistics) at any lag of the run.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ __all__ = [
     "AmortisedSolution",
     "AmortisedTrainer",
     "ContextSpace",
+    "PathEnsemble",
     "Vary",
     "amortise",
 ]
@@ -939,6 +942,68 @@ class Interpolated:
         return states, self.log_prob(states, **kw)
 
 
+def kernel_columns(space: ContextSpace) -> dict[int, int]:
+    """{species index: context column} of the initial counts a transition kernel conditions on.
+
+    q(n' | c with initial counts n, t = lag) is the law of the counts a lag after n, so chaining
+    it samples paths only if every count that a reaction changes is part of the context and
+    the rates do not depend on time.
+
+    Raises:
+        ValueError: a species that some reaction changes is not varied as an initial count,
+            or the network has a time-dependent rate (the kernel then depends on the start).
+    """
+    net = space.network
+    if net.is_time_dependent:
+        raise ValueError(
+            f"paths: {net.name} has a time-dependent rate, so its transition kernel depends "
+            "on when a step starts; a run's q(. | c, t) holds only the kernel from t = 0"
+        )
+    cols = {space.index[j]: j for j, kind in enumerate(space.kinds) if kind == "initial"}
+    moving = np.nonzero(np.abs(net.change_matrix).sum(axis=0))[0]
+    missing = [net.species_names[i] for i in moving if int(i) not in cols]
+    if missing:
+        raise ValueError(
+            f"paths: the run must vary the initial count of every species the reactions "
+            f"change; missing {missing} (amortise with --vary NAME=0:HI for each, over the "
+            "counts the paths visit)"
+        )
+    return cols
+
+
+@dataclass
+class PathEnsemble:
+    """Paths sampled from an amortised run's transition kernel (`AmortisedSolution.paths`).
+
+    Attributes:
+        times: (K + 1,) 0, lag, ..., K * lag.
+        states: (N, K + 1, L) int64 counts of N paths at those times.
+        outside: (N, K) bool, True where a step started from counts outside the trained box
+            (its kernel was extrapolated).
+        species: the L species names.
+    """
+
+    times: np.ndarray
+    states: np.ndarray
+    outside: np.ndarray
+    species: list[str]
+
+    def _column(self, species: str | int) -> np.ndarray:
+        i = self.species.index(species) if isinstance(species, str) else int(species)
+        return self.states[:, :, i].astype(np.float64)
+
+    def marginal(self, species: str | int, k: int, size: int) -> np.ndarray:
+        """(size,) histogram of one species at times[k], normalised."""
+        x = self._column(species)[:, k].astype(np.int64)
+        return np.bincount(x, minlength=size)[:size] / len(x)
+
+    def autocovariance(self, species: str | int, lag_steps: int) -> np.ndarray:
+        """(K + 1 - lag_steps,) Cov(X(t_k), X(t_k + lag_steps * lag)) over the paths."""
+        x = self._column(species)
+        a, b = x[:, : x.shape[1] - lag_steps], x[:, lag_steps:]
+        return ((a - a.mean(0)) * (b - b.mean(0))).sum(0) / (len(x) - 1)
+
+
 class AmortisedSolution:
     """A trained amortised run: the conditional model at each save time.
 
@@ -1236,6 +1301,65 @@ class AmortisedSolution:
             "samples": np.where(log, np.exp(x), x),
             "acceptance": float(np.mean(sampler.acceptance_fraction)),
         }
+
+    def paths(
+        self,
+        values: Sequence[float],
+        lag: float,
+        steps: int,
+        *,
+        count: int = 10_000,
+        seed: int = 0,
+        progress: bool = False,
+    ) -> PathEnsemble:
+        """Paths n(0), n(lag), ..., n(steps * lag) of the network at one context, by chaining
+        the run's transition kernel q(n' | c with initial counts n, lag).
+
+        The CME is Markov, so a path sampled step by step from the exact kernel has the exact
+        joint law at those times; here each step's error is the model's at t = lag (the run
+        must vary the initial count of every species that changes, over the counts the paths
+        visit: `kernel_columns`). Each of the `count` paths conditions on its own counts, so
+        one step is one batched draw of the model.
+
+        Args:
+            values: (D,) the context: its rates hold along the paths; its initial counts are
+                the start n(0).
+            lag: the time between two points of a path (within the run's span; between two
+                steps' ends the kernel is their mixture, `Interpolated`).
+            steps: the number of lags.
+            count: the number of paths.
+            seed: the seed of the draws.
+            progress: a progress bar over the steps.
+
+        Returns:
+            A `PathEnsemble`; `outside` marks the steps whose start lay outside the box.
+        """
+        from tqdm import tqdm
+
+        cols = kernel_columns(self.space)
+        if not (lag > 0 and steps >= 1 and count >= 1):
+            raise ValueError(
+                f"paths: need lag > 0, steps >= 1, count >= 1; got {lag}, {steps}, {count}"
+            )
+        context = np.repeat(self.space.check(values)[:1], count, axis=0)
+        model = self.at(lag)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        states = [self.space.initial(context)]
+        outside = []
+        for _ in tqdm(range(steps), disable=not progress, desc="paths", unit="lag"):
+            for i, j in cols.items():
+                context[:, j] = states[-1][:, i]
+            outside.append(self.space.outside(context))
+            code, totals = self._inputs(context, 1)
+            with torch.no_grad():
+                s, _ = model.sample(count, gen, context=code, totals=totals)
+            states.append(s.cpu().numpy().astype(np.int64))
+        return PathEnsemble(
+            times=lag * np.arange(steps + 1),
+            states=np.stack(states, axis=1),
+            outside=np.stack(outside, axis=1),
+            species=list(self.network.species_names),
+        )
 
     def means(self, values: np.ndarray, t: float, **kw: Any) -> np.ndarray:
         """(N, L) means of each species at N contexts."""

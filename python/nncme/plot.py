@@ -511,3 +511,26 @@ def plot_sweep(
 ) -> Path:
     """Save `sweep_figure` to path; returns the path."""
     return _save(sweep_figure(sweep, statistic, species, axes), path)
+
+
+def paths_figure(paths: Any, shown: int = 20):
+    """A panel per species of a `nncme.amortise.PathEnsemble`: the mean with a band of one
+    standard deviation over every path, and the first `shown` paths as steps."""
+    fig, axes = _panels(len(paths.species))
+    for i, (ax, name) in enumerate(zip(axes, paths.species)):
+        x = paths.states[:, :, i].astype(np.float64)
+        mean, sd = x.mean(axis=0), x.std(axis=0)
+        for row in x[:shown]:
+            ax.step(paths.times, row, where="post", lw=0.6, alpha=0.35, color="grey")
+        ax.plot(paths.times, mean, color="C0", lw=1.6, label=f"mean of {len(x):,} paths")
+        ax.fill_between(paths.times, mean - sd, mean + sd, color="C0", alpha=0.2, label="± 1 sd")
+        ax.set_title(name)
+        ax.set_xlabel("t")
+        ax.set_ylabel("count")
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def plot_paths(paths: Any, path: str | Path) -> Path:
+    """Save `paths_figure` to path; returns the path."""
+    return _save(paths_figure(paths), path)
