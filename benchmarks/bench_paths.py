@@ -34,7 +34,7 @@ from scipy.sparse.linalg import expm_multiply
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_common import RESULTS, write_results
 from nncme import Reaction, ReactionNetwork
-from nncme.amortise import AmortiseConfig, AmortisedSolution, Vary, amortise
+from nncme.amortise import AmortiseConfig, AmortisedSolution, PathEnsemble, Vary, amortise
 from nncme.exact import FSP, FSPSettings
 from nncme.metrics import hellinger
 from nncme.network import Hill
@@ -88,28 +88,6 @@ def train(case: str, out: Path, lag: float, reuse: bool) -> float:
     return time.perf_counter() - start
 
 
-def marginals(states: np.ndarray, limits: np.ndarray) -> list[np.ndarray]:
-    """Per species (T, M_i) histograms of (N, T, L) paths."""
-    return [
-        np.stack(
-            [
-                np.bincount(states[:, k, i], minlength=m)[:m] / len(states)
-                for k in range(states.shape[1])
-            ]
-        )
-        for i, m in enumerate(limits)
-    ]
-
-
-def correlations(states: np.ndarray, shift: int) -> np.ndarray:
-    """(T - shift, L) correlation of X(t_k) with X(t_{k + shift}) over (N, T, L) paths."""
-    x = states.astype(np.float64)
-    a, b = x[:, : x.shape[1] - shift], x[:, shift:]
-    cov = ((a - a.mean(0)) * (b - b.mean(0))).mean(0)
-    sd = a.std(0) * b.std(0)
-    return np.where(sd > 0, cov / np.where(sd > 0, sd, 1.0), np.nan)
-
-
 def exact(net: ReactionNetwork, times: np.ndarray, lag: float, shifts: tuple[int, ...]) -> dict:
     """FSP: marginals (per species (T, M_i)) and correlations {shift: (T - shift, L)}."""
     start = time.perf_counter()
@@ -138,18 +116,18 @@ def exact(net: ReactionNetwork, times: np.ndarray, lag: float, shifts: tuple[int
     return out
 
 
-def compare(got: np.ndarray, ref: dict, limits: np.ndarray, shifts: tuple[int, ...]) -> dict:
-    """Distances of an (N, T, L) ensemble from the exact statistics."""
+def compare(got: PathEnsemble, ref: dict, limits: np.ndarray, shifts: tuple[int, ...]) -> dict:
+    """Distances of an ensemble from the exact statistics."""
+    T = len(got.times)
     h = np.array(
         [
-            [
-                float(hellinger(ref["marginals"][i][k], m[k]))
-                for i, m in enumerate(marginals(got, limits))
-            ]
-            for k in range(got.shape[1])
+            [float(hellinger(ref["marginals"][i][k], got.marginal(i, k, m))) for k in range(T)]
+            for i, m in enumerate(limits)
         ]
-    )  # (T, L)
-    corr = {s: correlations(got, s) for s in shifts}
+    ).T  # (T, L)
+    corr = {
+        s: np.stack([got.autocorrelation(i, s) for i in range(len(limits))], axis=1) for s in shifts
+    }  # (T - s, L)
     return {
         "hellinger": h.tolist(),
         "max_hellinger_after_start": float(h[1:].max()),
@@ -184,8 +162,11 @@ def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> di
         t0 = time.perf_counter()
         ssa, _ = simulate(net, times, SSASettings(trajectories=args.ssa, seed=2, quiet=True))
         ssa_s = time.perf_counter() - t0
-        van = compare(paths.states, ref, limits, shifts)
-        sim = compare(ssa.cpu().numpy(), ref, limits, shifts)
+        ssa = PathEnsemble(
+            times, ssa.cpu().numpy(), np.zeros((args.ssa, args.steps), bool), paths.species
+        )
+        van = compare(paths, ref, limits, shifts)
+        sim = compare(ssa, ref, limits, shifts)
         rows.append({
             "context": dict(zip(solution.space.names, values.tolist())),
             "times": times.tolist(),

@@ -989,19 +989,29 @@ class PathEnsemble:
     species: list[str]
 
     def _column(self, species: str | int) -> np.ndarray:
+        """(N, K + 1) counts of one species."""
         i = self.species.index(species) if isinstance(species, str) else int(species)
-        return self.states[:, :, i].astype(np.float64)
+        return self.states[:, :, i]
 
     def marginal(self, species: str | int, k: int, size: int) -> np.ndarray:
         """(size,) histogram of one species at times[k], normalised."""
-        x = self._column(species)[:, k].astype(np.int64)
+        x = self._column(species)[:, k]
         return np.bincount(x, minlength=size)[:size] / len(x)
 
     def autocovariance(self, species: str | int, lag_steps: int) -> np.ndarray:
         """(K + 1 - lag_steps,) Cov(X(t_k), X(t_k + lag_steps * lag)) over the paths."""
-        x = self._column(species)
+        x = self._column(species).astype(np.float64)
         a, b = x[:, : x.shape[1] - lag_steps], x[:, lag_steps:]
         return ((a - a.mean(0)) * (b - b.mean(0))).sum(0) / (len(x) - 1)
+
+    def autocorrelation(self, species: str | int, lag_steps: int) -> np.ndarray:
+        """(K + 1 - lag_steps,) the correlation of X(t_k) with X(t_k + lag_steps * lag); nan
+        where either count does not vary (a point-mass start)."""
+        x = self._column(species).astype(np.float64)
+        sd = x.std(axis=0, ddof=1)
+        spread = sd[: x.shape[1] - lag_steps] * sd[lag_steps:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(spread > 0, self.autocovariance(species, lag_steps) / spread, np.nan)
 
 
 class AmortisedSolution:

@@ -797,12 +797,7 @@ def _cmd_paths(args: argparse.Namespace) -> int:
             species=np.array(paths.species),
         )
     x = paths.states.astype(np.float64)
-    sd = x.std(axis=0)
-    corr = [
-        paths.autocovariance(i, 1)
-        / np.where(sd[:-1, i] * sd[1:, i] > 0, sd[:-1, i] * sd[1:, i], np.nan)
-        for i in range(len(paths.species))
-    ]
+    corr = [paths.autocorrelation(i, 1) for i in range(len(paths.species))]
     report = {
         "context": dict(zip(solution.space.names, start.tolist())),
         "lag": args.lag,
@@ -810,7 +805,7 @@ def _cmd_paths(args: argparse.Namespace) -> int:
         "times": paths.times,
         "species": paths.species,
         "means": x.mean(axis=0),
-        "stds": sd,
+        "stds": x.std(axis=0),
         "lag_one_correlation": np.stack(corr, axis=1),
         "outside_share": float(paths.outside.mean()),
     }
