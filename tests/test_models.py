@@ -12,6 +12,7 @@ from scipy import stats
 from nncme import Reaction, ReactionNetwork, ops
 from nncme.models import (
     NADE,
+    Anchor,
     AutoregressiveModel,
     Delta,
     Product,
@@ -235,6 +236,41 @@ def test_context_and_per_sample_totals(kind):
     torch.testing.assert_close(lq, model.log_prob(s, context=c1, totals=totals).detach())
     lp3 = model.log_prob(states, context=c1, totals=torch.tensor([2])).detach()
     assert abs(float(torch.logsumexp(lp3, 0))) < 1e-10
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_anchors_add_a_term_in_the_offset_from_the_anchored_count(kind):
+    """Column 1 of the context holds C's count over 0..2 (code -1, 0, 1); column 2 holds A's
+    over 1..4. At the start (zero tables) the model is the one without anchors; with tables
+    it stays normalised on the laws, samples as it scores, and a large table entry at offset 0
+    makes a point mass at each context's own count (what an amortised run's first fit
+    needs from every start at once)."""
+    net = law_network()
+    anchors = [Anchor(2, 1, 0.0, 2.0), Anchor(0, 2, 1.0, 4.0)]
+    model = build_model(kind, net, context_dim=3, seed=1, anchors=anchors)
+    plain = build_model(kind, net, context_dim=3, seed=1)
+    states = box(net)
+    ctx = torch.tensor([0.3, 0.0, 1 / 3]).double()  # C anchored at 1, A at 3
+    torch.testing.assert_close(
+        model.log_prob(states, context=ctx).detach(), plain.log_prob(states, context=ctx).detach()
+    )
+    M = model.max_count
+    with torch.no_grad():
+        model.anchor_logits.normal_(generator=torch.Generator().manual_seed(2))
+    lp = model.log_prob(states, context=ctx).detach()
+    assert abs(float(torch.logsumexp(lp, 0))) < 1e-10
+    assert (lp - plain.log_prob(states, context=ctx).detach())[torch.isfinite(lp)].abs().max() > 0.1
+    s, lq = model.sample(300, torch.Generator().manual_seed(0), context=ctx)
+    torch.testing.assert_close(lq, model.log_prob(s, context=ctx).detach())
+    with torch.no_grad():
+        model.anchor_logits.zero_()
+        model.anchor_logits[:, M - 1] = 40.0  # offset 0
+    for c_count, a_count in [(0, 1), (2, 4), (1, 3)]:
+        code = torch.tensor([0.0, c_count - 1.0, 2 * (a_count - 1) / 3 - 1]).double()
+        s, _ = model.sample(50, torch.Generator().manual_seed(1), context=code)
+        assert (s[:, 2] == c_count).all() and (s[:, 0] == a_count).all()
+    with pytest.raises(ValueError, match="names no species"):
+        build_model(kind, net, context_dim=3, anchors=[Anchor(3, 0, 0.0, 2.0)])
 
 
 def test_transformer_kv_cache_matches_teacher_forcing():

@@ -51,7 +51,7 @@ import torch
 from . import ops
 from .io import network_from_dict, network_to_dict
 from .models import build_model
-from .models.base import AutoregressiveModel, frozen_copy
+from .models.base import Anchor, AutoregressiveModel, frozen_copy
 from .network import NetworkError, ReactionNetwork
 from .observers import box_states
 from .optim.target import (
@@ -257,6 +257,15 @@ class ContextSpace:
                 if (col != np.round(col)).any() or (col > top).any():
                     raise ValueError(f"initial {self.names[j]}: whole counts in 0..{top}")
         return values
+
+    def anchors(self) -> list[Anchor]:
+        """The columns that hold a species' initial count over more than one value (the
+        model's `Anchor`s: its logits get a term in the offset from that count)."""
+        return [
+            Anchor(i, j, v.lo, v.hi)
+            for j, (kind, i, v) in enumerate(zip(self.kinds, self.index, self.varies))
+            if kind == "initial" and v.hi > v.lo
+        ]
 
     def outside(self, values: np.ndarray) -> np.ndarray:
         """(N,) bool: contexts outside the training box (answers there are extrapolations)."""
@@ -488,6 +497,9 @@ class AmortiseConfig:
         model: "nade" (the context shifts its first hidden state, which the fused kernels
             take per sample) or "transformer" (the context is added to its first token).
         hidden: the model's width (wider than a single run's: one model for the whole box).
+        anchors: give each varying initial count's species a logit term in its offset from
+            that count (`ContextSpace.anchors`): the kernel q(n' | n) of short lags is
+            mostly a function of n' - n, which a table holds for every start at once.
         contexts: contexts per iteration (C).  per_context: states per context (S).
         lr: Adam's learning rate.  lr_decay: its fraction at a fit's last allowed iteration
             (constant for the first half, then a cosine).
@@ -508,6 +520,7 @@ class AmortiseConfig:
 
     model: str = "nade"
     hidden: int = 32
+    anchors: bool = True
     contexts: int = 64
     per_context: int = 32
     lr: float = 0.01
@@ -555,6 +568,7 @@ def build_conditional(
         seed=config.seed,
         hidden=config.hidden,
         context_dim=space.dim,
+        anchors=space.anchors() if config.anchors else (),
     )
 
 
@@ -1027,7 +1041,8 @@ class AmortisedSolution:
         meta = json.loads((self.out / "amortise.json").read_text())
         self.network = network_from_dict(meta["network"])
         self.space = ContextSpace.from_dict(self.network, meta["space"])
-        self.config = AmortiseConfig(**meta["config"])
+        # runs written before anchors existed have none
+        self.config = AmortiseConfig(**{"anchors": False, **meta["config"]})
         self.status = meta.get("status", "unknown")
         self.device = torch.device(device)
         self.dtype = getattr(torch, self.config.dtype)

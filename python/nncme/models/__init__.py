@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from .base import (
+    Anchor,
     AutoregressiveModel,
     ClosedFormScores,
     ConditionalTransform,
@@ -30,6 +31,7 @@ from .transformer import Transformer
 __all__ = [
     "MODELS",
     "NADE",
+    "Anchor",
     "AutoregressiveModel",
     "ClosedFormScores",
     "ConditionalTransform",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from torch import nn
 from ..ops.masks import ConservationMask, allowed_counts, allowed_counts_all
 
 __all__ = [
+    "Anchor",
     "AutoregressiveModel",
     "ClosedFormScores",
     "ConditionalTransform",
@@ -115,6 +116,16 @@ def inverse_cdf(log_p: torch.Tensor, allowed: torch.Tensor, u: torch.Tensor) -> 
     return torch.minimum(idx, last.expand_as(idx))
 
 
+class Anchor(NamedTuple):
+    """A context column that holds the count of a species: column `column` of the model's
+    context is 2 (a - lo) / (hi - lo) - 1 for the count a (`ContextSpace.encode`)."""
+
+    species: int
+    column: int
+    lo: float
+    hi: float
+
+
 class AutoregressiveModel(nn.Module):
     """Base class of nncme's variational autoregressive networks.
 
@@ -123,10 +134,16 @@ class AutoregressiveModel(nn.Module):
         conservation: the network's feasibility tables (`network.feasibility`), or None.
         context_dim: width of an optional context vector (rates, initial counts, time) that
             conditions the model; 0 for none.
+        anchors: context columns that hold a species' count (an amortised run's varying
+            initial counts), as `Anchor`s. Each gives its species' logits a learned term in
+            the offset n_i - a_i from the anchored count a_i (`anchor_logits`, one value per
+            offset, zero at the start): a point mass at a_i, and the spread a short time
+            moves it by, are then one table shared by every context, where the hidden layers
+            would have to learn a sharp peak at each count as a function of the context.
 
     Attributes:
         num_species: L.  max_count: Mmax = max_i M_i, the width of every categorical.
-        context_dim: D (0: unconditional).
+        context_dim: D (0: unconditional).  num_anchors: A.
     """
 
     def __init__(
@@ -135,6 +152,7 @@ class AutoregressiveModel(nn.Module):
         *,
         conservation: Any | None = None,
         context_dim: int = 0,
+        anchors: Sequence[Anchor] = (),
     ) -> None:
         super().__init__()
         limits_t = torch.as_tensor(np.asarray(limits, dtype=np.int64))
@@ -166,6 +184,25 @@ class AutoregressiveModel(nn.Module):
             self.register_buffer("cons_law_meta", torch.zeros(0, 4, dtype=torch.int64), False)
             self.register_buffer("cons_group_meta", torch.zeros(0, 2, dtype=torch.int64), False)
             self.register_buffer("cons_table", torch.zeros(0, dtype=torch.bool), False)
+        self._init_anchors(anchors)
+
+    def _init_anchors(self, anchors: Sequence[Anchor]) -> None:
+        anchors = [Anchor(*a) for a in anchors]
+        for a in anchors:
+            if not (0 <= a.species < self.num_species and 0 <= a.column < self.context_dim):
+                raise ValueError(f"{a} names no species or no context column of this model")
+        self.num_anchors = len(anchors)
+        self.anchored = [
+            [k for k, a in enumerate(anchors) if a.species == i] for i in range(self.num_species)
+        ]
+        as_long = [[a.species for a in anchors], [a.column for a in anchors]]
+        self.register_buffer("anchor_species", torch.tensor(as_long[0], dtype=torch.int64), False)
+        self.register_buffer("anchor_column", torch.tensor(as_long[1], dtype=torch.int64), False)
+        bounds = torch.tensor([[a.lo, a.hi] for a in anchors], dtype=torch.float64).reshape(-1, 2)
+        self.register_buffer("anchor_bounds", bounds, False)
+        if anchors:
+            offsets = 2 * self.max_count - 1  # n_i - a_i in -(Mmax-1) .. Mmax-1
+            self.anchor_logits = nn.Parameter(torch.zeros(len(anchors), offsets))
 
     # ------------------------------------------------------------------ subclass hooks
     def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -247,13 +284,31 @@ class AutoregressiveModel(nn.Module):
             )
         return states.to(device=self.device, dtype=torch.int64)
 
+    def _anchor_terms(self, context: torch.Tensor | None) -> torch.Tensor | None:
+        """(B, A, Mmax) the anchors' logit terms, anchor_logits[a, m - a_count + Mmax - 1] at
+        every count m, from a (B, D) context (None for a model without anchors)."""
+        if not self.num_anchors or context is None:
+            return None
+        M = self.max_count
+        lo, hi = self.anchor_bounds.to(context.dtype).unbind(1)
+        code = context.detach()[:, self.anchor_column]  # (B, A): 2 (a - lo) / (hi - lo) - 1
+        count = torch.round(lo + (code + 1) / 2 * (hi - lo)).long().clamp(0, M - 1)
+        m = torch.arange(M, device=context.device)
+        offset = m.view(1, 1, M) - count.unsqueeze(-1) + (M - 1)  # (B, A, M)
+        table = self.anchor_logits.unsqueeze(0).expand(context.shape[0], -1, -1)
+        return table.gather(2, offset)
+
     # ------------------------------------------------------------------ teacher forcing
     def _masked_logits(
         self, states: torch.Tensor, context: torch.Tensor | None, totals: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Masked logits (B, L, M) (-inf where not allowed, 0 on dead rows) and dead (B, L)."""
         B = states.shape[0]
-        logits = self._logits(states, self._context(context, B))
+        context = self._context(context, B)
+        logits = self._logits(states, context)
+        anchor = self._anchor_terms(context)
+        if anchor is not None:
+            logits = logits.index_add(1, self.anchor_species, anchor)
         if not self.num_laws:  # limits only: one (L, M) mask broadcast over the batch
             counts = torch.arange(self.max_count, device=states.device)
             beyond = counts.unsqueeze(0) >= self.limits.unsqueeze(1)
@@ -389,12 +444,16 @@ class AutoregressiveModel(nn.Module):
         M = self.max_count
         remainders = self._totals(totals, B)
         cons = self.cons
-        state = self._start(B, self._context(context, B))
+        context = self._context(context, B)
+        anchor = self._anchor_terms(context)
+        state = self._start(B, context)
         samples = torch.zeros(B, L, dtype=torch.int64, device=self.device)
         log_q = torch.zeros(B, dtype=self.dtype, device=self.device)
         log_rho = torch.zeros_like(log_q)
         for i in range(L):
             logits = self._step_logits(state, i)
+            for k in self.anchored[i]:
+                logits = logits + anchor[:, k]
             allowed = allowed_counts(i, M, self.limits[i], remainders, cons).expand(B, M)
             logp = torch.log_softmax(logits.masked_fill(~allowed, -math.inf), dim=-1)
             logr = logp if transform is None else transform(i, logp, allowed)
@@ -460,5 +519,5 @@ class AutoregressiveModel(nn.Module):
     def extra_repr(self) -> str:
         return (
             f"species={self.num_species}, max_count={self.max_count}, laws={self.num_laws}, "
-            f"context_dim={self.context_dim}"
+            f"context_dim={self.context_dim}, anchors={self.num_anchors}"
         )

@@ -24,7 +24,13 @@ import torch
 from torch import nn
 
 from .. import ops
-from .base import AutoregressiveModel, ClosedFormScores, ConditionalTransform, Tempering
+from .base import (
+    Anchor,
+    AutoregressiveModel,
+    ClosedFormScores,
+    ConditionalTransform,
+    Tempering,
+)
 
 __all__ = ["NADE", "NADEScores"]
 
@@ -40,6 +46,9 @@ class NADE(AutoregressiveModel):
         activation: "sigmoid" or "tanh".
         conservation: `network.feasibility`, or None.
         context_dim: width D of an optional context (0: none); it enters hidden0 linearly.
+        anchors: context columns holding species' counts (`AutoregressiveModel`); a model
+            with anchors scores and samples through the generic passes (the fused operators
+            take no per-sample logit terms).
         dtype: float32 or float64.
         device: where the parameters live.
         seed: seed of the parameter initialisation (a private generator: the global RNG is
@@ -56,12 +65,15 @@ class NADE(AutoregressiveModel):
         activation: str = "tanh",
         conservation: Any | None = None,
         context_dim: int = 0,
+        anchors: Sequence[Anchor] = (),
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         seed: int = 0,
         impl: str = "auto",
     ) -> None:
-        super().__init__(limits, conservation=conservation, context_dim=context_dim)
+        super().__init__(
+            limits, conservation=conservation, context_dim=context_dim, anchors=anchors
+        )
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
         if hidden < 1:
@@ -127,7 +139,8 @@ class NADE(AutoregressiveModel):
         reference loop, and equal to it).
         """
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        if not needs_grad and ops.resolve_impl("nade_log_prob", self.device, self.impl) == "fused":
+        fused = ops.resolve_impl("nade_log_prob", self.device, self.impl) == "fused"
+        if not needs_grad and fused and not self.num_anchors:
             states = self._check_states(states)
             B = states.shape[0]
             return ops.nade_log_prob(
@@ -169,7 +182,7 @@ class NADE(AutoregressiveModel):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # q itself and tempered proposals go through the NADE operator (fused where built);
         # any other transform through the generic loop.
-        if transform is not None and not isinstance(transform, Tempering):
+        if self.num_anchors or (transform is not None and not isinstance(transform, Tempering)):
             return super()._sample_loop(uniforms, transform, context, totals)
         B = uniforms.shape[0]
         alpha = 1.0 if transform is None else transform.alpha

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import AutoregressiveModel, ConditionalTransform
+from .base import Anchor, AutoregressiveModel, ConditionalTransform
 
 __all__ = ["Transformer"]
 
@@ -88,6 +88,7 @@ class Transformer(AutoregressiveModel):
         conservation: `network.feasibility`, or None.
         context_dim: width of an optional context; it is added (through a linear map) to the
             start token, so every position can attend to it.
+        anchors: context columns holding species' counts (`AutoregressiveModel`).
         dtype, device, seed: as in `NADE`.
         cuda_graphs: capture the sampling loop in a CUDA graph on CUDA devices.
     """
@@ -101,12 +102,15 @@ class Transformer(AutoregressiveModel):
         heads: int = 4,
         conservation: Any | None = None,
         context_dim: int = 0,
+        anchors: Sequence[Anchor] = (),
         dtype: torch.dtype = torch.float64,
         device: torch.device | str | None = None,
         seed: int = 0,
         cuda_graphs: bool = True,
     ) -> None:
-        super().__init__(limits, conservation=conservation, context_dim=context_dim)
+        super().__init__(
+            limits, conservation=conservation, context_dim=context_dim, anchors=anchors
+        )
         if hidden < 1 or heads < 1 or hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be a positive multiple of heads ({heads})")
         if layers < 1:
@@ -132,6 +136,8 @@ class Transformer(AutoregressiveModel):
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in self.named_parameters():
+                if name == "anchor_logits":
+                    continue  # zero: the model starts as the one without anchors
                 if name.endswith("bias") or name == "head_b":
                     p.zero_()
                 elif "ln" in name or name.startswith("norm"):
@@ -192,6 +198,7 @@ class Transformer(AutoregressiveModel):
             self.cuda_graphs
             and uniforms.is_cuda
             and transform is None
+            and not self.num_anchors
             and not torch.is_grad_enabled()
             and not torch.cuda.is_current_stream_capturing()
         )
