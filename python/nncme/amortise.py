@@ -50,10 +50,11 @@ import torch
 
 from . import ops
 from .io import network_from_dict, network_to_dict
-from .models import build_model
+from .models import Delta, build_model
 from .models.base import Anchor, AutoregressiveModel, frozen_copy
 from .network import NetworkError, ReactionNetwork
 from .observers import box_states
+from .optim.implicit import implicit_support
 from .optim.target import (
     NonFiniteError,
     Term,
@@ -488,6 +489,34 @@ class ConditionalStage:
         return log_tu, ratio.sum(dim=1) - a_own.sum(dim=1)
 
 
+def exact_steps(
+    space: ContextSpace,
+    values: np.ndarray,
+    h: float,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_states: int = 200_000,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """exp(h W_c) delta_n0(c) for each of the (N, D) contexts, on the states holding all but
+    1e-10 of it: states (S, L), log p (S,) and the context row of each (S,), or None where
+    the states of all contexts together are more than max_states."""
+    states, log_p, owner = [], [], []
+    total = 0
+    for row, v in enumerate(values):
+        net = space.network_at(v)
+        start = Delta(space.initial(v[None])[0], net.limits, device=device)
+        found = implicit_support(
+            start, net.compile(device, dtype), 0.0, h, max_states=max_states, exact=True
+        )
+        total += 0 if found is None else found[0].shape[0]
+        if found is None or total > max_states:
+            return None
+        states.append(found[0])
+        log_p.append(found[1].to(dtype) - torch.logsumexp(found[1].to(dtype), 0))
+        owner.append(torch.full((found[0].shape[0],), row, dtype=torch.int64))
+    return torch.cat(states), torch.cat(log_p).to(device), torch.cat(owner).to(device)
+
+
 # --------------------------------------------------------------------------------- training
 @dataclass
 class AmortiseConfig:
@@ -511,7 +540,10 @@ class AmortiseConfig:
         relative_tolerance: a fit stops once its mean residual over the last `window`
             iterations is this fraction of its first one.
         first_iterations, first_lr, first_tolerance: the first fit, to the initial point masses
-            (stops once the mean -log q(n0 | c) is below first_tolerance).
+            (stops once the mean -log q(n0 | c) is below first_tolerance), and the fit of the
+            exact first step (`AmortisedTrainer.exact_step`: below first_tolerance nats of KL).
+        exact_contexts: contexts whose first step is solved exactly (0: none; the first step
+            is then stepped like every other, out of the point masses).
         max_motion: the largest relative motion of a sub-step in the fastest context.
         dt: the time step (default: the network's).  t_end: the horizon (default: the
             network's).  saves: save times after 0 (evenly spaced).
@@ -536,6 +568,7 @@ class AmortiseConfig:
     first_iterations: int = 3000
     first_lr: float = 0.05
     first_tolerance: float = 1e-5
+    exact_contexts: int = 1024
     max_motion: float = 0.05
     dt: float | None = None
     t_end: float | None = None
@@ -544,6 +577,8 @@ class AmortiseConfig:
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
+        if int(self.exact_contexts) < 0:
+            raise ValueError(f"exact_contexts must be >= 0, got {self.exact_contexts}")
         for name in ("hidden", "contexts", "per_context", "iterations", "saves"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -744,6 +779,73 @@ class AmortisedTrainer:
                 return FitReport(nll, nll, it + 1, False)
         return FitReport(nll, nll, c.first_iterations, True)
 
+    def exact_step(self, dt: float) -> dict[str, Any] | None:
+        """The first step, 0 -> h, solved exactly and fitted: h = dt, or dt / 4^j where the
+        states of some context's step are too many to list.
+
+        Out of a point mass the distribution moves faster than anywhere later (every state
+        it reaches is new), which the stepped fits follow worst; a single run takes this step
+        exactly (`nncme.steppers.StartFit`). Here `exact_contexts` contexts (the next of the
+        Sobol sequence) each get exp(h W_c) delta_n0(c) on the states holding all but 1e-10 of
+        it (`implicit_support`), and the model is fitted to all of them at once by exact
+        cross-entropy, `contexts` of them per iteration (the mean KL(p_c || q(. | c)) over the
+        batch, in nats, below `first_tolerance` stops it). Returns the step's log record, or
+        None where even dt / 4^6 reaches too many states (the run then steps from t = 0)."""
+        c = self.config
+        if not c.exact_contexts:
+            return None
+        start = time.perf_counter()
+        values = self.sampler.draw(c.exact_contexts)
+        h = dt
+        for _ in range(7):
+            listed = exact_steps(self.space, values, h, self.device, self.dtype)
+            if listed is not None:
+                break
+            h /= 4
+        else:
+            return None
+        report = self._fit_listed(values, *listed)
+        self.t = h
+        return {
+            "t": h,
+            "exact": dataclasses.asdict(report),
+            "states": int(listed[0].shape[0]),
+            "seconds": time.perf_counter() - start,
+        }
+
+    def _fit_listed(
+        self, values: np.ndarray, states: torch.Tensor, log_p: torch.Tensor, owner: torch.Tensor
+    ) -> FitReport:
+        """Minimise the mean over contexts of KL(p_c || q(. | c)), p given on listed states
+        (rows of `owner`'s context), `contexts` contexts per iteration."""
+        c = self.config
+        p = torch.exp(log_p)
+        entropy = p.new_zeros(len(values)).index_add(0, owner, -p * log_p)
+        batch = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
+        code, totals = batch.select()
+        opt = torch.optim.Adam(self.model.parameters(), lr=c.first_lr)
+        g = torch.Generator().manual_seed(c.seed + 2)
+        kl = math.inf
+        for it in range(c.first_iterations):
+            for group in opt.param_groups:
+                group["lr"] = c.first_lr * lr_schedule(it, c.first_iterations, c.lr_decay)
+            chosen = torch.randperm(len(values), generator=g)[: c.contexts].to(self.device)
+            take = torch.zeros(len(values), dtype=torch.bool, device=self.device)
+            take[chosen] = True
+            rows = take[owner]
+            ctx = owner[rows]
+            opt.zero_grad(set_to_none=True)
+            log_q = self.model.log_prob(
+                states[rows], context=code[ctx], totals=None if totals is None else totals[ctx]
+            )
+            cross = -(p[rows] * log_q).sum() / len(chosen)
+            cross.backward()
+            opt.step()
+            kl = float(cross.detach()) - float(entropy[chosen].mean())
+            if kl < c.first_tolerance:
+                return FitReport(kl, kl, it + 1, False)
+        return FitReport(kl, kl, c.first_iterations, True)
+
     # ------------------------------------------------------------------------- one step
     def _frozen(self) -> AutoregressiveModel:
         return frozen_copy(self.model)
@@ -892,15 +994,23 @@ def amortise(
     if not trainer.started:
         report = trainer.fit_start()
         log.write(json.dumps({"t": 0.0, "first": dataclasses.asdict(report)}) + "\n")
-        trainer.started = True
         _save(_step_path(out, 0), {"t": 0.0, "model": trainer.model.state_dict()})
+        record = trainer.exact_step(min(dt, saves[1]))
+        if record is not None:
+            trainer.steps += 1
+            _save(_step_path(out, 1), {"t": trainer.t, "model": trainer.model.state_dict()})
+            log.write(json.dumps(record) + "\n")
+        trainer.started = True
         _save(state_path, trainer.state_dict())
+        saved_t = trainer.t
     bar = tqdm(total=round(t_end / dt), disable=not progress, desc="amortise", unit="step")
     bar.update(round(trainer.t / dt))
     try:
         for ts in saves[1:]:
             while trainer.t < ts - 1e-9 * max(1.0, ts):
-                record = trainer.step(min(dt, ts - trainer.t))
+                # to the next multiple of dt (an exact first step may be shorter than dt)
+                grid = (math.floor(trainer.t / dt + 1e-9) + 1) * dt
+                record = trainer.step(min(grid, ts) - trainer.t)
                 trainer.steps += 1
                 _save(
                     _step_path(out, trainer.steps),
