@@ -10,6 +10,10 @@ and a horizon. One `nncme.amortise.amortise(...)` run with `AmortiseConfig` at i
 Hellinger distance of each species' marginal (the model's exact sums over the box) from
 FSP's. Per case: training wall time, steps, sub-steps and capped fits from log.jsonl, and per
 context the largest distance over species and times; the median and the worst over contexts.
+Sensitivities: at the first `--sensitivities` held-out contexts and the last save time,
+d means / d log c and d P(n_i = m) / d log c by autograd (`AmortisedSolution.sensitivities`)
+against central differences of FSP in log c (step 1e-3), as relative errors where the
+difference is above 1e-3 (the issue's criterion: within 2 %).
 Inference: `--datasets` synthetic data sets of `--cells` cells each, drawn from FSP at the
 last save time at true rates drawn from the prior (the box, uniform on its scales: so a
 calibrated posterior's 90 % credible intervals cover exactly 90 % of them);
@@ -41,6 +45,7 @@ from nncme.amortise import AmortiseConfig, AmortisedSolution, Vary, amortise
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import hellinger
 from nncme.network import Hill
+from nncme.systems.autoregulation import autoregulation
 
 
 def birth_death() -> tuple[ReactionNetwork, list[Vary], float]:
@@ -72,7 +77,22 @@ def gene() -> tuple[ReactionNetwork, list[Vary], float]:
     return net, [Vary("make", 5.0, 15.0), Vary("activate", 1.0, 4.0)], 2.0
 
 
-CASES = {"birth_death": birth_death, "gene": gene}
+def met_autoregulation() -> tuple[ReactionNetwork, list[Vary], float]:
+    """The autoregulatory loop over the box of MET (Liu & Wang, PNAS 2024): sigma_u in
+    [0, 2], sigma_b in [0, 0.1], rho_u in [0, 10], rho_b in [0, 100], t in [0, 10], from a
+    free gene and no protein. The protein limit holds P for the box's largest rates; dt 0.1
+    (each step is cut to the fastest context's motion)."""
+    net = autoregulation(sigma_u=2.0, sigma_b=0.1, rho_u=10.0, rho_b=100.0, t_end=10.0, dt=0.1)
+    varies = [
+        Vary("unbinding", 0.0, 2.0),
+        Vary("binding", 0.0, 0.1),
+        Vary("production_free", 0.0, 10.0),
+        Vary("production_bound", 0.0, 100.0),
+    ]
+    return net, varies, 10.0
+
+
+CASES = {"birth_death": birth_death, "gene": gene, "met_autoregulation": met_autoregulation}
 
 
 def train(name: str, out: Path, saves: int, reuse: bool) -> float:
@@ -86,10 +106,15 @@ def train(name: str, out: Path, saves: int, reuse: bool) -> float:
     return time.perf_counter() - start
 
 
-def accuracy(solution: AmortisedSolution, held_out: int) -> list[dict]:
-    values = solution.space.from_unit(
-        np.random.default_rng(12345).random((held_out, solution.space.dim))
+def held_out_contexts(solution: AmortisedSolution, count: int) -> np.ndarray:
+    """(count, D) contexts uniform over the box (a fixed NumPy seed, not the training's)."""
+    return solution.space.from_unit(
+        np.random.default_rng(12345).random((count, solution.space.dim))
     )
+
+
+def accuracy(solution: AmortisedSolution, held_out: int) -> list[dict]:
+    values = held_out_contexts(solution, held_out)
     rows = []
     for v in values:
         times = solution.save_times
@@ -106,6 +131,59 @@ def accuracy(solution: AmortisedSolution, held_out: int) -> list[dict]:
         rows.append({"context": v.tolist(), "hellinger": per_time, "max": max(per_time)})
         print(f"  {np.round(v, 3).tolist()}: {max(per_time):.4f}", flush=True)
     return rows
+
+
+def sensitivities(solution: AmortisedSolution, contexts: int, step: float = 1e-3) -> dict:
+    """d means / d log c and d P(n_i = m) / d log c at the last save time, by autograd,
+    against central differences of FSP (log c +- step), at the first `contexts` held-out
+    contexts: relative errors where the difference is above 1e-3 in magnitude."""
+    t = float(solution.save_times[-1])
+    values = held_out_contexts(solution, contexts)
+    cols = solution.rate_columns()
+    mean_err, marg_err, rows = [], [], []
+    for v in values:
+        got = solution.sensitivities(v, t)
+        fd_means, fd_marg = [], []
+        for j in cols:
+            ends = []
+            for sign in (1, -1):
+                w = v.copy()
+                w[j] *= np.exp(sign * step)
+                ends.append(
+                    solve_fsp(solution.space.network_at(w), [0, t], FSPSettings(quiet=True))
+                )
+            fd_means.append((ends[0].means[1] - ends[1].means[1]) / (2 * step))
+            fd_marg.append((ends[0].marginals[1] - ends[1].marginals[1]) / (2 * step))
+        fd_m = np.stack(fd_means, -1)  # (L, R)
+        fd_p = np.stack(fd_marg, -1)  # (L, M, R)
+        M = got["d_marginals"].shape[1]
+        big_m, big_p = np.abs(fd_m) > 1e-3, np.abs(fd_p[:, :M]) > 1e-3
+        e_m = np.abs(got["d_means"] - fd_m)[big_m] / np.abs(fd_m)[big_m]
+        e_p = np.abs(got["d_marginals"] - fd_p[:, :M])[big_p] / np.abs(fd_p[:, :M])[big_p]
+        mean_err.extend(e_m.tolist())
+        marg_err.extend(e_p.tolist())
+        rows.append(
+            {
+                "context": v.tolist(),
+                "d_means": got["d_means"].tolist(),
+                "fd_means": fd_m.tolist(),
+                "max_rel_error_means": float(e_m.max()) if e_m.size else None,
+                "max_rel_error_marginals": float(e_p.max()) if e_p.size else None,
+            }
+        )
+        print(f"  d means / d log c {np.round(v, 3).tolist()}: {e_m.max():.4f}", flush=True)
+    marg = np.array(marg_err)
+    return {
+        "t": t,
+        "rates": [solution.space.names[j] for j in cols],
+        "contexts": rows,
+        "means_max_rel_error": float(max(mean_err)),
+        "means_median_rel_error": float(np.median(mean_err)),
+        "marginals_entries": int(marg.size),
+        "marginals_median_rel_error": float(np.median(marg)),
+        "marginals_share_within_2pct": float((marg <= 0.02).mean()),
+        "marginals_max_rel_error": float(marg.max()),
+    }
 
 
 def inference(solution: AmortisedSolution, datasets: int, cells: int) -> dict:
@@ -172,6 +250,9 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         "median_max_hellinger": float(np.median(worst)),
         "worst_max_hellinger": float(np.max(worst)),
         "contexts": rows,
+        "sensitivities": sensitivities(solution, args.sensitivities)
+        if args.sensitivities
+        else None,
         "inference": inference(solution, args.datasets, args.cells) if args.datasets else None,
     }
 
@@ -182,6 +263,7 @@ def main() -> None:
     parser.add_argument("--held-out", type=int, default=20)
     parser.add_argument("--saves", type=int, default=4)
     parser.add_argument("--out", default="runs/amortise")
+    parser.add_argument("--sensitivities", type=int, default=6, help="contexts (0: none)")
     parser.add_argument("--datasets", type=int, default=50)
     parser.add_argument("--cells", type=int, default=500)
     parser.add_argument("--reuse", action="store_true")
@@ -197,6 +279,14 @@ def main() -> None:
             f"species and times: median {c['median_max_hellinger']:.4f}, worst "
             f"{c['worst_max_hellinger']:.4f} over {len(c['contexts'])} held-out contexts"
         )
+        if c["sensitivities"]:
+            sens = c["sensitivities"]
+            print(
+                "  sensitivities: d means / d log c max rel. error "
+                f"{sens['means_max_rel_error']:.4f}; "
+                f"d marginals: {sens['marginals_share_within_2pct']:.0%} of "
+                f"{sens['marginals_entries']} entries above 1e-3 within 2 %"
+            )
         if c["inference"]:
             print(
                 f"  inference: 90 % coverage {c['inference']['coverage_90']}, median "

@@ -264,7 +264,7 @@ def test_anchors_add_a_term_in_the_offset_from_the_anchored_count(kind):
     torch.testing.assert_close(lq, model.log_prob(s, context=ctx).detach())
     with torch.no_grad():
         model.anchor_logits.zero_()
-        model.anchor_logits[:, M - 1] = 40.0  # offset 0
+        model.anchor_logits[:, 0, M - 1] = 40.0  # profile 0 (gate 1), offset 0
     for c_count, a_count in [(0, 1), (2, 4), (1, 3)]:
         code = torch.tensor([0.0, c_count - 1.0, 2 * (a_count - 1) / 3 - 1]).double()
         s, _ = model.sample(50, torch.Generator().manual_seed(1), context=code)

@@ -20,10 +20,16 @@ target can differ by tens of nats at probabilities of 1e-10, steer the fit witho
 the bulk (a Huber-type divergence: the same fixed point q = T_c q_old), and states where both
 are below `tail_floor` are left out. Exploration one reaction ahead of the samples, with each
 context's rates, pulls up where T_c q_old's new mass goes (`nncme.optim.updates.KLUpdate`).
-The time scheme is Heun's (two fits per step, both probability maps in the saturated form of
-`nncme.optim.target`), and each step is cut into sub-steps that keep the distribution's
-relative motion below `max_motion` in the context that moves fastest, as the single-network
-runs do. Time enters as the checkpoint saved at each save time; q(. | c, t) between save times
+The first step leaves the initial point masses, where the distribution moves fastest; as in a
+single run (`nncme.steppers.StartFit`) it is solved exactly, exp(dt W_c) delta_n0(c) for each
+of `exact_contexts` contexts (`exact_steps`), and the model fitted to those by cross-entropy.
+Every later step is Heun's (two fits per step, both probability maps in the saturated form of
+`nncme.optim.target`), cut into sub-steps that keep the distribution's relative motion below
+`max_motion` in the context that moves fastest, as the single-network runs do. A varying
+initial count is also an `Anchor` of the model: its species' logits get a learned term in
+the offset from that count, so a point mass at every start, and a short lag's spread around
+it (the transition kernel), is one table, not a peak the hidden layers must place for each
+context. Time enters as the checkpoint saved at each save time; q(. | c, t) between save times
 is not interpolated.
 
 `AmortisedSolution` loads a run's directory and answers for any context in (or near) the box:
@@ -1151,8 +1157,8 @@ class AmortisedSolution:
         meta = json.loads((self.out / "amortise.json").read_text())
         self.network = network_from_dict(meta["network"])
         self.space = ContextSpace.from_dict(self.network, meta["space"])
-        # runs written before anchors existed have none
-        self.config = AmortiseConfig(**{"anchors": False, **meta["config"]})
+        # runs written before anchors and exact first steps existed have neither
+        self.config = AmortiseConfig(**{"anchors": False, "exact_contexts": 0, **meta["config"]})
         self.status = meta.get("status", "unknown")
         self.device = torch.device(device)
         self.dtype = getattr(torch, self.config.dtype)

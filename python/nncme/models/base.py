@@ -116,6 +116,11 @@ def inverse_cdf(log_p: torch.Tensor, allowed: torch.Tensor, u: torch.Tensor) -> 
     return torch.minimum(idx, last.expand_as(idx))
 
 
+# Offset profiles per anchor, mixed per sample (the spread around the anchored count changes
+# with the context: a wider kernel at faster rates or larger counts).
+ANCHOR_PROFILES = 4
+
+
 class Anchor(NamedTuple):
     """A context column that holds the count of a species: column `column` of the model's
     context is 2 (a - lo) / (hi - lo) - 1 for the count a (`ContextSpace.encode`)."""
@@ -201,8 +206,17 @@ class AutoregressiveModel(nn.Module):
         bounds = torch.tensor([[a.lo, a.hi] for a in anchors], dtype=torch.float64).reshape(-1, 2)
         self.register_buffer("anchor_bounds", bounds, False)
         if anchors:
+            A, R, D = len(anchors), ANCHOR_PROFILES, self.context_dim
             offsets = 2 * self.max_count - 1  # n_i - a_i in -(Mmax-1) .. Mmax-1
-            self.anchor_logits = nn.Parameter(torch.zeros(len(anchors), offsets))
+            # R profiles over the offsets (zero: the model starts as the one without
+            # anchors), mixed per sample by gates linear in the context: profile 0 at weight
+            # 1, the others at small random weights (so that each gets a gradient)
+            self.anchor_logits = nn.Parameter(torch.zeros(A, R, offsets))
+            g = torch.Generator().manual_seed(A * 1000 + D)
+            gate_w = torch.randn(A, R, D + 1, generator=g, dtype=torch.float64) * 0.1
+            gate_w[:, 0] = 0.0
+            self.anchor_gate_w = nn.Parameter(gate_w)
+            self.anchor_gate_b = nn.Parameter(torch.eye(R, dtype=torch.float64)[0].repeat(A, 1))
 
     # ------------------------------------------------------------------ subclass hooks
     def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -295,7 +309,13 @@ class AutoregressiveModel(nn.Module):
         count = torch.round(lo + (code + 1) / 2 * (hi - lo)).long().clamp(0, M - 1)
         m = torch.arange(M, device=context.device)
         offset = m.view(1, 1, M) - count.unsqueeze(-1) + (M - 1)  # (B, A, M)
-        table = self.anchor_logits.unsqueeze(0).expand(context.shape[0], -1, -1)
+        # the gates read the context and log max(a, 1): first-order propensities are
+        # proportional to the count, so the log-probability of each offset moves with log a
+        w = self.anchor_gate_w
+        log_count = torch.log(count.clamp(min=1).to(context.dtype))  # (B, A)
+        gate = torch.einsum("ard,bd->bar", w[..., :-1], context) + self.anchor_gate_b
+        gate = gate + w[..., -1].unsqueeze(0) * log_count.unsqueeze(-1)
+        table = torch.einsum("bar,aro->bao", gate, self.anchor_logits)  # (B, A, offsets)
         return table.gather(2, offset)
 
     # ------------------------------------------------------------------ teacher forcing

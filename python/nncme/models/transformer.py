@@ -136,8 +136,8 @@ class Transformer(AutoregressiveModel):
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for name, p in self.named_parameters():
-                if name == "anchor_logits":
-                    continue  # zero: the model starts as the one without anchors
+                if name.startswith("anchor_"):
+                    continue  # the base class's: the model starts as the one without anchors
                 if name.endswith("bias") or name == "head_b":
                     p.zero_()
                 elif "ln" in name or name.startswith("norm"):
