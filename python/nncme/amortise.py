@@ -69,7 +69,7 @@ from .optim.target import (
     log_stay,
 )
 from .optim.updates import lr_schedule
-from .steppers import motion_pieces
+from .steppers import bulk_states, motion_pieces
 
 __all__ = [
     "AmortiseConfig",
@@ -501,11 +501,12 @@ def exact_steps(
     h: float,
     device: torch.device,
     dtype: torch.dtype,
-    max_states: int = 200_000,
+    max_states: int = 1_000_000,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-    """exp(h W_c) delta_n0(c) for each of the (N, D) contexts, on the states holding all but
-    1e-10 of it: states (S, L), log p (S,) and the context row of each (S,), or None where
-    the states of all contexts together are more than max_states."""
+    """exp(h W_c) delta_n0(c) for each of the (N, D) contexts, on its most probable states
+    that hold all but 1e-9 of it (`bulk_states`): states (S, L), log p (S,) and the context
+    row of each (S,), or None where the states of all contexts together are more than
+    max_states."""
     states, log_p, owner = [], [], []
     total = 0
     for row, v in enumerate(values):
@@ -514,8 +515,11 @@ def exact_steps(
         found = implicit_support(
             start, net.compile(device, dtype), 0.0, h, max_states=max_states, exact=True
         )
-        total += 0 if found is None else found[0].shape[0]
-        if found is None or total > max_states:
+        if found is None:
+            return None
+        found = bulk_states(*found)
+        total += found[0].shape[0]
+        if total > max_states:
             return None
         states.append(found[0])
         log_p.append(found[1].to(dtype) - torch.logsumexp(found[1].to(dtype), 0))

@@ -81,6 +81,7 @@ __all__ = [
     "RungeKutta",
     "Scheme",
     "StartFit",
+    "bulk_states",
     "make_stepper",
     "motion_pieces",
 ]
@@ -768,7 +769,7 @@ def make_stepper(name: str, motion: Motion, **options: Any) -> Any:
     return STEPPERS[name](motion, **options)
 
 
-def _bulk(
+def bulk_states(
     states: torch.Tensor, log_p: torch.Tensor, leak: float = 1e-9
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The most probable states that hold all but `leak` of the mass (a short exact step
@@ -922,7 +923,7 @@ class StartFit:
             )
             if exact is not None:
                 break
-        states, log_p = _bulk(*exact) if exact is not None else listed
+        states, log_p = bulk_states(*exact) if exact is not None else listed
         h = h if exact is not None else 0.0
         first = fit_enumerated(
             self.model,
