@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import device_info, write_results
+from bench_common import RESULTS, device_info, git_commit, write_results
 from nncme import Reaction, ReactionNetwork
 from nncme.amortise import AmortiseConfig, AmortisedSolution, Vary, amortise
 from nncme.exact import FSPSettings, solve_fsp
@@ -269,10 +269,13 @@ def main() -> None:
     parser.add_argument("--reuse", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    payload = {"device": device_info("cpu"), "threads": 1, "cases": []}
+    previous = RESULTS / "amortise_cpu.json"
+    commit = git_commit()  # at the start: the code that runs
     for name in args.cases:
-        payload["cases"].append(run_case(name, args))
-        c = payload["cases"][-1]
+        c = {**run_case(name, args), "commit": commit}
+        cases = json.loads(previous.read_text())["cases"] if previous.exists() else []
+        cases = [old for old in cases if old["case"] != name] + [c]  # other cases kept
+        payload = {"device": device_info("cpu"), "threads": 1, "cases": cases}
         print(
             f"{name}: train {c['train_seconds']:.0f} s, {c['steps']} steps "
             f"({c['substeps']} sub-steps, {c['capped_fits']} capped fits); max Hellinger over "

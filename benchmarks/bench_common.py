@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -126,6 +127,28 @@ def cpu_peak_mb(fn: Callable[[], object], args=()) -> float | None:
         return max(0.0, peak - input_mb(args))
     except Exception as exc:  # pragma: no cover - depends on torch internals
         print(f"(no CPU memory timeline: {type(exc).__name__}: {exc})", file=sys.stderr)
+        return None
+
+
+def git_commit() -> str | None:
+    """The short commit of this checkout, "+dirty" where python/ or csrc/ has changes."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "python", "csrc"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
         return None
 
 

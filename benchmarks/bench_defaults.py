@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import subprocess
 import sys
 import time
 import traceback
@@ -51,7 +50,7 @@ import numpy as np
 import torch
 
 import nncme
-from bench_common import RESULTS, print_table, write_results
+from bench_common import RESULTS, git_commit, print_table, write_results
 from check_networks import NETWORKS, network_files
 from nncme.config import RunConfig
 from nncme.exact import FSPSettings, count_states, solve_fsp
@@ -111,27 +110,6 @@ def _finite(x: float) -> float | None:
 
 def _tolist(a: np.ndarray) -> list:
     return [_tolist(v) if isinstance(v, np.ndarray) else _finite(v) for v in np.asarray(a)]
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "python", "csrc"],
-            cwd=Path(__file__).parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def tails(exact: Any, van: Any) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import numpy as np
 from scipy.sparse.linalg import expm_multiply
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, write_results
+from bench_common import RESULTS, git_commit, write_results
 from nncme import Reaction, ReactionNetwork
 from nncme.amortise import AmortiseConfig, AmortisedSolution, PathEnsemble, Vary, amortise
 from nncme.exact import FSP, FSPSettings
@@ -143,7 +143,9 @@ def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> di
     seconds = train(case, out, args.lag, args.reuse)
     solution = AmortisedSolution(out)
     _, _, starts = CASES[case]()
-    first = json.loads((out / "log.jsonl").read_text().splitlines()[0])["first"]
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    first = log[0]["first"]
+    exact = next((r["exact"] for r in log if "exact" in r), None)  # the exact first step's fit
     print(f"{case}: trained in {seconds:.0f} s ({len(solution.times) - 1} steps)", flush=True)
     limits = solution.network.limits
     rows = []
@@ -200,6 +202,7 @@ def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> di
         "training_seconds": seconds,
         "training_steps": len(solution.times) - 1,
         "first_fit": first,
+        "exact_first_step": exact,
         "rows": rows,
     }
 
@@ -215,8 +218,9 @@ def main() -> None:
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
     previous = RESULTS / "paths_cpu.json"
+    commit = git_commit()  # at the start: the code that runs
     for case in args.cases:
-        result = run_case(case, args, shifts=(1, 2))
+        result = {**run_case(case, args, shifts=(1, 2)), "commit": commit}
         cases = json.loads(previous.read_text())["cases"] if previous.exists() else []
         cases = [c for c in cases if c["case"] != case] + [result]  # other cases kept
         path = write_results("paths", "cpu", {"cases": cases})

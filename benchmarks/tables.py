@@ -530,12 +530,13 @@ def table_amortise() -> list[str]:
     header = [
         "box", "training", "held-out contexts: median / worst max Hellinger",
         "90 % Laplace intervals cover", "90 % posterior intervals cover",
-        "median abs log error",
+        "median abs log error", "d means / d log c: worst / median error",
     ]  # fmt: skip
     rows = []
     for c in d["cases"]:
         box = ", ".join(f"{v['name']} {sig(v['lo'])}–{sig(v['hi'])}" for v in c["varies"])
         inf = c.get("inference") or {}
+        sens = c.get("sensitivities")
         names = [v["name"] for v in c["varies"]]
         rows.append([
             f"{c['case']}: {box}, t ≤ {sig(c['times'][-1])}",
@@ -547,6 +548,8 @@ def table_amortise() -> list[str]:
                 f"{n} {x:.0%}" for n, x in zip(names, inf.get("posterior_coverage_90", []))
             ),
             ", ".join(f"{n} {sig(x)}" for n, x in zip(names, inf.get("median_abs_log_error", []))),
+            f"{sens['means_max_rel_error']:.1%} / {sens['means_median_rel_error']:.1%}"
+            if sens else "",
         ])  # fmt: skip
     datasets = {c["inference"]["datasets"] for c in d["cases"] if c.get("inference")}
     cells = {c["inference"]["cells"] for c in d["cases"] if c.get("inference")}
@@ -556,6 +559,12 @@ def table_amortise() -> list[str]:
         f"Intervals: {', '.join(map(str, datasets))} data sets of {', '.join(map(str, cells))} "
         f"cells each at the last time. Machine: {machine(d)} (`amortise_cpu.json`).",
     ]
+
+
+def exact_fit(case: dict) -> str:
+    """ ", exact first step fitted to X nats" where the run took its first step exactly."""
+    exact = case.get("exact_first_step")
+    return f", exact first step fitted to {sig(exact['loss'])} nats" if exact else ""
 
 
 def table_fit() -> list[str]:
@@ -715,7 +724,8 @@ def table_paths() -> list[str]:
         notes_.append(
             f"`{c['case']}`: amortised over {box} to t = {sig(c['lag'])} in "
             f"{seconds(c['training_seconds'])} ({c['training_steps']} steps, first fit "
-            f"{sig(c['first_fit']['loss'])} nats); {r0['paths']:,} paths of {c['steps']} lags "
+            f"{sig(c['first_fit']['loss'])} nats{exact_fit(c)}); {r0['paths']:,} paths of "
+            f"{c['steps']} lags "
             f"of {sig(c['lag'])}, {r0['ssa_trajectories']:,} SSA trajectories."
         )
     return [

@@ -209,14 +209,13 @@ class AutoregressiveModel(nn.Module):
             A, R, D = len(anchors), ANCHOR_PROFILES, self.context_dim
             offsets = 2 * self.max_count - 1  # n_i - a_i in -(Mmax-1) .. Mmax-1
             # R profiles over the offsets (zero: the model starts as the one without
-            # anchors), mixed per sample by gates linear in the context: profile 0 at weight
-            # 1, the others at small random weights (so that each gets a gradient)
+            # anchors): profile 0 at weight 1 in every context, the others mixed in by gates
+            # linear in the context, from small random weights (so that each gets a gradient)
             self.anchor_logits = nn.Parameter(torch.zeros(A, R, offsets))
             g = torch.Generator().manual_seed(A * 1000 + D)
-            gate_w = torch.randn(A, R, D + 1, generator=g, dtype=torch.float64) * 0.1
-            gate_w[:, 0] = 0.0
+            gate_w = torch.randn(A, R - 1, D + 1, generator=g, dtype=torch.float64) * 0.1
             self.anchor_gate_w = nn.Parameter(gate_w)
-            self.anchor_gate_b = nn.Parameter(torch.eye(R, dtype=torch.float64)[0].repeat(A, 1))
+            self.anchor_gate_b = nn.Parameter(torch.zeros(A, R - 1, dtype=torch.float64))
 
     # ------------------------------------------------------------------ subclass hooks
     def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
@@ -315,6 +314,7 @@ class AutoregressiveModel(nn.Module):
         log_count = torch.log(count.clamp(min=1).to(context.dtype))  # (B, A)
         gate = torch.einsum("ard,bd->bar", w[..., :-1], context) + self.anchor_gate_b
         gate = gate + w[..., -1].unsqueeze(0) * log_count.unsqueeze(-1)
+        gate = torch.cat([torch.ones_like(gate[..., :1]), gate], dim=-1)  # (B, A, R)
         table = torch.einsum("bar,aro->bao", gate, self.anchor_logits)  # (B, A, offsets)
         return table.gather(2, offset)
 
