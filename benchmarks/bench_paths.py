@@ -16,7 +16,9 @@ each against FSP: per time and species the Hellinger distance of the marginal, a
 correlation of X(t) with X(t + lag) and X(t + 2 lag) (exact: E[X(t) X(t + s)] =
 x . exp(s W) (x * P_t)); SSA's own distances give the noise level of a sampled ensemble of
 that size. Also the kernel itself: the largest Hellinger distance of the run's q(. | n, c, lag)
-from FSP over the starts of the paths' first steps. Wall times of path sampling, SSA and FSP.
+from FSP over the starts of the paths' first steps, and over `--held-out` contexts drawn
+uniformly from the box (a fixed NumPy seed): the amortisation issue's measure (median and
+worst). Wall times of path sampling, SSA and FSP.
 The JSON goes to benchmarks/results/paths_<device>.json after every case.
 """
 
@@ -138,6 +140,38 @@ def compare(got: PathEnsemble, ref: dict, limits: np.ndarray, shifts: tuple[int,
     }
 
 
+def held_out_kernel(solution: AmortisedSolution, lag: float, count: int) -> dict:
+    """The largest Hellinger distance over species of q(. | c, lag) from FSP at `count`
+    contexts uniform over the box (rates and starts)."""
+    rng = np.random.default_rng(7)
+    values = solution.space.from_unit(rng.random((count, solution.space.dim)))
+    distances = []
+    for v in values:
+        fsp = FSP(solution.space.network_at(v), FSPSettings(quiet=True, boundary_warn=1.0))
+        P = fsp.solve(np.array([0.0, lag]))[1]
+        got = solution.marginals(v[None], lag)
+        distances.append(
+            max(
+                float(
+                    hellinger(np.bincount(fsp.states[:, i], weights=P, minlength=len(m[0])), m[0])
+                )
+                for i, m in enumerate(got)
+            )
+        )
+    d = np.array(distances)
+    print(
+        f"  kernel at {count} held-out contexts: median {np.median(d):.4f}, worst {d.max():.4f}",
+        flush=True,
+    )
+    return {
+        "contexts": values.tolist(),
+        "hellinger": d.tolist(),
+        "median": float(np.median(d)),
+        "p90": float(np.quantile(d, 0.9)),
+        "worst": float(d.max()),
+    }
+
+
 def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> dict:
     out = Path(args.out) / case
     seconds = train(case, out, args.lag, args.reuse)
@@ -203,6 +237,7 @@ def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> di
         "training_steps": len(solution.times) - 1,
         "first_fit": first,
         "exact_first_step": exact,
+        "held_out_kernel": held_out_kernel(solution, args.lag, args.held_out),
         "rows": rows,
     }
 
@@ -215,6 +250,7 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=20_000, help="paths per start")
     ap.add_argument("--ssa", type=int, default=100_000, help="SSA trajectories per start")
     ap.add_argument("--out", default="runs/paths", help="the amortised runs go to OUT/<case>")
+    ap.add_argument("--held-out", type=int, default=50, help="contexts for the kernel")
     ap.add_argument("--reuse", action="store_true")
     args = ap.parse_args()
     previous = RESULTS / "paths_cpu.json"

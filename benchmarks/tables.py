@@ -567,6 +567,17 @@ def exact_fit(case: dict) -> str:
     return f", exact first step fitted to {sig(exact['loss'])} nats" if exact else ""
 
 
+def held_out(case: dict) -> str:
+    """ "; the kernel at N held-out contexts: median / worst" where the bench measured it."""
+    k = case.get("held_out_kernel")
+    if not k:
+        return ""
+    return (
+        f"; the kernel at {len(k['hellinger'])} held-out contexts (rates and starts): "
+        f"median {sig(k['median'])}, worst {sig(k['worst'])}"
+    )
+
+
 def table_fit() -> list[str]:
     """Rate constants fitted to observables through an amortised run, against the truth, and
     SSA with finite differences on the same references (bench_fit.py)."""
@@ -724,8 +735,8 @@ def table_paths() -> list[str]:
         notes_.append(
             f"`{c['case']}`: amortised over {box} to t = {sig(c['lag'])} in "
             f"{seconds(c['training_seconds'])} ({c['training_steps']} steps, first fit "
-            f"{sig(c['first_fit']['loss'])} nats{exact_fit(c)}); {r0['paths']:,} paths of "
-            f"{c['steps']} lags "
+            f"{sig(c['first_fit']['loss'])} nats{exact_fit(c)}){held_out(c)}; "
+            f"{r0['paths']:,} paths of {c['steps']} lags "
             f"of {sig(c['lag'])}, {r0['ssa_trajectories']:,} SSA trajectories."
         )
     return [
