@@ -179,7 +179,7 @@ def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> di
     _, _, starts = CASES[case]()
     log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     first = log[0]["first"]
-    exact = next((r["exact"] for r in log if "exact" in r), None)  # the exact first step's fit
+    exact_fit = next((r["exact"] for r in log if "exact" in r), None)  # the exact first step
     print(f"{case}: trained in {seconds:.0f} s ({len(solution.times) - 1} steps)", flush=True)
     limits = solution.network.limits
     rows = []
@@ -236,7 +236,7 @@ def run_case(case: str, args: argparse.Namespace, shifts: tuple[int, ...]) -> di
         "training_seconds": seconds,
         "training_steps": len(solution.times) - 1,
         "first_fit": first,
-        "exact_first_step": exact,
+        "exact_first_step": exact_fit,
         "held_out_kernel": held_out_kernel(solution, args.lag, args.held_out),
         "rows": rows,
     }
