@@ -141,10 +141,13 @@ class AutoregressiveModel(nn.Module):
             conditions the model; 0 for none.
         anchors: context columns that hold a species' count (an amortised run's varying
             initial counts), as `Anchor`s. Each gives its species' logits a learned term in
-            the offset n_i - a_i from the anchored count a_i (`anchor_logits`, one value per
-            offset, zero at the start): a point mass at a_i, and the spread a short time
-            moves it by, are then one table shared by every context, where the hidden layers
-            would have to learn a sharp peak at each count as a function of the context.
+            the offset n_i - a_i from the anchored count a_i: `ANCHOR_PROFILES` profiles over
+            the offsets (`anchor_logits`, zero at the start), the first at weight 1, the
+            others weighted per sample by gates linear in the context and in log max(a_i, 1)
+            (`anchor_gate_w`, `anchor_gate_b`). A point mass at a_i, and the spread a short
+            time moves it by, are then tables shared by every context, where the hidden
+            layers would have to learn a sharp peak at each count as a function of the
+            context.
 
     Attributes:
         num_species: L.  max_count: Mmax = max_i M_i, the width of every categorical.
@@ -298,8 +301,9 @@ class AutoregressiveModel(nn.Module):
         return states.to(device=self.device, dtype=torch.int64)
 
     def _anchor_terms(self, context: torch.Tensor | None) -> torch.Tensor | None:
-        """(B, A, Mmax) the anchors' logit terms, anchor_logits[a, m - a_count + Mmax - 1] at
-        every count m, from a (B, D) context (None for a model without anchors)."""
+        """(B, A, Mmax) the anchors' logit terms at every count m: sum_r gate_r(context)
+        anchor_logits[a, r, m - a_count + Mmax - 1], from a (B, D) context (None for a model
+        without anchors)."""
         if not self.num_anchors or context is None:
             return None
         M = self.max_count
