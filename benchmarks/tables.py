@@ -533,7 +533,8 @@ def table_amortise() -> list[str]:
         "median abs log error", "d means / d log c: worst / median error",
     ]  # fmt: skip
     rows = []
-    for c in d["cases"]:
+    order = ["birth_death", "gene", "met_autoregulation"]  # bench_amortise.CASES
+    for c in sorted(d["cases"], key=lambda c: order.index(c["case"])):
         box = ", ".join(f"{v['name']} {sig(v['lo'])}–{sig(v['hi'])}" for v in c["varies"])
         inf = c.get("inference") or {}
         sens = c.get("sensitivities")
