@@ -789,7 +789,7 @@ class AmortisedTrainer:
                 return FitReport(nll, nll, it + 1, False)
         return FitReport(nll, nll, c.first_iterations, True)
 
-    def exact_step(self, dt: float) -> dict[str, Any] | None:
+    def exact_step(self, dt: float, progress: bool = False) -> dict[str, Any] | None:
         """The first step, 0 -> h, solved exactly and fitted: h = dt, or dt / 4^j where the
         states of some context's step are too many to list.
 
@@ -814,7 +814,7 @@ class AmortisedTrainer:
             h /= 4
         else:
             return None
-        report = self._fit_listed(values, *listed)
+        report = self._fit_listed(values, *listed, progress=progress)
         self.t = h
         return {
             "t": h,
@@ -824,10 +824,17 @@ class AmortisedTrainer:
         }
 
     def _fit_listed(
-        self, values: np.ndarray, states: torch.Tensor, log_p: torch.Tensor, owner: torch.Tensor
+        self,
+        values: np.ndarray,
+        states: torch.Tensor,
+        log_p: torch.Tensor,
+        owner: torch.Tensor,
+        progress: bool = False,
     ) -> FitReport:
         """Minimise the mean over contexts of KL(p_c || q(. | c)), p given on listed states
         (rows of `owner`'s context), `contexts` contexts per iteration."""
+        from tqdm import tqdm
+
         c = self.config
         p = torch.exp(log_p)
         entropy = p.new_zeros(len(values)).index_add(0, owner, -p * log_p)
@@ -836,7 +843,8 @@ class AmortisedTrainer:
         opt = torch.optim.Adam(self.model.parameters(), lr=c.first_lr)
         g = torch.Generator().manual_seed(c.seed + 2)
         kl = math.inf
-        for it in range(c.first_iterations):
+        bar = tqdm(range(c.first_iterations), desc="exact first step", disable=not progress)
+        for it in bar:
             for group in opt.param_groups:
                 group["lr"] = c.first_lr * lr_schedule(it, c.first_iterations, c.lr_decay)
             chosen = torch.randperm(len(values), generator=g)[: c.contexts].to(self.device)
@@ -853,7 +861,9 @@ class AmortisedTrainer:
             opt.step()
             kl = float(cross.detach()) - float(entropy[chosen].mean())
             if kl < c.first_tolerance:
+                bar.close()
                 return FitReport(kl, kl, it + 1, False)
+        bar.close()
         return FitReport(kl, kl, c.first_iterations, True)
 
     # ------------------------------------------------------------------------- one step
@@ -1005,7 +1015,7 @@ def amortise(
         report = trainer.fit_start()
         log.write(json.dumps({"t": 0.0, "first": dataclasses.asdict(report)}) + "\n")
         _save(_step_path(out, 0), {"t": 0.0, "model": trainer.model.state_dict()})
-        record = trainer.exact_step(min(dt, saves[1]))
+        record = trainer.exact_step(min(dt, saves[1]), progress=progress)
         if record is not None:
             trainer.steps += 1
             _save(_step_path(out, 1), {"t": trainer.t, "model": trainer.model.state_dict()})
