@@ -522,7 +522,8 @@ def exact_steps(
         if total > max_states:
             return None
         states.append(found[0])
-        log_p.append(found[1].to(dtype) - torch.logsumexp(found[1].to(dtype), 0))
+        log_p_c = found[1].to(dtype)
+        log_p.append(log_p_c - torch.logsumexp(log_p_c, 0))
         owner.append(torch.full((found[0].shape[0],), row, dtype=torch.int64))
     return torch.cat(states), torch.cat(log_p).to(device), torch.cat(owner).to(device)
 
@@ -796,8 +797,8 @@ class AmortisedTrainer:
         Out of a point mass the distribution moves faster than anywhere later (every state
         it reaches is new), which the stepped fits follow worst; a single run takes this step
         exactly (`nncme.steppers.StartFit`). Here `exact_contexts` contexts (the next of the
-        Sobol sequence) each get exp(h W_c) delta_n0(c) on the states holding all but 1e-10 of
-        it (`implicit_support`), and the model is fitted to all of them at once by exact
+        Sobol sequence) each get exp(h W_c) delta_n0(c) on the states holding all but 1e-9 of
+        it (`exact_steps`), and the model is fitted to all of them at once by exact
         cross-entropy, `contexts` of them per iteration (the mean KL(p_c || q(. | c)) over the
         batch, in nats, below `first_tolerance` stops it). Returns the step's log record, or
         None where even dt / 4^6 reaches too many states (the run then steps from t = 0)."""
@@ -848,9 +849,7 @@ class AmortisedTrainer:
             for group in opt.param_groups:
                 group["lr"] = c.first_lr * lr_schedule(it, c.first_iterations, c.lr_decay)
             chosen = torch.randperm(len(values), generator=g)[: c.contexts].to(self.device)
-            take = torch.zeros(len(values), dtype=torch.bool, device=self.device)
-            take[chosen] = True
-            rows = take[owner]
+            rows = torch.isin(owner, chosen)
             ctx = owner[rows]
             opt.zero_grad(set_to_none=True)
             log_q = self.model.log_prob(
