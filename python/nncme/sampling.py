@@ -57,6 +57,7 @@ __all__ = [
     "member_rows",
     "pareto_smooth",
     "pool",
+    "state_hash",
     "state_keys",
     "unique_states",
 ]
@@ -492,6 +493,35 @@ def state_keys(states: torch.Tensor, limits: torch.Tensor) -> torch.Tensor | Non
     return (states * torch.tensor(strides, dtype=torch.int64, device=states.device)).sum(dim=1)
 
 
+# Two polynomial hashes modulo this prime make a 62-bit key of a state in a box too large for
+# `state_keys` (a lattice of many sites): a pair of distinct states share both with probability
+# about 2^-62, and `unique_states` checks every row against its representative anyway.
+_HASH_PRIME = 2**31 - 1
+_HASH_SEEDS = (0x5EED_0001, 0x5EED_0002, 0x5EED_0003, 0x5EED_0004)
+_multipliers: dict[tuple[int, int, str], torch.Tensor] = {}
+
+
+def _hash(states: torch.Tensor, seed: int) -> torch.Tensor:
+    """sum_i (n_i c_i mod p) mod p with fixed random c_i in [1, p): (N, L) -> (N,) int64."""
+    key = (seed, states.shape[1], str(states.device))
+    if key not in _multipliers:
+        g = torch.Generator().manual_seed(seed + states.shape[1])
+        c = torch.randint(1, _HASH_PRIME, (states.shape[1],), generator=g, dtype=torch.int64)
+        _multipliers[key] = c.to(states.device)
+    c = _multipliers[key]
+    if states.shape[1] * (int(states.max()) + 1) >= 2**31:  # reduce each term: no overflow
+        return (states * c).remainder_(_HASH_PRIME).sum(dim=1) % _HASH_PRIME
+    # the sum stays below 2^62; an int64 matrix-vector product where the device has one
+    return (states @ c if states.device.type == "cpu" else (states * c).sum(dim=1)) % _HASH_PRIME
+
+
+def state_hash(states: torch.Tensor, *, second: bool = False) -> torch.Tensor:
+    """A 62-bit int64 hash of each state (N, L) -> (N,); `second` gives an independent one
+    (two hashes agree on distinct states with probability about 2^-124)."""
+    a, b = _HASH_SEEDS[2:] if second else _HASH_SEEDS[:2]
+    return _hash(states, a) * _HASH_PRIME + _hash(states, b)
+
+
 def member_rows(rows: torch.Tensor, table: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:
     """Whether each of rows (N, L) is one of table's (M, L) rows (in-box states) -> (N,) bool."""
     distinct, inverse = unique_states(torch.cat([rows, table]), limits)
@@ -506,7 +536,10 @@ def unique_states(states: torch.Tensor, limits: torch.Tensor) -> tuple[torch.Ten
     Training batches repeat states many times (a distribution concentrated on few states draws
     them again and again), so scoring each distinct state once saves most of the work. When
     the box has fewer than 2^62 states each state is packed into one int64 key, which makes
-    this a 1-D sort (rows come out in key order); otherwise rows are compared directly.
+    this a 1-D sort (rows come out in key order); otherwise by a 62-bit hash of each row
+    (`state_hash`, also a 1-D sort, in hash order), every row then checked against the row
+    its key picked by a second, independent hash, and rows compared directly where two
+    states shared a key.
 
     Args:
         states: (N, L) int64 with 0 <= n_i < limits_i.
@@ -518,9 +551,15 @@ def unique_states(states: torch.Tensor, limits: torch.Tensor) -> tuple[torch.Ten
     if states.shape[0] == 0:
         return states, torch.zeros(0, dtype=torch.int64, device=states.device)
     keys = state_keys(states, limits)
-    if keys is None:
-        return torch.unique(states, dim=0, return_inverse=True)
+    hashed = keys is None
+    if hashed:
+        keys = state_hash(states)
     first = torch.zeros_like(keys)
     ukeys, inverse = torch.unique(keys, return_inverse=True)
     first.scatter_(0, inverse, torch.arange(keys.shape[0], device=keys.device))
-    return states[first[: ukeys.shape[0]]], inverse
+    picked = first[: ukeys.shape[0]]
+    if hashed:  # every row against the row its key picked, by a second, independent hash
+        check = state_hash(states, second=True)
+        if not torch.equal(check[picked][inverse], check):  # two states shared a hash
+            return torch.unique(states, dim=0, return_inverse=True)
+    return states[picked], inverse

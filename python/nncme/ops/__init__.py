@@ -27,6 +27,7 @@ __all__ = [
     "nade_log_prob",
     "nade_sample",
     "neighbors",
+    "neighbour_exit_rates",
     "propensities",
     "reference",
     "resolve_impl",
@@ -85,6 +86,97 @@ def propensities(
     if net.custom:
         a = _apply_custom(a, states, net, t)
     return a
+
+
+class NeighbourExitRates:
+    """a_0(n - s_k) for every reaction k, from the propensities at n and the few reactions
+    whose propensity k's change touches.
+
+    The exit rate of each neighbour n - s_k by itself is a (B K, K) propensity evaluation:
+    quadratic in the number of reactions, which on a lattice grows with the sites (K ~ 5.5 L
+    for a 2-D reaction-diffusion grid). But s_k changes one or two species, and only the
+    reactions that read them (as reactants, through factors, or through the truncation rule
+    at the species they change) change their propensity: a_0(n - s_k) = a_0(n) +
+    sum_{r in D_k} [a_r(n - s_k) - a_r(n)], one small evaluation per k over D_k alone.
+
+    `sparse` says whether that pays (sum_k |D_k| <= K^2 / 4; never with custom propensities,
+    which may read any species): where it does not, the caller evaluates the neighbours
+    directly.
+
+    Args:
+        net: a CompiledNetwork.
+    """
+
+    def __init__(self, net) -> None:
+        K = net.num_reactions
+        ptr, entries = net.rxn_ptr.tolist(), net.rxn_entries.tolist()
+        fptr, fspecies = net.factor_ptr.tolist(), net.factor_index.tolist()
+        readers: dict[int, set[int]] = {}
+        for r in range(K):
+            read = {entries[j][0] for j in range(ptr[r], ptr[r + 1])}
+            read |= {fspecies[j] for j in range(fptr[r], fptr[r + 1])}
+            for i in read:
+                readers.setdefault(i, set()).add(r)
+        self.groups: list[list[int]] = []
+        for k in range(K):
+            moved = {entries[j][0] for j in range(ptr[k], ptr[k + 1]) if entries[j][2] != 0}
+            self.groups.append(sorted(set().union(*(readers.get(i, set()) for i in moved))))
+        self.net = net
+        self.sparse = not net.custom and 4 * sum(map(len, self.groups)) <= K * K
+        self._tables = [self._table(group) for group in self.groups] if self.sparse else []
+
+    def _table(self, group: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """The operator's reaction and factor tables of the reactions in group (their rates
+        are taken at call time)."""
+        net = self.net
+        index = torch.tensor(group, dtype=torch.int64, device=net.device)
+
+        def rows(ptr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            lo, hi = ptr[index], ptr[index + 1]
+            counts = hi - lo
+            picked = [
+                torch.arange(a, b, device=net.device) for a, b in zip(lo.tolist(), hi.tolist())
+            ]
+            flat = torch.cat(picked) if picked else lo[:0]
+            new_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+            return new_ptr, flat
+
+        rxn_ptr, rxn_rows = rows(net.rxn_ptr)
+        factor_ptr, factor_rows = rows(net.factor_ptr)
+        tables = (
+            rxn_ptr, net.rxn_entries[rxn_rows], net.limits, net.convention[index],
+            factor_ptr, net.factor_index[factor_rows], net.factor_params[factor_rows],
+        )  # fmt: skip
+        return index, tables
+
+    def __call__(
+        self, states: torch.Tensor, own: torch.Tensor, t: float, *, impl: str = "auto"
+    ) -> torch.Tensor:
+        """states (B, L), their propensities own (B, K) -> a_0(n - s_k) (B, K); meaningless
+        where n - s_k leaves the box (the caller masks those)."""
+        if not self.sparse:
+            raise ValueError("the network's dependencies are dense: evaluate the neighbours")
+        rates = self.net.rates(t)
+        out = own.sum(dim=1, keepdim=True).repeat(1, own.shape[1])
+        for k, (index, (ptr, entries, limits, conv, fptr, findex, fparams)) in enumerate(
+            self._tables
+        ):
+            if not index.numel():
+                continue
+            moved = states - self.net.change[k]
+            args = (ptr, entries, limits, rates[index], conv, fptr, findex, fparams)
+            at = _call("propensities", states.device, impl, moved, *args)  # (B, |D_k|)
+            out[:, k] += (at - own[:, index]).sum(dim=1)
+        return out
+
+
+def neighbour_exit_rates(net) -> NeighbourExitRates:
+    """The network's `NeighbourExitRates` (built once per compiled network)."""
+    found = getattr(net, "_neighbour_exit_rates", None)
+    if found is None:
+        found = NeighbourExitRates(net)
+        net._neighbour_exit_rates = found
+    return found
 
 
 def _truncation_ok(states: torch.Tensor, shift: torch.Tensor, limits: torch.Tensor) -> torch.Tensor:

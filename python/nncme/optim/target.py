@@ -27,13 +27,13 @@ strict check of the TDVP flows, whose local generator has no such form.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from typing import Any, Protocol
 
 import torch
 
 from .. import ops, parallel
-from ..sampling import state_keys, unique_states
+from ..sampling import state_hash, state_keys, unique_states
 
 __all__ = [
     "EULER_STAGES",
@@ -60,6 +60,13 @@ __all__ = [
 
 # Rows of Mmax*L logits scored at once when the old model is evaluated (bounded memory).
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
+# Neighbour counts (B x K x L int64) formed at once: the states of a target are taken in
+# chunks of at most this many (a 32 x 32 lattice has K ~ 5,600 reactions: 1,000 states at once
+# would be 46 GB).
+DEFAULT_NEIGHBOUR_ELEMENTS = 1 << 24
+# log q_old values a target keeps over a step (16-24 bytes each): past this it starts over
+# (on large lattices, where distinct states hardly repeat, an unbounded memo only grows).
+MEMO_ENTRIES = 1 << 22
 
 
 # dt * a_0 above which the explicit map saturates (`outflow_fraction`): Euler's own map is
@@ -155,6 +162,12 @@ class TransitionTarget:
         t: time of the step's start; dt: its length.
         impl: operator implementation ("auto" | "fused" | "reference").
         rows: states per log_prob call (default from the model's L * Mmax).
+        neighbour_elements: the most neighbour counts (states x K x L) formed at once; the
+            states are taken in chunks that keep below it.
+
+    log q_old is memoised over the step (the old distribution is fixed and successive
+    batches overlap), keyed by `state_keys`, or where the box is too large for those by
+    `state_hash` with a second, independent hash checked on every hit.
     """
 
     def __init__(
@@ -166,17 +179,28 @@ class TransitionTarget:
         *,
         impl: str = "auto",
         rows: int | None = None,
+        neighbour_elements: int = DEFAULT_NEIGHBOUR_ELEMENTS,
     ) -> None:
         self.old, self.net, self.t, self.dt, self.impl = old, net, float(t), float(dt), impl
         self.rows = rows or chunk_rows(old)
-        # log q_old of the states scored so far in this step (sorted keys, values): the old
-        # distribution is fixed for the whole step and successive batches overlap heavily
+        K, L = net.num_reactions, net.num_species
+        self.chunk = max(1, int(neighbour_elements) // max(1, K * L))
+        # log q_old of the states scored so far in this step (sorted keys, values, and the
+        # second hash where the keys are hashes): the old distribution is fixed for the whole
+        # step and successive batches overlap heavily
         self._keys: torch.Tensor | None = None
         self._values: torch.Tensor | None = None
+        self._checks: torch.Tensor | None = None
 
     @torch.no_grad()
     def __call__(self, states: torch.Tensor) -> TargetValues:
         """states: (B, L) int64 in the box -> TargetValues of (B,) each."""
+        if states.shape[0] <= self.chunk:
+            return self._values_at(states)
+        parts = [self._values_at(part) for part in states.split(self.chunk)]
+        return TargetValues(*(torch.cat(x) for x in zip(*(astuple(p) for p in parts))))
+
+    def _values_at(self, states: torch.Tensor) -> TargetValues:
         B = states.shape[0]
         nbr, valid = ops.neighbors(states, self.net, impl=self.impl)
         rows = torch.cat([states, nbr[valid]])
@@ -194,25 +218,40 @@ class TransitionTarget:
         """log T q with the saturated outflow (`outflow_fraction`) at the rows where a state
         or an in-box neighbour has dt a_0 > STIFF_RATE_DT; the operator's Euler value (the
         same map) elsewhere."""
-        rates = ops.propensities(unique, self.net, self.t, impl=self.impl)  # (U, K)
-        x = self.dt * rates.sum(dim=1)  # (U,)
-        if not bool((x > STIFF_RATE_DT).any()):
+        x_own, x_nbr, a_in = self._outflows(states, unique, inverse, valid)
+        if not bool((x_own > STIFF_RATE_DT).any() or (x_nbr > STIFF_RATE_DT).any()):
             return log_tq
-        B = states.shape[0]
-        at = torch.zeros(valid.shape, dtype=torch.int64, device=states.device)
-        at[valid] = inverse[B:]  # (B, K) the neighbours' rows among `unique`
-        a_in = torch.where(valid, rates.gather(0, at), torch.zeros((), dtype=rates.dtype))
-        x_nbr = torch.where(valid, x[at], torch.zeros((), dtype=x.dtype))
-        x_own = x[inverse[:B]]
         inflow = torch.where(
             a_in > 0,
             math.log(self.dt) + torch.log(a_in) + log_q_nbr + log_outflow_ratio(x_nbr),
             torch.full_like(a_in, -math.inf),
         )
-        stay = log_p[:B] + log_stay(x_own)
+        stay = log_p[: states.shape[0]] + log_stay(x_own)
         saturated = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
         rows = (x_own > STIFF_RATE_DT) | (x_nbr > STIFF_RATE_DT).any(dim=1)
         return torch.where(rows, saturated.to(log_tq.dtype), log_tq)
+
+    def _outflows(self, states, unique, inverse, valid):
+        """dt a_0 at the states (B,) and at their in-box neighbours (B, K), and the inflow
+        propensities a_k(n - s_k) (B, K) (0 at neighbours outside the box): by the
+        reactions each neighbour's change touches where those are few
+        (`ops.NeighbourExitRates`, a lattice), else from every distinct state's propensities."""
+        exits = ops.neighbour_exit_rates(self.net)
+        zero = torch.zeros((), dtype=self.net.dtype, device=states.device)
+        if exits.sparse:
+            own = ops.propensities(states, self.net, self.t, impl=self.impl)  # (B, K)
+            x_nbr = self.dt * exits(states, own, self.t, impl=self.impl)
+            args = self.net.operator_args(self.t)
+            a_in = ops.reference.inflow_propensities(states, *args)
+            return (self.dt * own.sum(dim=1), torch.where(valid, x_nbr, zero),
+                    torch.where(valid, a_in, zero))  # fmt: skip
+        rates = ops.propensities(unique, self.net, self.t, impl=self.impl)  # (U, K)
+        x = self.dt * rates.sum(dim=1)  # (U,)
+        B = states.shape[0]
+        at = torch.zeros(valid.shape, dtype=torch.int64, device=states.device)
+        at[valid] = inverse[B:]  # (B, K) the neighbours' rows among `unique`
+        a_in = torch.where(valid, rates.gather(0, at), zero)
+        return x[inverse[:B]], torch.where(valid, x[at], zero), a_in
 
     def old_log_prob(self, states: torch.Tensor) -> torch.Tensor:
         """log q_old at (B, L) states (memoised across the step's batches)."""
@@ -222,25 +261,35 @@ class TransitionTarget:
     def _old_log_prob(self, unique: torch.Tensor) -> torch.Tensor:
         """log q_old of distinct states (U, L), scoring only those not seen before."""
         keys = state_keys(unique, self.net.limits)
-        if keys is None:
-            return score(self.old, unique, self.rows)
-        if self._keys is None:
+        checks = None
+        if keys is None:  # a box beyond int64 keys: hashes, each hit checked by a second one
+            keys, checks = state_hash(unique), state_hash(unique, second=True)
+        if self._keys is None or self._keys.shape[0] + keys.shape[0] > MEMO_ENTRIES:
             values = score(self.old, unique, self.rows)
-            order = torch.argsort(keys)
-            self._keys, self._values = keys[order], values[order]
+            self._remember(keys, checks, values, None)
             return values
         pos = torch.searchsorted(self._keys, keys).clamp(max=self._keys.shape[0] - 1)
         hit = self._keys[pos] == keys
+        if checks is not None:
+            hit &= self._checks[pos] == checks
         values = torch.empty(keys.shape, dtype=self._values.dtype, device=keys.device)
         values[hit] = self._values[pos[hit]]
         if not hit.all():
-            fresh = score(self.old, unique[~hit], self.rows)
-            values[~hit] = fresh
-            merged = torch.cat([self._keys, keys[~hit]])
-            order = torch.argsort(merged)
-            self._keys = merged[order]
-            self._values = torch.cat([self._values, fresh])[order]
+            miss = ~hit
+            values[miss] = score(self.old, unique[miss], self.rows)
+            self._remember(keys[miss], None if checks is None else checks[miss], values[miss],
+                           self)  # fmt: skip
         return values
+
+    def _remember(self, keys, checks, values, merge: Any) -> None:
+        """Keep (keys, checks, values) sorted by key: alone, or merged into what is kept."""
+        if merge is not None:
+            keys = torch.cat([self._keys, keys])
+            values = torch.cat([self._values, values])
+            checks = None if checks is None else torch.cat([self._checks, checks])
+        order = torch.argsort(keys)
+        self._keys, self._values = keys[order], values[order]
+        self._checks = None if checks is None else checks[order]
 
 
 @torch.no_grad()

@@ -1,0 +1,154 @@
+"""Boxes beyond int64 keys (lattices of many sites): distinct states by hashes, checked; the
+step target memoised and taken in chunks there, with the values of a direct evaluation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import nncme.sampling as sampling
+from nncme import Reaction, ReactionNetwork, ops
+from nncme.io import resolve_network
+from nncme.models import build_model
+from nncme.optim import target as target_module
+from nncme.optim.target import TransitionTarget
+from nncme.sampling import state_hash, state_keys, unique_states
+
+from .conftest import random_network
+
+LATTICE = "reaction_diffusion:shape=4x4,kinetics=birth_death,x0=2,k=4,gamma=1,hopping=1"
+
+
+def lattice():
+    net = resolve_network(LATTICE)
+    compiled = net.compile(torch.device("cpu"), torch.float64)
+    assert state_keys(compiled.limits.unsqueeze(0) - 1, compiled.limits) is None  # hashed
+    return net, compiled
+
+
+def repeated_rows(seed: int, limits: torch.Tensor) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    rows = torch.randint(0, int(limits.min()), (400, limits.shape[0]), generator=g)
+    return torch.cat([rows, rows[::3], rows[:7]])[torch.randperm(540, generator=g)]
+
+
+def test_hashed_distinct_states_are_the_rows_themselves():
+    limits = torch.full((40,), 30)
+    rows = repeated_rows(0, limits)
+    unique, inverse = unique_states(rows, limits)
+    assert torch.equal(unique[inverse], rows)
+    assert torch.equal(torch.unique(unique, dim=0), torch.unique(rows, dim=0))
+    assert unique.shape[0] == 400
+    # the hash: 62 bits, fixed per width, the second one independent of the first
+    keys, again = state_hash(rows), state_hash(rows.clone())
+    assert torch.equal(keys, again) and int(keys.min()) >= 0 and int(keys.max()) < 2**62
+    assert not torch.equal(keys, state_hash(rows, second=True))
+    # counts so large that the terms are reduced one by one: the same rows found
+    huge = rows * 10**6
+    u2, inv2 = unique_states(huge, torch.full((40,), 10**8))
+    assert torch.equal(u2[inv2], huge) and u2.shape[0] == 400
+
+
+def test_states_that_share_a_hash_are_still_told_apart(monkeypatch):
+    limits = torch.full((40,), 30)
+    rows = repeated_rows(1, limits)
+    real = sampling.state_hash
+
+    def colliding(states, *, second=False):
+        return real(states, second=True) if second else states[:, 0].clone()  # many collide
+
+    monkeypatch.setattr(sampling, "state_hash", colliding)
+    unique, inverse = unique_states(rows, limits)
+    assert torch.equal(unique[inverse], rows) and unique.shape[0] == 400
+
+
+def direct_target(model, compiled, states, dt):
+    """log T q at states with every neighbour scored afresh (no memo, no chunks)."""
+    nbr, valid = ops.neighbors(states, compiled)
+    with torch.no_grad():
+        log_q = model.log_prob(states)
+        log_nbr = model.log_prob(nbr.reshape(-1, states.shape[1])).reshape(valid.shape)
+    log_nbr = torch.where(valid, log_nbr, torch.full_like(log_nbr, -math.inf))
+    return ops.transition_logsum(states, log_q, log_nbr, compiled, 0.0, dt)[0]
+
+
+@pytest.mark.parametrize("elements", [target_module.DEFAULT_NEIGHBOUR_ELEMENTS, 16 * 80 * 37])
+def test_the_step_target_on_a_hashed_box_is_the_direct_one(elements, monkeypatch):
+    net, compiled = lattice()
+    model = build_model("nade", net, dtype=torch.float64, seed=3, hidden=8)
+    generator = torch.Generator().manual_seed(0)
+    first, _ = model.sample(300, generator)
+    second = torch.cat([first[:150], model.sample(150, generator)[0]])  # half seen before
+    target = TransitionTarget(model, compiled, 0.0, 1e-4, neighbour_elements=elements)
+    assert target.chunk == elements // (16 * 80)
+    for states in (first, second):
+        got = target(states).log_tq
+        torch.testing.assert_close(got, direct_target(model, compiled, states, 1e-4))
+    assert target._checks is not None and target._keys.shape == target._checks.shape
+    # a memo that would pass MEMO_ENTRIES starts over, with the same values
+    monkeypatch.setattr(target_module, "MEMO_ENTRIES", 1000)
+    small = TransitionTarget(model, compiled, 0.0, 1e-4, neighbour_elements=elements)
+    for states in (first, second):
+        torch.testing.assert_close(
+            small(states).log_tq, direct_target(model, compiled, states, 1e-4)
+        )
+    assert small._keys.shape[0] <= 1000 + 300 * 81
+
+
+def test_a_chunked_target_saturates_as_a_whole_one():
+    """dt a_0 of about 1 on the model's draws: the saturated map, chunk by chunk."""
+    net, compiled = lattice()
+    model = build_model("nade", net, dtype=torch.float64, seed=3, hidden=8)
+    states, _ = model.sample(200, torch.Generator().manual_seed(1))
+    whole = TransitionTarget(model, compiled, 0.0, 1e-3)(states)
+    assert float((1e-3 * whole.exit_rate).max()) > target_module.STIFF_RATE_DT
+    chunked = TransitionTarget(model, compiled, 0.0, 1e-3, neighbour_elements=16 * 80 * 23)
+    parts = chunked(states)
+    for a, b in zip((whole.log_tq, whole.local_gen, whole.exit_rate),
+                    (parts.log_tq, parts.local_gen, parts.exit_rate)):  # fmt: skip
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def direct_neighbour_exits(states, compiled, t):
+    """a_0(n - s_k) (B, K) by evaluating every neighbour's propensities."""
+    nbr, valid = ops.neighbors(states, compiled, impl="reference")
+    B, K, L = nbr.shape
+    a0 = ops.propensities(nbr.reshape(-1, L), compiled, t, impl="reference").sum(dim=1)
+    return a0.reshape(B, K), valid
+
+
+@pytest.mark.parametrize("impl", ["reference", "auto"])
+def test_neighbour_exit_rates_from_the_reactions_each_change_touches(impl):
+    rng = np.random.default_rng(5)
+    net = random_network(rng, 60, 40, max_limit=9)  # Hill, complement factors, conventions
+    compiled = net.compile(torch.device("cpu"), torch.float64)
+    exits = ops.neighbour_exit_rates(compiled)
+    assert exits.sparse and ops.neighbour_exit_rates(compiled) is exits  # built once
+    states = torch.as_tensor(rng.integers(0, net.limits, size=(300, net.L)))
+    own = ops.propensities(states, compiled, 0.0, impl=impl)
+    got = exits(states, own, 0.0, impl=impl)
+    want, valid = direct_neighbour_exits(states, compiled, 0.0)
+    torch.testing.assert_close(got[valid], want[valid], rtol=1e-12, atol=1e-12)
+    _, lattice_net = lattice()
+    assert ops.neighbour_exit_rates(lattice_net).sparse  # 80 reactions, 1-2 sites each
+    dense = ReactionNetwork(
+        {"A": 10, "B": 10},
+        [Reaction({"A": 1}, {"B": 1}, 1.0), Reaction({"B": 1}, {"A": 1}, 2.0)],
+        {"A": 3},
+    )
+    assert not ops.neighbour_exit_rates(dense.compile(torch.device("cpu"), torch.float64)).sparse
+
+
+def test_the_saturated_target_by_touched_reactions_is_the_direct_one(monkeypatch):
+    net, compiled = lattice()
+    model = build_model("nade", net, dtype=torch.float64, seed=3, hidden=8)
+    states, _ = model.sample(200, torch.Generator().manual_seed(2))
+    sparse = TransitionTarget(model, compiled, 0.0, 1e-3)(states)
+    exits = ops.neighbour_exit_rates(compiled)
+    monkeypatch.setattr(exits, "sparse", False)  # every neighbour's propensities
+    dense = TransitionTarget(model, compiled, 0.0, 1e-3)(states)
+    assert float((1e-3 * dense.exit_rate).max()) > target_module.STIFF_RATE_DT
+    torch.testing.assert_close(sparse.log_tq, dense.log_tq, rtol=1e-12, atol=1e-12)
