@@ -708,6 +708,39 @@ def table_lattice() -> list[str]:
     ]
 
 
+def table_neighbours() -> list[str]:
+    """One step target on lattices, now against the direct way (bench_neighbours.py)."""
+    d = load("neighbours_cpu.json")
+    header = ["lattice", "sites", "reactions", "now", "direct", "ratio", "peak memory now",
+              "peak memory direct", "largest difference"]  # fmt: skip
+
+    def mb(x):
+        return "-" if x is None else f"{x:,.0f} MiB"
+
+    rows = [
+        [
+            r["shape"],
+            str(r["sites"]),
+            str(r["reactions"]),
+            f"{r['seconds']:.3f} s",
+            "-" if r.get("direct_seconds") is None else f"{r['direct_seconds']:.3f} s",
+            "-" if r.get("ratio") is None else f"{r['ratio']:.1f}",
+            mb(r.get("peak_mb")),
+            mb(r.get("direct_peak_mb")),
+            "-" if r.get("max_difference") is None else f"{r['max_difference']:.1e}",
+        ]
+        for r in d["rows"]
+    ]
+    return [
+        *markdown(header, rows),
+        "",
+        "log T q_old at B states drawn from an untrained NADE (hidden 16) of a birth-death "
+        "lattice (limit 25 per site); median wall time of one evaluation; peak memory beyond "
+        f"the states (torch's CPU allocator). {d['note']}. Commit {d.get('commit')}. "
+        f"Machine: {machine(d)} (`neighbours_cpu.json`).",
+    ]
+
+
 # file -> table name -> function
 def table_paths() -> list[str]:
     """Trajectory ensembles from an amortised run's transition kernel against FSP's one- and
@@ -763,6 +796,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "supervision": table_supervision,
         "parallel": table_parallel,
         "lattice": table_lattice,
+        "neighbours": table_neighbours,
     },
     RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
 }

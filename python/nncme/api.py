@@ -31,6 +31,7 @@ from .optim import (
     make_optimizer,
 )
 from .optim.supervision import Supervision, moment_references
+from .optim.target import set_neighbour_memory
 from .paths import OutputDir, check_input_file
 from .sampling import Proposal, make_proposal
 from .steppers import STEPPERS, Fit, Flow, Motion, StartFit, make_stepper
@@ -182,6 +183,7 @@ def _build_driver(
         raise ConfigError(f"dt: {dt:g} is larger than t_end {t_end:g}")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    set_neighbour_memory(cfg.memory_mb)
     net = network.compile(device, dtype)
     if model is None:
         model = _model(cfg, network, dtype, device)

@@ -550,6 +550,12 @@ class RunConfig(Settings):
     seed: int = shared("seed", "random seed of the parameters and samples")
     impl: str = _opt("auto", "operator implementation", ("auto", "fused", "reference"))
     threads: int = shared("threads")
+    memory_mb: float = _opt(
+        128.0,
+        "MiB of neighbour counts a step's target forms at once (states x reactions x species, "
+        "int64); larger lattices are taken in more chunks, not more memory",
+        positive=True,
+    )
     out: str | None = shared(
         "out", "output directory: results, log, checkpoint (command line: results/NETWORK/van)"
     )
@@ -557,7 +563,7 @@ class RunConfig(Settings):
     quiet: bool = shared("quiet")
 
     # Fields that may change when a run resumes (they do not alter what was computed so far).
-    RESUMABLE = ("t_end", "out", "resume", "quiet", "threads", "device")
+    RESUMABLE = ("t_end", "out", "resume", "quiet", "threads", "device", "memory_mb")
 
     def check(self) -> None:
         """Rules between fields: rk4 is for TDVP, heads divide the width, resume needs out."""

@@ -157,6 +157,86 @@ class NADE(AutoregressiveModel):
             )
         return super().log_prob(states, context=context, totals=totals)
 
+    # ------------------------------------------------------------------ neighbours
+    @torch.no_grad()
+    def score_neighbours(
+        self,
+        states: torch.Tensor,
+        sites: torch.Tensor,
+        steps: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        elements: int = 1 << 23,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """log q(n) (B,) and log q(n') (B, K) at neighbours n' that differ from n at a few
+        species, reusing what they share with n (None for a model with a context, anchors
+        or conservation laws: score the neighbours as states).
+
+        With j the first species where n' differs from n, the conditionals of species < j
+        are n's, and species j's is n's conditional read at n'_j; only species > j are
+        scored anew, from n's pre-activations plus the embedding changes at the changed
+        species before each: about half the work of scoring n' alone, and no (B, K, L)
+        neighbour tensor.
+
+        Args:
+            states: (B, L) in-box counts.
+            sites: (K, W) the species neighbour k changes, ascending, padded with L.
+            steps: (K, W) n'_c - n_c at those species (0 at the padding).
+            valid: (B, K) whether n' is in the box (the others come out -inf).
+            elements: the most (rows x species) one pass holds.
+        """
+        if self.context_dim or self.num_anchors or self.num_laws:
+            return None
+        states = self._check_states(states)
+        B, L = states.shape
+        table = torch.log_softmax(self._masked_logits(states, None, None)[0], dim=-1)  # (B,L,M)
+        own = table.gather(2, states.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        before = torch.cumsum(own, dim=1) - own  # sum over species < j
+        e = self.embed[torch.arange(L, device=states.device).unsqueeze(0), states]
+        h0 = self.hidden0(B, None).unsqueeze(1)
+        a = torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)  # (B, L, H) as in _logits
+        out = torch.full(valid.shape, -math.inf, dtype=table.dtype, device=states.device)
+        first = sites[:, 0]
+        for j in torch.unique(first[first < L]).tolist():
+            ks = torch.nonzero(first == j).squeeze(1)
+            b, k = torch.nonzero(valid[:, ks], as_tuple=True)
+            k = ks[k]
+            rows = max(1, elements // max(1, L - j))
+            for lo in range(0, b.shape[0], rows):
+                bb, kk = b[lo : lo + rows], k[lo : lo + rows]
+                out[bb, kk] = self._suffix(states, table, before, a, bb, sites[kk], steps[kk], j)
+        return own.sum(dim=1), out
+
+    def _suffix(self, states, table, before, a, b, sites, steps, j: int) -> torch.Tensor:
+        """log q of the neighbours (rows b of states, changes at sites/steps, first at j):
+        n's prefix, species j's conditional at the new count, and the species after j by
+        the NADE operator from the neighbour's own pre-activation there."""
+        L = states.shape[1]
+        column = sites.clamp(max=L - 1)
+        counts = states[b.unsqueeze(1), column] + steps  # (R, W) the neighbour's counts there
+        value = before[b, j] + table[b, j, counts[:, 0]]
+        S = L - 1 - j
+        if S == 0:
+            return value
+        suffix = states[b, j + 1 :].clone()  # (R, S) the neighbour's counts after j
+        for w in range(1, sites.shape[1]):
+            at = torch.nonzero(sites[:, w] < L, as_tuple=True)[0]
+            suffix[at, column[at, w] - j - 1] = counts[at, w]
+        hidden = a[b, j] + self.embed[j, counts[:, 0]]  # a_{j+1} = a_j + embed[j, n'_j]
+        none = ops.ConservationMask(
+            torch.zeros(0, S, dtype=torch.int64, device=a.device),
+            torch.zeros(0, 4, dtype=torch.int64, device=a.device),
+            torch.zeros(0, 2, dtype=torch.int64, device=a.device),
+            torch.zeros(0, dtype=torch.bool, device=a.device),
+        )
+        rest = ops.nade_log_prob(
+            suffix, hidden.contiguous(), self.embed[j + 1 :], self.head_w[j + 1 :],
+            self.head_b[j + 1 :], self.limits[j + 1 :], none,
+            torch.zeros(b.shape[0], 0, dtype=torch.int64, device=a.device),
+            self.activation_code, impl=self.impl,
+        )  # fmt: skip
+        return value + rest
+
     # ------------------------------------------------------------------ sampling
     def _start(self, batch_size: int, context: torch.Tensor | None) -> torch.Tensor:
         return self.hidden0(batch_size, context)

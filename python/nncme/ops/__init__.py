@@ -24,9 +24,11 @@ __all__ = [
     "fisher_solve",
     "fisher_solve_gram",
     "has_kernel",
+    "inflow_propensities",
     "nade_log_prob",
     "nade_sample",
     "neighbors",
+    "neighbour_changes",
     "neighbour_exit_rates",
     "propensities",
     "reference",
@@ -170,6 +172,21 @@ class NeighbourExitRates:
         return out
 
 
+def neighbour_changes(net) -> tuple[torch.Tensor, torch.Tensor]:
+    """The species each neighbour n - s_k differs at, ascending, padded with L (K, W), and
+    its count there minus n's, -s_k (K, W), 0 at the padding (built once per network)."""
+    found = getattr(net, "_neighbour_changes", None)
+    if found is None:
+        K, L = net.change.shape
+        moved = net.change != 0
+        W = max(1, int(moved.sum(dim=1).max())) if K else 1
+        order = torch.sort(torch.where(moved, torch.arange(L, device=moved.device), L), dim=1)
+        sites = order.values[:, :W]
+        steps = -net.change.gather(1, sites.clamp(max=L - 1)) * (sites < L)
+        found = net._neighbour_changes = (sites, steps)
+    return found
+
+
 def neighbour_exit_rates(net) -> NeighbourExitRates:
     """The network's `NeighbourExitRates` (built once per compiled network)."""
     found = getattr(net, "_neighbour_exit_rates", None)
@@ -250,17 +267,24 @@ def transition_logsum(
     )
 
 
-def _transition_with_custom(states, log_q, log_q_nbr, net, t: float, dt: float):
-    """The slow general path: custom propensities are evaluated at the neighbours in Python."""
-    args = net.operator_args(t)
-    exit_rate = propensities(states, net, t).sum(dim=1)
-    a_in = reference.inflow_propensities(states, *args)
+def inflow_propensities(states: torch.Tensor, net, t: float = 0.0) -> torch.Tensor:
+    """a_k(n - s_k, t) (B, K): reaction k at the neighbour that leads into n (0 where n or
+    n - s_k is outside the box), in O(B nnz), custom propensities included."""
+    states = states.to(torch.int64)
+    a_in = reference.inflow_propensities(states, *net.operator_args(t))
     inside = ((states >= 0) & (states < net.limits)).all(dim=-1)
     for k in net.custom:
         nbr = states - net.change[k]
         ok = _truncation_ok(nbr, net.change[k], net.limits) & inside
         vals = _custom_values(torch.where(ok.unsqueeze(1), nbr, states), net, k, t)
         a_in[:, k] = torch.where(ok, vals, torch.zeros_like(vals))
+    return a_in
+
+
+def _transition_with_custom(states, log_q, log_q_nbr, net, t: float, dt: float):
+    """The slow general path: custom propensities are evaluated at the neighbours in Python."""
+    exit_rate = propensities(states, net, t).sum(dim=1)
+    a_in = inflow_propensities(states, net, t)
     live = a_in > 0
     inflow = torch.where(live, math.log(dt) + torch.log(a_in) + log_q_nbr, -math.inf)
     stay = log_q + torch.log1p(-dt * exit_rate)

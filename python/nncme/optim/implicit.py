@@ -83,9 +83,9 @@ class ImplicitTarget:
         rows, k = valid.nonzero(as_tuple=True)
         inflow_from = nbr[rows, k]  # (V, L) the neighbours n - s_k inside the box
         with torch.no_grad():
-            # a_k(n - s_k): reaction k at the neighbour, which leads into n
-            a_in = ops.propensities(inflow_from, self.net, self.t_rates, impl=self.impl)
-            a_in = a_in.gather(1, k.unsqueeze(1)).squeeze(1)
+            # a_k(n - s_k): reaction k at the neighbour, which leads into n (not every
+            # reaction at every neighbour: quadratic in K on a lattice)
+            a_in = ops.inflow_propensities(states, self.net, self.t_rates)[rows, k]
             exit_rate = ops.propensities(states, self.net, self.t_rates, impl=self.impl).sum(1)
             log_old = self._old.old_log_prob(states)
         log_q, log_q_nbr = _scores(model, states, inflow_from, self.net.limits, others)

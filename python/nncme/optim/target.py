@@ -53,6 +53,7 @@ __all__ = [
     "log_outflow_ratio",
     "log_stay",
     "outflow_fraction",
+    "set_neighbour_memory",
     "step_motion",
     "stiff_mass",
     "transition_support",
@@ -62,8 +63,9 @@ __all__ = [
 DEFAULT_CHUNK_ELEMENTS = 1 << 23
 # Neighbour counts (B x K x L int64) formed at once: the states of a target are taken in
 # chunks of at most this many (a 32 x 32 lattice has K ~ 5,600 reactions: 1,000 states at once
-# would be 46 GB).
-DEFAULT_NEIGHBOUR_ELEMENTS = 1 << 24
+# would be 46 GB). A run sets it from its `memory_mb` (`set_neighbour_memory`).
+DEFAULT_NEIGHBOUR_ELEMENTS = 1 << 24  # 128 MiB
+_neighbour_elements = DEFAULT_NEIGHBOUR_ELEMENTS
 # log q_old values a target keeps over a step (16-24 bytes each): past this it starts over
 # (on large lattices, where distinct states hardly repeat, an unbounded memo only grows).
 MEMO_ENTRIES = 1 << 22
@@ -74,6 +76,13 @@ MEMO_ENTRIES = 1 << 22
 STIFF_RATE_DT = 0.9
 _SHIFT = 2 * STIFF_RATE_DT - 1  # outflow 1 - c / (x - _SHIFT), c = (1 - STIFF_RATE_DT)^2: C^1
 _C = (1 - STIFF_RATE_DT) ** 2
+
+
+def set_neighbour_memory(mib: float) -> None:
+    """The memory (MiB) of the neighbour counts one evaluation of a step target forms at once,
+    for the targets made from now on in this process (a run's `memory_mb`)."""
+    global _neighbour_elements
+    _neighbour_elements = max(1, int(mib * 2**20) // 8)
 
 
 def outflow_fraction(x: torch.Tensor) -> torch.Tensor:
@@ -163,7 +172,7 @@ class TransitionTarget:
         impl: operator implementation ("auto" | "fused" | "reference").
         rows: states per log_prob call (default from the model's L * Mmax).
         neighbour_elements: the most neighbour counts (states x K x L) formed at once; the
-            states are taken in chunks that keep below it.
+            states are taken in chunks that keep below it (default: `set_neighbour_memory`).
 
     log q_old is memoised over the step (the old distribution is fixed and successive
     batches overlap), keyed by `state_keys`, or where the box is too large for those by
@@ -179,12 +188,21 @@ class TransitionTarget:
         *,
         impl: str = "auto",
         rows: int | None = None,
-        neighbour_elements: int = DEFAULT_NEIGHBOUR_ELEMENTS,
+        neighbour_elements: int | None = None,
     ) -> None:
         self.old, self.net, self.t, self.dt, self.impl = old, net, float(t), float(dt), impl
         self.rows = rows or chunk_rows(old)
         K, L = net.num_reactions, net.num_species
-        self.chunk = max(1, int(neighbour_elements) // max(1, K * L))
+        elements = neighbour_elements or _neighbour_elements
+        self.chunk = max(1, int(elements) // max(1, K * L))
+        # a lattice-like network (a box beyond int64 keys, where states hardly repeat, and
+        # reactions that touch few species) with a model that scores neighbours from their
+        # shared prefix: no memo, no (B, K, L) neighbour tensor
+        self._by_prefix = (
+            hasattr(old, "score_neighbours")
+            and state_keys(net.limits.unsqueeze(0) - 1, net.limits) is None
+            and ops.neighbour_exit_rates(net).sparse
+        )
         # log q_old of the states scored so far in this step (sorted keys, values, and the
         # second hash where the keys are hashes): the old distribution is fixed for the whole
         # step and successive batches overlap heavily
@@ -195,12 +213,22 @@ class TransitionTarget:
     @torch.no_grad()
     def __call__(self, states: torch.Tensor) -> TargetValues:
         """states: (B, L) int64 in the box -> TargetValues of (B,) each."""
+        flows = self._sparse_outflows(states)  # (for all states at once: K calls each)
         if states.shape[0] <= self.chunk:
-            return self._values_at(states)
-        parts = [self._values_at(part) for part in states.split(self.chunk)]
+            return self._values_at(states, flows)
+        parts = [
+            self._values_at(
+                part, None if flows is None else [f[lo : lo + self.chunk] for f in flows]
+            )
+            for lo, part in zip(range(0, states.shape[0], self.chunk), states.split(self.chunk))
+        ]
         return TargetValues(*(torch.cat(x) for x in zip(*(astuple(p) for p in parts))))
 
-    def _values_at(self, states: torch.Tensor) -> TargetValues:
+    def _values_at(self, states: torch.Tensor, flows: list[torch.Tensor] | None) -> TargetValues:
+        if self._by_prefix:
+            values = self._values_by_prefix(states, flows)
+            if values is not None:
+                return values
         B = states.shape[0]
         nbr, valid = ops.neighbors(states, self.net, impl=self.impl)
         rows = torch.cat([states, nbr[valid]])
@@ -211,14 +239,39 @@ class TransitionTarget:
         log_tq, local_gen, exit_rate = ops.transition_logsum(
             states, log_p[:B], log_q_nbr, self.net, self.t, self.dt, impl=self.impl
         )
-        log_tq = self._saturate(states, unique, inverse, valid, log_p, log_q_nbr, log_tq)
+        log_tq = self._saturate(states, unique, inverse, valid, log_p, log_q_nbr, log_tq, flows)
         return TargetValues(log_tq, local_gen, exit_rate)
 
-    def _saturate(self, states, unique, inverse, valid, log_p, log_q_nbr, log_tq) -> torch.Tensor:
+    def _values_by_prefix(self, states, flows) -> TargetValues | None:
+        """As `_values_at`, the neighbours scored from their prefixes shared with the states
+        (`NADE.score_neighbours`); None where the model cannot."""
+        sites, steps = ops.neighbour_changes(self.net)
+        L = states.shape[1]
+        column = sites.clamp(max=L - 1)
+        counts = states[:, column] + steps  # (B, K, W)
+        inside = (counts >= 0) & (counts < self.net.limits[column])
+        valid = (inside | (sites >= L)).all(dim=2)
+        scored = self.old.score_neighbours(states, sites, steps, valid)
+        if scored is None:
+            return None
+        log_p, log_q_nbr = (x.to(self.net.dtype) for x in scored)
+        log_tq, local_gen, exit_rate = ops.transition_logsum(
+            states, log_p, log_q_nbr, self.net, self.t, self.dt, impl=self.impl
+        )
+        log_tq = self._saturate(states, None, None, valid, log_p, log_q_nbr, log_tq, flows)
+        return TargetValues(log_tq, local_gen, exit_rate)
+
+    def _saturate(
+        self, states, unique, inverse, valid, log_p, log_q_nbr, log_tq, flows
+    ) -> torch.Tensor:
         """log T q with the saturated outflow (`outflow_fraction`) at the rows where a state
         or an in-box neighbour has dt a_0 > STIFF_RATE_DT; the operator's Euler value (the
         same map) elsewhere."""
-        x_own, x_nbr, a_in = self._outflows(states, unique, inverse, valid)
+        zero = torch.zeros((), dtype=self.net.dtype, device=states.device)
+        if flows is not None:  # (B,), (B, K), (B, K) of `_sparse_outflows`
+            x_own, x_nbr, a_in = flows[0], *(torch.where(valid, f, zero) for f in flows[1:])
+        else:
+            x_own, x_nbr, a_in = self._dense_outflows(states, unique, inverse, valid)
         if not bool((x_own > STIFF_RATE_DT).any() or (x_nbr > STIFF_RATE_DT).any()):
             return log_tq
         inflow = torch.where(
@@ -231,20 +284,23 @@ class TransitionTarget:
         rows = (x_own > STIFF_RATE_DT) | (x_nbr > STIFF_RATE_DT).any(dim=1)
         return torch.where(rows, saturated.to(log_tq.dtype), log_tq)
 
-    def _outflows(self, states, unique, inverse, valid):
-        """dt a_0 at the states (B,) and at their in-box neighbours (B, K), and the inflow
-        propensities a_k(n - s_k) (B, K) (0 at neighbours outside the box): by the
-        reactions each neighbour's change touches where those are few
-        (`ops.NeighbourExitRates`, a lattice), else from every distinct state's propensities."""
+    def _sparse_outflows(self, states: torch.Tensor) -> list[torch.Tensor] | None:
+        """dt a_0 at the states (B,) and at their neighbours n - s_k (B, K), and the inflow
+        propensities a_k(n - s_k) (B, K), by the reactions each neighbour's change touches
+        (`ops.NeighbourExitRates`: a lattice); None where those are not few (a network whose
+        reactions read most species), whose neighbours' propensities are then evaluated
+        directly (`_dense_outflows`). Meaningless at neighbours outside the box."""
         exits = ops.neighbour_exit_rates(self.net)
+        if not exits.sparse:
+            return None
+        own = ops.propensities(states, self.net, self.t, impl=self.impl)  # (B, K)
+        x_nbr = self.dt * exits(states, own, self.t, impl=self.impl)
+        a_in = ops.inflow_propensities(states, self.net, self.t)
+        return [self.dt * own.sum(dim=1), x_nbr, a_in]
+
+    def _dense_outflows(self, states, unique, inverse, valid):
+        """As `_sparse_outflows`, from every distinct state's propensities (U, K)."""
         zero = torch.zeros((), dtype=self.net.dtype, device=states.device)
-        if exits.sparse:
-            own = ops.propensities(states, self.net, self.t, impl=self.impl)  # (B, K)
-            x_nbr = self.dt * exits(states, own, self.t, impl=self.impl)
-            args = self.net.operator_args(self.t)
-            a_in = ops.reference.inflow_propensities(states, *args)
-            return (self.dt * own.sum(dim=1), torch.where(valid, x_nbr, zero),
-                    torch.where(valid, a_in, zero))  # fmt: skip
         rates = ops.propensities(unique, self.net, self.t, impl=self.impl)  # (U, K)
         x = self.dt * rates.sum(dim=1)  # (U,)
         B = states.shape[0]

@@ -1,0 +1,135 @@
+"""One step target (log T q_old at a batch of states) on lattices of growing size: the way it is
+evaluated now against the direct way, time and peak memory.
+
+    python benchmarks/bench_neighbours.py                        # 2x2, 4x4, 8x8 on the CPU
+    python benchmarks/bench_neighbours.py --sizes 16x16 --now-only --device cuda
+
+The target scores q_old at every state and at its K neighbours n - s_k and needs each
+neighbour's exit rate (the saturated map). On a 2-D reaction-diffusion lattice of L sites
+K ~ 5.5 L, so done directly that is a (B, K, L) neighbour tensor, a sort of B K rows of L
+counts, B K full NADE evaluations and B K^2 propensities. Now (`nncme.optim.TransitionTarget`):
+distinct states by 62-bit hashes where the box is beyond int64 keys, the neighbours' exit rates
+from the reactions each change touches (`nncme.ops.NeighbourExitRates`), and NADE's
+neighbours scored from the prefix they share with their state (`NADE.score_neighbours`), in
+chunks under a neighbour budget. "direct" switches all three off in the same code (the path a
+network with dense dependencies still takes). Both must agree (their largest difference of
+log T q is in the table).
+
+Lattice: birth-death on every site (birth 4, death 1, hopping 1), limit 25 per site; states:
+B draws of an untrained NADE (hidden 16; spread over the box, so nearly all neighbours are
+distinct: the work a trained model's tails also ask for); dt 1e-3. JSON:
+benchmarks/results/neighbours_<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import (
+    cpu_peak_mb,
+    cuda_peak_mb,
+    git_commit,
+    median_seconds,
+    print_table,
+    repeats_for,
+    write_results,
+)
+from nncme import ops
+from nncme.io import resolve_network
+from nncme.models import build_model
+from nncme.optim import target as target_module
+from nncme.optim.target import TransitionTarget
+
+KINETICS = "kinetics=birth_death,x0=2,k=4,gamma=1,hopping=1"
+
+
+class Direct:
+    """The target with hashing, touched-reaction exit rates and prefix scoring switched off."""
+
+    def __init__(self, net) -> None:
+        self.exits = ops.neighbour_exit_rates(net)
+
+    def __enter__(self) -> None:
+        self.saved = (self.exits.sparse, target_module.state_keys, target_module.unique_states)
+        self.exits.sparse = False
+        target_module.state_keys = lambda states, limits: None  # no memo keys
+        target_module.unique_states = lambda rows, limits: torch.unique(
+            rows, dim=0, return_inverse=True
+        )
+
+    def __exit__(self, *exc) -> None:
+        self.exits.sparse, target_module.state_keys, target_module.unique_states = self.saved
+
+
+def measure(shape: str, args: argparse.Namespace) -> dict:
+    device = torch.device(args.device)
+    net = resolve_network(f"reaction_diffusion:shape={shape},{KINETICS}")
+    compiled = net.compile(device, torch.float64)
+    model = build_model("nade", net, dtype=torch.float64, device=device, seed=0)
+    states, _ = model.sample(args.batch, torch.Generator(device).manual_seed(0))
+    row = {"shape": shape, "sites": net.L, "reactions": net.K, "batch": args.batch}
+
+    def now():
+        return TransitionTarget(model, compiled, 0.0, args.dt)(states).log_tq
+
+    def peak(fn):
+        return cuda_peak_mb(fn, device) if device.type == "cuda" else cpu_peak_mb(fn, [states])
+
+    value = now()
+    first, _ = median_seconds(now, device, 1, warmup=0)
+    row["seconds"], _ = median_seconds(now, device, repeats_for(first, 6.0, 5), warmup=0)
+    row["peak_mb"] = peak(now)
+    row["path"] = "prefix" if TransitionTarget(model, compiled, 0.0, args.dt)._by_prefix else "-"
+    if not args.now_only:
+        with Direct(compiled):
+            direct = now()
+            first, _ = median_seconds(now, device, 1, warmup=0)
+            row["direct_seconds"], _ = median_seconds(
+                now, device, repeats_for(first, 6.0, 3), warmup=0
+            )
+            row["direct_peak_mb"] = peak(now)
+        row["ratio"] = row["direct_seconds"] / row["seconds"]
+        row["max_difference"] = float((value - direct).abs().max())
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--sizes", nargs="*", default=["2x2", "4x4", "8x8"])
+    parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--dt", type=float, default=1e-3)
+    parser.add_argument("--now-only", action="store_true", help="skip the direct way")
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [measure(shape, args) for shape in args.sizes]
+    print_table(
+        rows,
+        [
+            ("shape", "lattice", "s"),
+            ("sites", "sites", "d"),
+            ("reactions", "K", "d"),
+            ("seconds", "now s", ".3f"),
+            ("direct_seconds", "direct s", ".3f"),
+            ("ratio", "ratio", ".1f"),
+            ("peak_mb", "now MiB", ".0f"),
+            ("direct_peak_mb", "direct MiB", ".0f"),
+            ("max_difference", "max diff", ".1e"),
+        ],
+    )
+    note = f"{args.threads} thread(s); B = {args.batch}; dt = {args.dt}"
+    path = write_results(
+        "neighbours", args.device, {"note": note, "commit": git_commit(), "rows": rows}, args.tag
+    )
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
