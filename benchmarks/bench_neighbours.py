@@ -55,15 +55,19 @@ class Direct:
         self.exits = ops.neighbour_exit_rates(net)
 
     def __enter__(self) -> None:
-        self.saved = (self.exits.sparse, target_module.state_keys, target_module.unique_states)
+        self.saved = (self.exits.sparse, target_module.unique_states)
         self.exits.sparse = False
-        target_module.state_keys = lambda states, limits: None  # no memo keys
-        target_module.unique_states = lambda rows, limits: torch.unique(
-            rows, dim=0, return_inverse=True
-        )
+        keyed = target_module.unique_states
+
+        def unique(rows, limits):  # int64 keys where they fit, else a sort of the rows
+            if target_module.state_keys(rows, limits) is None:
+                return torch.unique(rows, dim=0, return_inverse=True)
+            return keyed(rows, limits)
+
+        target_module.unique_states = unique
 
     def __exit__(self, *exc) -> None:
-        self.exits.sparse, target_module.state_keys, target_module.unique_states = self.saved
+        self.exits.sparse, target_module.unique_states = self.saved
 
 
 def measure(shape: str, args: argparse.Namespace) -> dict:

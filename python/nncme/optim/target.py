@@ -3,9 +3,12 @@
     T q(n) = q(n) (1 - dt a_0(n)) + dt sum_k a_k(n - s_k) q(n - s_k)
 
 The previous distribution is scored at the states and at their K neighbours n - s_k
-(`nncme.ops.neighbors`), once per distinct state and in chunks so memory stays bounded for large
-K*L, and `nncme.ops.transition_logsum` forms the stable log-sum-exp; it also returns the TDVP
-local generator (W q)(n)/q(n) and the exit rate a_0(n).
+(`nncme.ops.neighbors`), once per distinct state (memoised over the step) and in chunks so
+memory stays bounded for large K*L, and `nncme.ops.transition_logsum` forms the stable
+log-sum-exp; it also returns the TDVP local generator (W q)(n)/q(n) and the exit rate a_0(n).
+On a lattice-like network (a box beyond int64 keys, reactions that touch few species) a NADE
+scores the neighbours from the prefix each shares with its state instead
+(`NADE.score_neighbours`), with no (B, K, L) neighbour tensor.
 
 `StageTarget` is what a stage of a Runge–Kutta step in Shu–Osher form fits: a convex
 combination of distributions and their explicit maps (`nncme.steppers` holds the schemes).
