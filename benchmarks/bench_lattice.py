@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import print_table, write_results
+from bench_common import RESULTS, git_commit, print_table, write_results
 from nncme.exact import monomolecular_marginals
 from nncme.io import resolve_network
 from nncme.metrics import hellinger
@@ -76,6 +76,7 @@ def main() -> None:
     parser.add_argument("--order", default="row", choices=["row", "snake", "hilbert"])
     parser.add_argument("--set", nargs="*", default=[], help="more `nncme run` options")
     parser.add_argument("--tag", default="")
+    parser.add_argument("--merge", action="store_true", help="keep other lattices' rows")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -96,6 +97,13 @@ def main() -> None:
         ],
     )
     note = f"{os.cpu_count()} cores; one thread; order {args.order}"
+    for row in rows:
+        row["commit"] = git_commit()
+    if args.merge:  # keep the other lattices' rows (each row names its commit)
+        path = RESULTS / f"lattice_cpu{'_' + args.tag if args.tag else ''}.json"
+        done = {row["shape"] for row in rows}
+        kept = [r for r in json.loads(path.read_text())["rows"] if r["shape"] not in done]
+        rows = sorted(kept + rows, key=lambda r: r["sites"])
     path = write_results("lattice", "cpu", {"note": note, "rows": rows}, tag=args.tag)
     print(f"wrote {path}")
 

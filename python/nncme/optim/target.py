@@ -72,6 +72,10 @@ _neighbour_elements = DEFAULT_NEIGHBOUR_ELEMENTS
 # log q_old values a target keeps over a step (16-24 bytes each): past this it starts over
 # (on large lattices, where distinct states hardly repeat, an unbounded memo only grows).
 MEMO_ENTRIES = 1 << 22
+# New states join the memo only while at least this share of a batch's states was found in it:
+# keeping it sorted costs a sort of all it holds per batch, which only repeats pay for (a
+# broad law on a lattice: next to no repeats, and a memo that grew by B K states a batch).
+MEMO_MIN_HITS = 0.2
 
 
 # dt * a_0 above which the explicit map saturates (`outflow_fraction`): Euler's own map is
@@ -336,8 +340,9 @@ class TransitionTarget:
         if not hit.all():
             miss = ~hit
             values[miss] = score(self.old, unique[miss], self.rows)
-            self._remember(keys[miss], None if checks is None else checks[miss], values[miss],
-                           self)  # fmt: skip
+            if float(hit.double().mean()) >= MEMO_MIN_HITS:
+                self._remember(keys[miss], None if checks is None else checks[miss],
+                               values[miss], self)  # fmt: skip
         return values
 
     def _remember(self, keys, checks, values, merge: Any) -> None:
