@@ -56,6 +56,7 @@ def run_lattice(shape: str, args: argparse.Namespace, work: Path) -> dict:
         "seconds": sum(x["seconds"] for x in log),
         "iterations": sum(x["iterations"] for x in log),
         "peak_memory_mb": summary.get("peak_memory_mb", {}).get("host"),
+        "largest_batch": summary.get("largest_batch"),
         "status": summary.get("status"),
         "error": (done.stderr.strip().splitlines() or [None])[-1] if done.returncode else None,
     }

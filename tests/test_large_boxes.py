@@ -181,3 +181,21 @@ def test_the_saturated_target_by_touched_reactions_is_the_direct_one(monkeypatch
     dense = TransitionTarget(model, compiled, 0.0, 1e-3)(states)
     assert float((1e-3 * dense.exit_rate).max()) > target_module.STIFF_RATE_DT
     torch.testing.assert_close(sparse.log_tq, dense.log_tq, rtol=1e-12, atol=1e-12)
+
+
+def test_the_memo_keeps_new_states_only_while_batches_repeat():
+    """A batch that hardly repeats scores its states without growing the memo (keeping it
+    sorted would cost more than it saves); one that repeats enough adds its new states."""
+    net, compiled = lattice()
+    model = build_model("transformer", net, dtype=torch.float64, seed=3, **MODELS["transformer"])
+    generator = torch.Generator().manual_seed(4)
+    first, second, third = (model.sample(200, generator)[0] for _ in range(3))
+    target = TransitionTarget(model, compiled, 0.0, 1e-4)
+    target(first)
+    kept = target._keys.shape[0]
+    target(second)  # new draws of a broad law: next to no repeats
+    assert target._keys.shape[0] == kept
+    mixed = torch.cat([first[:100], third[:100]])
+    values = target(mixed).log_tq
+    assert target._keys.shape[0] > kept  # half repeated: its new states kept
+    torch.testing.assert_close(values, direct_target(model, compiled, mixed, 1e-4))
