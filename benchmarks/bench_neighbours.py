@@ -11,9 +11,12 @@ counts, B K full NADE evaluations and B K^2 propensities. Now (`nncme.optim.Tran
 distinct states by 62-bit hashes where the box is beyond int64 keys, the neighbours' exit rates
 from the reactions each change touches (`nncme.ops.NeighbourExitRates`), and NADE's
 neighbours scored from the prefix they share with their state (`NADE.score_neighbours`), in
-chunks under a neighbour budget. "direct" switches all three off in the same code (the path a
-network with dense dependencies still takes). Both must agree (their largest difference of
-log T q is in the table).
+chunks under a neighbour budget, with a memo of log q_old that keeps new states only while
+batches repeat. "direct" switches these off in the same code (int64 keys where they fit, with every
+new state memoised; else a sort of the rows and no memo: the path before). Both must agree (their
+largest difference of log T q is in the table). Also timed: iterations of a fit to one Euler
+stage (Adam, the mixture proposal, explored states; `--iterations`), each with its own
+target, as a run's first stage is.
 
 Lattice: birth-death on every site (birth 4, death 1, hopping 1), limit 25 per site; states:
 B draws of an untrained NADE (hidden 16; spread over the box, so nearly all neighbours are
@@ -24,7 +27,9 @@ benchmarks/results/neighbours_<device>.json.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -37,13 +42,16 @@ from bench_common import (
     median_seconds,
     print_table,
     repeats_for,
+    sync,
     write_results,
 )
 from nncme import ops
 from nncme.io import resolve_network
-from nncme.models import build_model
+from nncme.models import build_model, frozen_copy
+from nncme.optim import KLUpdate, StepProblem
 from nncme.optim import target as target_module
-from nncme.optim.target import TransitionTarget
+from nncme.optim.target import StageTarget, Term, TransitionTarget
+from nncme.sampling import make_proposal
 
 KINETICS = "kinetics=birth_death,x0=2,k=4,gamma=1,hopping=1"
 
@@ -55,8 +63,18 @@ class Direct:
         self.exits = ops.neighbour_exit_rates(net)
 
     def __enter__(self) -> None:
-        self.saved = (self.exits.sparse, target_module.unique_states)
+        self.saved = (self.exits.sparse, target_module.unique_states, target_module.MEMO_MIN_HITS,
+                      TransitionTarget._old_log_prob)  # fmt: skip
         self.exits.sparse = False
+        target_module.MEMO_MIN_HITS = 0.0  # every new state kept
+        memoised = TransitionTarget._old_log_prob
+
+        def old_log_prob(target, unique):  # no memo where int64 keys do not fit
+            if target_module.state_keys(unique, target.net.limits) is None:
+                return target_module.score(target.old, unique, target.rows)
+            return memoised(target, unique)
+
+        TransitionTarget._old_log_prob = old_log_prob
         keyed = target_module.unique_states
 
         def unique(rows, limits):  # int64 keys where they fit, else a sort of the rows
@@ -67,7 +85,25 @@ class Direct:
         target_module.unique_states = unique
 
     def __exit__(self, *exc) -> None:
-        self.exits.sparse, target_module.unique_states = self.saved
+        (self.exits.sparse, target_module.unique_states, target_module.MEMO_MIN_HITS,
+         TransitionTarget._old_log_prob) = self.saved  # fmt: skip
+
+
+def fit_iteration(model, compiled, args) -> float:
+    """Seconds per iteration of a fit to one Euler stage (Adam, the default proposal's draws
+    with explored states one reaction ahead, batch B), over `args.iterations` iterations."""
+    frozen = frozen_copy(model)
+    fitted = copy.deepcopy(model)
+    update = KLUpdate(torch.optim.Adam(fitted.parameters(), lr=0.01), iterations=args.iterations,
+                      explore=0.2, lr_decay=1.0)  # fmt: skip
+    target = StageTarget([Term(frozen, 0.0, 1.0, 1.0)], compiled, args.dt)
+    generator = torch.Generator(compiled.device).manual_seed(1)
+    problem = StepProblem(fitted, target, make_proposal("mixture"), args.batch, generator, 0.0,
+                          args.dt)  # fmt: skip
+    start = time.perf_counter()
+    report = update.run(problem)
+    sync(compiled.device)
+    return (time.perf_counter() - start) / report.iterations
 
 
 def measure(shape: str, args: argparse.Namespace) -> dict:
@@ -89,6 +125,7 @@ def measure(shape: str, args: argparse.Namespace) -> dict:
     row["seconds"], _ = median_seconds(now, device, repeats_for(first, 6.0, 5), warmup=0)
     row["peak_mb"] = peak(now)
     row["path"] = "prefix" if TransitionTarget(model, compiled, 0.0, args.dt)._by_prefix else "-"
+    row["iteration_seconds"] = fit_iteration(model, compiled, args)
     if not args.now_only:
         with Direct(compiled):
             direct = now()
@@ -97,7 +134,9 @@ def measure(shape: str, args: argparse.Namespace) -> dict:
                 now, device, repeats_for(first, 6.0, 3), warmup=0
             )
             row["direct_peak_mb"] = peak(now)
+            row["direct_iteration_seconds"] = fit_iteration(model, compiled, args)
         row["ratio"] = row["direct_seconds"] / row["seconds"]
+        row["iteration_ratio"] = row["direct_iteration_seconds"] / row["iteration_seconds"]
         row["max_difference"] = float((value - direct).abs().max())
     return row
 
@@ -109,6 +148,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=["2x2", "4x4", "8x8"])
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--dt", type=float, default=1e-3)
+    parser.add_argument("--iterations", type=int, default=10, help="of the timed fit")
     parser.add_argument("--now-only", action="store_true", help="skip the direct way")
     parser.add_argument("--tag", default="")
     args = parser.parse_args()
@@ -123,6 +163,8 @@ def main() -> None:
             ("seconds", "now s", ".3f"),
             ("direct_seconds", "direct s", ".3f"),
             ("ratio", "ratio", ".1f"),
+            ("iteration_seconds", "it. s", ".3f"),
+            ("direct_iteration_seconds", "direct it. s", ".3f"),
             ("peak_mb", "now MiB", ".0f"),
             ("direct_peak_mb", "direct MiB", ".0f"),
             ("max_difference", "max diff", ".1e"),
