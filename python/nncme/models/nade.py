@@ -174,9 +174,9 @@ class NADE(AutoregressiveModel):
 
         With j the first species where n' differs from n, the conditionals of species < j
         are n's, and species j's is n's conditional read at n'_j; only species > j are
-        scored anew, from n's pre-activations plus the embedding changes at the changed
-        species before each: about half the work of scoring n' alone, and no (B, K, L)
-        neighbour tensor.
+        scored anew, by the NADE operator started from the neighbour's own pre-activation
+        a_{j+1}(n') = a_j(n) + embed[j, n'_j]: about half the work of scoring n' alone (for
+        changes spread evenly over the species), and no (B, K, L) neighbour tensor.
 
         Args:
             states: (B, L) in-box counts.
