@@ -199,3 +199,44 @@ def test_the_memo_keeps_new_states_only_while_batches_repeat():
     values = target(mixed).log_tq
     assert target._keys.shape[0] > kept  # half repeated: its new states kept
     torch.testing.assert_close(values, direct_target(model, compiled, mixed, 1e-4))
+
+
+def test_a_long_listed_fit_draws_its_states():
+    """A first-step fit to more states than its batch fits draws of p, the same law in the
+    end; a list within the batch is fitted exactly as without one."""
+    from scipy.stats import poisson
+
+    from nncme.optim import fit_enumerated
+
+    net = ReactionNetwork(
+        {"A": 30, "B": 30}, [Reaction({}, {"A": 1}, 1.0), Reaction({}, {"B": 1}, 1.0)], {"A": 0}
+    )
+    grid = torch.cartesian_prod(torch.arange(30), torch.arange(30))
+    log_p = torch.as_tensor(
+        poisson.logpmf(grid[:, 0].numpy(), 6) + poisson.logpmf(grid[:, 1].numpy(), 11)
+    )
+
+    def fitted(batch):
+        model = build_model("nade", net, dtype=torch.float64, seed=1, hidden=8)
+        optimizer = torch.optim.Adam(model.parameters(), lr=0.03)
+        report = fit_enumerated(
+            model,
+            grid,
+            log_p,
+            optimizer,
+            iterations=400,
+            tolerance=1e-9,
+            batch=batch,
+            generator=torch.Generator().manual_seed(0),
+        )
+        with torch.no_grad():
+            p = torch.softmax(log_p, 0)
+            kl = float((p * (torch.log(p) - model.log_prob(grid))).sum())
+        return report, kl
+
+    report_whole, kl_whole = fitted(None)
+    report_same, _ = fitted(900)  # within the batch: the exact fit
+    assert report_same.losses == report_whole.losses
+    report_drawn, kl_drawn = fitted(128)
+    assert kl_whole < 0.01 and kl_drawn < 0.02
+    assert math.isfinite(report_drawn.loss) and report_drawn.iterations == 400

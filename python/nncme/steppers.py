@@ -88,6 +88,9 @@ __all__ = [
 
 # Largest support of a start distribution that the first step enumerates exactly.
 MAX_ENUMERATED = 200_000
+# Listed states a first-step fit scores per iteration: longer lists are fitted on draws of p
+# (`fit_enumerated`); every network but a lattice of many sites lists far fewer.
+FIRST_FIT_STATES = 8_192
 # Most sub-steps `max_motion` cuts one step into (a stiff step is the implicit scheme's job).
 MAX_MOTION_SUBSTEPS = 16
 
@@ -897,6 +900,8 @@ class StartFit:
             self.optimizer,
             iterations=self.iterations,
             tolerance=self.tolerance,
+            batch=FIRST_FIT_STATES,
+            generator=self.generator,
         )
         name = "heun" if self.scheme == Heun.scheme else "euler"
         report.scheme = "exponential, exact" if self.exponential else f"{name}, exact"
@@ -932,6 +937,8 @@ class StartFit:
             self.optimizer,
             iterations=self.iterations,
             tolerance=self.tolerance,
+            batch=FIRST_FIT_STATES,
+            generator=self.generator,
         )
         report = self.then.step(t + h, dt - h)
         report.iterations += first.iterations
