@@ -329,7 +329,7 @@ class TransitionTarget:
             keys, checks = state_hash(unique), state_hash(unique, second=True)
         if self._keys is None or self._keys.shape[0] + keys.shape[0] > MEMO_ENTRIES:
             values = score(self.old, unique, self.rows)
-            self._remember(keys, checks, values, None)
+            self._remember(keys, checks, values, merge=False)
             return values
         pos = torch.searchsorted(self._keys, keys).clamp(max=self._keys.shape[0] - 1)
         hit = self._keys[pos] == keys
@@ -342,12 +342,12 @@ class TransitionTarget:
             values[miss] = score(self.old, unique[miss], self.rows)
             if float(hit.double().mean()) >= MEMO_MIN_HITS:
                 self._remember(keys[miss], None if checks is None else checks[miss],
-                               values[miss], self)  # fmt: skip
+                               values[miss], merge=True)  # fmt: skip
         return values
 
-    def _remember(self, keys, checks, values, merge: Any) -> None:
+    def _remember(self, keys, checks, values, *, merge: bool) -> None:
         """Keep (keys, checks, values) sorted by key: alone, or merged into what is kept."""
-        if merge is not None:
+        if merge:
             keys = torch.cat([self._keys, keys])
             values = torch.cat([self._values, values])
             checks = None if checks is None else torch.cat([self._checks, checks])
