@@ -98,8 +98,9 @@ def main() -> None:
         ],
     )
     note = f"{os.cpu_count()} cores; one thread; order {args.order}"
+    commit = git_commit()
     for row in rows:
-        row["commit"] = git_commit()
+        row["commit"] = commit
     if args.merge:  # keep the other lattices' rows (each row names its commit)
         path = RESULTS / f"lattice_cpu{'_' + args.tag if args.tag else ''}.json"
         done = {row["shape"] for row in rows}

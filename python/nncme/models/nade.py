@@ -113,14 +113,16 @@ class NADE(AutoregressiveModel):
         return h0
 
     # ------------------------------------------------------------------ teacher forcing
-    def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+    def _pre_activations(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """a_i = hidden0 + sum_{j<i} embed[j, n_j] of every species (B, L, H), summed in the
+        order the sampler adds them."""
         B, L = states.shape
-        species = torch.arange(L, device=states.device)
-        e = self.embed[species.unsqueeze(0), states]  # (B, L, H)
+        e = self.embed[torch.arange(L, device=states.device).unsqueeze(0), states]  # (B, L, H)
         h0 = self.hidden0(B, context).unsqueeze(1)
-        # a_i = hidden0 + sum_{j<i} e_j, summed in the order the sampler adds them
-        a = torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)  # (B, L, H)
-        h = self._act(a).transpose(0, 1)  # (L, B, H)
+        return torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)
+
+    def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        h = self._act(self._pre_activations(states, context)).transpose(0, 1)  # (L, B, H)
         logits = torch.baddbmm(self.head_b.unsqueeze(1), h, self.head_w.transpose(1, 2))
         return logits.transpose(0, 1)  # (B, L, M)
 
@@ -188,13 +190,11 @@ class NADE(AutoregressiveModel):
         if self.context_dim or self.num_anchors or self.num_laws:
             return None
         states = self._check_states(states)
-        B, L = states.shape
+        L = states.shape[1]
         table = torch.log_softmax(self._masked_logits(states, None, None)[0], dim=-1)  # (B,L,M)
         own = table.gather(2, states.unsqueeze(-1)).squeeze(-1)  # (B, L)
         before = torch.cumsum(own, dim=1) - own  # sum over species < j
-        e = self.embed[torch.arange(L, device=states.device).unsqueeze(0), states]
-        h0 = self.hidden0(B, None).unsqueeze(1)
-        a = torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)  # (B, L, H) as in _logits
+        a = self._pre_activations(states, None)  # (B, L, H)
         out = torch.full(valid.shape, -math.inf, dtype=table.dtype, device=states.device)
         first = sites[:, 0]
         for j in torch.unique(first[first < L]).tolist():
@@ -325,12 +325,7 @@ class NADEScores:
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """h (B, L, H), g (B, L, M), from_here (B, L, H) and after (B, L, H)."""
         model = self.model
-        B, L = states.shape
-        species = torch.arange(L, device=states.device)
-        e = model.embed[species.unsqueeze(0), states]  # (B, L, H)
-        h0 = model.hidden0(B, None).unsqueeze(1)
-        a = torch.cumsum(torch.cat([h0, e[:, :-1]], dim=1), dim=1)  # (B, L, H) as in _logits
-        h = model._act(a)
+        h = model._act(model._pre_activations(states, None))  # (B, L, H)
         masked, _ = model._masked_logits(states, None, None)
         g = -torch.softmax(masked, dim=-1)  # (B, L, M), 0 at masked counts
         g.scatter_add_(2, states.unsqueeze(-1), torch.ones_like(g[..., :1]))

@@ -119,13 +119,13 @@ class NeighbourExitRates:
             read |= {fspecies[j] for j in range(fptr[r], fptr[r + 1])}
             for i in read:
                 readers.setdefault(i, set()).add(r)
-        self.groups: list[list[int]] = []
+        groups = []  # D_k
         for k in range(K):
             moved = {entries[j][0] for j in range(ptr[k], ptr[k + 1]) if entries[j][2] != 0}
-            self.groups.append(sorted(set().union(*(readers.get(i, set()) for i in moved))))
+            groups.append(sorted(set().union(*(readers.get(i, set()) for i in moved))))
         self.net = net
-        self.sparse = not net.custom and 4 * sum(map(len, self.groups)) <= K * K
-        self._tables = [self._table(group) for group in self.groups] if self.sparse else []
+        self.sparse = not net.custom and 4 * sum(map(len, groups)) <= K * K
+        self._tables = [self._table(group) for group in groups] if self.sparse else []
 
     def _table(self, group: list[int]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """The operator's reaction and factor tables of the reactions in group (their rates

@@ -246,7 +246,12 @@ class TransitionTarget:
         log_tq, local_gen, exit_rate = ops.transition_logsum(
             states, log_p[:B], log_q_nbr, self.net, self.t, self.dt, impl=self.impl
         )
-        log_tq = self._saturate(states, unique, inverse, valid, log_p, log_q_nbr, log_tq, flows)
+        outflows = (
+            self._dense_outflows(states, unique, inverse, valid)
+            if flows is None
+            else _inside(flows, valid)
+        )
+        log_tq = self._saturate(log_p[:B], log_q_nbr, log_tq, outflows)
         return TargetValues(log_tq, local_gen, exit_rate)
 
     def _values_by_prefix(self, states, flows) -> TargetValues | None:
@@ -265,20 +270,16 @@ class TransitionTarget:
         log_tq, local_gen, exit_rate = ops.transition_logsum(
             states, log_p, log_q_nbr, self.net, self.t, self.dt, impl=self.impl
         )
-        log_tq = self._saturate(states, None, None, valid, log_p, log_q_nbr, log_tq, flows)
+        log_tq = self._saturate(log_p, log_q_nbr, log_tq, _inside(flows, valid))
         return TargetValues(log_tq, local_gen, exit_rate)
 
-    def _saturate(
-        self, states, unique, inverse, valid, log_p, log_q_nbr, log_tq, flows
-    ) -> torch.Tensor:
+    def _saturate(self, log_p, log_q_nbr, log_tq, outflows) -> torch.Tensor:
         """log T q with the saturated outflow (`outflow_fraction`) at the rows where a state
         or an in-box neighbour has dt a_0 > STIFF_RATE_DT; the operator's Euler value (the
-        same map) elsewhere."""
-        zero = torch.zeros((), dtype=self.net.dtype, device=states.device)
-        if flows is not None:  # (B,), (B, K), (B, K) of `_sparse_outflows`
-            x_own, x_nbr, a_in = flows[0], *(torch.where(valid, f, zero) for f in flows[1:])
-        else:
-            x_own, x_nbr, a_in = self._dense_outflows(states, unique, inverse, valid)
+        same map) elsewhere. log_p (B,): log q_old at the states; outflows: dt a_0 at the
+        states (B,) and at their in-box neighbours (B, K), and a_k(n - s_k) (B, K), 0 at the
+        neighbours outside the box."""
+        x_own, x_nbr, a_in = outflows
         if not bool((x_own > STIFF_RATE_DT).any() or (x_nbr > STIFF_RATE_DT).any()):
             return log_tq
         inflow = torch.where(
@@ -286,7 +287,7 @@ class TransitionTarget:
             math.log(self.dt) + torch.log(a_in) + log_q_nbr + log_outflow_ratio(x_nbr),
             torch.full_like(a_in, -math.inf),
         )
-        stay = log_p[: states.shape[0]] + log_stay(x_own)
+        stay = log_p + log_stay(x_own)
         saturated = torch.logsumexp(torch.cat([stay.unsqueeze(1), inflow], dim=1), dim=1)
         rows = (x_own > STIFF_RATE_DT) | (x_nbr > STIFF_RATE_DT).any(dim=1)
         return torch.where(rows, saturated.to(log_tq.dtype), log_tq)
@@ -354,6 +355,12 @@ class TransitionTarget:
         order = torch.argsort(keys)
         self._keys, self._values = keys[order], values[order]
         self._checks = None if checks is None else checks[order]
+
+
+def _inside(flows: list[torch.Tensor], valid: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """`_sparse_outflows`' values with the neighbours outside the box (valid False) at 0."""
+    zero = torch.zeros((), dtype=flows[1].dtype, device=flows[1].device)
+    return flows[0], *(torch.where(valid, f, zero) for f in flows[1:])
 
 
 @torch.no_grad()
