@@ -509,7 +509,8 @@ def _hash(states: torch.Tensor, seed: int) -> torch.Tensor:
         c = torch.randint(1, _HASH_PRIME, (states.shape[1],), generator=g, dtype=torch.int64)
         _multipliers[key] = c.to(states.device)
     c = _multipliers[key]
-    if states.shape[1] * (int(states.max()) + 1) >= 2**31:  # reduce each term: no overflow
+    top = int(states.max()) + 1 if states.numel() else 1  # (an empty draw: one rank's)
+    if states.shape[1] * top >= 2**31:  # reduce each term: no overflow
         return (states * c).remainder_(_HASH_PRIME).sum(dim=1) % _HASH_PRIME
     # the sum stays below 2^62; an int64 matrix-vector product where the device has one
     return (states @ c if states.device.type == "cpu" else (states * c).sum(dim=1)) % _HASH_PRIME
