@@ -73,10 +73,12 @@ def test_run_warns_of_many_steps_before_it_starts(tmp_path, monkeypatch, capsys)
     args = ["run", "toggle_switch", "--t-end", "5", "--quiet", "--out", str(tmp_path)]
     assert main(args) == 130
     out, err = capsys.readouterr()
-    assert "10,000 steps of dt 0.0005 to t = 5" in out  # the network's dt: 5 / 0.0005
+    # the network's dt: 5 / 0.0005; steps grow up to the time between saves, 5 / 10
+    assert "10,000 steps of dt 0.0005 (grown where q moves slowly, up to 0.5) to t = 5" in out
     warning = err.splitlines()[0]
     assert warning.startswith(
-        "nncme run: warning: 10,000 steps of dt 0.0005, the network's default, each 2 fits "
+        "nncme run: warning: 10,000 steps of dt 0.0005, the network's default (fewer where "
+        "steps grow), each 2 fits "
         "(heun; implicit where stiff) of up to 60 iterations. Fewer steps: a larger --dt"
     )
     assert "--integrator euler" in warning
@@ -87,7 +89,7 @@ def test_run_names_only_the_options_that_shorten_it(tmp_path, monkeypatch, capsy
     args = ["run", "toggle_switch", "--t-end", "5", "--dt", "0.001", "--integrator", "implicit"]
     assert main([*args, "--quiet", "--out", str(tmp_path)]) == 130
     warning = capsys.readouterr().err.splitlines()[0]
-    assert "5,000 steps of dt 0.001, each 1 fit (implicit) of up to 60 iterations" in warning
+    assert "5,000 steps of dt 0.001 (fewer where steps grow), each 1 fit (implicit)" in warning
     assert "implicit steps take any dt" in warning and "--integrator" not in warning
 
 

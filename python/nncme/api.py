@@ -252,11 +252,19 @@ def _build_driver(
         first=first,
         generator=generator,
         observers=observers,
+        max_dt=_max_dt(cfg, save_times, dt),
     )
     if state is not None and checkpoints is not None:
         checkpoints.restore(driver, state)
     summary["steps"] = driver.num_steps
     return driver
+
+
+def _max_dt(cfg: RunConfig, save_times: list[float], dt: float) -> float:
+    """The longest step (`RunConfig.max_dt`): by default the longest time between saves."""
+    if cfg.max_dt is not None:
+        return cfg.max_dt or dt  # 0: fixed steps
+    return max(b - a for a, b in zip([0.0, *save_times], save_times)) if save_times else dt
 
 
 def _t_end(state: dict[str, Any] | None, network: Any) -> float:

@@ -423,7 +423,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(
             f"van {network.name}: {config.model} ({model.num_parameters():,} parameters, "
             f"{config.dtype}, {model.device}), {driver.num_steps:,} steps{left} of dt "
-            f"{driver.dt:g} to t = {driver.t_end:g}, batch {config.batch}{processes}"
+            f"{driver.dt:g}{_growth(driver)} to t = {driver.t_end:g}, batch "
+            f"{config.batch}{processes}"
         )
     warning = _many_steps_warning(driver, config)
     if warning and main:
@@ -494,7 +495,15 @@ def _many_steps_warning(driver, config) -> str | None:
     options.append("a shorter --t-end")
     default = "" if config.dt is not None else ", the network's default"
     fewer = ", ".join(options)
-    return f"{steps:,} steps of dt {driver.dt:g}{default}, each {work}. Fewer steps: {fewer}"
+    grown = " (fewer where steps grow)" if driver.max_span > 1 else ""
+    return f"{steps:,} steps of dt {driver.dt:g}{default}{grown}, each {work}. Fewer steps: {fewer}"
+
+
+def _growth(driver) -> str:
+    """How far the steps may grow (`Driver.max_span`), for the run's first line."""
+    if driver.max_span == 1:
+        return ""
+    return f" (grown where q moves slowly, up to {driver.max_span * driver.dt:g})"
 
 
 # The default study: the autoregulatory feedback loop (a gene switching between a free and a

@@ -509,6 +509,13 @@ class RunConfig(Settings):
         "16 equal sub-steps so that each moves the distribution by at most this (relative RMS "
         "change of q; the first steps from a point mass, fast transients); 0: off",
     )
+    max_dt: float | None = _opt(
+        None,
+        "longest step: steps grow from dt, in whole steps dt, where the distribution moves "
+        "slowly (as far as max_motion, the explicit map's positivity or the implicit steps' "
+        "error allow; never past a save time); default: the time between saves; 0: every "
+        "step dt",
+    )
     supervise: str | None = _opt(
         None,
         "hold the run to observables along it (nncme.optim.supervision): 'moments' (the exact "

@@ -4,7 +4,12 @@ The `Driver` knows the time grid (steps of dt, every save time hit exactly), whi
 at, and who to tell: it asks its stepper (`nncme.steppers`: one class per time scheme) to
 advance the model over each step, checks that the parameters stayed finite, and calls its
 observers (`nncme.observers`: progress bar, log, results, checkpoints) after every step and at
-every save time. `run(callbacks)` steps to the end; a callback that returns False stops the
+every save time. With `max_dt` above dt its steps grow where the distribution moves slowly:
+each covers one or more steps of the grid, as many as the stepper's last report allows
+(`StepReport.next_dt`: the explicit steps' motion and positivity, the adaptive schemes' error
+estimate), at most twice the last and never past a save time, so the grid, the save times and
+the checkpoints stay those of dt while a slow stretch is crossed in few stepper calls.
+`run(callbacks)` steps to the end; a callback that returns False stops the
 run early, and one that raises stops it with the exception. `step()` advances one step at a
 time from Python. A step that fails (`TrainingError`: a NaN, a step size beyond what the
 scheme allows) is re-raised naming the step, with what the observers add (where the last good
@@ -82,6 +87,7 @@ class Driver:
         save_times: the times (after 0, t_end included) at which observers save.
         first: the stepper of the first step where it differs (a start that is not a VAN,
             `nncme.steppers.StartFit`); None: `stepper`.
+        max_dt: the longest step that growth may reach (None or at most dt: every step dt).
         generator: the run's random stream (saved in checkpoints).
         observers: called in this order (see `nncme.observers`).
     """
@@ -97,12 +103,17 @@ class Driver:
         first: Stepper | None = None,
         generator: torch.Generator | None = None,
         observers: Sequence[Observer] = (),
+        max_dt: float | None = None,
     ) -> None:
         self.model, self.stepper, self.first, self.generator = model, stepper, first, generator
         self.t_end, self.dt = float(t_end), float(dt)
         self.observers = list(observers)
         self._set_save_times(list(save_times))
         self.index = 0
+        # grid steps a stepper call may cover, and the number its next call covers
+        self.max_span = 1 if max_dt is None else max(1, math.floor(max_dt / dt * (1 + 1e-9)))
+        self.span = 1
+        self.taken = 0  # stepper calls made
         self._began: float | None = None
         self._rank_streams: list[Any] = []  # every rank's stream at the last save time
 
@@ -149,16 +160,18 @@ class Driver:
             raise RuntimeError(f"the run is at its end time t = {self.t_end:g}")
         if self._began is None:
             self.start()
-        j = self.index + 1
-        t0, t1 = float(self.grid[j - 1]), float(self.grid[j])
-        stepper = self.first if j == 1 and self.first is not None else self.stepper
+        i = self.index
+        j = min(i + self.span, self._next_save(i))
+        t0, t1 = float(self.grid[i]), float(self.grid[j])
+        stepper = self.first if i == 0 and self.first is not None else self.stepper
         try:
             report = stepper.step(t0, t1 - t0)
             parallel.broadcast_parameters(self.model)  # ranks stay bit-identical
             bad = [n for n, p in self.model.named_parameters() if not torch.isfinite(p).all()]
             if bad:
                 raise NonFiniteError(f"parameters {', '.join(bad[:3])} became NaN or inf")
-            self.index = j
+            self.index, self.taken = j, self.taken + 1
+            self.span = self._next_span(report)
             info = StepInfo(j, t1, t1 - t0, report, self.model, self.elapsed)
             for observer in self.observers:  # a watchdog among them may judge the step bad
                 observer.step(self, info)
@@ -171,6 +184,19 @@ class Driver:
             for observer in self.observers:
                 observer.save(self, info)
         return info
+
+    def _next_save(self, i: int) -> int:
+        """The first save step (or the last step) after grid step i."""
+        return min([s for s in self.save_steps if s > i] + [self.num_steps])
+
+    def _next_span(self, report: StepReport) -> int:
+        """Grid steps the next call covers: what the report's next_dt allows, at least one,
+        at most twice this call's plan and max_span (one where the stepper has no opinion)."""
+        wanted = report.next_dt
+        if self.max_span == 1 or math.isnan(wanted):
+            return 1
+        fits = math.floor(wanted / self.dt * (1 + 1e-9)) if math.isfinite(wanted) else self.max_span
+        return max(1, min(fits, 2 * self.span, self.max_span))
 
     def run(self, callbacks: Sequence[Callback] = ()) -> None:
         """Step to t_end (or until a callback returns False), then finish and close."""
@@ -199,6 +225,8 @@ class Driver:
         run of many processes, every rank's stream as it was at the last save time)."""
         state = {
             "step": self.index,
+            "span": self.span,
+            "taken": self.taken,
             "t": self.t,
             "model": self.model.state_dict(),
             "stepper": self.stepper.state_dict(),
@@ -236,3 +264,5 @@ class Driver:
         if self.generator is not None:
             self.generator.set_state(streams[parallel.rank()].cpu())
         self.index = j
+        self.span = min(int(state.get("span", 1)), self.max_span)
+        self.taken = int(state.get("taken", j))

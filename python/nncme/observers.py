@@ -132,7 +132,7 @@ class ProgressBar(Observer):
         )
 
     def step(self, driver: Driver, info: StepInfo) -> None:
-        self.bar.update(1)
+        self.bar.update(info.step - self.bar.n)  # a grown step covers several of the grid
         self.bar.set_postfix_str(f"t={info.t:.4g} loss={info.report.loss:.2e}", refresh=False)
 
     def close(self, driver: Driver) -> None:

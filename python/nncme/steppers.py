@@ -28,6 +28,11 @@ the order of the error estimate's lower solution, and it carries over to the nex
 Sampling noise enters err, so a tolerance far below the noise drives h down; below
 `min_step` dt the step stops with a `TrainingError`.
 
+Grown steps: each stepper's report names the longest next step its own measures allow
+(`StepReport.next_dt`: the explicit steps' motion, and for `auto` the explicit map's
+positivity; the adaptive schemes' error estimate), and `nncme.evolve.Driver` grows its steps
+towards it, so a run crosses the slow stretches of a CME in few long steps.
+
 `StartFit` is the first step from a start distribution that is not a VAN (a point mass, a
 product of marginals): it applies the run's scheme to p0 exactly where p0 lists its support
 and fits the model to the result, with its own optimiser.
@@ -93,6 +98,9 @@ MAX_ENUMERATED = 200_000
 FIRST_FIT_STATES = 8_192
 # Most sub-steps `max_motion` cuts one step into (a stiff step is the implicit scheme's job).
 MAX_MOTION_SUBSTEPS = 16
+# A grown step aims at this share of `max_motion`, so that the motion measured at the next
+# step's start, which may have risen, seldom cuts it into sub-steps.
+GROWN_MOTION = 0.5
 
 
 def motion_pieces(moved: float, max_motion: float) -> int:
@@ -467,27 +475,35 @@ class RungeKutta:
         """Advance the model from t to t + dt; the report covers the whole step."""
         self.motion.begin(t, dt)
         if self.tolerance is None:
-            pieces = self._pieces(t, dt)
+            moved = self._moved(t, dt)
+            pieces = 1 if math.isnan(moved) else motion_pieces(moved, self.max_motion)
             reports = []
             for i in range(pieces):
                 reports += self._advance(t + i * dt / pieces, dt / pieces, keep_last=False)[1]
             report = self.motion.merge(reports)
             report.accepted, report.scheme = pieces, self.name
+            report.motion, report.next_dt = moved, self._next_dt(dt, moved)
             return report
         reports: list[StepReport] = []
         accepted, rejected = self._adaptive(t, dt, reports)
         report = self.motion.merge(reports)
         report.accepted, report.rejected, report.scheme = accepted, rejected, self.name
+        report.next_dt = self.h
         return report
 
-    def _pieces(self, t: float, dt: float) -> int:
-        """Equal sub-steps of [t, t + dt] that keep each one's motion below max_motion."""
+    def _moved(self, t: float, dt: float) -> float:
+        """The step's motion at its start (nan without max_motion or a measure of it)."""
         if self.max_motion is None:
-            return 1
+            return math.nan
         moved = self.motion.motion(t, dt)
-        if moved is None or not math.isfinite(moved):
-            return 1
-        return motion_pieces(moved, self.max_motion)
+        return math.nan if moved is None or not math.isfinite(moved) else float(moved)
+
+    def _next_dt(self, dt: float, moved: float) -> float:
+        """The step that moves q by GROWN_MOTION x max_motion (the motion grows as the step:
+        it is dt W q / q); inf where q does not move, nan where that was not measured."""
+        if math.isnan(moved) or self.max_motion is None:
+            return math.nan
+        return dt * GROWN_MOTION * self.max_motion / moved if moved > 0 else math.inf
 
     def _advance(
         self, t: float, h: float, *, keep_last: bool = True
@@ -605,8 +621,9 @@ class BackwardEuler:
     error estimate `nncme.optim.local_error` (relative, RMS under the new distribution): a
     sub-step is accepted when its error is at most `tolerance`, and the next length is
     h clip(0.9 (tolerance / err)^(1/2), 0.2, 2), carried over to the next step (never longer
-    than dt). So the step is short where the distribution moves fast (leaving a point mass)
-    and dt where it moves slowly, however fast the rates in the box.
+    than dt; the report's `next_dt` is the length the error allows, so a driver that grows
+    its steps lets dt follow it). So the step is short where the distribution moves fast
+    (leaving a point mass) and long where it moves slowly, however fast the rates in the box.
 
     Args:
         motion: a `Fit` with an `ImplicitUpdate`.
@@ -659,7 +676,8 @@ class BackwardEuler:
                 motion.restore(old)
                 rejected += 1
             factor = 2.0 if err == 0 else 0.9 * (self.tolerance / err) ** 0.5
-            h = min(dt, step * min(2.0, max(0.2, factor)))
+            free = step * min(2.0, max(0.2, factor))  # what the error allows next
+            h = min(dt, free)
             if h < self.min_step * dt:
                 raise TrainingError(
                     f"the implicit sub-step fell to {h:.3g} at t = {t:g} (local error "
@@ -669,7 +687,7 @@ class BackwardEuler:
             self.h = h
         report = motion.merge(reports)
         report.accepted, report.rejected, report.scheme = accepted, rejected, self.name
-        report.local_error = max(errors)
+        report.local_error, report.next_dt = max(errors), free
         return report
 
     def _fit(self, t: float, dt: float) -> StepReport:
@@ -698,6 +716,13 @@ class Auto:
     where dt a_0 > 0.9, so a run that leaves a stiff region goes back to the second-order
     explicit step, and one that only leaks a little mass into fast states never leaves it.
 
+    Grown steps (`StepReport.next_dt`, `nncme.evolve.Driver`): a Heun step grows as its
+    motion allows while under stiff / 10 of its draws' weight is where h a_0 > 0.9, and
+    stops growing above that. A grown step that turns stiff is taken implicitly, and if the
+    mass is not stiff at the shortest step asked for (the driver's dt), the run goes back to
+    Heun steps of half the length: growing does not turn a run implicit. Where the network is
+    stiff at dt itself, the implicit steps grow as their error estimate allows.
+
     Args:
         motion: a `Fit` with an `ImplicitUpdate` (it fits explicit stages too).
         tolerance: the implicit sub-steps' local error (`BackwardEuler`).
@@ -719,23 +744,30 @@ class Auto:
         self.implicit = BackwardEuler(motion, tolerance=tolerance)
         self.motion, self.stiff = motion, float(stiff)
         self.stiff_now = False
+        self.shortest = math.inf  # the shortest step asked for: a driver's dt
 
     @property
     def model(self) -> AutoregressiveModel:
         return self.motion.model
 
     def step(self, t: float, dt: float) -> StepReport:
+        self.shortest = min(self.shortest, dt)
         spent: list[StepReport] = []
         if not self.stiff_now:
             start = self.motion.snapshot(-3)
             report = self.explicit.step(t, dt)
             if not report.stiff_mass > self.stiff:
+                if report.stiff_mass >= self.stiff / 10:  # near the explicit limit: no longer
+                    report.next_dt = min(report.next_dt, dt)
                 return report
             self.motion.restore(start)
-            self.stiff_now = True
             spent.append(report)
         report = self.implicit.step(t, dt)
-        self.stiff_now = self._stiff_share(t + dt, dt) >= self.stiff / 10
+        # stiff at the shortest step asked for: the network's own; else a grown step's, and
+        # the run goes back to explicit steps of half the length
+        self.stiff_now = self._stiff_share(t + dt, self.shortest) >= self.stiff / 10
+        if not self.stiff_now:
+            report.next_dt = min(report.next_dt, dt / 2)
         report.iterations += sum(r.iterations for r in spent)
         report.seconds += sum(r.seconds for r in spent)
         return report
@@ -749,10 +781,15 @@ class Auto:
         return parallel.mean((dt * a0.sum(dim=1) > STIFF_RATE_DT).double())  # all ranks
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stiff_now": self.stiff_now, "implicit": self.implicit.state_dict()}
+        return {
+            "stiff_now": self.stiff_now,
+            "shortest": self.shortest,
+            "implicit": self.implicit.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stiff_now = bool(state.get("stiff_now", False))
+        self.shortest = float(state.get("shortest", math.inf))
         self.implicit.load_state_dict(state.get("implicit", {}))
 
 

@@ -148,6 +148,11 @@ class StepReport:
         motion_spread: Var(r) on that draw (nats^2): the step's squared relative motion,
             how much weight its motion_made carries when fits are averaged.
         batch: states per iteration of the (last) fit.
+        motion: how far the step's explicit map moves q, relative RMS, measured at its start
+            (`nncme.optim.step_motion`; nan where not measured).
+        next_dt: the longest next step the stepper's own measures allow (the motion per
+            step, the explicit map's positivity, an adaptive scheme's error estimate); the
+            driver grows its steps towards it (`nncme.evolve.Driver`). nan: no opinion.
     """
 
     loss: float
@@ -176,18 +181,23 @@ class StepReport:
     motion_made: float = math.nan
     motion_spread: float = math.nan
     batch: int = 0
+    motion: float = math.nan
+    next_dt: float = math.nan
 
     LOGGED = (
         "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "local_error", "residual",
         "gap", "ess", "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks",
         "capped", "warnings", "scheme", "seconds", "supervision_penalty", "supervision_z",
-        "motion_made", "batch",
+        "motion_made", "batch", "motion", "next_dt",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:
-        """The report's line of the run's JSONL log (nan written as null)."""
+        """The report's line of the run's JSONL log (nan and inf written as null)."""
         values = {name: getattr(self, name) for name in self.LOGGED}
-        return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in values.items()}
+        return {
+            k: None if isinstance(v, float) and not math.isfinite(v) else v
+            for k, v in values.items()
+        }
 
 
 class Update:
