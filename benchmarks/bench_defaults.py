@@ -299,6 +299,8 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
         final_loss=out.result.summary.get("final_loss"),
         parameters=int(out.model.num_parameters()),
         largest_batch=out.result.summary.get("largest_batch"),
+        longest_step=out.result.summary.get("longest_step"),
+        grid_steps=out.result.summary.get("steps"),
         steps_per_batch={
             str(b): sum(1 for h in history if h.get("batch") == b)
             for b in sorted({h.get("batch") for h in history if h.get("batch")})

@@ -91,6 +91,8 @@ def test_a_grown_run_tracks_the_exact_solution_in_fewer_steps():
     calls = len(out.history)
     assert calls < 200  # 400 steps of dt
     assert max(h["dt"] for h in out.history) > 0.05
+    summary = out.result.summary
+    assert summary["steps_taken"] == calls and summary["longest_step"] > 0.05
     exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True))
     h = hellinger(exact.marginals, out.result.marginals)
     assert h.max() < 0.02, h

@@ -415,7 +415,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except ValueError as exc:  # ConfigError, model-option errors, a checkpoint of another run
         raise UsageError(str(exc)) from None
     model = driver.model
-    first = driver.index  # > 0 when resumed
+    first, taken = driver.index, driver.taken  # > 0 when resumed
     left = f" ({driver.num_steps - first:,} left)" if first else ""
     main = parallel.is_main()  # under torchrun, rank 0 alone speaks and writes
     processes = f" over {parallel.world_size()} processes" if parallel.active() else ""
@@ -444,8 +444,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recorder = driver.observer(Recorder)
     result = recorder.result(driver.elapsed)
     seconds = driver.elapsed
-    steps = max(1, driver.index - first)
-    print(f"  {recorder.status}: {seconds:.1f} s ({1000 * seconds / steps:.1f} ms per step)")
+    steps = max(1, driver.taken - taken)  # grown steps count once
+    print(
+        f"  {recorder.status}: {seconds:.1f} s, {steps:,} steps ({1000 * seconds / steps:.1f} ms "
+        "per step)"
+    )
     for line in recorder.warnings[:5]:
         print(f"  warning: {line}")
     _print_final_moments(result, Path(config.out))

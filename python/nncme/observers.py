@@ -318,6 +318,7 @@ class Recorder(Observer):
         self.final_loss: float | None = None
         self.warnings: list[str] = []
         self.largest_batch = 0  # the fits' batch grows while they lag (`nncme.steppers.Fit`)
+        self.calls, self.longest = 0, 0.0  # steps taken (grown ones cover several of dt)
         self.status, self.error = "running", None
         self.device = torch.device("cpu")
 
@@ -342,6 +343,7 @@ class Recorder(Observer):
     def step(self, driver: Driver, info: StepInfo) -> None:
         self.final_loss = info.report.loss
         self.largest_batch = max(self.largest_batch, info.report.batch)
+        self.calls, self.longest = self.calls + 1, max(self.longest, info.dt)
         self.warnings += [f"step {info.step} (t = {info.t:g}): {w}" for w in info.report.warnings]
 
     def save(self, driver: Driver, info: StepInfo) -> None:
@@ -386,6 +388,8 @@ class Recorder(Observer):
             "peak_memory_mb": peak_memory_mb(self.device),
             "final_loss": self.final_loss,
             "largest_batch": self.largest_batch or None,
+            "steps_taken": self.calls,
+            "longest_step": self.longest,
             "versions": versions(),
         }
         return Result(
@@ -412,12 +416,16 @@ class Recorder(Observer):
             "final_loss": self.final_loss,
             "warnings": list(self.warnings),
             "largest_batch": self.largest_batch,
+            "steps_taken": self.calls,
+            "longest_step": self.longest,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.times, self.records = list(state["times"]), list(state["records"])
         self.final_loss, self.warnings = state["final_loss"], list(state["warnings"])
         self.largest_batch = int(state.get("largest_batch", 0))
+        self.calls = int(state.get("steps_taken", 0))
+        self.longest = float(state.get("longest_step", 0.0))
 
 
 def peak_memory_mb(device: torch.device | str) -> dict[str, float | None]:
