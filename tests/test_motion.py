@@ -6,6 +6,8 @@ uncut steps lag."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -60,9 +62,14 @@ class Moving(Motion):
 )  # fmt: skip
 def test_a_step_is_cut_into_the_fewest_equal_pieces_that_keep_it_below_max_motion(rate, pieces):
     motion = Moving(rate)
-    assert Heun(motion, max_motion=0.05)._pieces(0.0, 1.0) == pieces
-    assert Heun(motion)._pieces(0.0, 1.0) == 1  # off: the motion is not even asked
+    heun = Heun(motion, max_motion=0.05)
+    assert heun._pieces(heun._moved(0.0, 1.0)) == pieces
+    off = Heun(motion)
+    assert off._pieces(off._moved(0.0, 1.0)) == 1  # off: the motion is not even asked
     assert motion.asked == 1
+    # the next step asked for moves q by half of max_motion: rate x h = 0.025
+    expected = 0.025 / rate if rate and math.isfinite(rate) else math.nan
+    np.testing.assert_allclose(heun._next_dt(1.0, heun._moved(0.0, 1.0)), expected)
     with pytest.raises(ValueError, match="max_motion"):
         Heun(motion, max_motion=0.0)
 

@@ -476,7 +476,7 @@ class RungeKutta:
         self.motion.begin(t, dt)
         if self.tolerance is None:
             moved = self._moved(t, dt)
-            pieces = 1 if math.isnan(moved) else motion_pieces(moved, self.max_motion)
+            pieces = self._pieces(moved)
             reports = []
             for i in range(pieces):
                 reports += self._advance(t + i * dt / pieces, dt / pieces, keep_last=False)[1]
@@ -497,6 +497,10 @@ class RungeKutta:
             return math.nan
         moved = self.motion.motion(t, dt)
         return math.nan if moved is None or not math.isfinite(moved) else float(moved)
+
+    def _pieces(self, moved: float) -> int:
+        """Equal sub-steps of a step that moves q by `moved` keeping each below max_motion."""
+        return 1 if math.isnan(moved) else motion_pieces(moved, self.max_motion)
 
     def _next_dt(self, dt: float, moved: float) -> float:
         """The step that moves q by GROWN_MOTION x max_motion (the motion grows as the step:
