@@ -19,6 +19,7 @@ from nncme.exact import FSP, FSPSettings
 from nncme.metrics import hellinger
 from nncme.models import Product, build_model
 from nncme.optim import (
+    DivergenceError,
     FisherSolver,
     TDVPEvaluation,
     TDVPRightHandSide,
@@ -199,11 +200,16 @@ def test_tdvp_leaves_a_point_mass_with_exploration():
     times = None
     errors = {}
     for explore in (0.2, 0.0):
-        out = nncme.run(net, RunConfig(explore=explore, **common))
+        try:
+            out = nncme.run(net, RunConfig(explore=explore, **common))
+        except DivergenceError:  # the watchdog may stop the blind run before it ends
+            assert explore == 0.0
+            errors[explore] = np.array([math.inf])
+            continue
         times = out.result.times
         lam = k * (1 - np.exp(-times))
         exact = np.stack([stats.poisson.pmf(np.arange(limit), m) for m in lam])[:, None, :]
         exact[0, 0, 0] = 1.0
         errors[explore] = hellinger(exact, out.result.marginals)[1:, 0]
     assert errors[0.2].max() < 0.04, errors
-    assert errors[0.0].max() > 0.2, errors
+    assert errors[0.0].max() > 0.2, errors  # far off, or stopped as diverging
