@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import nncme
 from nncme import Reaction, ReactionNetwork
@@ -129,3 +130,27 @@ def test_a_grown_run_resumes_to_the_same_answer(tmp_path):
     for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
         assert torch.equal(a, b), name
     np.testing.assert_array_equal(full.result.marginals, resumed.result.marginals)
+
+
+def test_auto_grows_its_heun_steps_only_as_far_as_they_stay_explicit():
+    """Birth-death at rates where the explicit limit (h a_0 <= 0.9 where the mass is, a_0
+    about 200 at the mean) binds before the motion does: the steps grow from dt = 0.001 to a
+    few dt, stay Heun steps, and follow the exact Poisson law."""
+    net = ReactionNetwork(
+        {"X": 60},
+        [Reaction({}, {"X": 1}, 100.0, "birth"), Reaction({"X": 1}, {}, 5.0, "death")],
+        {"X": 0},
+        t_end=0.6,
+        dt=0.001,
+    )
+    out = nncme.run(net, RunConfig(t_end=0.6, save_every=0.2, seed=0, **FAST))
+    lengths = np.array([h["dt"] for h in out.history[1:]])
+    schemes = [h["scheme"] for h in out.history[1:]]
+    assert len(out.history) < 400 and lengths.max() >= 0.002  # 600 steps of dt
+    a0_top = 100.0 + 5.0 * 35  # the total rate 3.5 standard deviations above the mean
+    assert lengths.max() * a0_top < 2.0  # no step far past the explicit limit
+    assert schemes.count("implicit") <= 0.1 * len(schemes) and schemes[-1] == "heun", schemes
+    lam = 20.0 * (1 - np.exp(-5.0 * out.result.times))
+    exact = np.stack([stats.poisson.pmf(np.arange(60), m) for m in lam])[:, None, :]
+    exact[0, 0, 0] = 1.0
+    assert hellinger(exact, out.result.marginals).max() < 0.02

@@ -724,8 +724,10 @@ class Auto:
     motion allows while under stiff / 10 of its draws' weight is where h a_0 > 0.9, and
     stops growing above that. A grown step that turns stiff is taken implicitly, and if the
     mass is not stiff at the shortest step asked for (the driver's dt), the run goes back to
-    Heun steps of half the length: growing does not turn a run implicit. Where the network is
-    stiff at dt itself, the implicit steps grow as their error estimate allows.
+    Heun steps of half the length, and later Heun steps stay shorter than it (a ceiling that
+    creeps up while the draws stay far from the limit): growing does not turn a run
+    implicit. Where the network is stiff at dt itself, the implicit steps grow as their error
+    estimate allows.
 
     Args:
         motion: a `Fit` with an `ImplicitUpdate` (it fits explicit stages too).
@@ -735,6 +737,7 @@ class Auto:
     """
 
     name = "auto"
+    CEILING_BACK, CEILING_CREEP = 0.75, 1.01
 
     def __init__(
         self,
@@ -749,6 +752,7 @@ class Auto:
         self.motion, self.stiff = motion, float(stiff)
         self.stiff_now = False
         self.shortest = math.inf  # the shortest step asked for: a driver's dt
+        self.ceiling = math.inf  # Heun steps stay shorter than a grown step that was stiff
 
     @property
     def model(self) -> AutoregressiveModel:
@@ -761,10 +765,11 @@ class Auto:
             start = self.motion.snapshot(-3)
             report = self.explicit.step(t, dt)
             if not report.stiff_mass > self.stiff:
-                if report.stiff_mass >= self.stiff / 10:  # near the explicit limit: no longer
-                    report.next_dt = min(report.next_dt, dt)
+                report.next_dt = self._explicit_next(dt, report)
                 return report
             self.motion.restore(start)
+            if dt > self.shortest:  # a grown step: explicit ones stay shorter from now on
+                self.ceiling = min(self.ceiling, self.CEILING_BACK * dt)
             spent.append(report)
         report = self.implicit.step(t, dt)
         # stiff at the shortest step asked for: the network's own; else a grown step's, and
@@ -775,6 +780,19 @@ class Auto:
         report.iterations += sum(r.iterations for r in spent)
         report.seconds += sum(r.seconds for r in spent)
         return report
+
+    def _explicit_next(self, dt: float, report: StepReport) -> float:
+        """The next Heun step's length: the motion's, no longer than this step near the
+        explicit limit, and at most CEILING_BACK of a grown step that turned stiff (a ceiling
+        that creeps up by CEILING_CREEP a step while the draws are far from the limit, so a
+        law that moves to slower states can grow again, and one that does not tries once in
+        about 30 steps)."""
+        wanted = report.next_dt
+        if report.stiff_mass >= self.stiff / 10:
+            wanted = min(wanted, dt)
+        elif report.stiff_mass < self.stiff / 100:
+            self.ceiling *= self.CEILING_CREEP
+        return min(wanted, self.ceiling)
 
     @torch.no_grad()
     def _stiff_share(self, t: float, dt: float) -> float:
@@ -788,12 +806,14 @@ class Auto:
         return {
             "stiff_now": self.stiff_now,
             "shortest": self.shortest,
+            "ceiling": self.ceiling,
             "implicit": self.implicit.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.stiff_now = bool(state.get("stiff_now", False))
         self.shortest = float(state.get("shortest", math.inf))
+        self.ceiling = float(state.get("ceiling", math.inf))
         self.implicit.load_state_dict(state.get("implicit", {}))
 
 
