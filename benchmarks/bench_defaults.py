@@ -9,8 +9,10 @@ one `nncme.run(network, RunConfig(t_end=..., quiet=True, seed=...))` with everyt
 its default (the file's own dt; t_end is the file's times `--t-end-scale`), then
 `solve_fsp(network, result.times)` at the VAN's save times, and per network:
 
-  status        "completed" or "failed" (the exception's type and message, and the time the
-                run had reached: StepSizeError, NonFiniteError, ...)
+  status        "completed", "stopped" (at `--time-limit`, or a `--from-run` directory of a
+                run killed before t_end: measured over the save times it reached) or "failed"
+                (the exception's type and message, and the time the run had reached:
+                StepSizeError, NonFiniteError, ...)
   wall time     of the VAN run (and of FSP, apart)
   hellinger     the largest Hellinger distance of the marginals over every species and every
                 save time (t = 0, the start distribution, included); at the first save time
@@ -26,6 +28,10 @@ its default (the file's own dt; t_end is the file's times `--t-end-scale`), then
 Where the box has at most `joint_max_states` states the VAN's marginals are exact sums of its
 joint; otherwise they come from `eval_samples` samples (averaged conditionals), and the
 Hellinger distance has a sampling floor (`sampling_noise_hellinger`, an upper estimate).
+
+A long horizon can be run apart, resumable, and scored here afterwards, whole or as far as it
+got: `nncme run FILE --out DIR` (results.npz is rewritten at every save time), then
+`--networks FILE --from-run DIR`. `--time-limit S` stops each run here after S seconds.
 
 `--set key=value` overrides a RunConfig field (for comparisons; every override is recorded).
 The VAN and FSP results go to runs/defaults[_<tag>]/<network>/{van,fsp} (results.npz,
@@ -56,11 +62,19 @@ from nncme.config import RunConfig
 from nncme.exact import FSPSettings, count_states, solve_fsp
 from nncme.io import load_network
 from nncme.metrics import compare, relative_error, sampling_noise_hellinger, tail_errors
+from nncme.observers import LOG
+from nncme.results import Result
 
 BENCH = "defaults"
 # VAN and FSP results of each network (results.npz), for a closer look: git-ignored
 RUNS = Path(__file__).resolve().parent.parent / "runs"
 REPO = str(Path(__file__).resolve().parent.parent) + "/"
+
+
+def repo_path(path: Path) -> str:
+    """A path relative to the repository where it lies inside it (no machine paths in JSON)."""
+    path = path.resolve()
+    return str(path.relative_to(RUNS.parent)) if path.is_relative_to(RUNS.parent) else str(path)
 
 
 def short_traceback() -> list[str]:
@@ -233,7 +247,69 @@ def measure(
     return out
 
 
+def describe(path: Path, network: Any, args: argparse.Namespace, overrides: dict) -> dict:
+    """The row's header: the network, its box and the settings of its run."""
+    states, states_exact = count_states(network)
+    t_end = float(overrides.get("t_end", network.t_end * args.t_end_scale))
+    settings = {"t_end": t_end, "quiet": True, "seed": args.seed, **overrides}
+    settings["t_end"] = t_end
+    return {
+        "network": path.stem,
+        "file": str(path.relative_to(NETWORKS.parent)),
+        "name": network.name,
+        "species": list(network.species_names),
+        "L": network.L,
+        "K": network.K,
+        "limits": network.limits.tolist(),
+        "box": int(math.prod(int(m) for m in network.limits)),
+        "states": states,
+        "states_exact": states_exact,
+        "convention": network.convention,
+        "conservation_laws": len(network.conservation_laws),
+        "t_end_file": network.t_end,
+        "dt_file": network.dt,
+        "t_end": t_end,
+        "dt": float(overrides.get("dt", network.dt)),
+        "settings": settings,
+    }
+
+
+def run_stats(result: Any, history: list[dict]) -> dict[str, Any]:
+    """What the run's summary and per-step log say of its work."""
+    return {
+        "steps": len(history),
+        "iterations_mean": float(np.mean([h.get("iterations", 0) for h in history]))
+        if history
+        else None,
+        "final_loss": result.summary.get("final_loss"),
+        "largest_batch": result.summary.get("largest_batch"),
+        "longest_step": result.summary.get("longest_step"),
+        "grid_steps": result.summary.get("steps"),
+        "steps_per_batch": {
+            str(b): sum(1 for h in history if h.get("batch") == b)
+            for b in sorted({h.get("batch") for h in history if h.get("batch")})
+        },
+    }
+
+
+def score(row: dict, network: Any, result: Any, save_dir: Path) -> None:
+    """Add the comparison with FSP at the result's save times to the row (or why not)."""
+    if not (np.asarray(result.times) > 0).any():
+        row["compare_error"] = "no save time after t = 0 reached: nothing to measure"
+        return
+    try:
+        row.update(measure(network, result, FSPSettings(quiet=True), save_dir))
+    except Exception as exc:
+        row.update(
+            stage="fsp/compare",
+            compare_error=f"{type(exc).__name__}: {exc}",
+            traceback=short_traceback(),
+        )
+
+
 def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
+    """One network's run at the settings, stopped after `args.time_limit` seconds if given
+    (the row then measures the save times reached), scored against FSP."""
     row: dict[str, Any] = {"network": path.stem, "file": str(path.relative_to(NETWORKS.parent))}
     save_dir = RUNS / (f"{BENCH}_{args.tag}" if args.tag else BENCH) / path.stem
     try:
@@ -241,38 +317,21 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
     except Exception as exc:
         row.update(status="failed", stage="load", error=type(exc).__name__, message=str(exc))
         return row
-    states, states_exact = count_states(network)
-    t_end = float(overrides.get("t_end", network.t_end * args.t_end_scale))
-    settings = {"t_end": t_end, "quiet": True, "seed": args.seed, **overrides}
-    settings["t_end"] = t_end
-    row.update(
-        name=network.name,
-        species=list(network.species_names),
-        L=network.L,
-        K=network.K,
-        limits=network.limits.tolist(),
-        box=int(math.prod(int(m) for m in network.limits)),
-        states=states,
-        states_exact=states_exact,
-        convention=network.convention,
-        conservation_laws=len(network.conservation_laws),
-        t_end_file=network.t_end,
-        dt_file=network.dt,
-        t_end=t_end,
-        dt=float(overrides.get("dt", network.dt)),
-        settings=settings,
-    )
-    progress = {"t": 0.0, "steps": 0}
+    row = describe(path, network, args, overrides)
+    progress = {"t": 0.0, "steps": 0, "stopped": False}
+    began = time.perf_counter()
 
-    def track(info: Any) -> None:  # the time reached, for a run that fails later
+    def track(info: Any) -> bool:  # the time reached (for a run that fails later), the limit
         progress["t"] = float(info.t)
         progress["steps"] = int(info.step)
+        over = args.time_limit is not None and time.perf_counter() - began > args.time_limit
+        progress["stopped"] = over
+        return not over
 
-    began = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            out = nncme.run(network, RunConfig(**settings), callbacks=[track])
+            out = nncme.run(network, RunConfig(**row["settings"]), callbacks=[track])
         except Exception as exc:
             row.update(
                 status="failed",
@@ -289,39 +348,48 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
     if out is None:
         return row
     row["wall_seconds"] = time.perf_counter() - began
-    history = out.history
+    row["status"] = "stopped" if progress["stopped"] else "completed"
+    if progress["stopped"]:
+        row.update(time_limit=args.time_limit, stopped_at_t=progress["t"])
+    row.update(run_stats(out.result, out.history), parameters=int(out.model.num_parameters()))
+    score(row, network, out.result, save_dir)
+    return row
+
+
+def score_run(path: Path, run_dir: Path, args: argparse.Namespace, overrides: dict) -> dict:
+    """Score a result directory written by `nncme run --out` (finished, or killed: its
+    results.npz holds the save times reached) instead of running the network here."""
+    network = load_network(path)
+    row = describe(path, network, args, overrides)
+    result = Result.load(run_dir)
+    log = run_dir / LOG
+    history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    status = str(result.summary.get("status", ""))
     row.update(
-        status="completed",
-        steps=len(history),
-        iterations_mean=float(np.mean([h.get("iterations", 0) for h in history]))
-        if history
-        else None,
-        final_loss=out.result.summary.get("final_loss"),
-        parameters=int(out.model.num_parameters()),
-        largest_batch=out.result.summary.get("largest_batch"),
-        longest_step=out.result.summary.get("longest_step"),
-        grid_steps=out.result.summary.get("steps"),
-        steps_per_batch={
-            str(b): sum(1 for h in history if h.get("batch") == b)
-            for b in sorted({h.get("batch") for h in history if h.get("batch")})
-        },
+        status="completed" if status.startswith("completed") else "stopped",
+        run_dir=repo_path(run_dir),
+        run_status=status,
+        run_settings=result.summary.get("settings"),
+        t_end=(result.summary.get("settings") or {}).get("t_end", row["t_end"]),
+        # written at the last save time (or the end): a killed run's later work is not in it
+        wall_seconds=(result.summary.get("timings") or {}).get("run_seconds"),
+        wall_seconds_to=float(result.times[-1]),
+        stopped_at_t=float(history[-1]["t"]) if history else 0.0,
     )
-    try:
-        row.update(measure(network, out.result, FSPSettings(quiet=True), save_dir))
-    except Exception as exc:
-        row.update(
-            stage="fsp/compare",
-            compare_error=f"{type(exc).__name__}: {exc}",
-            traceback=short_traceback(),
-        )
+    row.update(run_stats(result, history))
+    score(row, network, result, RUNS / f"{BENCH}_{args.tag}" / path.stem)
     return row
 
 
 def table_row(row: dict) -> dict:
     t = row.get("tails", {}).get("worst", {})
     r4, r6 = t.get("0.0001"), t.get("1e-06")
-    status = "ok" if row.get("status") == "completed" else row.get("error", "failed")[:14]
-    reached = row.get("t_end") if row.get("status") == "completed" else row.get("failed_at_t")
+    status = {"completed": "ok", "stopped": "stopped"}.get(
+        row.get("status"), row.get("error", "failed")[:14]
+    )
+    reached = {"completed": row.get("t_end"), "stopped": row.get("stopped_at_t")}.get(
+        row.get("status"), row.get("failed_at_t")
+    )
     return {
         "network": row["network"],
         "status": status,
@@ -373,11 +441,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--merge", action="store_true", help="keep rows of other networks already in the JSON"
     )
+    parser.add_argument(
+        "--time-limit",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop each network's run after this long and measure the save times it reached",
+    )
+    parser.add_argument(
+        "--from-run",
+        nargs="+",
+        default=None,
+        type=Path,
+        metavar="DIR",
+        help="score these `nncme run --out DIR` directories (finished or killed) instead of "
+        "running: one per --networks entry, in order",
+    )
     args = parser.parse_args(argv)
     if not args.t_end_scale > 0:
         raise SystemExit("--t-end-scale: must be > 0")
+    if args.time_limit is not None and not args.time_limit > 0:
+        raise SystemExit("--time-limit: must be > 0 seconds")
     overrides = parse_overrides(args.overrides)
     files = network_files(args.networks)
+    if args.from_run is not None and len(args.from_run) != len(files):
+        raise SystemExit(
+            f"--from-run: {len(args.from_run)} directories for {len(files)} networks "
+            "(name the networks with --networks, in the same order)"
+        )
     device = str(overrides.get("device", RunConfig().device))
     suffix = f"_{args.tag}" if args.tag else ""
     path = RESULTS / f"{BENCH}_{torch.device(device).type}{suffix}.json"
@@ -393,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "t_end_scale": args.t_end_scale,
         "overrides": overrides,
+        "time_limit_seconds": args.time_limit,
         "defaults": RunConfig().to_dict(),
         "tail_levels": list(TAIL_LEVELS),
         "min_mean_for_relative_error": MIN_MEAN,
@@ -402,10 +494,13 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     written = path
     started = time.perf_counter()
-    for file in files:
+    for i, file in enumerate(files):
         print(f"[{time.perf_counter() - started:7.0f} s] {file.name} ...", flush=True)
         try:
-            row = run_network(file, args, overrides)
+            if args.from_run is not None:
+                row = score_run(file, args.from_run[i], args, overrides)
+            else:
+                row = run_network(file, args, overrides)
         except Exception as exc:  # a bug of this script: keep going
             row = {
                 "network": file.stem,
@@ -434,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table([table_row(r) for r in kept + rows], COLUMNS)
     print(
-        "\nt reached: t_end, or the time a failed run had reached. max H: largest Hellinger\n"
+        "\nt reached: t_end, or the time a stopped or failed run had reached (a stopped one is\n"
+        "measured at the save times before it). max H: largest Hellinger\n"
         "distance over species and save times; H first: at the first save time after 0.\n"
         f"mean err: largest relative error of the means (exact mean >= {MIN_MEAN}).\n"
         "tail: P_van(n >= q) / P_exact(n >= q) at the exact 1e-4 / 1e-6 quantiles q, furthest\n"

@@ -37,11 +37,15 @@ def load_variant(spec: str) -> tuple[str, dict[str, dict], list[dict]]:
 def cell(row: dict | None) -> str:
     if row is None:
         return "-"
-    if row.get("status") != "completed":
+    if row.get("status") not in ("completed", "stopped") or "max_hellinger" not in row:
         return f"{row.get('error', 'failed')} at t = {row.get('failed_at_t', '?')}"
     mean = row.get("max_mean_rel_error")
     mean_text = f", mean {mean:.1%}" if mean is not None else ""
-    return f"{row['max_hellinger']:.4f}{mean_text}"
+    reached = ""
+    if row["status"] == "stopped":  # measured at the save times before the stop
+        stop, last = row.get("stopped_at_t", 0), row["times"][-1]
+        reached = f" (stopped at t = {stop:.3g}, measured to {last:g})"
+    return f"{row['max_hellinger']:.4f}{mean_text}{reached}"
 
 
 def table(variants: list[tuple[str, dict[str, dict], list[dict]]]) -> str:
