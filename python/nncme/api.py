@@ -34,7 +34,7 @@ from .optim.supervision import Supervision, moment_references
 from .optim.target import set_neighbour_memory
 from .paths import OutputDir, check_input_file
 from .sampling import Proposal, make_proposal
-from .steppers import STEPPERS, Fit, Flow, Motion, StartFit, make_stepper
+from .steppers import STEPPERS, Fit, Flow, Motion, StartFit, make_stepper, ssp_scheme
 
 __all__ = ["RunOutput", "build_driver", "run"]
 
@@ -209,6 +209,8 @@ def _build_driver(
         options = {"tolerance": tolerance}
     else:
         options = {"max_motion": max_motion}
+    if scheme == "ssp":
+        options["stages"] = cfg.ssp_stages
     stepper = make_stepper(scheme, motion, **options)
     first = None
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
@@ -409,7 +411,9 @@ def _start_fit(
         implicit=cfg.time_scheme == "implicit",
         exponential=cfg.time_scheme in ("implicit", "auto"),
         impl=cfg.impl,
-        scheme=getattr(STEPPERS[cfg.time_scheme], "scheme", None),
+        scheme=ssp_scheme(cfg.ssp_stages)
+        if cfg.time_scheme == "ssp"
+        else getattr(STEPPERS[cfg.time_scheme], "scheme", None),
     )
 
 

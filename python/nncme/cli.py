@@ -469,7 +469,8 @@ def _many_steps_warning(driver, config) -> str | None:
     steps = driver.num_steps - driver.index
     if steps <= MANY_STEPS:
         return None
-    stages, scheme = _STAGES[config.time_scheme], config.time_scheme
+    scheme = config.time_scheme
+    stages = config.ssp_stages if scheme == "ssp" else _STAGES[scheme]
     plural = "s" if stages > 1 else ""
     label = "heun; implicit where stiff" if scheme == "auto" else scheme
     if config.optimizer == "tdvp":

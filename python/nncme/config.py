@@ -494,8 +494,16 @@ class RunConfig(Settings):
         "two TDVP stages per step), rk4 (TDVP only), implicit (backward Euler, adam/sgd: a "
         "probability map at any dt; first order, and its fits need the mixture proposal with "
         "the log-variance objective and a tighter relative_tolerance to reach the tails); auto: "
-        "heun, with adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 0.9",
-        ("auto", "euler", "heun", "rk4", "implicit"),
+        "heun, with adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 0.9; "
+        "ssp (explicit, second order: ssp_stages fits per step, positive while dt a_0 < "
+        "ssp_stages - 1)",
+        ("auto", "euler", "heun", "rk4", "implicit", "ssp"),
+    )
+    ssp_stages: int = _opt(
+        4,
+        "integrator ssp: stages s of SSPRK(s, 2) (s - 1 Euler moves of dt / (s - 1); 2 is "
+        "heun): where dt a_0 limits the step, s fits cross s - 1 times Euler's limit",
+        minimum=2,
     )
     adaptive_dt: bool = _opt(
         False, "tdvp, implicit: adaptive sub-steps within each dt, from a local error estimate"
@@ -505,9 +513,9 @@ class RunConfig(Settings):
     )
     max_motion: float = _opt(
         0.05,
-        "explicit fitted steps (adam, sgd, natgrad; heun, euler, auto): cut a step into up to "
-        "16 equal sub-steps so that each moves the distribution by at most this (relative RMS "
-        "change of q; the first steps from a point mass, fast transients); 0: off",
+        "explicit fitted steps (adam, sgd, natgrad; heun, euler, ssp, auto): cut a step into up "
+        "to 16 equal sub-steps so that each fit moves the distribution by at most this (relative "
+        "RMS change of q; the first steps from a point mass, fast transients); 0: off",
     )
     max_dt: float | None = _opt(
         None,
