@@ -204,13 +204,17 @@ def _build_driver(
     scheme = cfg.time_scheme
     max_motion = cfg.max_motion or None
     if scheme == "auto":  # its implicit steps always adapt
-        options: dict[str, Any] = {"tolerance": cfg.dt_tolerance, "max_motion": max_motion}
+        options: dict[str, Any] = {
+            "tolerance": cfg.dt_tolerance,
+            "max_motion": max_motion,
+            "stages": cfg.explicit_stages,
+        }
     elif cfg.optimizer == "tdvp" or scheme == "implicit":
         options = {"tolerance": tolerance}
     else:
         options = {"max_motion": max_motion}
     if scheme == "ssp":
-        options["stages"] = cfg.ssp_stages
+        options["stages"] = cfg.explicit_stages
     stepper = make_stepper(scheme, motion, **options)
     first = None
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
@@ -411,7 +415,7 @@ def _start_fit(
         implicit=cfg.time_scheme == "implicit",
         exponential=cfg.time_scheme in ("implicit", "auto"),
         impl=cfg.impl,
-        scheme=ssp_scheme(cfg.ssp_stages)
+        scheme=ssp_scheme(cfg.explicit_stages)
         if cfg.time_scheme == "ssp"
         else getattr(STEPPERS[cfg.time_scheme], "scheme", None),
     )

@@ -470,7 +470,7 @@ def _many_steps_warning(driver, config) -> str | None:
     if steps <= MANY_STEPS:
         return None
     scheme = config.time_scheme
-    stages = config.ssp_stages if scheme == "ssp" else _STAGES[scheme]
+    stages = config.explicit_stages if scheme in ("ssp", "auto") else _STAGES[scheme]
     plural = "s" if stages > 1 else ""
     label = "heun; implicit where stiff" if scheme == "auto" else scheme
     if config.optimizer == "tdvp":

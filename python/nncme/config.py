@@ -499,10 +499,11 @@ class RunConfig(Settings):
         "ssp_stages - 1)",
         ("auto", "euler", "heun", "rk4", "implicit", "ssp"),
     )
-    ssp_stages: int = _opt(
-        4,
-        "integrator ssp: stages s of SSPRK(s, 2) (s - 1 Euler moves of dt / (s - 1); 2 is "
-        "heun): where dt a_0 limits the step, s fits cross s - 1 times Euler's limit",
+    ssp_stages: int | None = _opt(
+        None,
+        "stages s of SSPRK(s, 2) (s - 1 Euler moves of dt / (s - 1); 2 is heun: where dt a_0 "
+        "limits the step, s fits cross s - 1 times Euler's limit) for integrator ssp (default "
+        "4) and the explicit steps of auto (default 2)",
         minimum=2,
     )
     adaptive_dt: bool = _opt(
@@ -615,6 +616,13 @@ class RunConfig(Settings):
         if self.integrator == "auto" and self.optimizer in ("natgrad", "tdvp"):
             return "heun"
         return self.integrator
+
+    @property
+    def explicit_stages(self) -> int:
+        """`ssp_stages`, or its default for the integrator: 4 for ssp, 2 (Heun) for auto."""
+        if self.ssp_stages is not None:
+            return int(self.ssp_stages)
+        return 4 if self.integrator == "ssp" else 2
 
     @property
     def sampling_proposal(self) -> str:

@@ -792,6 +792,7 @@ class Auto:
         tolerance: the implicit sub-steps' local error (`BackwardEuler`).
         stiff: the share of the mass that makes a step stiff.
         max_motion: the Heun steps' motion per sub-step (`RungeKutta`).
+        stages: of the explicit steps: 2 Heun's, more SSPRK(s, 2)'s (`SSP`).
     """
 
     name = "auto"
@@ -804,8 +805,13 @@ class Auto:
         tolerance: float = 1e-2,
         stiff: float = 1e-3,
         max_motion: float | None = None,
+        stages: int = 2,
     ) -> None:
-        self.explicit = Heun(motion, max_motion=max_motion)
+        self.explicit = (
+            Heun(motion, max_motion=max_motion)
+            if stages == 2
+            else SSP(motion, stages=stages, max_motion=max_motion)
+        )
         self.implicit = BackwardEuler(motion, tolerance=tolerance)
         self.motion, self.stiff = motion, float(stiff)
         self.stiff_now = False
