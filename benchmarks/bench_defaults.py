@@ -57,7 +57,7 @@ import torch
 
 import nncme
 from bench_common import RESULTS, git_commit, print_table, write_results
-from check_networks import NETWORKS, network_files
+from check_networks import network_files
 from nncme.config import RunConfig
 from nncme.exact import FSPSettings, count_states, solve_fsp
 from nncme.io import load_network
@@ -255,7 +255,7 @@ def describe(path: Path, network: Any, args: argparse.Namespace, overrides: dict
     settings["t_end"] = t_end
     return {
         "network": path.stem,
-        "file": str(path.relative_to(NETWORKS.parent)),
+        "file": repo_path(path),
         "name": network.name,
         "species": list(network.species_names),
         "L": network.L,
@@ -289,7 +289,25 @@ def run_stats(result: Any, history: list[dict]) -> dict[str, Any]:
             str(b): sum(1 for h in history if h.get("batch") == b)
             for b in sorted({h.get("batch") for h in history if h.get("batch")})
         },
+        "work_to_save_time": work_to(result.times, history),
     }
+
+
+def work_to(times: Any, history: list[dict]) -> list[dict[str, Any]]:
+    """Steps, optimiser iterations and step seconds up to each save time (from the log), so
+    runs of different lengths compare at a common time."""
+    out = []
+    for t in np.asarray(times, dtype=float):
+        done = [h for h in history if h.get("t", 0.0) <= t * (1 + 1e-9) + 1e-12]
+        out.append(
+            {
+                "t": float(t),
+                "steps": len(done),
+                "iterations": int(sum(h.get("iterations", 0) or 0 for h in done)),
+                "step_seconds": float(sum(h.get("seconds", 0.0) or 0.0 for h in done)),
+            }
+        )
+    return out
 
 
 def score(row: dict, network: Any, result: Any, save_dir: Path) -> None:
@@ -310,7 +328,7 @@ def score(row: dict, network: Any, result: Any, save_dir: Path) -> None:
 def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any]) -> dict:
     """One network's run at the settings, stopped after `args.time_limit` seconds if given
     (the row then measures the save times reached), scored against FSP."""
-    row: dict[str, Any] = {"network": path.stem, "file": str(path.relative_to(NETWORKS.parent))}
+    row: dict[str, Any] = {"network": path.stem, "file": repo_path(path)}
     save_dir = RUNS / (f"{BENCH}_{args.tag}" if args.tag else BENCH) / path.stem
     try:
         network = load_network(path)
