@@ -113,3 +113,22 @@ def test_ssp_steps_follow_the_exact_law_where_heun_would_be_stiff():
 def test_ssp_stages_are_checked():
     with pytest.raises(ConfigError, match="ssp_stages"):
         RunConfig(integrator="ssp", ssp_stages=1)
+
+
+def test_the_stages_default_per_integrator():
+    """ssp takes 4 stages unless told; auto's explicit steps stay Heun's (2) unless told."""
+    assert RunConfig(integrator="ssp").explicit_stages == 4
+    assert RunConfig().explicit_stages == 2
+    assert RunConfig(ssp_stages=5).explicit_stages == 5
+    assert RunConfig(integrator="ssp", ssp_stages=3).explicit_stages == 3
+
+
+def test_auto_takes_ssp_explicit_steps_when_asked():
+    net = ReactionNetwork(
+        {"X": 30}, [Reaction({}, {"X": 1}, 5.0), Reaction({"X": 1}, {}, 0.5)], {"X": 0}
+    )
+    config = dict(t_end=0.03, dt=0.01, quiet=True, eval_samples=500, seed=0, max_dt=0.0)
+    out = nncme.run(net, RunConfig(ssp_stages=4, **config))
+    assert [h["scheme"] for h in out.history[1:]] == ["ssp", "ssp"]
+    out = nncme.run(net, RunConfig(**config))
+    assert [h["scheme"] for h in out.history[1:]] == ["heun", "heun"]
