@@ -34,7 +34,7 @@ from .optim.supervision import Supervision, moment_references
 from .optim.target import set_neighbour_memory
 from .paths import OutputDir, check_input_file
 from .sampling import Proposal, make_proposal
-from .steppers import STEPPERS, Fit, Flow, Motion, StartFit, make_stepper, ssp_scheme
+from .steppers import Fit, Flow, Motion, Scheme, StartFit, make_stepper
 
 __all__ = ["RunOutput", "build_driver", "run"]
 
@@ -220,7 +220,8 @@ def _build_driver(
     if isinstance(start, AutoregressiveModel) and _same_architecture(start, model):
         model.load_state_dict(start.state_dict())  # step from it as from any later time
     else:
-        first = _start_fit(cfg, model, start, net, proposal, generator, batch)
+        scheme_of_step = getattr(stepper, "scheme", None)  # a Runge-Kutta stepper's tableau
+        first = _start_fit(cfg, model, start, net, proposal, generator, batch, scheme_of_step)
         first.then = stepper
     save_times = cfg.save_times(t_end, dt)
     settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}  # proposal, objective resolved
@@ -389,8 +390,10 @@ def _start_fit(
     proposal: Proposal,
     generator: torch.Generator,
     batch: int,
+    scheme: Scheme | None,
 ) -> StartFit:
-    """The first step's own fit of the run's step from p0 (Adam, or SGD where the run uses SGD)."""
+    """The first step's own fit of the run's step from p0 (Adam, or SGD where the run uses SGD);
+    `scheme`: the tableau the later steps take (None: not a Runge-Kutta stepper)."""
     name = cfg.optimizer if cfg.optimizer in OPTIMIZERS else "adam"
     optimizer = make_optimizer(name, model.parameters(), cfg.first_lr)
     update = ImplicitUpdate(
@@ -415,9 +418,7 @@ def _start_fit(
         implicit=cfg.time_scheme == "implicit",
         exponential=cfg.time_scheme in ("implicit", "auto"),
         impl=cfg.impl,
-        scheme=ssp_scheme(cfg.explicit_stages)
-        if cfg.time_scheme == "ssp"
-        else getattr(STEPPERS[cfg.time_scheme], "scheme", None),
+        scheme=scheme,
     )
 
 
