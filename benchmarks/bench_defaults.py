@@ -310,13 +310,18 @@ def work_to(times: Any, history: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
-def score(row: dict, network: Any, result: Any, save_dir: Path) -> None:
+def results_dir(args: argparse.Namespace, path: Path) -> Path:
+    """Where a network's VAN and FSP results are saved: runs/defaults[_<tag>]/<network>."""
+    return RUNS / (f"{BENCH}_{args.tag}" if args.tag else BENCH) / path.stem
+
+
+def score(row: dict, network: Any, result: Any, directory: Path) -> None:
     """Add the comparison with FSP at the result's save times to the row (or why not)."""
     if not (np.asarray(result.times) > 0).any():
         row["compare_error"] = "no save time after t = 0 reached: nothing to measure"
         return
     try:
-        row.update(measure(network, result, FSPSettings(quiet=True), save_dir))
+        row.update(measure(network, result, FSPSettings(quiet=True), directory))
     except Exception as exc:
         row.update(
             stage="fsp/compare",
@@ -329,7 +334,6 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
     """One network's run at the settings, stopped after `args.time_limit` seconds if given
     (the row then measures the save times reached), scored against FSP."""
     row: dict[str, Any] = {"network": path.stem, "file": repo_path(path)}
-    save_dir = RUNS / (f"{BENCH}_{args.tag}" if args.tag else BENCH) / path.stem
     try:
         network = load_network(path)
     except Exception as exc:
@@ -370,7 +374,7 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
     if progress["stopped"]:
         row.update(time_limit=args.time_limit, stopped_at_t=progress["t"])
     row.update(run_stats(out.result, out.history), parameters=int(out.model.num_parameters()))
-    score(row, network, out.result, save_dir)
+    score(row, network, out.result, results_dir(args, path))
     return row
 
 
@@ -395,7 +399,7 @@ def score_run(path: Path, run_dir: Path, args: argparse.Namespace, overrides: di
         stopped_at_t=float(history[-1]["t"]) if history else 0.0,
     )
     row.update(run_stats(result, history))
-    score(row, network, result, RUNS / f"{BENCH}_{args.tag}" / path.stem)
+    score(row, network, result, results_dir(args, path))
     return row
 
 
