@@ -21,6 +21,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from scipy import stats
 
 import nncme
 from nncme import parallel
@@ -28,11 +29,19 @@ from nncme.config import ConfigError
 from nncme.exact import solve_fsp
 from nncme.io import save_network
 from nncme.metrics import hellinger
-from nncme.models import build_model
+from nncme.models import Product, build_model
 from nncme.network import Reaction, ReactionNetwork
-from nncme.optim import ImplicitUpdate, KLUpdate, StepProblem, make_optimizer
+from nncme.optim import (
+    FisherSolver,
+    ImplicitUpdate,
+    KLUpdate,
+    NaturalGradientUpdate,
+    StepProblem,
+    TDVPRightHandSide,
+    make_optimizer,
+)
 from nncme.optim.implicit import ImplicitTarget
-from nncme.optim.target import TransitionTarget
+from nncme.optim.target import StepSizeError, TransitionTarget
 from nncme.results import Result
 from nncme.sampling import Proposal
 
@@ -133,9 +142,13 @@ def _fit(rank: int | None, kind: str, objective: str, out: Path) -> None:
         target = _FixedSource(old, net, 0.0, DT, source=source)
     else:
         target = TransitionTarget(old, net, 0.0, DT)
-    optimizer = make_optimizer("adam", model.parameters(), 0.02)
     options = dict(iterations=5, explore=0.0, objective=objective)
-    update = (ImplicitUpdate if kind == "implicit" else KLUpdate)(optimizer, **options)
+    if kind == "natgrad":
+        space = "sample" if objective == "kl" else "parameter"  # both solves of the Fisher
+        update = NaturalGradientUpdate(model, lr=0.5, solver=FisherSolver(space=space), **options)
+    else:
+        optimizer = make_optimizer("adam", model.parameters(), 0.02)
+        update = (ImplicitUpdate if kind == "implicit" else KLUpdate)(optimizer, **options)
     problem = StepProblem(model, target, _Fixed(states), states.shape[0], None, 0.0, DT)
     report = update.run(problem)
     if rank in (None, 0):
@@ -146,7 +159,13 @@ def _fit(rank: int | None, kind: str, objective: str, out: Path) -> None:
 
 @pytest.mark.parametrize(
     "kind, objective",
-    [("explicit", "kl"), ("explicit", "log_variance"), ("implicit", "kl")],
+    [
+        ("explicit", "kl"),
+        ("explicit", "log_variance"),
+        ("implicit", "kl"),
+        ("natgrad", "kl"),
+        ("natgrad", "log_variance"),
+    ],
 )
 def test_two_processes_make_the_one_process_fit_on_the_same_batch(tmp_path, kind, objective):
     _fit(None, kind, objective, tmp_path / "one.pkl")
@@ -160,6 +179,48 @@ def test_two_processes_make_the_one_process_fit_on_the_same_batch(tmp_path, kind
     assert two[3] == pytest.approx(one[3], rel=1e-12)  # the ESS of the whole batch
     assert two[4] == pytest.approx(one[4], rel=1e-12)  # the fastest rate seen by any rank
     assert one[1][0] != one[1][-1]  # the fit moved
+
+
+def _tdvp(rank: int | None, cv: bool, out: Path) -> None:
+    """A TDVP right-hand side on this rank's share of 600 fixed states, explored states
+    added (rank None: all); each rank writes what it got."""
+    net = _network().compile("cpu", torch.float64)
+    model = build_model("nade", _network(), hidden=8, seed=3)
+    states, _ = model.sample(600, torch.Generator().manual_seed(1))
+    if rank is not None:
+        states = states[rank :: parallel.world_size()]
+    rhs = TDVPRightHandSide(
+        net, proposal=_Fixed(states), batch_size=states.shape[0], solver=FisherSolver(cv=cv)
+    )
+    seed = 5 + (rank or 0)  # the ranks' own streams: the explored states differ
+    rhs.explore = 0.0 if not cv else 0.1
+    got = rhs(model, 0.1, torch.Generator().manual_seed(seed), 0.01, need_grads=True)
+    norm = got.fisher_norm(torch.ones_like(got.theta_dot))
+    summary = (got.theta_dot, got.residual, got.ess, got.shift, got.states, norm)
+    out.with_suffix(f".{rank or 0}.pkl").write_bytes(pickle.dumps(summary))
+
+
+def test_two_processes_take_the_one_process_tdvp_slope(tmp_path):
+    _tdvp(None, False, tmp_path / "one")
+    _spawn(_tdvp, 2, False, tmp_path / "two")
+    one = pickle.loads((tmp_path / "one.0.pkl").read_bytes())
+    for rank in (0, 1):
+        two = pickle.loads((tmp_path / f"two.{rank}.pkl").read_bytes())
+        torch.testing.assert_close(two[0], one[0], rtol=1e-8, atol=1e-10)  # theta_dot
+        assert two[1] == pytest.approx(one[1], rel=1e-8)  # the residual
+        assert two[2] == pytest.approx(one[2], rel=1e-12)  # the ESS of all draws
+        assert two[3] == pytest.approx(one[3], rel=1e-10)  # the shift
+        assert torch.equal(two[4], one[4])  # the states of all ranks, in one order
+        assert two[5] == pytest.approx(one[5], rel=1e-8)  # the Fisher norm
+    assert one[1] < 1.0 and float(one[0].abs().max()) > 0
+
+
+def test_ranks_choose_one_cross_validated_shift(tmp_path):
+    """With explored states of their own and folds drawn at random, the ranks still solve
+    one system: the same slope, shift and states on both."""
+    _spawn(_tdvp, 2, True, tmp_path / "cv")
+    a, b = (pickle.loads((tmp_path / f"cv.{r}.pkl").read_bytes()) for r in (0, 1))
+    assert torch.equal(a[0], b[0]) and a[1:4] == b[1:4] and torch.equal(a[4], b[4])
 
 
 def test_the_batch_splits_over_ranks():
@@ -176,7 +237,7 @@ def _runs(rank: int, out: Path) -> None:
     """Over two processes: refusals, a run, a run stopped at step 3, its resumption."""
     net = _network()
     messages = []
-    for bad in ({"optimizer": "natgrad"}, {"psis": True}):
+    for bad in ({"supervise": "moments"}, {"psis": True}):
         try:
             nncme.run(net, **{**RUN, **bad})
         except ConfigError as exc:
@@ -208,7 +269,7 @@ def test_a_run_over_two_processes_answers_as_one_and_resumes(tmp_path):
     _spawn(_runs, 2, tmp_path)
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert len(ranks["messages"]) == 2
-    assert "natural gradient" in ranks["messages"][0] and "2 processes" in ranks["messages"][0]
+    assert "supervision" in ranks["messages"][0] and "2 processes" in ranks["messages"][0]
     assert "Pareto" in ranks["messages"][1]
     assert ranks["same"], "the resumed run did not reach the uninterrupted run's parameters"
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
@@ -217,6 +278,57 @@ def test_a_run_over_two_processes_answers_as_one_and_resumes(tmp_path):
     # a resume with another number of processes is refused, naming both
     with pytest.raises(ConfigError, match="2 process"):
         nncme.run(_network(), out=str(tmp_path / "cut"), resume=True, **RUN)
+
+
+def _poisson_birth_death() -> ReactionNetwork:
+    """X made at 10 and degraded at 1: from Poisson(2), Poisson(10 - 8 e^-t) exactly."""
+    return ReactionNetwork(
+        {"X": 25},
+        [Reaction({}, {"X": 1}, 10.0, "make"), Reaction({"X": 1}, {}, 1.0, "degrade")],
+        {"X": 2},
+        name="poisson-birth-death",
+    )
+
+
+SECOND_ORDER = {  # the settings of the one-process tests (test_optim.py, test_tdvp.py)
+    "natgrad": dict(t_end=0.2, dt=0.02, save_every=0.1, batch=400, iterations=10),
+    "tdvp": dict(proposal="alpha", alpha=0.5, t_end=0.4, dt=0.02, save_every=0.2, batch=500),
+}
+
+
+def _second_order_runs(rank: int, out: Path) -> None:
+    """Natural-gradient and TDVP runs over two processes, scored against the exact law, and
+    a TDVP step too long for one rank's states, which every rank must refuse."""
+    net = _poisson_birth_death()
+    start = Product.poisson([2.0], net.limits)
+    errors = {}
+    for name, settings in SECOND_ORDER.items():
+        run = nncme.run(net, optimizer=name, quiet=True, eval_samples=1000, start=start,
+                        **settings)  # fmt: skip
+        lam = 10.0 - 8.0 * np.exp(-run.result.times)
+        exact = np.stack([stats.poisson.pmf(np.arange(25), m) for m in lam])
+        errors[name] = hellinger(exact, run.result.marginals[:, 0]).tolist()
+    # rank 0 holds a state where dt a_0 = 0.05 * 24 > 1 (nothing is made at the limit),
+    # rank 1 none (0.05 * 10): both raise
+    states = torch.tensor([[24]] if rank == 0 else [[0]])
+    rhs = TDVPRightHandSide(net.compile("cpu", torch.float64), proposal=_Fixed(states))
+    model = build_model("nade", net, hidden=4, seed=0)
+    try:
+        rhs(model, 0.0, None, 0.05)
+        refused = None
+    except StepSizeError as exc:
+        refused = str(exc)
+    (out / f"second_order.{rank}.json").write_text(json.dumps([errors, refused]))
+
+
+def test_natural_gradient_and_tdvp_run_over_two_processes(tmp_path):
+    _spawn(_second_order_runs, 2, tmp_path)
+    for rank in (0, 1):
+        errors, refused = json.loads((tmp_path / f"second_order.{rank}.json").read_text())
+        assert max(errors["natgrad"]) < 0.04, errors  # the one-process tests' bounds
+        assert max(errors["tdvp"]) < 0.03, errors
+        assert refused is not None
+        assert ("dt * a_0(n) = 1.2" if rank == 0 else "another process") in refused, refused
 
 
 @pytest.mark.slow

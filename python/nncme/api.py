@@ -150,8 +150,6 @@ def _parallel_settings(cfg: RunConfig) -> RunConfig:
     if not parallel.active():
         return cfg
     refused = {
-        "natural gradient (--optimizer natgrad)": cfg.optimizer == "natgrad",
-        "TDVP (--optimizer tdvp)": cfg.optimizer == "tdvp",
         "supervision (--supervise)": cfg.supervise is not None,
         "Pareto smoothing (--psis)": cfg.psis,
     }

@@ -14,9 +14,16 @@ ranks can build up.
 Without a process group of more than one rank every function here gives back what it is
 given (the sums are over the one process), and no collective is made.
 
-What is not distributed (refused with an error naming it): natural gradient and TDVP (their
-Gram matrices), supervision, and Pareto smoothing of the weights (PSIS fits the tail of all the
-weights at once).
+Natural gradient and TDVP solve one linear system per iteration for all ranks: each rank scores
+its own draws (the targets, the local generator), then the distinct states with their summed
+weights and values are gathered to every rank (`gather_rows`: N (L + 2) numbers, where a
+parameter-space Fisher matrix would be P^2 and the sample-space one N^2) and every rank solves
+the same system on the same table, so every rank makes the same step. Choices drawn at random
+inside that solve (the folds of a cross-validated shift) take a seed all ranks share
+(`shared_seed`).
+
+What is not distributed (refused with an error naming it): supervision, and Pareto smoothing of
+the weights (PSIS fits the tail of all the weights at once).
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ __all__ = [
     "batch_shares",
     "broadcast_parameters",
     "gather_objects",
+    "gather_rows",
     "gather_table",
     "is_main",
     "local_batch",
@@ -44,6 +52,7 @@ __all__ = [
     "rank_seed",
     "reduce",
     "setup",
+    "shared_seed",
     "sum_gradients",
     "teardown",
     "world_size",
@@ -175,6 +184,45 @@ def gather_table(values: Sequence[float]) -> torch.Tensor:
     gathered = [torch.empty_like(local, device=_device()) for _ in range(world_size())]
     dist.all_gather(gathered, local.to(_device()))
     return torch.stack(gathered).cpu()
+
+
+def gather_rows(*columns: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Every rank's rows of `columns`, concatenated in rank order, on every rank.
+
+    Each column is (N, ...) with the same N on this rank (N may differ between ranks); the
+    result keeps each column's dtype, device and trailing shape. The rows travel as one
+    float64 table (integer columns must stay below 2^53 in size: counts do), so this is two
+    collectives: the row counts, then the padded rows. With one process, `columns` as given.
+    """
+    if not active():
+        return columns
+    n = columns[0].shape[0]
+    flat = [c.reshape(n, -1) for c in columns]
+    widths = [f.shape[1] for f in flat]
+    table = torch.cat([f.to(torch.float64) for f in flat], dim=1).to(_device())
+    counts = [round(float(c)) for c in gather_table([n])[:, 0]]
+    padded = torch.zeros(max(counts), table.shape[1], dtype=torch.float64, device=_device())
+    padded[:n] = table
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    rows = torch.cat([part[:count] for part, count in zip(parts, counts)])
+    out, at = [], 0
+    for column, width in zip(columns, widths):
+        block = rows[:, at : at + width].to(device=column.device, dtype=column.dtype)
+        out.append(block.reshape(rows.shape[0], *column.shape[1:]))
+        at += width
+    return tuple(out)
+
+
+def shared_seed(generator: torch.Generator | None) -> int:
+    """A seed drawn from rank 0's stream, the same on every rank (each rank's stream advances
+    alike), for random choices that every rank must make the same way."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=device).cpu()
+    if active():
+        seed = seed.to(_device())
+        dist.broadcast(seed, src=0)
+    return int(seed)
 
 
 def _combine(table: torch.Tensor, n_sums: int, n_maxima: int) -> Numbers:

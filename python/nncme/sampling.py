@@ -53,6 +53,7 @@ __all__ = [
     "Transformed",
     "UniformKernel",
     "Vanilla",
+    "gather_distinct",
     "make_proposal",
     "member_rows",
     "pareto_smooth",
@@ -119,6 +120,29 @@ def pool(
     pooled = replace(draw, weights=draw.weights * float(share[parallel.rank()]), drawn=drawn)
     a = 2 + len(weighted)
     return pooled, (share[:, None] * table[:, 2:a]).sum(0).tolist(), table[:, a:].sum(0).tolist()
+
+
+def gather_distinct(
+    states: torch.Tensor, sums: torch.Tensor, limits: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every rank's states merged into one distinct list on every rank, their columns summed.
+
+    Args:
+        states: (N, L) this rank's states.
+        sums: (N, k) additive values per state (weights, weight times a value: a state that
+            two ranks drew counts once, with its values added).
+        limits: (L,) the box (for `unique_states`).
+
+    Returns:
+        (U, L) the distinct states of all ranks in `unique_states` order (the order one
+        process would have) and (U, k) their summed columns; with one process, as given.
+    """
+    if not parallel.active():
+        return states, sums
+    states, sums = parallel.gather_rows(states, sums)
+    unique, inverse = unique_states(states, limits)
+    merged = sums.new_zeros(unique.shape[0], sums.shape[1]).index_add_(0, inverse, sums)
+    return unique, merged
 
 
 class Proposal:

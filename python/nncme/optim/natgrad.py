@@ -14,6 +14,10 @@ the centred solve matches a dense one and the uncentred does not). Because sum_u
 also sum_u W_u (O_u - Obar)(v_u - vbar) with v_u = c_u / W_u, which is exactly the right-hand
 side `FisherSolver.solve_scores` solves for (from the model's Gram matrix or its scores).
 
+Over many processes every rank's distinct states, coefficients and weights are gathered to every
+rank (`nncme.sampling.gather_distinct`), and each rank solves the same system on them: the step
+of one process on the whole batch.
+
 Near the optimum the Fisher matrix is the Hessian of the KL, so a step with lr = 1 is a
 (regularised) Newton step; `lr` below 1 damps the sampling noise.
 """
@@ -25,6 +29,7 @@ from typing import Any
 import torch
 
 from .. import parallel
+from ..sampling import gather_distinct
 from .linear import FisherSolver, SolveInfo
 from .updates import KLUpdate, StepProblem, StepReport
 
@@ -74,7 +79,11 @@ class NaturalGradientUpdate(KLUpdate):
         weights: torch.Tensor,
         numbers: parallel.Numbers | None = None,
     ) -> parallel.Numbers:
-        # one process only (a run of many refuses natgrad), so the numbers stay as given
+        if parallel.active():  # the whole batch on every rank, one solve
+            columns = torch.stack([coef, weights], dim=1)
+            states, columns = gather_distinct(states, columns, problem.model.limits)
+            coef, weights = columns[:, 0], columns[:, 1]
+            numbers = parallel.reduce(*(numbers or ([], [], [])))
         w = weights / weights.sum()
         sol = self.solver.solve_scores(problem.model, states, coef / w, w)
         self._last = sol.info

@@ -26,9 +26,16 @@ from typing import Any
 
 import torch
 
-from ..sampling import Proposal, Vanilla, unique_states
+from .. import parallel
+from ..sampling import Proposal, Vanilla, gather_distinct, pool, unique_states
 from .linear import FisherSolver
-from .target import NonFiniteError, TransitionTarget, check_step_size, explore_ahead
+from .target import (
+    NonFiniteError,
+    StepSizeError,
+    TransitionTarget,
+    check_step_size,
+    explore_ahead,
+)
 
 __all__ = ["TDVPEvaluation", "TDVPRightHandSide"]
 
@@ -148,6 +155,32 @@ class TDVPRightHandSide:
         capped = (1.0 + big + torch.log(-torch.expm1(-big))) / h
         return torch.where(torch.isfinite(R) & (h * R <= 1.0), R, capped)
 
+    def _gathered(
+        self,
+        model: Any,
+        states: torch.Tensor,
+        w: torch.Tensor,
+        t: float,
+        h: float | None,
+        draw: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+        """Over many processes: this rank's R at its own states, then every rank's states with
+        their weights (normalised over all) and R, and the ESS of the whole draw."""
+        error: Exception | None = None
+        try:
+            R = self.local_generator(model, states, t, h).to(w.dtype)
+        except StepSizeError as exc:  # raised on every rank, not on this one alone
+            error, R = exc, torch.full_like(w, math.nan)
+        square = float((draw.weights**2).sum())
+        (square,), _, _ = parallel.reduce([square])
+        if parallel.any_true(error is not None):
+            raise error or StepSizeError(
+                f"another process's states are too fast for the step at t = {t:g}"
+            )
+        states, columns = gather_distinct(states, torch.stack([w, w * R], 1), model.limits)
+        w, R = columns[:, 0], columns[:, 1] / columns[:, 0]
+        return states, w / w.sum(), R, 1.0 / square
+
     def _fold_weights(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(F, U) the weights w of the distinct states dealt into `CV_FOLDS` folds at random.
 
@@ -155,6 +188,8 @@ class TDVPRightHandSide:
         only, so each fold is scored on states its fit has not seen, which is where an
         interpolating fit goes wrong (see `FisherSolver.cross_validate`)."""
         U = w.shape[0]
+        if parallel.active():  # every rank deals the gathered states alike
+            generator = torch.Generator().manual_seed(parallel.shared_seed(generator))
         gen_device = generator.device if generator is not None else torch.device("cpu")
         fold = (torch.randperm(U, generator=generator, device=gen_device) % CV_FOLDS).to(w.device)
         folds = torch.zeros(CV_FOLDS, U, dtype=w.dtype, device=w.device)
@@ -175,16 +210,20 @@ class TDVPRightHandSide:
         need_grads: keep the per-sample gradients (for `TDVPEvaluation.fisher_norm`).
         """
         draw = self.proposal.draw(model, self.batch_size, generator)
-        drawn, weights, B = draw.states, draw.weights, draw.states.shape[0]
+        draw, _, _ = pool(draw)  # weights normalised over all ranks (as given with one)
+        drawn, weights = draw.states, draw.weights
         moved = explore_ahead(drawn, self.explore, self.net, t, generator, impl=self.impl)
         if moved.shape[0]:
             drawn = torch.cat([drawn, moved])
-            weights = torch.cat([weights, weights.new_full(moved.shape[:1], 1.0 / B)])
+            weights = torch.cat([weights, weights.new_full(moved.shape[:1], 1.0 / draw.total)])
         states, inverse = unique_states(drawn, model.limits)
         w = torch.zeros(states.shape[0], dtype=weights.dtype, device=states.device)
         w.index_add_(0, inverse, weights)
-        w = w / w.sum()
-        R = self.local_generator(model, states, t, h).to(w.dtype)
+        if parallel.active():
+            states, w, R, ess = self._gathered(model, states, w, t, h, draw)
+        else:
+            w = w / w.sum()
+            R, ess = self.local_generator(model, states, t, h).to(w.dtype), draw.ess
         if not torch.isfinite(R).all():
             raise NonFiniteError(
                 f"the TDVP local generator (W q)/q is not finite at t = {t:g} at "
@@ -200,7 +239,7 @@ class TDVPRightHandSide:
             sol.x,
             residual,
             sol.info.shift,
-            draw.ess,
+            ess,
             states,
             sol.grads,
             w,
