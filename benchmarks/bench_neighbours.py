@@ -20,8 +20,11 @@ target, as a run's first stage is.
 
 Lattice: birth-death on every site (birth 4, death 1, hopping 1), limit 25 per site; states:
 B draws of an untrained NADE (hidden 16; spread over the box, so nearly all neighbours are
-distinct: the work a trained model's tails also ask for); dt 1e-3. JSON:
-benchmarks/results/neighbours_<device>.json.
+distinct: the work a trained model's tails also ask for); dt 1e-3. `--model transformer`: the
+same with the Transformer of `nncme run --model transformer` (width 16, 2 layers, 4 heads),
+whose neighbours are scored from the cached keys and values of their shared prefix
+(`Transformer.score_neighbours`); "direct" scores every distinct neighbour in full. JSON:
+benchmarks/results/neighbours_<device>[_<tag>].json.
 """
 
 from __future__ import annotations
@@ -110,9 +113,11 @@ def measure(shape: str, args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
     net = resolve_network(f"reaction_diffusion:shape={shape},{KINETICS}")
     compiled = net.compile(device, torch.float64)
-    model = build_model("nade", net, dtype=torch.float64, device=device, seed=0)
+    options = {"hidden": 16, "layers": 2, "heads": 4} if args.model == "transformer" else {}
+    model = build_model(args.model, net, dtype=torch.float64, device=device, seed=0, **options)
     states, _ = model.sample(args.batch, torch.Generator(device).manual_seed(0))
-    row = {"shape": shape, "sites": net.L, "reactions": net.K, "batch": args.batch}
+    row = {"shape": shape, "model": args.model, "sites": net.L, "reactions": net.K,
+           "batch": args.batch, "parameters": model.num_parameters()}  # fmt: skip
 
     def now():
         return TransitionTarget(model, compiled, 0.0, args.dt)(states).log_tq
@@ -144,6 +149,7 @@ def measure(shape: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--model", default="nade", choices=["nade", "transformer"])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--sizes", nargs="*", default=["2x2", "4x4", "8x8"])
     parser.add_argument("--batch", type=int, default=1000)
@@ -170,7 +176,7 @@ def main() -> None:
             ("max_difference", "max diff", ".1e"),
         ],
     )
-    note = f"{args.threads} thread(s); B = {args.batch}; dt = {args.dt}"
+    note = f"{args.threads} thread(s); B = {args.batch}; dt = {args.dt}; model {args.model}"
     path = write_results(
         "neighbours", args.device, {"note": note, "commit": git_commit(), "rows": rows}, args.tag
     )

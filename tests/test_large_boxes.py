@@ -79,27 +79,35 @@ MODELS = {"nade": {"hidden": 8}, "transformer": {"hidden": 8, "layers": 1, "head
 
 
 @pytest.mark.parametrize("kind", sorted(MODELS))
+@pytest.mark.parametrize("route", ["prefix", "memo"])
 @pytest.mark.parametrize("elements", [target_module.DEFAULT_NEIGHBOUR_ELEMENTS, 16 * 80 * 37])
-def test_the_step_target_on_a_hashed_box_is_the_direct_one(kind, elements, monkeypatch):
-    """NADE: its neighbours scored from their shared prefixes; the Transformer: every
-    distinct neighbour scored, memoised by checked hashes."""
+def test_the_step_target_on_a_hashed_box_is_the_direct_one(kind, route, elements, monkeypatch):
+    """Both models' neighbours scored from their shared prefixes; or (the route of a model
+    that cannot) every distinct neighbour scored, memoised by checked hashes."""
     net, compiled = lattice()
     model = build_model(kind, net, dtype=torch.float64, seed=3, **MODELS[kind])
     generator = torch.Generator().manual_seed(0)
     first, _ = model.sample(300, generator)
     second = torch.cat([first[:150], model.sample(150, generator)[0]])  # half seen before
-    target = TransitionTarget(model, compiled, 0.0, 1e-4, neighbour_elements=elements)
+
+    def target_of(**kw):
+        made = TransitionTarget(model, compiled, 0.0, 1e-4, neighbour_elements=elements, **kw)
+        assert made._by_prefix  # a lattice, and a model that scores from prefixes
+        made._by_prefix = route == "prefix"
+        return made
+
+    target = target_of()
     assert target.chunk == elements // (16 * 80)
-    assert target._by_prefix == (kind == "nade")
     for states in (first, second):
         got = target(states).log_tq
         torch.testing.assert_close(got, direct_target(model, compiled, states, 1e-4))
-    if kind == "nade":
+    if route == "prefix":
+        assert target._keys is None  # nothing memoised
         return
     assert target._checks is not None and target._keys.shape == target._checks.shape
     # a memo that would pass MEMO_ENTRIES starts over, with the same values
     monkeypatch.setattr(target_module, "MEMO_ENTRIES", 1000)
-    small = TransitionTarget(model, compiled, 0.0, 1e-4, neighbour_elements=elements)
+    small = target_of()
     for states in (first, second):
         torch.testing.assert_close(
             small(states).log_tq, direct_target(model, compiled, states, 1e-4)
@@ -107,23 +115,30 @@ def test_the_step_target_on_a_hashed_box_is_the_direct_one(kind, elements, monke
     assert small._keys.shape[0] <= 1000 + 300 * 81
 
 
-def test_nade_scores_neighbours_from_their_shared_prefix():
-    """Against log q of each neighbour scored alone, with changes at up to four species."""
+@pytest.mark.parametrize("kind", sorted(MODELS))
+def test_models_score_neighbours_from_their_shared_prefix(kind):
+    """Against log q of each neighbour scored alone, with changes at up to four species (the
+    Transformer's parameters moved off their small start, so that every position matters)."""
     rng = np.random.default_rng(7)
     net = random_network(rng, 12, 30, max_limit=7, factor_fraction=0.0)
     compiled = net.compile(torch.device("cpu"), torch.float64)
     sites, steps = ops.neighbour_changes(compiled)
     assert sites.shape[1] >= 3 and bool((sites[:, 1:] >= sites[:, :-1]).all())
-    model = build_model("nade", net, dtype=torch.float64, seed=2, hidden=6)
+    model = build_model(kind, net, dtype=torch.float64, seed=2, **MODELS[kind])
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(4)
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     states = torch.as_tensor(rng.integers(0, net.limits, size=(200, net.L)))
     nbr, valid = ops.neighbors(states, compiled)
     own, scored = model.score_neighbours(states, sites, steps, valid, elements=500)
     with torch.no_grad():
         want = model.log_prob(nbr.reshape(-1, net.L)).reshape(valid.shape)
         torch.testing.assert_close(own, model.log_prob(states))
+    assert float(want[valid].std()) > 1.0  # neighbours that differ
     torch.testing.assert_close(scored[valid], want[valid])
     assert bool(torch.isinf(scored[~valid]).all()) and bool((~valid).any())
-    conditional = build_model("nade", net, dtype=torch.float64, hidden=6, context_dim=2)
+    conditional = build_model(kind, net, dtype=torch.float64, context_dim=2, **MODELS[kind])
     assert conditional.score_neighbours(states, sites, steps, valid) is None
 
 
@@ -191,6 +206,7 @@ def test_the_memo_keeps_new_states_only_while_batches_repeat():
     generator = torch.Generator().manual_seed(4)
     first, second, third = (model.sample(200, generator)[0] for _ in range(3))
     target = TransitionTarget(model, compiled, 0.0, 1e-4)
+    target._by_prefix = False  # the route of a model that cannot score from prefixes
     target(first)
     kept = target._keys.shape[0]
     target(second)  # new draws of a broad law: next to no repeats

@@ -20,6 +20,7 @@ caller's generator and copied into its static input, so a seed reproduces a draw
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -60,8 +61,28 @@ class _Block(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, D) -> (B, L, D), causal over positions."""
+        return self.forward_keys(x)[0]
+
+    def forward_keys(
+        self, x: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Causal over positions, after `past` keys and values of P earlier positions.
+
+        Args:
+            x: (B, T, D) the inputs of positions P..P+T-1.
+            past: keys and values (B, heads, P, D/heads) of positions 0..P-1, or None (P = 0).
+
+        Returns:
+            the outputs (B, T, D) and this block's keys and values of x's positions.
+        """
         q, k, v = self._split(x)
-        return self._merge(x, F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        if past is None:
+            return self._merge(x, F.scaled_dot_product_attention(q, k, v, is_causal=True)), k, v
+        P, T = past[0].shape[2], x.shape[1]
+        keys, values = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+        mask = torch.ones(T, P + T, dtype=torch.bool, device=x.device).tril(diagonal=P)
+        att = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        return self._merge(x, att), k, v
 
     def step(self, x: torch.Tensor, cache: torch.Tensor, i: int) -> torch.Tensor:
         """One position with a KV cache.
@@ -155,15 +176,98 @@ class Transformer(AutoregressiveModel):
 
     # ------------------------------------------------------------------ teacher forcing
     def _logits(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        x = self._embed(states, context)
+        for block in self.blocks:
+            x = block(x)
+        return self._head(x, 0)
+
+    def _embed(self, states: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """(B, L, D) the inputs of every position: the start token, then species i-1's count."""
         B, L = states.shape
         species = torch.arange(L - 1, device=states.device).unsqueeze(0)
         prev = self.token[species, states[:, :-1]]  # (B, L-1, D)
-        x = torch.cat([self._first(B, context).unsqueeze(1), prev], dim=1) + self.pos
+        return torch.cat([self._first(B, context).unsqueeze(1), prev], dim=1) + self.pos
+
+    def _head(self, x: torch.Tensor, first: int) -> torch.Tensor:
+        """(B, T, D) outputs of positions first.. -> (B, T, M) logits of those species."""
+        y = self.norm(x).transpose(0, 1)  # (T, B, D)
+        w, bias = self.head_w[first : first + y.shape[0]], self.head_b[first : first + y.shape[0]]
+        return torch.baddbmm(bias.unsqueeze(1), y, w.transpose(1, 2)).transpose(0, 1)
+
+    def _limited(self, logits: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Logits (B, T, M) of species first.. with the counts beyond each one's limit -inf."""
+        counts = torch.arange(self.max_count, device=logits.device)
+        beyond = counts >= self.limits[first : first + logits.shape[1]].unsqueeze(1)
+        return logits.masked_fill(beyond, -math.inf)
+
+    # ------------------------------------------------------------------ neighbours
+    @torch.no_grad()
+    def score_neighbours(
+        self,
+        states: torch.Tensor,
+        sites: torch.Tensor,
+        steps: torch.Tensor,
+        valid: torch.Tensor,
+        *,
+        elements: int = 1 << 23,
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """log q(n) (B,) and log q(n') (B, K) at neighbours n' that differ from n at a few
+        species, reusing what they share with n (None for a model with a context, anchors
+        or conservation laws: score the neighbours as states).
+
+        With j the first species where n' differs from n, positions 0..j read the same
+        counts in n' as in n (position p reads species p - 1), so in every layer their keys
+        and values are n's: they are kept from n's own pass (the KV cache of sampling, for
+        the whole state at once), species <= j's conditionals are n's (species j's read at
+        n'_j), and only positions j+1.. are run anew, attending to that cached prefix:
+        about half the work of scoring n' alone for changes spread over the species. The
+        arguments are those of `NADE.score_neighbours`.
+        """
+        if self.context_dim or self.num_anchors or self.num_laws:
+            return None
+        states = self._check_states(states)
+        L = states.shape[1]
+        x, kept = self._embed(states, None), []
         for block in self.blocks:
-            x = block(x)
-        y = self.norm(x).transpose(0, 1)  # (L, B, D)
-        logits = torch.baddbmm(self.head_b.unsqueeze(1), y, self.head_w.transpose(1, 2))
-        return logits.transpose(0, 1)
+            x, k, v = block.forward_keys(x)
+            kept.append((k, v))
+        table = torch.log_softmax(self._limited(self._head(x, 0)), dim=-1)  # (B, L, M)
+        own = table.gather(2, states.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        before = torch.cumsum(own, dim=1) - own  # sum over species < j
+        out = torch.full(valid.shape, -math.inf, dtype=table.dtype, device=states.device)
+        first = sites[:, 0]
+        for j in torch.unique(first[first < L]).tolist():
+            ks = torch.nonzero(first == j).squeeze(1)
+            b, k = torch.nonzero(valid[:, ks], as_tuple=True)
+            k = ks[k]
+            rows = max(1, elements // max(1, (L - j) * (self.hidden + L * self.heads)))
+            for lo in range(0, b.shape[0], rows):
+                bb, kk = b[lo : lo + rows], k[lo : lo + rows]
+                value = self._suffix(states, table, before, kept, bb, sites[kk], steps[kk], j)
+                out[bb, kk] = value
+        return own.sum(dim=1), out
+
+    def _suffix(self, states, table, before, kept, b, sites, steps, j: int) -> torch.Tensor:
+        """log q of the neighbours (rows b of states, changes at sites/steps, first at j):
+        n's prefix, species j's conditional at the new count, and species j+1.. from
+        positions j+1.. run after n's cached keys and values of positions 0..j."""
+        L = states.shape[1]
+        column = sites.clamp(max=L - 1)
+        counts = states[b.unsqueeze(1), column] + steps  # (R, W) the neighbour's counts there
+        value = before[b, j] + table[b, j, counts[:, 0]]
+        if j == L - 1:
+            return value
+        tail = states[b, j:].clone()  # (R, L - j) the neighbour's counts from species j on
+        for w in range(sites.shape[1]):
+            at = torch.nonzero(sites[:, w] < L, as_tuple=True)[0]
+            tail[at, column[at, w] - j] = counts[at, w]
+        species = torch.arange(j, L - 1, device=states.device)
+        x = self.token[species, tail[:, :-1]] + self.pos[j + 1 :]  # (R, L-1-j, D)
+        for block, (k, v) in zip(self.blocks, kept):
+            x, _, _ = block.forward_keys(x, (k[b, :, : j + 1], v[b, :, : j + 1]))
+        logits = self._limited(self._head(x, j + 1), j + 1)
+        rest = torch.log_softmax(logits, dim=-1).gather(2, tail[:, 1:].unsqueeze(-1))
+        return value + rest.squeeze(-1).sum(dim=1)
 
     # ------------------------------------------------------------------ sampling (KV cache)
     def _start(self, batch_size: int, context: torch.Tensor | None) -> dict:

@@ -6,9 +6,9 @@ The previous distribution is scored at the states and at their K neighbours n - 
 (`nncme.ops.neighbors`), once per distinct state (memoised over the step) and in chunks so
 memory stays bounded for large K*L, and `nncme.ops.transition_logsum` forms the stable
 log-sum-exp; it also returns the TDVP local generator (W q)(n)/q(n) and the exit rate a_0(n).
-On a lattice-like network (a box beyond int64 keys, reactions that touch few species) a NADE
-scores the neighbours from the prefix each shares with its state instead
-(`NADE.score_neighbours`), with no (B, K, L) neighbour tensor.
+On a lattice-like network (a box beyond int64 keys, reactions that touch few species) the
+model scores the neighbours from the prefix each shares with its state instead
+(`NADE.score_neighbours`, `Transformer.score_neighbours`), with no (B, K, L) neighbour tensor.
 
 `StageTarget` is what a stage of a Runge–Kutta step in Shu–Osher form fits: a convex
 combination of distributions and their explicit maps (`nncme.steppers` holds the schemes).
@@ -256,7 +256,7 @@ class TransitionTarget:
 
     def _values_by_prefix(self, states, flows) -> TargetValues | None:
         """As `_values_at`, the neighbours scored from their prefixes shared with the states
-        (`NADE.score_neighbours`); None where the model cannot."""
+        (the model's `score_neighbours`); None where the model cannot."""
         sites, steps = ops.neighbour_changes(self.net)
         L = states.shape[1]
         column = sites.clamp(max=L - 1)
