@@ -25,11 +25,21 @@ from scipy import stats
 
 import nncme
 from nncme import parallel
+from nncme.amortise import (
+    AmortiseConfig,
+    AmortisedSolution,
+    AmortisedTrainer,
+    ConditionalStage,
+    ContextSpace,
+    Vary,
+    amortise,
+    conditional_log_prob,
+)
 from nncme.config import ConfigError
 from nncme.exact import solve_fsp
 from nncme.io import save_network
 from nncme.metrics import hellinger
-from nncme.models import Product, build_model
+from nncme.models import Product, build_model, frozen_copy
 from nncme.network import Reaction, ReactionNetwork
 from nncme.optim import (
     FisherSolver,
@@ -41,7 +51,7 @@ from nncme.optim import (
     make_optimizer,
 )
 from nncme.optim.implicit import ImplicitTarget
-from nncme.optim.target import StepSizeError, TransitionTarget
+from nncme.optim.target import StepSizeError, Term, TransitionTarget
 from nncme.results import Result
 from nncme.sampling import Proposal
 
@@ -329,6 +339,108 @@ def test_natural_gradient_and_tdvp_run_over_two_processes(tmp_path):
         assert max(errors["tdvp"]) < 0.03, errors
         assert refused is not None
         assert ("dt * a_0(n) = 1.2" if rank == 0 else "another process") in refused, refused
+
+
+# ------------------------------------------------------------------ amortised runs
+AMORTISED = dict(hidden=8, contexts=8, per_context=16, exact_contexts=8, seed=1)
+# a few iterations of each fit: the same work on one process and two
+SHORT = dict(iterations=5, min_iterations=5, first_iterations=20)
+
+
+def _fixed_draws(trainer: AmortisedTrainer, batch):
+    """Uniform states of the box, the same for a context on any rank (seeded by its value)."""
+    states = []
+    for value in batch.values:
+        g = torch.Generator().manual_seed(round(float(value[0]) * 1e6))
+        r = torch.rand(trainer.config.per_context, trainer.net.limits.shape[0], generator=g)
+        states.append((r * trainer.net.limits).long())
+    states = torch.cat(states)
+    code, totals = batch.select()
+    return states, conditional_log_prob(trainer.model, states, code, totals, 1 << 15)
+
+
+def _amortised_fit(rank: int | None, out: Path) -> None:
+    """The first fits and one stage's fit of an amortised run on fixed draws (rank None: one
+    process): each rank takes its share of the contexts."""
+    AmortisedTrainer._sample = _fixed_draws  # this process's class (spawned or not)
+    net = _network()
+    config = AmortiseConfig(explore=0.0, mixture=0.0, **AMORTISED, **SHORT)
+    trainer = AmortisedTrainer(net, ContextSpace(net, [Vary("make", 3.0, 9.0)]), config)
+    reports = [trainer.fit_start(), trainer.exact_step(DT)["exact"]]
+    stage = ConditionalStage([Term(frozen_copy(trainer.model), trainer.t, 1.0, 1.0)],
+                             trainer.space, trainer.net, DT)  # fmt: skip
+    reports.append(trainer.fit(stage))
+    reports.append(trainer.motion(DT))
+    if rank in (None, 0):
+        params = [p.detach().clone() for p in trainer.model.parameters()]
+        out.write_bytes(pickle.dumps((params, reports)))
+
+
+def test_two_processes_make_the_one_process_amortised_fits(tmp_path):
+    original = AmortisedTrainer._sample
+    try:
+        _amortised_fit(None, tmp_path / "one.pkl")
+    finally:
+        AmortisedTrainer._sample = original
+    _spawn(_amortised_fit, 2, tmp_path / "two.pkl")
+    one = pickle.loads((tmp_path / "one.pkl").read_bytes())
+    two = pickle.loads((tmp_path / "two.pkl").read_bytes())
+    for a, b in zip(one[0], two[0]):
+        torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-11)
+    first, exact, fit, motion = one[1]
+    assert two[1][0].loss == pytest.approx(first.loss, rel=1e-9)
+    assert two[1][1]["loss"] == pytest.approx(exact["loss"], rel=1e-9, abs=1e-12)  # its KL
+    assert two[1][2].loss == pytest.approx(fit.loss, rel=1e-9)
+    assert two[1][2].residual == pytest.approx(fit.residual, rel=1e-9)
+    assert two[1][3] == pytest.approx(motion, rel=1e-9)
+    assert first.iterations == 20 and fit.iterations == 5  # every fit ran: the same work
+
+
+def _amortised_runs(rank: int, out: Path) -> None:
+    """A whole amortised run over two processes, one stopped in its second step, resumed."""
+    net = _network()
+    varies = [Vary("make", 3.0, 9.0)]
+    config = AmortiseConfig(t_end=0.15, dt=DT, saves=3, **AMORTISED)
+    amortise(net, varies, out / "whole", config, progress=False)
+    step, calls = AmortisedTrainer.step, {"n": 0}
+
+    def interrupted(self, dt):  # the first step is exact: call 2 is 0.1 -> 0.15
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return step(self, dt)
+
+    AmortisedTrainer.step = interrupted
+    try:
+        amortise(net, varies, out / "cut", config, progress=False)
+    except KeyboardInterrupt:
+        pass
+    AmortisedTrainer.step = step
+    dist.barrier()
+    amortise(net, varies, out / "cut", config, resume=True, progress=False)
+
+
+def test_an_amortised_run_over_two_processes_resumes_to_the_same_model(tmp_path):
+    _spawn(_amortised_runs, 2, tmp_path)
+    whole = torch.load(tmp_path / "whole" / "state.pt", weights_only=False)
+    cut = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)
+    assert len(whole["generators"]) == 2 and whole["t"] == pytest.approx(0.15)
+    for k in whole["model"]:
+        torch.testing.assert_close(cut["model"][k], whole["model"][k], rtol=0, atol=0)
+    meta = json.loads((tmp_path / "whole" / "amortise.json").read_text())
+    assert meta["processes"] == 2 and meta["status"] == "completed"
+    answer = AmortisedSolution(tmp_path / "whole")  # one process: 0.013 (2026-12-05)
+    worst = 0.0
+    for value in (3.5, 6.0, 8.5):
+        exact = solve_fsp(answer.space.network_at([value]), times=answer.times)
+        for k, t in enumerate(answer.times[1:], 1):
+            got = answer.marginals(np.array([[value]]), t)
+            worst = max(worst, *(hellinger(got[i][0], exact.marginals[k, i]) for i in range(2)))
+    assert worst < 0.03
+    with pytest.raises(ValueError, match="2 process"):  # a resume over one process
+        amortise(_network(), [Vary("make", 3.0, 9.0)], tmp_path / "cut",
+                 AmortiseConfig(t_end=0.15, dt=DT, saves=3, **AMORTISED), resume=True,
+                 progress=False)  # fmt: skip
 
 
 @pytest.mark.slow

@@ -32,6 +32,14 @@ it (the transition kernel), is one table, not a peak the hidden layers must plac
 context. Time enters as the checkpoint saved at each save time; q(. | c, t) between save times
 is not interpolated.
 
+Over many processes (`torchrun ... nncme amortise`, or a process group the caller set up) every
+rank draws the same contexts and takes its share of them (`nncme.parallel.batch_shares`), with
+a random stream of its own for the states; the gradient, each fit's loss and residuals, the
+motion that cuts a step and the exact first step's KL are summed over ranks, so every rank
+makes the same optimiser step: the run of one process over the same contexts, with other
+random numbers. Rank 0 writes; `state.pt` holds every rank's stream, and a resume needs the
+same number of processes.
+
 `AmortisedSolution` loads a run's directory and answers for any context in (or near) the box:
 marginals and means (`sweep` over a grid, with `marginal_statistic`), log-likelihoods of
 snapshot data, sensitivities in the log rates by autograd, and maximum-likelihood rates with
@@ -54,7 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import ops
+from . import ops, parallel
 from .io import network_from_dict, network_to_dict
 from .models import Delta, build_model
 from .models.base import Anchor, AutoregressiveModel, frozen_copy
@@ -650,7 +658,8 @@ class AmortisedTrainer:
         self.model = build_conditional(network, space, config, self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         self.sampler = ContextSampler(space, config.seed)
-        self.generator = torch.Generator(device=self.device).manual_seed(config.seed + 1)
+        seed = parallel.rank_seed(config.seed + 1)  # a stream of its own on every rank
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.t = 0.0
         self.steps = 0
         self.started = False
@@ -658,7 +667,7 @@ class AmortisedTrainer:
     # ------------------------------------------------------------------------- one fit
     def _batch(self) -> ContextBatch:
         c = self.config
-        values = self.sampler.draw(c.contexts)
+        values, _ = _share(self.sampler.draw(c.contexts))
         return ContextBatch.make(self.space, values, c.per_context, self.device, self.dtype)
 
     def _sample(self, batch: ContextBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -731,24 +740,19 @@ class AmortisedTrainer:
                     )
                 f = torch.cat([log_q, log_q_moved]) - log_target
                 held = torch.isfinite(log_q)  # uniform draws off a conservation law: q = 0
-                if not torch.isfinite(f[:B][held]).all():
-                    raise NonFiniteError(
-                        f"t = {self.t:g}: the target is -inf or NaN at a sampled state "
-                        "(a state the previous model holds no mass at)"
-                    )
+                bad = int((~torch.isfinite(f[:B][held])).sum())  # raised once summed
                 live = torch.cat([held, torch.isfinite(f[B:])])
                 # states where both q and its target are below the floor: nothing to fit
                 log_both = torch.maximum(torch.cat([log_q, log_q_moved]), log_target)
                 live &= log_both > math.log(c.tail_floor)
                 f = torch.where(live, f, torch.zeros_like(f))
-                C = len(batch.values)
-                zeros = f.new_zeros(C)
+                zeros = f.new_zeros(len(batch.values))  # this rank's contexts
                 count = zeros.index_add(0, batch.rows, held.to(f.dtype))
                 b = zeros.index_add(0, batch.rows, f[:B]) / count.clamp(min=1)
                 dev = torch.where(live, f - b[all_rows], torch.zeros_like(f))
                 if c.clip > 0:
                     dev = dev.clamp(-c.clip, c.clip)
-                coef = dev / count.clamp(min=1)[all_rows] / C
+                coef = dev / count.clamp(min=1)[all_rows] / c.contexts  # all ranks' contexts
                 self.optimizer.zero_grad(set_to_none=True)
                 log_q_g = self.model.log_prob(
                     all_states[live],
@@ -756,9 +760,18 @@ class AmortisedTrainer:
                     totals=None if totals is None else totals[live],
                 )
                 (coef[live] * log_q_g).sum().backward()
+                sums = [bad, float(b.sum()), float(dev[:B].square().sum()), float(held.sum())]
+                (bad, b_sum, square, drawn), _, _ = parallel.sum_gradients(
+                    self.model.parameters(), sums
+                )
+                if bad:
+                    raise NonFiniteError(
+                        f"t = {self.t:g}: the target is -inf or NaN at a sampled state "
+                        "(a state the previous model holds no mass at)"
+                    )
                 self.optimizer.step()
-                loss = float(b.mean())
-                residuals.append(0.5 * float(dev[:B].square().sum() / held.sum().clamp(min=1)))
+                loss = b_sum / c.contexts
+                residuals.append(0.5 * square / max(drawn, 1.0))
                 if not math.isfinite(residuals[-1]):
                     raise NonFiniteError(f"t = {self.t:g}: the fit's residual is not finite")
                 if it + 1 >= max(c.min_iterations, 2 * c.window):
@@ -777,15 +790,15 @@ class AmortisedTrainer:
         opt = torch.optim.Adam(self.model.parameters(), lr=c.first_lr)
         nll = math.inf
         for it in range(c.first_iterations):
-            values = self.sampler.draw(c.contexts * 4)
+            values, _ = _share(self.sampler.draw(c.contexts * 4))
             batch = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
             n0 = torch.as_tensor(self.space.initial(values), device=self.device)
             opt.zero_grad(set_to_none=True)
             code, totals = batch.select()
-            loss = -self.model.log_prob(n0, context=code, totals=totals).mean()
+            loss = -self.model.log_prob(n0, context=code, totals=totals).sum() / (c.contexts * 4)
             loss.backward()
+            (nll,), _, _ = parallel.sum_gradients(self.model.parameters(), [float(loss.detach())])
             opt.step()
-            nll = float(loss.detach())
             if nll < c.first_tolerance:
                 return FitReport(nll, nll, it + 1, False)
         return FitReport(nll, nll, c.first_iterations, True)
@@ -806,21 +819,22 @@ class AmortisedTrainer:
         if not c.exact_contexts:
             return None
         start = time.perf_counter()
-        values = self.sampler.draw(c.exact_contexts)
+        values, offset = _share(self.sampler.draw(c.exact_contexts))
         h = dt
         for _ in range(7):
             listed = exact_steps(self.space, values, h, self.device, self.dtype)
-            if listed is not None:
+            if not parallel.any_true(listed is None):  # every rank's contexts listed
                 break
             h /= 4
         else:
             return None
-        report = self._fit_listed(values, *listed, progress=progress)
+        report = self._fit_listed(values, *listed, offset=offset, progress=progress)
         self.t = h
+        (states,), _, _ = parallel.reduce([listed[0].shape[0]])
         return {
             "t": h,
             "exact": dataclasses.asdict(report),
-            "states": int(listed[0].shape[0]),
+            "states": int(states),
             "seconds": time.perf_counter() - start,
         }
 
@@ -830,10 +844,12 @@ class AmortisedTrainer:
         states: torch.Tensor,
         log_p: torch.Tensor,
         owner: torch.Tensor,
+        offset: int = 0,
         progress: bool = False,
     ) -> FitReport:
         """Minimise the mean over contexts of KL(p_c || q(. | c)), p given on listed states
-        (rows of `owner`'s context), `contexts` contexts per iteration."""
+        (rows of `owner`'s context), `contexts` contexts per iteration, chosen among all
+        ranks' contexts alike on every rank (this rank's are `offset`.. of them)."""
         from tqdm import tqdm
 
         c = self.config
@@ -842,23 +858,32 @@ class AmortisedTrainer:
         batch = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
         code, totals = batch.select()
         opt = torch.optim.Adam(self.model.parameters(), lr=c.first_lr)
-        g = torch.Generator().manual_seed(c.seed + 2)
+        g = torch.Generator().manual_seed(c.seed + 2)  # the same choices on every rank
+        everyone = c.exact_contexts if parallel.active() else len(values)
         kl = math.inf
         bar = tqdm(range(c.first_iterations), desc="exact first step", disable=not progress)
         for it in bar:
             for group in opt.param_groups:
                 group["lr"] = c.first_lr * lr_schedule(it, c.first_iterations, c.lr_decay)
-            chosen = torch.randperm(len(values), generator=g)[: c.contexts].to(self.device)
-            rows = torch.isin(owner, chosen)
+            chosen = torch.randperm(everyone, generator=g)[: c.contexts]
+            mine = chosen[(chosen >= offset) & (chosen < offset + len(values))] - offset
+            mine = mine.to(self.device)
+            rows = torch.isin(owner, mine)
             ctx = owner[rows]
             opt.zero_grad(set_to_none=True)
-            log_q = self.model.log_prob(
-                states[rows], context=code[ctx], totals=None if totals is None else totals[ctx]
+            cross = 0.0  # (a rank none of whose contexts was chosen adds nothing)
+            if bool(rows.any()):
+                log_q = self.model.log_prob(
+                    states[rows], context=code[ctx], totals=None if totals is None else totals[ctx]
+                )
+                term = -(p[rows] * log_q).sum() / len(chosen)
+                term.backward()
+                cross = float(term.detach())
+            (cross_all, entropy_all), _, _ = parallel.sum_gradients(
+                self.model.parameters(), [cross, float(entropy[mine].sum())]
             )
-            cross = -(p[rows] * log_q).sum() / len(chosen)
-            cross.backward()
             opt.step()
-            kl = float(cross.detach()) - float(entropy[chosen].mean())
+            kl = cross_all - entropy_all / len(chosen)
             if kl < c.first_tolerance:
                 bar.close()
                 return FitReport(kl, kl, it + 1, False)
@@ -878,7 +903,8 @@ class AmortisedTrainer:
             [Term(self._frozen(), self.t, 1.0, 1.0)], self.space, self.net, dt
         )(states, batch)
         per = flow.view(len(batch.values), -1).square().mean(dim=1).sqrt()
-        return float(per.max())
+        _, (fastest,), _ = parallel.reduce(maxima=[float(per.max())])  # over all contexts
+        return fastest
 
     def step(self, dt: float) -> dict[str, Any]:
         """t -> t + dt in Heun sub-steps (as few as keep the motion below max_motion)."""
@@ -905,6 +931,7 @@ class AmortisedTrainer:
             )
             self.t += h
         self.t = t_end  # the sub-steps' sum, without their rounding
+        parallel.broadcast_parameters(self.model)  # ranks stay bit-identical
         return {
             "t": self.t,
             "pieces": pieces,
@@ -922,6 +949,7 @@ class AmortisedTrainer:
             "optimizer": self.optimizer.state_dict(),
             "sampler": self.sampler.state_dict(),
             "generator": self.generator.get_state(),
+            "generators": parallel.gather_objects(self.generator.get_state()),  # every rank's
             "t": self.t,
             "steps": self.steps,
             "started": self.started,
@@ -931,7 +959,13 @@ class AmortisedTrainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.sampler.load_state_dict(state["sampler"])
-        self.generator.set_state(state["generator"])
+        streams = state.get("generators", [state["generator"]])
+        if len(streams) != parallel.world_size():
+            raise ValueError(
+                f"--resume: the run was made over {len(streams)} process(es), this one has "
+                f"{parallel.world_size()}: resume with --nproc-per-node {len(streams)}"
+            )
+        self.generator.set_state(streams[parallel.rank()])
         self.t = float(state["t"])
         self.steps = int(state["steps"])
         self.started = bool(state["started"])
@@ -943,6 +977,13 @@ class AmortisedTrainer:
         dt = float(c.dt if c.dt is not None else self.network.dt)
         saves = np.linspace(0.0, t_end, c.saves + 1)
         return dt, t_end, saves
+
+
+def _share(values: np.ndarray) -> tuple[np.ndarray, int]:
+    """This rank's rows of contexts every rank drew alike, and the index of its first."""
+    shares = parallel.batch_shares(len(values))
+    offset = sum(shares[: parallel.rank()])
+    return values[offset : offset + shares[parallel.rank()]], offset
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
@@ -987,14 +1028,17 @@ def amortise(
     from tqdm import tqdm
 
     out = Path(out)
+    device = parallel.setup(device)  # joins torchrun's process group, if there is one
+    main = parallel.is_main()  # rank 0 alone writes
+    progress = progress and main
     space = ContextSpace(network, varies)
     config = config or AmortiseConfig()
     trainer = AmortisedTrainer(network, space, config, device=device)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     meta = {
         "network": network_to_dict(network),
         "space": space.to_dict(),
         "config": dataclasses.asdict(config),
+        "processes": parallel.world_size(),
         "status": "running",
     }
     state_path = out / "state.pt"
@@ -1003,24 +1047,30 @@ def amortise(
         trainer.load_state_dict(torch.load(state_path, weights_only=False))
     elif resume:
         raise FileNotFoundError(f"--resume: {state_path} does not exist")
-    else:  # a fresh run: nothing of an earlier one may be read back as this one's
+    elif main:  # a fresh run: nothing of an earlier one may be read back as this one's
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in [state_path, out / "log.jsonl", *(out / "checkpoints").glob("*.pt")]:
             stale.unlink(missing_ok=True)
-    (out / "amortise.json").write_text(json.dumps(meta, indent=1))
+    writer = _RunWriter(out, meta) if main else None
+
+    def saved(step: int | None = None, record: dict[str, Any] | None = None) -> None:
+        """The model at a step's end, its log line, or (no step) the run's state; every rank
+        calls it (the state gathers the ranks' streams)."""
+        state = trainer.state_dict() if step is None else None
+        if writer is not None:
+            writer.save(trainer, step, state, record)
+
     dt, t_end, saves = trainer.times()
-    log = (out / "log.jsonl").open("a")
     saved_t = trainer.t  # the state file holds the run at this time
     if not trainer.started:
         report = trainer.fit_start()
-        log.write(json.dumps({"t": 0.0, "first": dataclasses.asdict(report)}) + "\n")
-        _save(_step_path(out, 0), {"t": 0.0, "model": trainer.model.state_dict()})
+        saved(0, {"t": 0.0, "first": dataclasses.asdict(report)})
         record = trainer.exact_step(min(dt, saves[1]), progress=progress)
         if record is not None:
             trainer.steps += 1
-            _save(_step_path(out, 1), {"t": trainer.t, "model": trainer.model.state_dict()})
-            log.write(json.dumps(record) + "\n")
+            saved(trainer.steps, record)
         trainer.started = True
-        _save(state_path, trainer.state_dict())
+        saved()
         saved_t = trainer.t
     bar = tqdm(total=round(t_end / dt), disable=not progress, desc="amortise", unit="step")
     bar.update(round(trainer.t / dt))
@@ -1031,28 +1081,61 @@ def amortise(
                 grid = (math.floor(trainer.t / dt + 1e-9) + 1) * dt
                 record = trainer.step(min(grid, ts) - trainer.t)
                 trainer.steps += 1
-                _save(
-                    _step_path(out, trainer.steps),
-                    {"t": trainer.t, "model": trainer.model.state_dict()},
-                )
-                log.write(json.dumps(record) + "\n")
-                log.flush()
+                saved(trainer.steps, record)
                 bar.update(1)
                 bar.set_postfix(t=f"{trainer.t:.3g}", pieces=record["pieces"])
             if trainer.t > saved_t:
-                _save(state_path, trainer.state_dict())
+                saved()
                 saved_t = trainer.t
     except NonFiniteError as err:
-        meta["status"] = "failed"
-        meta["error"] = str(err)
-        (out / "amortise.json").write_text(json.dumps(meta, indent=1))
+        if writer is not None:
+            writer.finish("failed", str(err))
         raise
     finally:
         bar.close()
-        log.close()
-    meta["status"] = "completed"
-    (out / "amortise.json").write_text(json.dumps(meta, indent=1))
+        if writer is not None:
+            writer.close()
+    if writer is not None:
+        writer.finish("completed")
     return out
+
+
+class _RunWriter:
+    """What an amortised run writes (rank 0's): amortise.json, the checkpoints, state.pt and
+    log.jsonl."""
+
+    def __init__(self, out: Path, meta: dict[str, Any]) -> None:
+        self.out, self.meta = out, meta
+        (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+        self._write_meta()
+        self.log = (out / "log.jsonl").open("a")
+
+    def _write_meta(self) -> None:
+        (self.out / "amortise.json").write_text(json.dumps(self.meta, indent=1))
+
+    def save(
+        self,
+        trainer: AmortisedTrainer,
+        step: int | None,
+        state: dict[str, Any] | None,
+        record: dict[str, Any] | None,
+    ) -> None:
+        if step is not None:
+            _save(_step_path(self.out, step), {"t": trainer.t, "model": trainer.model.state_dict()})
+        if state is not None:
+            _save(self.out / "state.pt", state)
+        if record is not None:
+            self.log.write(json.dumps(record) + "\n")
+            self.log.flush()
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.meta["status"] = status
+        if error is not None:
+            self.meta["error"] = error
+        self._write_meta()
+
+    def close(self) -> None:
+        self.log.close()
 
 
 # --------------------------------------------------------------------------------- answers

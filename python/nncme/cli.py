@@ -648,6 +648,7 @@ def _add_amortise(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_amortise(args: argparse.Namespace) -> int:
+    from . import parallel
     from .amortise import AmortiseConfig, Vary, amortise
     from .io import resolve_network
 
@@ -666,6 +667,7 @@ def _cmd_amortise(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    main = True
     try:
         out = amortise(
             network,
@@ -676,9 +678,13 @@ def _cmd_amortise(args: argparse.Namespace) -> int:
             device=args.device,
             progress=not args.quiet,
         )
+        main = parallel.is_main()  # under torchrun, rank 0 alone speaks
     except ValueError as exc:  # a --resume of another run
         raise UsageError(str(exc)) from None
-    print(f"amortised {network.name} over {', '.join(v.name for v in varies)}: {out}")
+    finally:
+        parallel.teardown()
+    if main:
+        print(f"amortised {network.name} over {', '.join(v.name for v in varies)}: {out}")
     return 0
 
 
