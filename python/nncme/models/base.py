@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -293,6 +293,41 @@ class AutoregressiveModel(nn.Module):
             totals = totals.unsqueeze(0)
         return totals.expand(batch_size, self.num_laws)
 
+    def _neighbour_scores(
+        self,
+        states: torch.Tensor,
+        table: torch.Tensor,
+        sites: torch.Tensor,
+        steps: torch.Tensor,
+        valid: torch.Tensor,
+        rows_per_pass: Callable[[int], int],
+        rest: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What every model's `score_neighbours` shares: log q(n) (B,) and log q(n') (B, K).
+
+        With j the first species where n' differs from n, species < j's conditionals are
+        n's and species j's is n's read at n'_j (both from n's `table` (B, L, M) of log
+        conditionals); `rest(b, tail, j)` scores species j+1.. of the neighbours of rows b
+        whose counts from species j on are tail (R, L - j), the model's own way, in passes
+        of at most `rows_per_pass(j)` rows. Neighbours outside the box (not `valid`) are -inf.
+        """
+        L = states.shape[1]
+        own = table.gather(2, states.unsqueeze(-1)).squeeze(-1)  # (B, L)
+        before = torch.cumsum(own, dim=1) - own  # sum over species < j
+        out = torch.full(valid.shape, -math.inf, dtype=table.dtype, device=states.device)
+        first = sites[:, 0]
+        for j in torch.unique(first[first < L]).tolist():
+            ks = torch.nonzero(first == j).squeeze(1)
+            b, k = torch.nonzero(valid[:, ks], as_tuple=True)
+            k = ks[k]
+            rows = rows_per_pass(j)
+            for lo in range(0, b.shape[0], rows):
+                bb, kk = b[lo : lo + rows], k[lo : lo + rows]
+                tail = _changed_tail(states, bb, sites[kk], steps[kk], j)
+                value = before[bb, j] + table[bb, j, tail[:, 0]]
+                out[bb, kk] = value if j == L - 1 else value + rest(bb, tail, j)
+        return own.sum(dim=1), out
+
     def _check_states(self, states: torch.Tensor) -> torch.Tensor:
         if states.dim() != 2 or states.shape[1] != self.num_species:
             raise ValueError(
@@ -545,3 +580,18 @@ class AutoregressiveModel(nn.Module):
             f"species={self.num_species}, max_count={self.max_count}, laws={self.num_laws}, "
             f"context_dim={self.context_dim}, anchors={self.num_anchors}"
         )
+
+
+def _changed_tail(
+    states: torch.Tensor, b: torch.Tensor, sites: torch.Tensor, steps: torch.Tensor, j: int
+) -> torch.Tensor:
+    """(R, L - j) the counts from species j on of the neighbours of rows b of states, each
+    changed at its sites (R, W; ascending, first j, padded with L) by steps (R, W)."""
+    L = states.shape[1]
+    column = sites.clamp(max=L - 1)
+    counts = states[b.unsqueeze(1), column] + steps  # (R, W) the neighbour's counts there
+    tail = states[b, j:].clone()
+    for w in range(sites.shape[1]):
+        at = torch.nonzero(sites[:, w] < L, as_tuple=True)[0]
+        tail[at, column[at, w] - j] = counts[at, w]
+    return tail

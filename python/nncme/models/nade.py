@@ -192,50 +192,30 @@ class NADE(AutoregressiveModel):
         states = self._check_states(states)
         L = states.shape[1]
         table = torch.log_softmax(self._masked_logits(states, None, None)[0], dim=-1)  # (B,L,M)
-        own = table.gather(2, states.unsqueeze(-1)).squeeze(-1)  # (B, L)
-        before = torch.cumsum(own, dim=1) - own  # sum over species < j
         a = self._pre_activations(states, None)  # (B, L, H)
-        out = torch.full(valid.shape, -math.inf, dtype=table.dtype, device=states.device)
-        first = sites[:, 0]
-        for j in torch.unique(first[first < L]).tolist():
-            ks = torch.nonzero(first == j).squeeze(1)
-            b, k = torch.nonzero(valid[:, ks], as_tuple=True)
-            k = ks[k]
-            rows = max(1, elements // max(1, L - j))
-            for lo in range(0, b.shape[0], rows):
-                bb, kk = b[lo : lo + rows], k[lo : lo + rows]
-                out[bb, kk] = self._suffix(states, table, before, a, bb, sites[kk], steps[kk], j)
-        return own.sum(dim=1), out
+        return self._neighbour_scores(
+            states, table, sites, steps, valid,
+            lambda j: max(1, elements // max(1, L - j)),
+            lambda b, tail, j: self._rest(a, b, tail, j),
+        )  # fmt: skip
 
-    def _suffix(self, states, table, before, a, b, sites, steps, j: int) -> torch.Tensor:
-        """log q of the neighbours (rows b of states, changes at sites/steps, first at j):
-        n's prefix, species j's conditional at the new count, and the species after j by
-        the NADE operator from the neighbour's own pre-activation there."""
-        L = states.shape[1]
-        column = sites.clamp(max=L - 1)
-        counts = states[b.unsqueeze(1), column] + steps  # (R, W) the neighbour's counts there
-        value = before[b, j] + table[b, j, counts[:, 0]]
-        S = L - 1 - j
-        if S == 0:
-            return value
-        suffix = states[b, j + 1 :].clone()  # (R, S) the neighbour's counts after j
-        for w in range(1, sites.shape[1]):
-            at = torch.nonzero(sites[:, w] < L, as_tuple=True)[0]
-            suffix[at, column[at, w] - j - 1] = counts[at, w]
-        hidden = a[b, j] + self.embed[j, counts[:, 0]]  # a_{j+1} = a_j + embed[j, n'_j]
+    def _rest(self, a: torch.Tensor, b: torch.Tensor, tail: torch.Tensor, j: int) -> torch.Tensor:
+        """log q of species j+1.. of neighbours (rows b, counts from species j on: tail) by
+        the NADE operator from the neighbour's own pre-activation a_j(n) + embed[j, n'_j]."""
+        S = tail.shape[1] - 1
+        hidden = a[b, j] + self.embed[j, tail[:, 0]]  # a_{j+1} = a_j + embed[j, n'_j]
         none = ops.ConservationMask(
             torch.zeros(0, S, dtype=torch.int64, device=a.device),
             torch.zeros(0, 4, dtype=torch.int64, device=a.device),
             torch.zeros(0, 2, dtype=torch.int64, device=a.device),
             torch.zeros(0, dtype=torch.bool, device=a.device),
         )
-        rest = ops.nade_log_prob(
-            suffix, hidden.contiguous(), self.embed[j + 1 :], self.head_w[j + 1 :],
-            self.head_b[j + 1 :], self.limits[j + 1 :], none,
+        return ops.nade_log_prob(
+            tail[:, 1:].contiguous(), hidden.contiguous(), self.embed[j + 1 :],
+            self.head_w[j + 1 :], self.head_b[j + 1 :], self.limits[j + 1 :], none,
             torch.zeros(b.shape[0], 0, dtype=torch.int64, device=a.device),
             self.activation_code, impl=self.impl,
         )  # fmt: skip
-        return value + rest
 
     # ------------------------------------------------------------------ sampling
     def _start(self, batch_size: int, context: torch.Tensor | None) -> torch.Tensor:

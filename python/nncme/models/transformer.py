@@ -211,17 +211,14 @@ class Transformer(AutoregressiveModel):
         *,
         elements: int = 1 << 23,
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """log q(n) (B,) and log q(n') (B, K) at neighbours n' that differ from n at a few
-        species, reusing what they share with n (None for a model with a context, anchors
-        or conservation laws: score the neighbours as states).
+        """`NADE.score_neighbours` (the same arguments and values) for the Transformer.
 
         With j the first species where n' differs from n, positions 0..j read the same
         counts in n' as in n (position p reads species p - 1), so in every layer their keys
         and values are n's: they are kept from n's own pass (the KV cache of sampling, for
         the whole state at once), species <= j's conditionals are n's (species j's read at
         n'_j), and only positions j+1.. are run anew, attending to that cached prefix:
-        about half the work of scoring n' alone for changes spread over the species. The
-        arguments are those of `NADE.score_neighbours`.
+        about half the work of scoring n' alone for changes spread over the species.
         """
         if self.context_dim or self.num_anchors or self.num_laws:
             return None
@@ -232,42 +229,24 @@ class Transformer(AutoregressiveModel):
             x, k, v = block.forward_keys(x)
             kept.append((k, v))
         table = torch.log_softmax(self._limited(self._head(x, 0)), dim=-1)  # (B, L, M)
-        own = table.gather(2, states.unsqueeze(-1)).squeeze(-1)  # (B, L)
-        before = torch.cumsum(own, dim=1) - own  # sum over species < j
-        out = torch.full(valid.shape, -math.inf, dtype=table.dtype, device=states.device)
-        first = sites[:, 0]
-        for j in torch.unique(first[first < L]).tolist():
-            ks = torch.nonzero(first == j).squeeze(1)
-            b, k = torch.nonzero(valid[:, ks], as_tuple=True)
-            k = ks[k]
-            rows = max(1, elements // max(1, (L - j) * (self.hidden + L * self.heads)))
-            for lo in range(0, b.shape[0], rows):
-                bb, kk = b[lo : lo + rows], k[lo : lo + rows]
-                value = self._suffix(states, table, before, kept, bb, sites[kk], steps[kk], j)
-                out[bb, kk] = value
-        return own.sum(dim=1), out
+        width = self.hidden + L * self.heads  # per row and position: activations, attention
+        return self._neighbour_scores(
+            states, table, sites, steps, valid,
+            lambda j: max(1, elements // max(1, (L - j) * width)),
+            lambda b, tail, j: self._rest(kept, b, tail, j),
+        )  # fmt: skip
 
-    def _suffix(self, states, table, before, kept, b, sites, steps, j: int) -> torch.Tensor:
-        """log q of the neighbours (rows b of states, changes at sites/steps, first at j):
-        n's prefix, species j's conditional at the new count, and species j+1.. from
-        positions j+1.. run after n's cached keys and values of positions 0..j."""
-        L = states.shape[1]
-        column = sites.clamp(max=L - 1)
-        counts = states[b.unsqueeze(1), column] + steps  # (R, W) the neighbour's counts there
-        value = before[b, j] + table[b, j, counts[:, 0]]
-        if j == L - 1:
-            return value
-        tail = states[b, j:].clone()  # (R, L - j) the neighbour's counts from species j on
-        for w in range(sites.shape[1]):
-            at = torch.nonzero(sites[:, w] < L, as_tuple=True)[0]
-            tail[at, column[at, w] - j] = counts[at, w]
-        species = torch.arange(j, L - 1, device=states.device)
+    def _rest(self, kept, b: torch.Tensor, tail: torch.Tensor, j: int) -> torch.Tensor:
+        """log q of species j+1.. of neighbours (rows b, counts from species j on: tail):
+        positions j+1.. run after the state's cached keys and values of positions 0..j."""
+        L = self.num_species
+        species = torch.arange(j, L - 1, device=tail.device)
         x = self.token[species, tail[:, :-1]] + self.pos[j + 1 :]  # (R, L-1-j, D)
         for block, (k, v) in zip(self.blocks, kept):
             x, _, _ = block.forward_keys(x, (k[b, :, : j + 1], v[b, :, : j + 1]))
         logits = self._limited(self._head(x, j + 1), j + 1)
         rest = torch.log_softmax(logits, dim=-1).gather(2, tail[:, 1:].unsqueeze(-1))
-        return value + rest.squeeze(-1).sum(dim=1)
+        return rest.squeeze(-1).sum(dim=1)
 
     # ------------------------------------------------------------------ sampling (KV cache)
     def _start(self, batch_size: int, context: torch.Tensor | None) -> dict:
