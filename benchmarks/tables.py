@@ -655,18 +655,21 @@ def table_parallel() -> list[str]:
     """One process against several at the same global batch (bench_parallel.py)."""
     d = load("parallel_cpu.json")
     header = [
-        "network", "batch", "processes", "iterations", "ms per iteration", "efficiency",
-        "rank 0 peak memory", "max Hellinger vs exact",
+        "network", "optimizer", "batch", "processes", "iterations", "ms per iteration",
+        "efficiency", "rank 0 peak memory", "max Hellinger vs exact",
     ]  # fmt: skip
     rows = [
         [
             f"`{r['network']}`",
+            r.get("optimizer", "adam"),
             f"{r['batch']:,}",
             str(r["processes"]),
             f"{r['iterations']:,}",
             f"{r['ms_per_iteration']:.1f}",
             f"{r['efficiency']:.2f}" if r.get("efficiency") is not None else "-",
-            f"{r['peak_memory_mb']['host']:,.0f} MB",
+            "-"
+            if r["peak_memory_mb"]["host"] is None
+            else f"{r['peak_memory_mb']['host']:,.0f} MB",
             f"{r['max_hellinger']:.4f}",
         ]
         for r in d["rows"]
@@ -674,11 +677,18 @@ def table_parallel() -> list[str]:
     return [
         *markdown(header, rows),
         "",
-        "Steps after the first (birth_death: t <= 0.5, dt 0.05; 2x2: t <= 0.05, dt 0.01; "
-        "3x3: t <= 0.004, dt 0.002), rank 0's time; efficiency T_1 / (N T_N) per iteration "
+        "Steps after the first (birth_death: t <= 0.5, dt 0.05, 0.01 with TDVP; 2x2: t <= 0.05, "
+        "dt 0.01; 3x3: t <= 0.004, dt 0.002; amortised: the steps after the exact first one, "
+        "64 contexts x 32 states, t <= 0.5, dt 0.05, Hellinger at birth 3, 6 and 9 at 5 save "
+        "times), rank 0's time; efficiency T_1 / (N T_N) per iteration "
         "(the processes' random streams differ, so their iteration counts do); Hellinger over "
         f"sites and save times, every step included. {d['note']}. "
         f"Machine: {machine(d)} (`parallel_cpu.json`).",
+        *[
+            f"\nStopped: `{f['case']}` over {f['processes']} process(es): "
+            f"{f['error'].splitlines()[-1][-200:]}"
+            for f in d.get("failures", [])
+        ],
     ]
 
 
@@ -708,9 +718,14 @@ def table_lattice() -> list[str]:
     ]
 
 
-def table_neighbours() -> list[str]:
+def table_neighbours(name: str = "neighbours_cpu.json") -> list[str]:
     """One step target on lattices, now against the direct way (bench_neighbours.py)."""
-    d = load("neighbours_cpu.json")
+    d = load(name)
+    model = (
+        "the Transformer of `nncme run --model transformer` (width 16, 2 layers, 4 heads)"
+        if d["rows"][0].get("model") == "transformer"
+        else "a NADE (hidden 16)"
+    )
     header = ["lattice", "sites", "reactions", "target now", "direct", "ratio",
               "fit iteration now", "direct", "peak memory now", "direct",
               "largest difference"]  # fmt: skip
@@ -739,12 +754,12 @@ def table_neighbours() -> list[str]:
     return [
         *markdown(header, rows),
         "",
-        "log T q_old at B states drawn from an untrained NADE (hidden 16) of a birth-death "
+        f"log T q_old at B states drawn from an untrained model, {model}, of a birth-death "
         "lattice (limit 25 per site); median wall time of one evaluation; a fit iteration: "
         "draws of the mixture proposal, explored states, the target and the gradient, mean of "
         "10 (Adam, one Euler stage); peak memory of one target beyond the states (torch's CPU "
         f"allocator). {d['note']}. Commit {d.get('commit')}. "
-        f"Machine: {machine(d)} (`neighbours_cpu.json`).",
+        f"Machine: {machine(d)} (`{name}`).",
     ]
 
 
@@ -804,6 +819,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "parallel": table_parallel,
         "lattice": table_lattice,
         "neighbours": table_neighbours,
+        "neighbours_transformer": lambda: table_neighbours("neighbours_cpu_transformer.json"),
     },
     RESULTS_README: {"nade_cpu_1thread": table_nade_cpu_1thread},
 }

@@ -22,6 +22,9 @@ the same system on the same table, so every rank makes the same step. Choices dr
 inside that solve (the folds of a cross-validated shift) take a seed all ranks share
 (`shared_seed`).
 
+The amortised trainer (`nncme.amortise`) splits its contexts over the ranks with the same
+collectives.
+
 What is not distributed (refused with an error naming it): supervision, and Pareto smoothing of
 the weights (PSIS fits the tail of all the weights at once).
 """
