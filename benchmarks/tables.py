@@ -678,9 +678,9 @@ def table_parallel() -> list[str]:
         *markdown(header, rows),
         "",
         "Steps after the first (birth_death: t <= 0.5, dt 0.05, 0.01 with TDVP; 2x2: t <= 0.05, "
-        "dt 0.01; 3x3: t <= 0.004, dt 0.002; amortised: the steps after the exact first one, "
-        "64 contexts x 32 states, t <= 0.5, dt 0.05, Hellinger at birth 3, 6 and 9 at 5 save "
-        "times), rank 0's time; efficiency T_1 / (N T_N) per iteration "
+        "dt 0.01, 0.002 with TDVP; 3x3: t <= 0.004, dt 0.002; amortised: the steps after the "
+        "exact first one, 64 contexts x 32 states, t <= 0.5, dt 0.05, Hellinger at birth 3, 6 "
+        "and 9 at 5 save times), rank 0's time; efficiency T_1 / (N T_N) per iteration "
         "(the processes' random streams differ, so their iteration counts do); Hellinger over "
         f"sites and save times, every step included. {d['note']}. "
         f"Machine: {machine(d)} (`parallel_cpu.json`).",
