@@ -8,6 +8,7 @@ as one does (against FSP), write what a run writes, and resume to the same param
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import os
 import pickle
@@ -418,6 +419,11 @@ def _amortised_runs(rank: int, out: Path) -> None:
     AmortisedTrainer.step = step
     dist.barrier()
     amortise(net, varies, out / "cut", config, resume=True, progress=False)
+    try:  # fewer contexts than processes
+        amortise(net, varies, out / "few", dataclasses.replace(config, contexts=1))
+    except ValueError as exc:
+        if rank == 0:
+            (out / "few.txt").write_text(str(exc))
 
 
 def test_an_amortised_run_over_two_processes_resumes_to_the_same_model(tmp_path):
@@ -437,6 +443,10 @@ def test_an_amortised_run_over_two_processes_resumes_to_the_same_model(tmp_path)
             got = answer.marginals(np.array([[value]]), t)
             worst = max(worst, *(hellinger(got[i][0], exact.marginals[k, i]) for i in range(2)))
     assert worst < 0.03
+    assert (
+        "contexts (1) is smaller than the number of processes (2)"
+        in (tmp_path / "few.txt").read_text()
+    )
     with pytest.raises(ValueError, match="2 process"):  # a resume over one process
         amortise(_network(), [Vary("make", 3.0, 9.0)], tmp_path / "cut",
                  AmortiseConfig(t_end=0.15, dt=DT, saves=3, **AMORTISED), resume=True,

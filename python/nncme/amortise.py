@@ -652,6 +652,13 @@ class AmortisedTrainer:
     ) -> None:
         self.network, self.space = network, space
         self.config = config = config or AmortiseConfig()
+        size = parallel.world_size()  # every rank needs contexts of its own
+        for name in ("contexts", "exact_contexts"):
+            if 0 < getattr(config, name) < size:
+                raise ValueError(
+                    f"{name} ({getattr(config, name)}) is smaller than the number of "
+                    f"processes ({size}): every process needs contexts of its own"
+                )
         self.device = torch.device(device)
         self.dtype = getattr(torch, config.dtype)
         self.net = network.compile(self.device, self.dtype)
