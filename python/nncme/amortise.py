@@ -1118,7 +1118,10 @@ class _RunWriter:
         self.log = (out / "log.jsonl").open("a")
 
     def _write_meta(self) -> None:
-        (self.out / "amortise.json").write_text(json.dumps(self.meta, indent=1))
+        # whole or not at all: the other ranks of a resumed run read it as it is rewritten
+        tmp = self.out / "amortise.json.tmp"
+        tmp.write_text(json.dumps(self.meta, indent=1))
+        tmp.replace(self.out / "amortise.json")
 
     def save(
         self,
