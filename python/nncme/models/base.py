@@ -328,6 +328,12 @@ class AutoregressiveModel(nn.Module):
                 out[bb, kk] = value if j == L - 1 else value + rest(bb, tail, j)
         return own.sum(dim=1), out
 
+    def _within_limits(self, logits: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """Logits (B, T, M) of species first.. with the counts beyond each one's limit -inf."""
+        counts = torch.arange(self.max_count, device=logits.device)
+        beyond = counts >= self.limits[first : first + logits.shape[1]].unsqueeze(1)
+        return logits.masked_fill(beyond, -math.inf)
+
     def _check_states(self, states: torch.Tensor) -> torch.Tensor:
         if states.dim() != 2 or states.shape[1] != self.num_species:
             raise ValueError(
@@ -369,10 +375,8 @@ class AutoregressiveModel(nn.Module):
         if anchor is not None:
             logits = logits.index_add(1, self.anchor_species, anchor)
         if not self.num_laws:  # limits only: one (L, M) mask broadcast over the batch
-            counts = torch.arange(self.max_count, device=states.device)
-            beyond = counts.unsqueeze(0) >= self.limits.unsqueeze(1)
             dead = torch.zeros(states.shape, dtype=torch.bool, device=states.device)
-            return logits.masked_fill(beyond, -math.inf), dead
+            return self._within_limits(logits), dead
         allowed = allowed_counts_all(
             states, self.max_count, self.limits, self._totals(totals, B), self.cons
         )

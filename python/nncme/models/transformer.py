@@ -20,7 +20,6 @@ caller's generator and copied into its static input, so a seed reproduces a draw
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -194,12 +193,6 @@ class Transformer(AutoregressiveModel):
         w, bias = self.head_w[first : first + y.shape[0]], self.head_b[first : first + y.shape[0]]
         return torch.baddbmm(bias.unsqueeze(1), y, w.transpose(1, 2)).transpose(0, 1)
 
-    def _limited(self, logits: torch.Tensor, first: int = 0) -> torch.Tensor:
-        """Logits (B, T, M) of species first.. with the counts beyond each one's limit -inf."""
-        counts = torch.arange(self.max_count, device=logits.device)
-        beyond = counts >= self.limits[first : first + logits.shape[1]].unsqueeze(1)
-        return logits.masked_fill(beyond, -math.inf)
-
     # ------------------------------------------------------------------ neighbours
     @torch.no_grad()
     def score_neighbours(
@@ -228,7 +221,7 @@ class Transformer(AutoregressiveModel):
         for block in self.blocks:
             x, k, v = block.forward_keys(x)
             kept.append((k, v))
-        table = torch.log_softmax(self._limited(self._head(x, 0)), dim=-1)  # (B, L, M)
+        table = torch.log_softmax(self._within_limits(self._head(x, 0)), dim=-1)  # (B, L, M)
         width = self.hidden + L * self.heads  # per row and position: activations, attention
         return self._neighbour_scores(
             states, table, sites, steps, valid,
@@ -244,7 +237,7 @@ class Transformer(AutoregressiveModel):
         x = self.token[species, tail[:, :-1]] + self.pos[j + 1 :]  # (R, L-1-j, D)
         for block, (k, v) in zip(self.blocks, kept):
             x, _, _ = block.forward_keys(x, (k[b, :, : j + 1], v[b, :, : j + 1]))
-        logits = self._limited(self._head(x, j + 1), j + 1)
+        logits = self._within_limits(self._head(x, j + 1), j + 1)
         rest = torch.log_softmax(logits, dim=-1).gather(2, tail[:, 1:].unsqueeze(-1))
         return rest.squeeze(-1).sum(dim=1)
 
