@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from .. import parallel
-from ..sampling import Proposal, Vanilla, gather_distinct, pool, unique_states
+from ..sampling import Draw, Proposal, Vanilla, gather_distinct, pool, unique_states
 from .linear import FisherSolver
 from .target import (
     NonFiniteError,
@@ -162,7 +162,7 @@ class TDVPRightHandSide:
         w: torch.Tensor,
         t: float,
         h: float | None,
-        draw: Any,
+        draw: Draw,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """Over many processes: this rank's R at its own states, then every rank's states with
         their weights (normalised over all) and R, and the ESS of the whole draw."""
@@ -171,9 +171,11 @@ class TDVPRightHandSide:
             R = self.local_generator(model, states, t, h).to(w.dtype)
         except StepSizeError as exc:  # raised on every rank, not on this one alone
             error, R = exc, torch.full_like(w, math.nan)
-        square = float((draw.weights**2).sum())
-        (square,), _, _ = parallel.reduce([square])
-        if parallel.any_true(error is not None):
+        # the ESS of all draws and whether any rank failed, in one collective
+        (square,), (failed,), _ = parallel.reduce(
+            [float((draw.weights**2).sum())], [1.0 if error is not None else 0.0]
+        )
+        if failed:
             raise error or StepSizeError(
                 f"another process's states are too fast for the step at t = {t:g}"
             )
