@@ -866,7 +866,7 @@ class AmortisedTrainer:
         code, totals = batch.select()
         opt = torch.optim.Adam(self.model.parameters(), lr=c.first_lr)
         g = torch.Generator().manual_seed(c.seed + 2)  # the same choices on every rank
-        everyone = c.exact_contexts if parallel.active() else len(values)
+        everyone = c.exact_contexts  # all ranks' contexts (`values`: this rank's share)
         kl = math.inf
         bar = tqdm(range(c.first_iterations), desc="exact first step", disable=not progress)
         for it in bar:
