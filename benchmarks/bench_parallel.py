@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import print_table, write_results
+from bench_common import RESULTS, git_commit, print_table, write_results
 from nncme.amortise import AmortisedSolution
 from nncme.exact import monomolecular_marginals
 from nncme.io import resolve_network
@@ -138,14 +138,31 @@ def amortised_row(name: str, processes: int, batch: int, out: Path, log: list[di
     }
 
 
+def earlier_rows(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
+    """The rows and failures already in the JSON whose (case, processes) this run does not
+    measure again."""
+    path = RESULTS / "parallel_cpu.json"
+    if not path.exists():
+        return [], []
+    data = json.loads(path.read_text())
+    again = {(c, n) for c in args.case for n in args.processes}
+    keep = [r for r in data.get("rows", []) if (r["case"], r["processes"]) not in again]
+    failed = [f for f in data.get("failures", []) if (f["case"], f["processes"]) not in again]
+    return keep, failed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     names = [*CASES, *AMORTISED]
     parser.add_argument("--case", nargs="*", default=names, choices=names)
     parser.add_argument("--processes", nargs="*", type=int, default=[1, 2])
     parser.add_argument("--set", nargs="*", default=[], help="more `nncme run` options")
+    parser.add_argument(
+        "--merge", action="store_true", help="keep the JSON's rows of other cases and processes"
+    )
     args = parser.parse_args()
     rows, failures = [], []
+    kept, kept_failures = earlier_rows(args) if args.merge else ([], [])
     cpus = os.cpu_count()
     note = f"{cpus} cores; one thread per process; gloo over localhost"
     with tempfile.TemporaryDirectory() as tmp:
@@ -162,9 +179,10 @@ def main() -> None:
                     base = row["ms_per_iteration"]
                 if base is not None:
                     row["efficiency"] = base / (n * row["ms_per_iteration"])
+                row["commit"] = git_commit()
                 rows.append(row)
                 print(json.dumps(row))
-                payload = {"note": note, "rows": rows, "failures": failures}
+                payload = {"note": note, "rows": kept + rows, "failures": kept_failures + failures}
                 write_results("parallel", "cpu", payload)  # after every run: kept if stopped
     print_table(
         rows,
@@ -179,7 +197,8 @@ def main() -> None:
             ("max_hellinger", "max H", ".4f"),
         ],
     )
-    path = write_results("parallel", "cpu", {"note": note, "rows": rows, "failures": failures})
+    payload = {"note": note, "rows": kept + rows, "failures": kept_failures + failures}
+    path = write_results("parallel", "cpu", payload)
     print(f"wrote {path}")
 
 

@@ -322,7 +322,9 @@ def test_config_names_and_defaults():
     assert (two.proposal, two.objective) == ("mixture", "kl")
     assert RunConfig(optimizer="adam", proposal="alpha").resolved(1).objective == "kl"
     natgrad = RunConfig(optimizer="natgrad").resolved(1)
-    assert (natgrad.proposal, natgrad.objective) == ("vanilla", "kl")
+    assert (natgrad.proposal, natgrad.objective) == ("mixture", "log_variance")
+    natgrad2 = RunConfig(optimizer="natgrad").resolved(2)
+    assert (natgrad2.proposal, natgrad2.objective) == ("mixture", "kl")
     assert RunConfig(objective="kl").resolved(1).objective == "kl"  # what is given stays
     cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True)
     motion = build_driver(birth_death(), cfg).stepper.motion

@@ -361,6 +361,7 @@ def _motion(
             solver=_solver(cfg),
             impl=cfg.impl,
             explore=cfg.explore,
+            as_drawn=cfg.objective == "log_variance",
         )
         return Flow(model, rhs, generator, need_grads=cfg.adaptive_dt)
     update: Update
@@ -414,7 +415,9 @@ def _start_fit(
         iterations=cfg.first_iterations,
         tolerance=cfg.first_tolerance,
         implicit=cfg.time_scheme == "implicit",
-        exponential=cfg.time_scheme in ("implicit", "auto"),
+        # the CME's own step unless the user named an explicit scheme: `auto` resolves to Heun
+        # for natgrad and tdvp, whose first step from a point mass is then no more exact
+        exponential=cfg.integrator in ("implicit", "auto"),
         impl=cfg.impl,
         scheme=scheme,
     )

@@ -447,16 +447,16 @@ class RunConfig(Settings):
     proposal: str = _opt(
         "auto",
         "where training states come from (importance-weighted); auto: mixture (model draws "
-        "and uniform ones over the box, which reach the states where leaked mass sits), "
-        "vanilla for natgrad",
+        "and uniform ones over the box, which reach the states where leaked mass sits)",
         ("auto", "vanilla", "mixture", "prefix_mixture", "diffusive", "alpha"),
     )
     objective: str = _opt(
         "auto",
         "what each step minimises: reverse KL (importance-weighted), or the log-variance "
         "divergence under the proposal (fits the tails a wide proposal draws, and keeps mass "
-        "off the states the target has none; adam/sgd/natgrad); auto: log_variance for adam "
-        "and sgd with a mixture proposal on a network with one free count, kl otherwise",
+        "off the states the target has none; tdvp: its least squares weighted as drawn, not by "
+        "q); auto: log_variance with a mixture proposal on a network with one free count, kl "
+        "otherwise",
         ("auto", "kl", "log_variance"),
     )
     mixture_eps: float = _opt(
@@ -626,17 +626,16 @@ class RunConfig(Settings):
 
     @property
     def sampling_proposal(self) -> str:
-        """`proposal`, with "auto" resolved: "vanilla" for natgrad, "mixture" otherwise
-        (its uniform draws reach the states where leaked mass would sit)."""
-        if self.proposal != "auto":
-            return self.proposal
-        return "vanilla" if self.optimizer == "natgrad" else "mixture"
+        """`proposal`, with "auto" resolved: "mixture" for every optimiser (its uniform draws
+        reach the states where leaked mass would sit; model draws alone leave natgrad's fits a
+        floor on the tail, benchmarks/results/defaults_cpu_natgrad*.json)."""
+        return self.proposal if self.proposal != "auto" else "mixture"
 
     def resolved(self, free_dimensions: int) -> RunConfig:
         """A copy with "auto" proposal and objective replaced by what a network with this
         many `free_dimensions` (`ReactionNetwork.free_dimensions`) gets.
 
-        The objective: "log_variance" where adam or sgd fit to a mixture proposal's draws of a
+        The objective: "log_variance" where the steps fit to a mixture proposal's draws of a
         network with one free count (it weighs the uniform draws as drawn, so leaked tail
         mass is pulled down, where reverse KL weighs them by their tiny q), "kl" otherwise: in
         a box of two or more free counts most uniform draws land where neither the model nor
@@ -648,7 +647,7 @@ class RunConfig(Settings):
         if objective == "auto":
             mixture = proposal in ("mixture", "prefix_mixture")
             one_free = free_dimensions <= 1
-            wide = mixture and self.optimizer in ("adam", "sgd") and one_free
+            wide = mixture and one_free  # tdvp: its least squares weighted as drawn
             objective = "log_variance" if wide else "kl"
         return dataclasses.replace(self, proposal=proposal, objective=objective)
 

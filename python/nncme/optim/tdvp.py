@@ -124,7 +124,9 @@ class TDVPRightHandSide:
         solver: FisherSolver | None = None,
         impl: str = "auto",
         explore: float = 0.0,
+        as_drawn: bool = False,
     ) -> None:
+        self.as_drawn = bool(as_drawn)
         if not 0 <= explore <= 1:
             raise ValueError(f"explore must be in [0, 1], got {explore}")
         self.explore = float(explore)
@@ -214,6 +216,8 @@ class TDVPRightHandSide:
         draw = self.proposal.draw(model, self.batch_size, generator)
         draw, _, _ = pool(draw)  # weights normalised over all ranks (as given with one)
         drawn, weights = draw.states, draw.weights
+        if self.as_drawn:
+            weights = torch.full_like(weights, 1.0 / draw.total)
         moved = explore_ahead(drawn, self.explore, self.net, t, generator, impl=self.impl)
         if moved.shape[0]:
             drawn = torch.cat([drawn, moved])
