@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -132,17 +133,21 @@ def test_a_grown_run_resumes_to_the_same_answer(tmp_path):
     np.testing.assert_array_equal(full.result.marginals, resumed.result.marginals)
 
 
-def test_auto_grows_its_heun_steps_only_as_far_as_they_stay_explicit():
-    """Birth-death at rates where the explicit limit (h a_0 <= 0.9 where the mass is, a_0
-    about 200 at the mean) binds before the motion does: the steps grow from dt = 0.001 to a
-    few dt, stay Heun steps, and follow the exact Poisson law."""
-    net = ReactionNetwork(
+def _fast_birth_death() -> ReactionNetwork:
+    return ReactionNetwork(
         {"X": 60},
         [Reaction({}, {"X": 1}, 100.0, "birth"), Reaction({"X": 1}, {}, 5.0, "death")],
         {"X": 0},
         t_end=0.6,
         dt=0.001,
     )
+
+
+def test_auto_grows_its_heun_steps_only_as_far_as_they_stay_explicit():
+    """Birth-death at rates where the explicit limit (h a_0 <= 0.9 where the mass is, a_0
+    about 200 at the mean) binds before the motion does: the steps grow from dt = 0.001 to a
+    few dt, stay Heun steps, and follow the exact Poisson law."""
+    net = _fast_birth_death()
     out = nncme.run(net, RunConfig(t_end=0.6, save_every=0.2, seed=0, **FAST))
     lengths = np.array([h["dt"] for h in out.history[1:]])
     schemes = [h["scheme"] for h in out.history[1:]]
@@ -150,6 +155,31 @@ def test_auto_grows_its_heun_steps_only_as_far_as_they_stay_explicit():
     a0_top = 100.0 + 5.0 * 35  # the total rate 3.5 standard deviations above the mean
     assert lengths.max() * a0_top < 2.0  # no step far past the explicit limit
     assert schemes.count("implicit") <= 0.1 * len(schemes) and schemes[-1] == "heun", schemes
+    lam = 20.0 * (1 - np.exp(-5.0 * out.result.times))
+    exact = np.stack([stats.poisson.pmf(np.arange(60), m) for m in lam])[:, None, :]
+    exact[0, 0, 0] = 1.0
+    assert hellinger(exact, out.result.marginals).max() < 0.02
+
+
+def test_plain_heun_steps_grow_only_as_far_as_they_stay_explicit():
+    """The same birth-death with natural gradient, whose Heun steps have no implicit fallback:
+    a step that puts more than STIFF_SHARE of its draws' weight where h a_0 > 0.9 is followed
+    by one of half its length, and none grows on from above a tenth of it, so the steps stay
+    near the explicit limit instead of growing by their motion alone (before: up to 9 dt here,
+    h a_0 about 2.4 at the mean)."""
+    from nncme.steppers import STIFF_SHARE
+
+    net = _fast_birth_death()
+    out = nncme.run(net, RunConfig(optimizer="natgrad", t_end=0.6, save_every=0.2, seed=0, **FAST))
+    steps = out.history[1:]
+    lengths = np.array([h["dt"] for h in steps])
+    assert lengths.max() >= 0.002 and len(out.history) < 400  # it grew
+    for before, after in itertools.pairwise(steps):
+        if before["stiff_mass"] > STIFF_SHARE:
+            assert after["dt"] < before["dt"] or after["dt"] == pytest.approx(0.001), after
+        elif before["stiff_mass"] >= STIFF_SHARE / 10:
+            assert after["dt"] <= before["dt"] + 1e-12, after
+    assert lengths.max() * (100.0 + 5.0 * 35) < 2.0
     lam = 20.0 * (1 - np.exp(-5.0 * out.result.times))
     exact = np.stack([stats.poisson.pmf(np.arange(60), m) for m in lam])[:, None, :]
     exact[0, 0, 0] = 1.0
