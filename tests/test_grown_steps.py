@@ -167,7 +167,7 @@ def test_plain_heun_steps_grow_only_as_far_as_they_stay_explicit():
     by one of half its length, and none grows on from above a tenth of it, so the steps stay
     near the explicit limit instead of growing by their motion alone (before: up to 9 dt here,
     h a_0 about 2.4 at the mean)."""
-    from nncme.steppers import STIFF_SHARE
+    from nncme.optim.target import STIFF_SHARE
 
     net = _fast_birth_death()
     out = nncme.run(net, RunConfig(optimizer="natgrad", t_end=0.6, save_every=0.2, seed=0, **FAST))

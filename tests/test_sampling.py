@@ -79,11 +79,13 @@ def test_log_rho_is_normalised_and_matches_the_draws(proposal, conserved):
         draw.log_rho, proposal.log_prob(model, draw.states), rtol=0, atol=1e-10
     )
     torch.testing.assert_close(draw.log_q, model.log_prob(draw.states), rtol=0, atol=1e-10)
+    if type(proposal) is Mixture and conserved:  # its uniform part draws on the law only
+        assert draw.states.shape[0] == B and bool(torch.isfinite(draw.log_q).all())
     # empirical frequencies follow rho (chi-square over states with expected count >= 5)
     keys = draw.states[:, 0] * int(net.limits[1]) + draw.states[:, 1]
     counts = np.bincount(keys.numpy(), minlength=states.shape[0]).astype(float)
     rho = torch.exp(log_rho).numpy()
-    if isinstance(proposal, Mixture) and conserved:  # states off the law were dropped
+    if isinstance(proposal, PrefixMixture) and conserved:  # states off the law were dropped
         feasible = torch.isfinite(model.log_prob(states)).numpy()
         n_kept = counts.sum()
         assert n_kept < B and counts[~feasible].sum() == 0

@@ -41,6 +41,7 @@ import torch
 
 from . import parallel
 from .models.base import AutoregressiveModel, ConditionalTransform, Tempering
+from .ops.masks import allowed_counts_all
 
 __all__ = [
     "PROPOSALS",
@@ -296,11 +297,27 @@ class Diffusive(Transformed):
         super().__init__(UniformKernel(width), psis=psis)
 
 
+class UniformAllowed:
+    """The transform of a conditional into the uniform law over its allowed counts (those the
+    limits and conservation laws leave given the earlier counts)."""
+
+    def __call__(self, i: int, log_q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        allowed = allowed.expand_as(log_q)
+        n = allowed.sum(dim=-1, keepdim=True).clamp(min=1).to(log_q.dtype)
+        return torch.where(allowed, -torch.log(n), torch.full_like(log_q, -math.inf))
+
+    def __repr__(self) -> str:
+        return "UniformAllowed()"
+
+
 class Mixture(Proposal):
     """rho = (1 - eps) q + eps U, U uniform over the box.
 
     Each of the B states comes from U with probability eps (independently), else from q.
-    States off a conservation law (drawn from U) have q = 0 and are dropped: their weight is 0.
+    On a network with conservation laws U draws each count uniformly among those the laws
+    leave given the earlier ones (`UniformAllowed`): the box's uniform draws would almost all
+    fall off the laws, where q = 0 (dimerisation's 302 x 151 box holds 151 states on its
+    law), and the tails would see none.
     """
 
     name = "mixture"
@@ -324,12 +341,16 @@ class Mixture(Proposal):
             states, log_q = model.sample(batch_size - m, generator)
             parts.append(states)
             log_qs.append(log_q)
-        if m:
+        if m and model.num_laws:
+            uniform, log_q, _ = model.sample_proposal(m, UniformAllowed(), generator)
+            parts.append(uniform)
+            log_qs.append(log_q)
+        elif m:
             uniform = self._uniform_box(model, m, generator)
             parts.append(uniform)
             log_qs.append(model.log_prob(uniform))
         states, log_q = torch.cat(parts), torch.cat(log_qs)
-        return states, log_q, self._log_rho(model, log_q)
+        return states, log_q, self._log_rho(model, log_q, states)
 
     @staticmethod
     def _uniform_box(
@@ -339,17 +360,35 @@ class Mixture(Proposal):
         r = torch.rand(m, model.num_species, generator=generator, device=model.device)
         return torch.minimum((r * model.limits).long(), model.limits - 1)
 
-    def _log_rho(self, model: AutoregressiveModel, log_q: torch.Tensor) -> torch.Tensor:
+    def _log_uniform(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        """log U(n) (B,): -log |box|, or with conservation laws -sum_i log (counts allowed to
+        species i given n_<i), -inf off the laws."""
+        B = states.shape[0]
+        if not model.num_laws:
+            return torch.full((B,), -self._log_box(model), dtype=model.dtype, device=model.device)
+        states = states.to(device=model.device, dtype=torch.int64)
+        inside = ((states >= 0) & (states < model.limits)).all(dim=1)
+        # each distinct state once: a draw repeats its states many times
+        idx, inverse = unique_states(torch.where(inside.unsqueeze(1), states, 0), model.limits)
+        totals = model.cons_totals.unsqueeze(0).expand(idx.shape[0], -1)
+        allowed = allowed_counts_all(idx, model.max_count, model.limits, totals, model.cons)
+        on_law = allowed.gather(2, idx.unsqueeze(2)).squeeze(2).all(dim=1)
+        log_u = -torch.log(allowed.sum(dim=-1).clamp(min=1).to(model.dtype)).sum(dim=-1)
+        return log_u.masked_fill(~on_law, -math.inf)[inverse].masked_fill(~inside, -math.inf)
+
+    def _log_rho(
+        self, model: AutoregressiveModel, log_q: torch.Tensor, states: torch.Tensor
+    ) -> torch.Tensor:
         if self.eps == 0:
             return log_q
-        uniform = math.log(self.eps) - self._log_box(model)
+        uniform = math.log(self.eps) + self._log_uniform(model, states).to(log_q.dtype)
         if self.eps == 1:
-            return torch.full_like(log_q, uniform)
-        return torch.logaddexp(log_q + math.log1p(-self.eps), torch.full_like(log_q, uniform))
+            return uniform
+        return torch.logaddexp(log_q + math.log1p(-self.eps), uniform)
 
     @torch.no_grad()
     def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
-        return self._log_rho(model, model.log_prob(states))
+        return self._log_rho(model, model.log_prob(states), states)
 
     def __repr__(self) -> str:
         return f"Mixture(eps={self.eps:g}, psis={self.psis})"

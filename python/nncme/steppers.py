@@ -70,7 +70,7 @@ from .optim import (
     step_motion,
     transition_support,
 )
-from .optim.target import STIFF_RATE_DT, listed_support
+from .optim.target import STIFF_RATE_DT, STIFF_SHARE, listed_support
 from .sampling import Proposal
 
 __all__ = [
@@ -103,10 +103,6 @@ MAX_MOTION_SUBSTEPS = 16
 # A grown step aims at this share of `max_motion`, so that the motion measured at the next
 # step's start, which may have risen, seldom cuts it into sub-steps.
 GROWN_MOTION = 0.5
-# The share of a draw's weight where dt a_0 > 0.9 (where the explicit map saturates) that
-# makes an explicit step stiff: a grown explicit step shrinks back above it and stops growing
-# above a tenth of it (the `auto` integrator takes such a step implicitly instead).
-STIFF_SHARE = 1e-3
 
 
 def motion_pieces(moved: float, max_motion: float) -> int:

@@ -81,6 +81,10 @@ MEMO_MIN_HITS = 0.2
 # dt * a_0 above which the explicit map saturates (`outflow_fraction`): Euler's own map is
 # positive up to 1 and the catalogue's dts reach 0.8 on the mass, where Heun steps are accurate.
 STIFF_RATE_DT = 0.9
+# The share of the mass where dt a_0 > STIFF_RATE_DT that makes an explicit step stiff: a grown
+# explicit step shrinks back above it and stops growing above a tenth of it (the `auto`
+# integrator takes such a step implicitly instead), and TDVP refuses the step above it.
+STIFF_SHARE = 1e-3
 _SHIFT = 2 * STIFF_RATE_DT - 1  # outflow 1 - c / (x - _SHIFT), c = (1 - STIFF_RATE_DT)^2: C^1
 _C = (1 - STIFF_RATE_DT) ** 2
 

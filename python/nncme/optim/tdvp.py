@@ -30,6 +30,8 @@ from .. import parallel
 from ..sampling import Draw, Proposal, Vanilla, gather_distinct, pool, unique_states
 from .linear import FisherSolver
 from .target import (
+    STIFF_RATE_DT,
+    STIFF_SHARE,
     NonFiniteError,
     StepSizeError,
     TransitionTarget,
@@ -137,50 +139,71 @@ class TDVPRightHandSide:
         self.impl = impl
 
     def local_generator(
-        self, model: Any, states: torch.Tensor, t: float, h: float | None = None
+        self,
+        model: Any,
+        states: torch.Tensor,
+        t: float,
+        h: float | None = None,
+        mass: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """R(n) = (W q)(n) / q(n) at states (U, L) with the rates at t -> (U,).
 
         With a step length h, R is capped logarithmically above 1/h (see the class docstring):
         R where h R <= 1, else (1 + log(h R)) / h, computed from log(T_h q / q) = log(1 + h R),
-        which stays finite where R itself overflows.
+        which stays finite where R itself overflows (the explicit map saturates where
+        h a_0 > 0.9, `nncme.optim.target.outflow_fraction`, so it stays positive there).
+        The step is refused (`StepSizeError`) where more than STIFF_SHARE of `mass` (U,), the
+        states' share of q, sits where h a_0 > 0.9, or anywhere h a_0 >= 1 without `mass`: a
+        uniform draw in a fast corner of the box that q hardly visits does not stop the run.
         """
+        R, exit_rate = self._generator(model, states, t, h)
+        if h is not None:
+            if mass is None:
+                check_step_size(exit_rate, t, h)
+            else:
+                share, fastest = _stiff_share(exit_rate, mass / mass.sum(), h)
+                _refuse_stiff(share, fastest, t, h)
+        return R
+
+    def _generator(
+        self, model: Any, states: torch.Tensor, t: float, h: float | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(R, a_0) at the states, R capped for a step h (unchecked)."""
         target = TransitionTarget(model, self.net, t, h or _TINY_DT, impl=self.impl)
         values = target(states)
         if h is None:
-            return values.local_gen
-        check_step_size(values.exit_rate, t, h)
+            return values.local_gen, values.exit_rate
         R = values.local_gen
         rho = values.log_tq - target.old_log_prob(states).to(values.log_tq.dtype)
         # log(h R) = log(expm1(rho)) = rho + log(-expm1(-rho)): exact where R overflows
         big = rho.clamp(min=math.log(2.0))
         capped = (1.0 + big + torch.log(-torch.expm1(-big))) / h
-        return torch.where(torch.isfinite(R) & (h * R <= 1.0), R, capped)
+        return torch.where(torch.isfinite(R) & (h * R <= 1.0), R, capped), values.exit_rate
 
     def _gathered(
         self,
         model: Any,
         states: torch.Tensor,
         w: torch.Tensor,
+        mass: torch.Tensor,
         t: float,
         h: float | None,
         draw: Draw,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
         """Over many processes: this rank's R at its own states, then every rank's states with
-        their weights (normalised over all) and R, and the ESS of the whole draw."""
-        error: Exception | None = None
-        try:
-            R = self.local_generator(model, states, t, h).to(w.dtype)
-        except StepSizeError as exc:  # raised on every rank, not on this one alone
-            error, R = exc, torch.full_like(w, math.nan)
-        # the ESS of all draws and whether any rank failed, in one collective
-        (square,), (failed,), _ = parallel.reduce(
-            [float((draw.weights**2).sum())], [1.0 if error is not None else 0.0]
+        their weights (normalised over all) and R, and the ESS of the whole draw. `mass`: the
+        states' share of q over all ranks; a step too long for it is refused on every rank."""
+        R, exit_rate = self._generator(model, states, t, h)
+        R = R.to(w.dtype)
+        share, fastest = _stiff_share(exit_rate, mass, h) if h is not None else (0.0, 0.0)
+        # the ESS of all draws and the stiff share of all ranks' mass, in one collective
+        (square, total), (largest,), _ = parallel.reduce(
+            [float((draw.weights**2).sum()), share], [fastest]
         )
-        if failed:
-            raise error or StepSizeError(
-                f"another process's states are too fast for the step at t = {t:g}"
-            )
+        if h is not None and total > STIFF_SHARE and share == 0.0:
+            raise StepSizeError(f"another process's states are too fast for the step at t = {t:g}")
+        if h is not None:
+            _refuse_stiff(total, largest, t, h)
         states, columns = gather_distinct(states, torch.stack([w, w * R], 1), model.limits)
         w, R = columns[:, 0], columns[:, 1] / columns[:, 0]
         return states, w / w.sum(), R, 1.0 / square
@@ -215,21 +238,23 @@ class TDVPRightHandSide:
         """
         draw = self.proposal.draw(model, self.batch_size, generator)
         draw, _, _ = pool(draw)  # weights normalised over all ranks (as given with one)
-        drawn, weights = draw.states, draw.weights
-        if self.as_drawn:
-            weights = torch.full_like(weights, 1.0 / draw.total)
+        drawn, q_weights = draw.states, draw.weights
+        weights = torch.full_like(q_weights, 1.0 / draw.total) if self.as_drawn else q_weights
         moved = explore_ahead(drawn, self.explore, self.net, t, generator, impl=self.impl)
         if moved.shape[0]:
             drawn = torch.cat([drawn, moved])
-            weights = torch.cat([weights, weights.new_full(moved.shape[:1], 1.0 / draw.total)])
+            extra = q_weights.new_full(moved.shape[:1], 1.0 / draw.total)
+            weights, q_weights = torch.cat([weights, extra]), torch.cat([q_weights, extra])
         states, inverse = unique_states(drawn, model.limits)
         w = torch.zeros(states.shape[0], dtype=weights.dtype, device=states.device)
         w.index_add_(0, inverse, weights)
+        mass = torch.zeros_like(w).index_add_(0, inverse, q_weights.to(w.dtype))
         if parallel.active():
-            states, w, R, ess = self._gathered(model, states, w, t, h, draw)
+            mass = mass / (1.0 + moved.shape[0] / draw.total)  # explored states' share too
+            states, w, R, ess = self._gathered(model, states, w, mass, t, h, draw)
         else:
             w = w / w.sum()
-            R, ess = self.local_generator(model, states, t, h).to(w.dtype), draw.ess
+            R, ess = self.local_generator(model, states, t, h, mass).to(w.dtype), draw.ess
         if not torch.isfinite(R).all():
             raise NonFiniteError(
                 f"the TDVP local generator (W q)/q is not finite at t = {t:g} at "
@@ -252,4 +277,24 @@ class TDVPRightHandSide:
             draw.pareto_k,
             sol.held_out,
             sol.info.fallback,
+        )
+
+
+def _stiff_share(exit_rate: torch.Tensor, mass: torch.Tensor, h: float) -> tuple[float, float]:
+    """The mass (U,) at states where h a_0 > 0.9 (where the explicit map saturates), and the
+    largest a_0 there (0 where none is)."""
+    fast = h * exit_rate > STIFF_RATE_DT
+    if not bool(fast.any()):
+        return 0.0, 0.0
+    return float(mass[fast].sum()), float(exit_rate[fast].max())
+
+
+def _refuse_stiff(share: float, fastest: float, t: float, h: float) -> None:
+    """StepSizeError where more than STIFF_SHARE of the mass is where h a_0 > 0.9."""
+    if share > STIFF_SHARE:
+        raise StepSizeError(
+            f"at t = {t:g}: dt * a_0(n) = {h * fastest:.3g} > {STIFF_RATE_DT} on {share:.2%} of "
+            f"the mass (largest total propensity a_0 = {fastest:.4g}); TDVP's explicit steps "
+            f"need dt * a_0 < {STIFF_RATE_DT} where the mass is: use dt <= "
+            f"{float(f'{STIFF_RATE_DT / fastest:.2g}'):g}"
         )
