@@ -47,6 +47,9 @@ OPTIMIZERS = {
     "tdvp_cv": "TDVP, `--cv-shift`",
 }
 OBJECTIVES = {"kl": "reverse KL", "log_variance": "log-variance"}
+# bench_defaults.py runs of each optimiser at the defaults: optimiser -> JSON tags (a later
+# file's row of a network replaces an earlier one's: a network run again alone)
+OPTIMIZER_RUNS = {"adam": ["adam18", "adam18_dimer"], "natgrad": ["natgrad18"], "tdvp": ["tdvp18"]}
 PROPOSAL_ORDER = ["vanilla", "auto", "mixture", "prefix_mixture", "diffusive", "alpha"]
 # RunConfig fields that are not settings of the computation (or have their own column)
 NOT_SETTINGS = {"t_end", "out", "quiet", "resume", "threads", "device", "times"}
@@ -651,6 +654,50 @@ def table_supervision() -> list[str]:
     ]
 
 
+def table_optimizers() -> list[str]:
+    """Adam, natural gradient and TDVP at the defaults on the same networks (bench_defaults.py
+    with `--set optimizer=...`, a tenth of each file's horizon)."""
+    files = [f"defaults_cpu_{tag}.json" for tags in OPTIMIZER_RUNS.values() for tag in tags]
+    by_network = {
+        name: {r["network"]: r for tag in tags for r in load(f"defaults_cpu_{tag}.json")["rows"]}
+        for name, tags in OPTIMIZER_RUNS.items()
+    }
+    networks = list(by_network["adam"])
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        if r.get("status") not in ("completed", "stopped"):
+            return f"{r.get('error', r.get('status'))} at t = {sig(r.get('failed_at_t') or 0)}"
+        reached = "" if r["status"] == "completed" else f" to t = {sig(r['stopped_at_t'])}"
+        return (
+            f"{r['max_hellinger']:.4f} ({r['hellinger_first_save']:.4f}){reached}, "
+            f"{seconds(r['wall_seconds'])}"
+        )
+
+    header = [
+        "network, t ≤",
+        *[f"{OPTIMIZERS.get(n, n)}: max H (first save), wall" for n in OPTIMIZER_RUNS],
+    ]
+    rows = [
+        [
+            f"{n}, {sig(by_network['adam'][n]['t_end'])}",
+            *[cell(by_network[o].get(n)) for o in OPTIMIZER_RUNS],
+        ]
+        for n in networks
+    ]
+    d = load(files[0])
+    return [
+        *markdown(header, rows),
+        "",
+        "Every setting at its default but the optimiser (`nncme run FILE --optimizer ...` with "
+        "the file's dt), a tenth of each file's horizon; max H: the largest Hellinger distance "
+        "of a marginal from FSP over species and save times, the first save time's in brackets. "
+        f"Machine: {machine(d)}, the runs sharing its cores "
+        f"({', '.join(f'`{f}`' for f in files)}).",
+    ]
+
+
 def table_parallel() -> list[str]:
     """One process against several at the same global batch (bench_parallel.py)."""
     d = load("parallel_cpu.json")
@@ -816,6 +863,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "paths": table_paths,
         "fit": table_fit,
         "supervision": table_supervision,
+        "optimizers": table_optimizers,
         "parallel": table_parallel,
         "lattice": table_lattice,
         "neighbours": table_neighbours,

@@ -529,9 +529,8 @@ class RungeKutta:
     def _within_explicit_limit(dt: float, wanted: float, report: StepReport) -> float:
         """The next step no longer than this one where its draws put STIFF_SHARE / 10 of their
         weight where dt a_0 > 0.9, and half of it above STIFF_SHARE: a step grown by its motion
-        alone would cross the explicit limit on the law's fast states (natural gradient's
-        Heun steps on a positive-feedback switch grew to dt a_0 = 2.4 on 18 % of the mass, 0.012
-        from the exact law where steps of the user's dt were 0.0005)."""
+        alone would cross the explicit limit on the law's fast states, where the map saturates
+        and the step is no longer accurate (the README's "Which optimiser")."""
         if report.stiff_mass > STIFF_SHARE:
             return dt / 2
         if report.stiff_mass >= STIFF_SHARE / 10:
