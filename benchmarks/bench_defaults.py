@@ -72,9 +72,17 @@ REPO = str(Path(__file__).resolve().parent.parent) + "/"
 
 
 def repo_path(path: Path) -> str:
-    """A path relative to the repository where it lies inside it (no machine paths in JSON)."""
+    """A path relative to the repository where it lies inside it, else its last part marked as
+    outside it (no machine paths in JSON)."""
     path = path.resolve()
-    return str(path.relative_to(RUNS.parent)) if path.is_relative_to(RUNS.parent) else str(path)
+    if path.is_relative_to(RUNS.parent):
+        return str(path.relative_to(RUNS.parent))
+    return f"<outside the repository>/{path.name}"
+
+
+def command_word(word: str) -> str:
+    """A word of the command line, a path in it as `repo_path` writes it."""
+    return repo_path(Path(word)) if word.startswith("/") and Path(word).exists() else word
 
 
 def short_traceback() -> list[str]:
@@ -386,12 +394,13 @@ def score_run(path: Path, run_dir: Path, args: argparse.Namespace, overrides: di
     result = Result.load(run_dir)
     log = run_dir / LOG
     history = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    settings = result.summary.get("settings")
     status = str(result.summary.get("status", ""))
     row.update(
         status="completed" if status.startswith("completed") else "stopped",
         run_dir=repo_path(run_dir),
         run_status=status,
-        run_settings=result.summary.get("settings"),
+        run_settings={**settings, "out": repo_path(run_dir)} if settings else settings,
         t_end=(result.summary.get("settings") or {}).get("t_end", row["t_end"]),
         # written at the last save time (or the end): a killed run's later work is not in it
         wall_seconds=(result.summary.get("timings") or {}).get("run_seconds"),
@@ -511,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "tail_levels": list(TAIL_LEVELS),
         "min_mean_for_relative_error": MIN_MEAN,
         # the script as a repository path, not this machine's
-        "command": " ".join(["benchmarks/bench_defaults.py", *sys.argv[1:]]),
+        "command": " ".join(["benchmarks/bench_defaults.py", *map(command_word, sys.argv[1:])]),
     }
     rows: list[dict] = []
     written = path
