@@ -786,26 +786,26 @@ class Auto:
     """Heun steps where the explicit map is accurate, adaptive backward-Euler steps where the
     mass sits at states the step is stiff at (the `auto` integrator).
 
-    A Heun step whose draws put more than `stiff` of their weight where dt a_0 > 0.9 (where
+    A Heun step whose draws put more than STIFF_SHARE of their weight where dt a_0 > 0.9 (where
     the explicit map saturates, `nncme.optim.target.outflow_fraction`) is undone and taken
     again implicitly, with sub-steps from the local error estimate (`BackwardEuler`). The
-    steps stay implicit until a draw of the model has less than `stiff` / 10 of its mass
+    steps stay implicit until a draw of the model has less than STIFF_SHARE / 10 of its mass
     where dt a_0 > 0.9, so a run that leaves a stiff region goes back to the second-order
     explicit step, and one that only leaks a little mass into fast states never leaves it.
 
     Grown steps (`StepReport.next_dt`, `nncme.evolve.Driver`): a Heun step grows as its
-    motion allows while under stiff / 10 of its draws' weight is where h a_0 > 0.9, and
-    stops growing above that. A grown step that turns stiff is taken implicitly, and if the
-    mass is not stiff at the shortest step asked for (the driver's dt), the run goes back to
-    Heun steps of half the length, and later Heun steps stay shorter than it (a ceiling that
-    creeps up while the draws stay far from the limit): growing does not turn a run
+    motion allows while under STIFF_SHARE / 10 of its draws' weight is where h a_0 > 0.9,
+    and stops growing above that (the rule of every explicit step,
+    `RungeKutta._within_explicit_limit`). A grown step that turns stiff is taken implicitly,
+    and if the mass is not stiff at the shortest step asked for (the driver's dt), the run
+    goes back to Heun steps of half the length, and later Heun steps stay shorter than it (a
+    ceiling that creeps up while the draws stay far from the limit): growing does not turn a run
     implicit. Where the network is stiff at dt itself, the implicit steps grow as their error
     estimate allows.
 
     Args:
         motion: a `Fit` with an `ImplicitUpdate` (it fits explicit stages too).
         tolerance: the implicit sub-steps' local error (`BackwardEuler`).
-        stiff: the share of the mass that makes a step stiff.
         max_motion: the Heun steps' motion per sub-step (`RungeKutta`).
         stages: of the explicit steps: 2 Heun's, more SSPRK(s, 2)'s (`SSP`).
     """
@@ -818,7 +818,6 @@ class Auto:
         motion: Fit,
         *,
         tolerance: float = 1e-2,
-        stiff: float = STIFF_SHARE,
         max_motion: float | None = None,
         stages: int = 2,
     ) -> None:
@@ -828,7 +827,7 @@ class Auto:
             else SSP(motion, stages=stages, max_motion=max_motion)
         )
         self.implicit = BackwardEuler(motion, tolerance=tolerance)
-        self.motion, self.stiff = motion, float(stiff)
+        self.motion = motion
         self.stiff_now = False
         self.shortest = math.inf  # the shortest step asked for: a driver's dt
         self.ceiling = math.inf  # Heun steps stay shorter than a grown step that was stiff
@@ -843,7 +842,7 @@ class Auto:
         if not self.stiff_now:
             start = self.motion.snapshot(-3)
             report = self.explicit.step(t, dt)
-            if not report.stiff_mass > self.stiff:
+            if not report.stiff_mass > STIFF_SHARE:
                 report.next_dt = self._explicit_next(dt, report)
                 return report
             self.motion.restore(start)
@@ -853,7 +852,7 @@ class Auto:
         report = self.implicit.step(t, dt)
         # stiff at the shortest step asked for: the network's own; else a grown step's, and
         # the run goes back to explicit steps of half the length
-        self.stiff_now = self._stiff_share(t + dt, self.shortest) >= self.stiff / 10
+        self.stiff_now = self._stiff_share(t + dt, self.shortest) >= STIFF_SHARE / 10
         if not self.stiff_now:
             report.next_dt = min(report.next_dt, dt / 2)
         report.iterations += sum(r.iterations for r in spent)
@@ -861,17 +860,14 @@ class Auto:
         return report
 
     def _explicit_next(self, dt: float, report: StepReport) -> float:
-        """The next Heun step's length: the motion's, no longer than this step near the
-        explicit limit, and at most CEILING_BACK of a grown step that turned stiff (a ceiling
-        that creeps up by CEILING_CREEP a step while the draws are far from the limit, so a
-        law that moves to slower states can grow again, and one that does not tries once in
-        about 30 steps)."""
-        wanted = report.next_dt
-        if report.stiff_mass >= self.stiff / 10:
-            wanted = min(wanted, dt)
-        elif report.stiff_mass < self.stiff / 100:
+        """The next Heun step's length: the explicit step's own (its motion's, no longer than
+        this step near the explicit limit), at most CEILING_BACK of a grown step that turned
+        stiff (a ceiling that creeps up by CEILING_CREEP a step while the draws are far from
+        the limit, so a law that moves to slower states can grow again, and one that does not
+        tries once in about 30 steps)."""
+        if report.stiff_mass < STIFF_SHARE / 100:
             self.ceiling *= self.CEILING_CREEP
-        return min(wanted, self.ceiling)
+        return min(report.next_dt, self.ceiling)
 
     @torch.no_grad()
     def _stiff_share(self, t: float, dt: float) -> float:

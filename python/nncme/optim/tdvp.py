@@ -35,7 +35,6 @@ from .target import (
     NonFiniteError,
     StepSizeError,
     TransitionTarget,
-    check_step_size,
     explore_ahead,
 )
 
@@ -153,16 +152,13 @@ class TDVPRightHandSide:
         which stays finite where R itself overflows (the explicit map saturates where
         h a_0 > 0.9, `nncme.optim.target.outflow_fraction`, so it stays positive there).
         The step is refused (`StepSizeError`) where more than STIFF_SHARE of `mass` (U,), the
-        states' share of q, sits where h a_0 > 0.9, or anywhere h a_0 >= 1 without `mass`: a
-        uniform draw in a fast corner of the box that q hardly visits does not stop the run.
+        states' share of q (default: equal), sits where h a_0 > 0.9: a uniform draw in a fast
+        corner of the box that q hardly visits does not stop the run.
         """
         R, exit_rate = self._generator(model, states, t, h)
         if h is not None:
-            if mass is None:
-                check_step_size(exit_rate, t, h)
-            else:
-                share, fastest = _stiff_share(exit_rate, mass / mass.sum(), h)
-                _refuse_stiff(share, fastest, t, h)
+            mass = torch.ones_like(exit_rate) if mass is None else mass
+            _refuse_stiff(*_stiff_share(exit_rate, mass / mass.sum(), h), t, h)
         return R
 
     def _generator(
@@ -200,7 +196,7 @@ class TDVPRightHandSide:
         (square, total), (largest,), _ = parallel.reduce(
             [float((draw.weights**2).sum()), share], [fastest]
         )
-        if h is not None and total > STIFF_SHARE and share == 0.0:
+        if total > STIFF_SHARE and share == 0.0:
             raise StepSizeError(f"another process's states are too fast for the step at t = {t:g}")
         if h is not None:
             _refuse_stiff(total, largest, t, h)
