@@ -26,7 +26,8 @@ its default (the file's own dt; t_end is the file's times `--t-end-scale`), then
   boundary      the probability on the box boundary, VAN and exact
 
 Where the box has at most `joint_max_states` states the VAN's marginals are exact sums of its
-joint; otherwise they come from `eval_samples` samples (averaged conditionals), and the
+joint, and where the states on the network's conservation laws are that few, exact sums over
+them ("laws"); otherwise they come from `eval_samples` samples (averaged conditionals), and the
 Hellinger distance has a sampling floor (`sampling_noise_hellinger`, an upper estimate).
 
 A long horizon can be run apart, resumable, and scored here afterwards, whole or as far as it
@@ -247,7 +248,7 @@ def measure(
     }
     marginals_from = van.summary.get("marginals_from")
     out["marginals_from"] = marginals_from
-    if marginals_from != "joint":
+    if marginals_from not in ("joint", "conservation-law states"):
         n = int(van.summary.get("eval_samples") or 0)
         if n:
             noise = sampling_noise_hellinger(exact.marginals, n)
@@ -412,6 +413,9 @@ def score_run(path: Path, run_dir: Path, args: argparse.Namespace, overrides: di
     return row
 
 
+MARGINALS_FROM = {"joint": "joint", "conservation-law states": "laws", None: None}
+
+
 def table_row(row: dict) -> dict:
     t = row.get("tails", {}).get("worst", {})
     r4, r6 = t.get("0.0001"), t.get("1e-06")
@@ -430,7 +434,7 @@ def table_row(row: dict) -> dict:
         "mean": row.get("max_mean_rel_error"),
         "tail4": None if r4 is None else r4["ratio"],
         "tail6": None if r6 is None else r6["ratio"],
-        "marg": {"joint": "joint", None: None}.get(row.get("marginals_from"), "sampled"),
+        "marg": MARGINALS_FROM.get(row.get("marginals_from"), "sampled"),
         "bvan": row.get("boundary_van_max"),
         "wall": row.get("wall_seconds"),
     }
@@ -566,7 +570,8 @@ def main(argv: list[str] | None = None) -> int:
         f"mean err: largest relative error of the means (exact mean >= {MIN_MEAN}).\n"
         "tail: P_van(n >= q) / P_exact(n >= q) at the exact 1e-4 / 1e-6 quantiles q, furthest\n"
         "from 1 over species and times (where P_exact(n >= q) >= level / 100).\n"
-        "marginals: the VAN's, exact sums of its joint or from eval_samples samples.\n"
+        "marginals: the VAN's, exact sums of its joint (joint) or over the laws' states (laws),\n"
+        "or from eval_samples samples (sampled).\n"
         "bnd van: VAN mass on the box boundary."
     )
     print(f"\nwrote {written}")

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
+from .exact import count_states, enumerate_states
 from .models import AutoregressiveModel
 from .optim import DivergenceError, StepReport
 from .paths import OutputDir, atomic_write
@@ -63,6 +64,7 @@ LOG = "log.jsonl"
 CHECKPOINT_FORMAT = 2
 # Largest support of a distribution whose statistics are computed over its listed states.
 MAX_ENUMERATED = 200_000
+LAW_MASS_TOLERANCE = 1e-4  # a VAN masked to the laws sums to 1 on their states to rounding
 
 
 @dataclass
@@ -313,6 +315,7 @@ class Recorder(Observer):
         self.network, self.start_distribution, self.summary = network, start, summary
         self.eval_samples, self.joint_max_states, self.seed = eval_samples, joint_max_states, seed
         self.directory = directory
+        self.on_laws = states_on_laws(network, joint_max_states)
         self.times: list[float] = []
         self.records: list[dict[str, torch.Tensor]] = []
         self.final_loss: float | None = None
@@ -332,6 +335,7 @@ class Recorder(Observer):
             eval_samples=self.eval_samples,
             joint_max_states=self.joint_max_states,
             generator=torch.Generator(device).manual_seed(seed),
+            on_laws=self.on_laws,
         )
         self.records.append(record)
         self.times.append(float(t))
@@ -365,6 +369,14 @@ class Recorder(Observer):
             self.result(driver.elapsed).save(self.directory, plots=False)
         return ""
 
+    def _marginals_from(self, joint: bool) -> str:
+        """How the saved marginals were formed: exact sums or samples."""
+        if joint:
+            return "joint"
+        if self.on_laws is not None and all(bool(r.get("exact", False)) for r in self.records):
+            return "conservation-law states"
+        return "averaged conditionals"
+
     def result(self, seconds: float = 0.0) -> Result:
         """The Result at the times recorded so far."""
         net = self.network
@@ -379,7 +391,7 @@ class Recorder(Observer):
         summary = {
             **self.summary,
             "eval_samples": self.eval_samples,
-            "marginals_from": "joint" if joint is not None else "averaged conditionals",
+            "marginals_from": self._marginals_from(joint is not None),
             "status": self.status,
             "error": self.error,
             "warnings": len(self.warnings),
@@ -611,17 +623,20 @@ def summarize(
     eval_samples: int,
     joint_max_states: int,
     generator: torch.Generator,
+    on_laws: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Marginals, moments, pair joint, boundary mass (and the joint) of one distribution.
 
     Exact over the box where it holds at most `joint_max_states` states (the joint is kept),
-    exact over a listed support (a point mass), else from `eval_samples` samples: a VAN's
-    through its conditionals (`ResultBuilder.add_conditionals`), any other distribution's by
-    counting.
+    exact over a listed support (a point mass) or over the states `on_laws` of the network's
+    conservation laws (`states_on_laws`) where a VAN's mass is all there, else from
+    `eval_samples` samples: a VAN's through its conditionals
+    (`ResultBuilder.add_conditionals`), any other distribution's by counting.
 
     Returns:
         One time's arrays as tensors: marginals (L, Mmax), means, stds (L,), boundary (),
-        and where kept covariances (L, L), pair (M_a, M_b) with pair_species (2,), joint (S,).
+        exact () (True unless sampled), and where kept covariances (L, L), pair (M_a, M_b)
+        with pair_species (2,), joint (S,).
     """
     builder = ResultBuilder(
         "van",
@@ -636,6 +651,8 @@ def summarize(
     box = math.prod(int(m) for m in network.limits)
     support = getattr(distribution, "support", None)
     listed = support(MAX_ENUMERATED) if support is not None and box > joint_max_states else None
+    if listed is None and on_laws is not None and isinstance(distribution, AutoregressiveModel):
+        listed = _law_mass(distribution, on_laws.to(generator.device))
     if 0 < box <= joint_max_states:
         states = box_states(network.limits, generator.device)
         joint = torch.cat([torch.exp(distribution.log_prob(c)) for c in states.split(65536)])
@@ -651,12 +668,46 @@ def summarize(
         for name in ("marginals", "means", "stds", "boundary", "covariances", "pair_marginal")
         if getattr(result, name) is not None
     }
+    out["exact"] = torch.tensor(joint is not None or listed is not None)
     if "pair_marginal" in out:
         out["pair"] = out.pop("pair_marginal")
         out["pair_species"] = torch.tensor(result.pair)
     if joint is not None:
         out["joint"] = joint.cpu().double()
     return out
+
+
+def states_on_laws(network: Any, joint_max_states: int) -> torch.Tensor | None:
+    """The states that keep the network's conservation laws, where they can be listed.
+
+    A box too large to list whole (more than `joint_max_states` states) can still hold few
+    states on its laws (Michaelis-Menten: 29,282 of 1.3e9): there a VAN's marginals are exact
+    sums over those states instead of sampled ones with a sampling floor.
+
+    Returns:
+        (S, L) int64 states, or None where the network has no laws, the box is small enough to
+        list whole, or the laws leave more than `joint_max_states` states.
+    """
+    box = math.prod(int(m) for m in network.limits)
+    if not network.conservation_laws or box <= joint_max_states:
+        return None
+    count, _ = count_states(network)  # an upper bound where not exact
+    if count > joint_max_states:
+        return None
+    return torch.from_numpy(enumerate_states(network, max_states=joint_max_states))
+
+
+def _law_mass(
+    model: AutoregressiveModel, states: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(states, log q) on the laws' states, or None where q puts mass off them.
+
+    A VAN built with the network's feasibility tables is normalised on these states; one built
+    without them (a user's own model) is not, and is sampled instead.
+    """
+    log_q = torch.cat([model.log_prob(c) for c in states.split(65536)])
+    mass = float(torch.exp(log_q.double()).sum())
+    return (states, log_q) if abs(mass - 1.0) <= LAW_MASS_TOLERANCE else None
 
 
 def _add_samples(
