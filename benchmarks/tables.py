@@ -698,6 +698,88 @@ def table_optimizers() -> list[str]:
     ]
 
 
+# bench_defaults.py runs at every default (no --set), oldest code first: the table keeps each
+# network's newest row at a tenth of its file's horizon, else its newest at another horizon
+DEFAULTS_RUNS = [
+    "motion_a", "motion_b", "motion_c", "motion_d", "motion_mm", "follow_lag_b",
+    "tele_follow_lag", "follow_lag_keep_c3", "first_a", "first_b", "first_c", "tele_first_t2",
+    "full_a", "full_b", "review_c", "review_schlogl", "full_c", "full_d", "grow14_tele",
+    "review14", "s15_schlogl", "s15_toggle10", "s15_full_a", "s15_full_b", "adam18",
+    "adam18_dimer", "review17_c3", "review17_pfs", "s19_new",
+]  # fmt: skip
+
+
+def newest_default_rows() -> dict[str, tuple[str, dict, dict]]:
+    """network -> (file, its JSON, the row) of DEFAULTS_RUNS' newest row, a tenth preferred."""
+    tenth: dict[str, tuple[str, dict, dict]] = {}
+    other: dict[str, tuple[str, dict, dict]] = {}
+    for tag in DEFAULTS_RUNS:
+        name = f"defaults_cpu_{tag}.json"
+        d = load(name)
+        if d.get("overrides"):
+            raise ValueError(f"{name} overrides {d['overrides']}: not a run at the defaults")
+        for r in d["rows"]:
+            into = tenth if abs(r["t_end"] - 0.1 * r["t_end_file"]) < 1e-9 else other
+            into[r["network"]] = (name, d, r)
+    return {n: tenth.get(n) or other[n] for n in sorted({*tenth, *other})}
+
+
+def cpu_short(d: dict) -> str:
+    """ "EPYC" or "Xeon": the two development machines, told apart."""
+    return next((w for w in ("EPYC", "Xeon") if w in d.get("cpu", "")), d.get("cpu", "-"))
+
+
+def table_defaults() -> list[str]:
+    """Every benchmark network at nncme's defaults: the newest measured run of each."""
+
+    def reached(r: dict) -> str:
+        if r["status"] == "completed":
+            return sig(r["t_end"])
+        if r["status"] == "stopped":
+            return f"{sig(r['stopped_at_t'])} of {sig(r['t_end'])} (stopped)"
+        return f"{r.get('error', 'failed')} at t = {sig(r.get('failed_at_t') or 0)}"
+
+    def tail(r: dict, level: str) -> str:
+        worst = (r.get("tails") or {}).get("worst", {}).get(level)
+        return "-" if worst is None else sig(worst["ratio"])
+
+    def hellinger(r: dict) -> str:
+        if r.get("max_hellinger") is None:
+            return "-"
+        return f"{r['max_hellinger']:.4f} ({r['hellinger_first_save']:.4f})"
+
+    header = [
+        "network", "t reached", "max H (first save)", "worst mean error", "tail ratio 1e-4",
+        "tail ratio 1e-6", "marginals", "wall", "code, CPU, JSON",
+    ]  # fmt: skip
+    rows = []
+    for network, (name, d, r) in newest_default_rows().items():
+        err = r.get("max_mean_rel_error")
+        marg = {"joint": "joint", "conservation-law states": "laws"}
+        rows.append([
+            f"`{network}`", reached(r), hellinger(r), "-" if err is None else f"{100 * err:.2g}%",
+            tail(r, "0.0001"), tail(r, "1e-06"), marg.get(r.get("marginals_from"), "sampled"),
+            seconds(r["wall_seconds"]), f"{d['commit']}, {cpu_short(d)}, `{name}`",
+        ])  # fmt: skip
+    return [
+        *markdown(header, rows),
+        "",
+        "`nncme run FILE` with the file's own dt (0.01 where it names none) and every other "
+        "setting at its default, to a tenth of the file's horizon where such a run exists "
+        "(toggle_switch, schlogl_box1000 and the five files added last, which name no dt: their "
+        "full horizons), each network's newest such run; the code is the commit the JSON names. "
+        "max H: the largest Hellinger distance "
+        "of a marginal from FSP over species and save times (the first save time's in brackets); "
+        "mean error over species whose exact mean is at least 0.05; tail ratio: P_van(n >= q) / "
+        "P_exact(n >= q) at the exact upper 1e-4 and 1e-6 quantiles q, furthest from 1 over "
+        "species and times (0 where no sampled state reached q); marginals: exact sums of the "
+        "VAN's joint, or over the states on the conservation laws, or from 20,000 samples (a "
+        "Hellinger floor of up to 0.02). Runs stopped by `--time-limit` are scored to the save "
+        "times they reached. CPU: a 2-core AMD EPYC or Intel Xeon, one thread per run, two to "
+        "four runs sharing the cores (load averages in the JSON), so wall times are loose.",
+    ]
+
+
 def table_parallel() -> list[str]:
     """One process against several at the same global batch (bench_parallel.py)."""
     d = load("parallel_cpu.json")
@@ -864,6 +946,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "fit": table_fit,
         "supervision": table_supervision,
         "optimizers": table_optimizers,
+        "defaults": table_defaults,
         "parallel": table_parallel,
         "lattice": table_lattice,
         "neighbours": table_neighbours,
