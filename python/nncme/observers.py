@@ -32,8 +32,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .config import ConfigError
-from .exact import count_states, enumerate_states
+from .exact import enumerate_states
 from .models import AutoregressiveModel
+from .network import NetworkError
 from .optim import DivergenceError, StepReport
 from .paths import OutputDir, atomic_write
 from .results import Result, ResultBuilder, versions
@@ -691,10 +692,10 @@ def states_on_laws(network: Any, joint_max_states: int) -> torch.Tensor | None:
     box = math.prod(int(m) for m in network.limits)
     if not network.conservation_laws or box <= joint_max_states:
         return None
-    count, _ = count_states(network)  # an upper bound where not exact
-    if count > joint_max_states:
+    try:  # refuses, without listing them, more than joint_max_states states
+        return torch.from_numpy(enumerate_states(network, max_states=joint_max_states))
+    except NetworkError:
         return None
-    return torch.from_numpy(enumerate_states(network, max_states=joint_max_states))
 
 
 def _law_mass(
