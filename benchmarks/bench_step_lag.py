@@ -82,6 +82,7 @@ class StepRecorder:
         if self.fsp.num_states > MAX_STATES:
             raise SystemExit(f"{network.name}: {self.fsp.num_states} states, at most {MAX_STATES}")
         self.limits = [int(n) for n in network.limits]
+        self.species = list(network.species_names)
         self.W = self.fsp.generator(0.0).tocsc()
         self.states = torch.as_tensor(self.fsp.states)
         self.q = self.p = self.fsp.initial_distribution()
@@ -91,8 +92,9 @@ class StepRecorder:
         return [float(x) for x in self.fsp.states.T @ p]
 
     def __call__(self, info: Any) -> None:
+        order = [self.species.index(s) for s in info.model.species_order]  # the model's columns
         with torch.no_grad():
-            q = torch.exp(info.model.log_prob(self.states)).double().cpu().numpy()
+            q = torch.exp(info.model.log_prob(self.states[:, order])).double().cpu().numpy()
         W = self.W if not self.fsp.time_dependent else self.fsp.generator(info.t - info.dt)
         one_step = sla.expm_multiply(W * info.dt, self.q)
         self.p = sla.expm_multiply(W * info.dt, self.p)

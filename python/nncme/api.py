@@ -47,7 +47,8 @@ class RunOutput:
 
     Attributes:
         result: the results at t = 0 and every save time (method "van").
-        model: the trained VAN at t_end.
+        model: the trained VAN at t_end; its states list the species in the order of its
+            `species_order` (`RunConfig.species_order`; a run started from it keeps it).
         history: one dict per step (the JSONL log's lines).
         out: the output directory, if any.
     """
@@ -171,6 +172,8 @@ def _build_driver(
     model: AutoregressiveModel | None,
 ) -> Driver:
     device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]  # the settings checked device
+    file_network = network  # the Recorder reports in its order, the model samples in
+    network = network.reordered(_sampling_order(cfg, network, start, model))
     checkpoints = None
     if cfg.out is not None:  # every rank reads a checkpoint, rank 0 alone writes them
         checkpoints = Checkpoints(Path(cfg.out), cfg.to_dict(), network.name, RunConfig.RESUMABLE)
@@ -186,6 +189,7 @@ def _build_driver(
     if model is None:
         model = _model(cfg, network, dtype, device)
     model.to(device=device, dtype=dtype)
+    model.species_order = network.species_names  # how its states list the species
     start = start if start is not None else _default_start(cfg, network, dtype, device)
     generator = torch.Generator(device).manual_seed(parallel.rank_seed(cfg.seed))
     batch = parallel.local_batch(cfg.batch)  # this rank's share
@@ -224,7 +228,8 @@ def _build_driver(
     save_times = cfg.save_times(t_end, dt)
     settings = {**cfg.to_dict(), "dt": dt, "t_end": t_end}  # proposal, objective resolved
     summary = {
-        "network": network.to_dict(),
+        "network": file_network.to_dict(),
+        "sampling_order": network.species_names,
         "settings": settings,
         "model": repr(model),
         "parameters": model.num_parameters(),
@@ -244,6 +249,7 @@ def _build_driver(
             joint_max_states=cfg.joint_max_states,
             seed=cfg.seed,
             directory=directory,
+            species_order=file_network.species_names,
         ),
     ]
     if checkpoints is not None and out is not None:  # rank 0's, with its directory
@@ -263,6 +269,20 @@ def _build_driver(
         checkpoints.restore(driver, state)
     summary["steps"] = driver.num_steps
     return driver
+
+
+def _sampling_order(
+    cfg: RunConfig, network: Any, start: Any | None, model: AutoregressiveModel | None
+) -> list[str]:
+    """The species order of the run's model: a given model's, or a VAN start's (a run's
+    `model` says its own, `species_order`), where the run continues one; the file's where it
+    starts from another distribution (they list the file's species); else the settings'."""
+    given = model if model is not None else start
+    if isinstance(given, AutoregressiveModel):
+        return list(getattr(given, "species_order", network.species_names))
+    if given is not None or cfg.species_order == "file":
+        return list(network.species_names)
+    return network.sampling_order()
 
 
 def _max_dt(cfg: RunConfig, save_times: list[float], dt: float) -> float:

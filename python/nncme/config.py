@@ -397,6 +397,14 @@ class RunConfig(Settings):
     layers: int = _opt(2, "Transformer blocks", minimum=1)
     heads: int = _opt(4, "Transformer attention heads", minimum=1)
     activation: str = _opt("tanh", "NADE activation", ("tanh", "sigmoid"))
+    species_order: str = _opt(
+        "auto",
+        "the order the model samples species in: auto: each conservation law's species by "
+        "increasing initial count, so the law fixes a reservoir, not a small count "
+        "(ReactionNetwork.sampling_order); file: as the network lists them. Results keep the "
+        "file's order",
+        ("auto", "file"),
+    )
     # training
     optimizer: str = _opt(
         "adam",

@@ -298,6 +298,8 @@ class Recorder(Observer):
         joint_max_states: store the joint where the box holds at most this many states.
         seed: seeds each save time's own sampling stream (apart from the run's).
         directory: where the result is written (None: not written).
+        species_order: the species order of the Result (default: the network's); the
+            network may list them in the order the model samples them.
     """
 
     key = "records"
@@ -312,8 +314,10 @@ class Recorder(Observer):
         joint_max_states: int,
         seed: int,
         directory: Path | None = None,
+        species_order: Sequence[str] | None = None,
     ) -> None:
         self.network, self.start_distribution, self.summary = network, start, summary
+        self.species_order = list(species_order or network.species_names)
         self.eval_samples, self.joint_max_states, self.seed = eval_samples, joint_max_states, seed
         self.directory = directory
         self.on_laws = states_on_laws(network, joint_max_states)
@@ -420,7 +424,7 @@ class Recorder(Observer):
             pair_marginal=pair,
             boundary=stack("boundary"),
             summary=summary,
-        )
+        ).in_species_order(self.species_order)
 
     def state_dict(self) -> dict[str, Any]:
         return {

@@ -26,7 +26,7 @@ import platform
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -182,6 +182,40 @@ class Result:
         if self.pair_marginal is None:
             return None
         return self.pair, self.pair_marginal[t_index]
+
+    def in_species_order(self, species: Sequence[str]) -> Result:
+        """The same result with its species (and every per-species axis) in the order
+        `species`, a permutation of `self.species`; joint states sorted in the new order."""
+        order = np.array([self.index(s) for s in species], dtype=np.int64)
+        if sorted(order.tolist()) != list(range(self.num_species)):
+            raise ValueError(f"in_species_order: {list(species)} is not an order of {self.species}")
+        if (order == np.arange(self.num_species)).all():
+            return self
+        position = np.argsort(order)  # old index -> new index
+        pair = (
+            None
+            if self.pair is None
+            else (int(position[self.pair[0]]), int(position[self.pair[1]]))
+        )
+        joint_states, joint = self.joint_states, self.joint
+        if joint_states is not None and joint is not None:
+            joint_states = joint_states[:, order]
+            rows = np.lexsort(joint_states.T[::-1])  # lexicographic, first species slowest
+            joint_states, joint = joint_states[rows], joint[:, rows]
+        return replace(
+            self,
+            species=[self.species[i] for i in order],
+            limits=self.limits[order],
+            marginals=self.marginals[:, order],
+            means=self.means[:, order],
+            stds=self.stds[:, order],
+            covariances=None
+            if self.covariances is None
+            else self.covariances[:, order][:, :, order],
+            joint_states=joint_states,
+            joint=joint,
+            pair=pair,
+        )
 
     # ------------------------------------------------------------------------ conversion
     def to_xarray(self) -> Any:
