@@ -332,22 +332,7 @@ class ContextSpace:
                 )
             else:
                 initial[self.names[j]] = int(values[j])
-        laws = [
-            {s: int(w) for s, w in zip(net.species_names, law.weights) if w}
-            for law in net.conservation_laws
-        ]
-        return ReactionNetwork(
-            net.species,
-            reactions,
-            initial,
-            name=net.name,
-            convention=net.convention,
-            conservation=laws,
-            t_end=net.t_end,
-            dt=net.dt,
-            description=net.description,
-            source=net.source,
-        )
+        return net.rebuilt(reactions=reactions, initial=initial)
 
     def to_dict(self) -> dict[str, Any]:
         return {"varies": [dataclasses.asdict(v) for v in self.varies]}

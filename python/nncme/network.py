@@ -906,17 +906,30 @@ class ReactionNetwork:
         if list(names) == self.species_names:
             return self
         limits = dict(zip(self.species_names, self.limits.tolist()))
+        return self.rebuilt(
+            species=[Species(s, int(limits[s])) for s in names], parameters=self.parameters
+        )
+
+    def rebuilt(
+        self,
+        *,
+        species: Sequence[Species] | None = None,
+        reactions: Sequence[Reaction] | None = None,
+        initial: Mapping[str, int] | None = None,
+        parameters: Mapping[str, Any] | None = None,
+    ) -> ReactionNetwork:
+        """A new network with the parts given replaced and the rest kept (convention, time
+        grid, texts); the laws keep their weights, their totals follow the initial state."""
         laws = [
-            {
-                **{s: int(w) for s, w in zip(self.species_names, law.weights) if w},
-                "total": law.total,
-            }
+            {s: int(w) for s, w in zip(self.species_names, law.weights) if w}
             for law in self.conservation_laws
         ]
+        if initial is None:
+            initial = {s: int(v) for s, v in zip(self.species_names, self.initial_state)}
         return ReactionNetwork(
-            [Species(s, int(limits[s])) for s in names],
-            self.reactions,
-            {s: int(v) for s, v in zip(self.species_names, self.initial_state)},
+            list(species if species is not None else self.species),
+            list(reactions if reactions is not None else self.reactions),
+            initial,
             name=self.name,
             convention=self.convention,
             conservation=laws,
@@ -924,7 +937,7 @@ class ReactionNetwork:
             dt=self.dt,
             description=self.description,
             source=self.source,
-            parameters=self.parameters,
+            parameters=parameters,
         )
 
     def index(self, species: str) -> int:
