@@ -140,8 +140,8 @@ def git_commit() -> str | None:
             text=True,
             check=True,
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "python", "csrc"],
+        dirty = subprocess.run(  # pathspecs from the top of the work tree, not from benchmarks/
+            ["git", "status", "--porcelain", "--", ":/python", ":/csrc"],
             cwd=Path(__file__).parent,
             capture_output=True,
             text=True,

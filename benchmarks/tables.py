@@ -705,7 +705,8 @@ DEFAULTS_RUNS = [
     "tele_follow_lag", "follow_lag_keep_c3", "first_a", "first_b", "first_c", "tele_first_t2",
     "full_a", "full_b", "review_c", "review_schlogl", "full_c", "full_d", "grow14_tele",
     "review14", "s15_schlogl", "s15_toggle10", "s15_full_a", "s15_full_b", "adam18",
-    "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full",
+    "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
+    "s20_mm", "s20_order",
 ]  # fmt: skip
 
 
