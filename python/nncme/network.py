@@ -905,10 +905,8 @@ class ReactionNetwork:
             )
         if list(names) == self.species_names:
             return self
-        limits = dict(zip(self.species_names, self.limits.tolist()))
-        return self.rebuilt(
-            species=[Species(s, int(limits[s])) for s in names], parameters=self.parameters
-        )
+        species = [self.species[self._index[s]] for s in names]
+        return self.rebuilt(species=species, parameters=self.parameters)
 
     def rebuilt(
         self,
