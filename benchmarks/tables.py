@@ -706,8 +706,61 @@ DEFAULTS_RUNS = [
     "full_a", "full_b", "review_c", "review_schlogl", "full_c", "full_d", "grow14_tele",
     "review14", "s15_schlogl", "s15_toggle10", "s15_full_a", "s15_full_b", "adam18",
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
-    "s20_mm", "s20_order",
+    "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
+    "s21_enum_schlogl_tenth",
 ]  # fmt: skip
+
+
+# the fits summed over a small support (`--enumerate-states`) against the draws before it:
+# network -> (the draws' run, the sums' run), both bench_defaults.py at every default
+ENUMERATED_RUNS = {
+    "birth_death_seasonal": ("adam18", "s21_enum_small"),
+    "positive_feedback_switch": ("review17_pfs", "s21_enum_small"),
+    "dimerisation": ("s20_order", "s21_enum_small"),
+    "trimerisation": ("s20_order", "s21_enum_trim_full"),
+    "bursty4": ("s19_new", "s21_enum_full"),
+    "coalescence": ("s19_new", "s21_enum_full"),
+    "schlogl_box1000": ("s15_schlogl", "s21_enum_schlogl_tenth"),
+}
+
+
+def table_enumerated() -> list[str]:
+    """The networks whose support the fits now sum over, against their draws before."""
+
+    def row_of(network: str, tag: str) -> tuple[dict, dict]:
+        d = load(f"defaults_cpu_{tag}.json")
+        return d, next(r for r in d["rows"] if r["network"] == network)
+
+    def cells(d: dict, r: dict) -> list[str]:
+        reached = sig(r["t_end"]) if r["status"] == "completed" else sig(r["stopped_at_t"])
+        worst = (r.get("tails") or {}).get("worst", {}).get("1e-06")
+        return [
+            f"{r['max_hellinger']:.4f} ({r['hellinger_first_save']:.4f})",
+            "-" if worst is None else sig(worst["ratio"]),
+            f"{seconds(r['wall_seconds'])} to t = {reached}",
+            f"{d['commit']}, {cpu_short(d)}",
+        ]
+
+    header = [
+        "network (states)", "draws: max H (first save)", "tail 1e-6", "wall", "code, CPU",
+        "sums: max H (first save)", "tail 1e-6", "wall", "code, CPU",
+    ]  # fmt: skip
+    rows, files = [], set()
+    for network, (before, after) in ENUMERATED_RUNS.items():
+        (d0, r0), (d1, r1) = row_of(network, before), row_of(network, after)
+        files |= {f"defaults_cpu_{before}.json", f"defaults_cpu_{after}.json"}
+        rows.append([f"`{network}` ({r1['states']:,})", *cells(d0, r0), *cells(d1, r1)])
+    return [
+        *markdown(header, rows),
+        "",
+        "`nncme run FILE` at every default (the file's dt) against FSP; max H: the largest "
+        "Hellinger distance of a marginal over species and save times (the first save time's "
+        "in brackets); tail: P_van(n >= q) / P_exact(n >= q) at the exact upper 1e-6 "
+        "quantile, furthest from 1 over species and times; wall: one thread, the runs sharing "
+        "the cores, so loose. The draws' schlogl_box1000 run is the full horizon's (saves "
+        "every 0.5 from t = 0.1), stopped at its time limit; the sums' a tenth's. "
+        f"({', '.join(f'`{f}`' for f in sorted(files))}).",
+    ]
 
 
 def newest_default_rows() -> dict[str, tuple[str, dict, dict]]:
@@ -947,6 +1000,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "fit": table_fit,
         "supervision": table_supervision,
         "optimizers": table_optimizers,
+        "enumerated": table_enumerated,
         "defaults": table_defaults,
         "parallel": table_parallel,
         "lattice": table_lattice,

@@ -312,7 +312,8 @@ def test_config_names_and_defaults():
         with pytest.raises(ConfigError, match=next(iter(bad))):
             RunConfig(**bad)
     stepper = build_driver(
-        birth_death(), RunConfig(optimizer="tdvp", integrator="rk4", quiet=True)
+        birth_death(),
+        RunConfig(optimizer="tdvp", integrator="rk4", quiet=True, enumerate_states=0),
     ).stepper
     assert isinstance(stepper, RK4) and isinstance(stepper.motion, Flow)
     rhs = stepper.motion.rhs
@@ -326,7 +327,10 @@ def test_config_names_and_defaults():
     natgrad2 = RunConfig(optimizer="natgrad").resolved(2)
     assert (natgrad2.proposal, natgrad2.objective) == ("mixture", "kl")
     assert RunConfig(objective="kl").resolved(1).objective == "kl"  # what is given stays
-    cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True)
+    # a support summed exactly: the log-variance whatever its dimensions
+    assert RunConfig().resolved(2, enumerable=True).objective == "log_variance"
+    assert RunConfig(objective="kl").resolved(2, enumerable=True).objective == "kl"
+    cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True, enumerate_states=0)
     motion = build_driver(birth_death(), cfg).stepper.motion
     assert isinstance(motion, Fit) and isinstance(motion.update, NaturalGradientUpdate)
     assert motion.proposal.transform.alpha == 0.8
@@ -437,6 +441,7 @@ def test_explored_states_draw_mass_off_a_slowly_leaking_point_mass():
         proposal="vanilla",
         max_batch_factor=1,
         first_tolerance=1e-4,
+        enumerate_states=0,  # draws (a sum over the whole box needs no exploring)
     )  # fmt: skip  (mixture draws also pull; so does a batch that grows while the fits lag,
     # and a first fit run to its cap, whose heads give unseen counts some mass to start from)
     exact = solve_fsp(net, [0.0, 0.5, 1.0], FSPSettings(quiet=True))
@@ -459,6 +464,7 @@ def test_mixture_and_log_variance_keep_a_point_mass_start_off_the_unseen_states(
     the mass where the exact law has < 1e-10 stays below 1e-6 (vanilla: above 1e-4)."""
     net = systems.get("schlogl", limit=400)
     cfg = dict(t_end=4e-4, dt=4e-5, save_every=4e-4, batch=500, seed=0, quiet=True)
+    cfg["enumerate_states"] = 0  # draws: an exact sum over the box has no unseen counts
     exact = solve_fsp(net, [0.0, 4e-4], FSPSettings(quiet=True)).marginals[1, 0]
     unseen = exact < 1e-10
     assert unseen.sum() > 300  # the law is still within ~20 counts of x0 = 250

@@ -8,6 +8,7 @@ with the same settings as Python does.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,19 @@ import torch
 from . import parallel
 from .config import ConfigError, RunConfig
 from .evolve import Driver, StepInfo
+from .exact import enumerate_states
 from .models import AutoregressiveModel, Delta, Product, build_model
+from .network import NetworkError
 from .observables import read_observables
-from .observers import Checkpoints, OutputLock, ProgressBar, Recorder, StepLog, Watchdog
+from .observers import (
+    Checkpoints,
+    OutputLock,
+    ProgressBar,
+    Recorder,
+    StepLog,
+    Watchdog,
+    box_states,
+)
 from .optim import (
     OPTIMIZERS,
     FisherSolver,
@@ -33,7 +44,7 @@ from .optim import (
 from .optim.supervision import Supervision, moment_references
 from .optim.target import set_neighbour_memory
 from .paths import OutputDir, check_input_file
-from .sampling import Proposal, make_proposal
+from .sampling import Enumerated, Proposal, make_proposal
 from .steppers import Fit, Flow, Motion, Scheme, StartFit, make_stepper
 
 __all__ = ["RunOutput", "build_driver", "run"]
@@ -126,8 +137,9 @@ def build_driver(
     driver cannot be built, the lock goes and a directory made for it is removed again.
     A resumed run keeps its own t_end unless the settings give one.
     """
-    cfg = (config or RunConfig()).validate().resolved(network.free_dimensions)
-    cfg = _parallel_settings(cfg)
+    cfg = _parallel_settings((config or RunConfig()).validate())
+    enumerable = _listed_support(cfg, network, torch.device("cpu")) is not None
+    cfg = cfg.resolved(network.free_dimensions, enumerable=enumerable)
     # in a run of many processes only rank 0 writes, and all ranks start or none does (a rank
     # that failed alone would leave the others waiting in their first collective)
     out = OutputDir(cfg.out).acquire() if cfg.out and parallel.is_main() else None
@@ -200,6 +212,7 @@ def _build_driver(
         alpha=cfg.alpha,
         psis=cfg.psis,
     )
+    proposal = _enumerated(cfg, network, model, proposal)
     supervision = _supervision(cfg, network, t_end)
     motion = _motion(cfg, model, net, proposal, generator, supervision, batch)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
@@ -235,6 +248,8 @@ def _build_driver(
         "parameters": model.num_parameters(),
         "processes": parallel.world_size(),
         "batch_per_rank": parallel.batch_shares(cfg.batch),
+        # the states every fit sums over (None: fits draw batches)
+        "enumerated_states": getattr(proposal, "support", torch.empty(0)).shape[0] or None,
     }
     directory = out.path if out is not None else None
     observers = [
@@ -359,6 +374,37 @@ def _supervision(cfg: RunConfig, network: Any, t_end: float) -> Supervision | No
         return Supervision(refs, names, weight=cfg.supervise_weight)
     except ValueError as exc:
         raise ConfigError(f"supervise: {exc}") from None
+
+
+def _enumerated(
+    cfg: RunConfig, network: Any, model: AutoregressiveModel, proposal: Proposal
+) -> Proposal:
+    """The proposal, or its exact expectation over the model's whole support where that holds
+    at most `cfg.enumerate_states` states (`sampling.Enumerated`): the box, or the states on
+    the network's conservation laws. One process only (a draw split over ranks is pooled by
+    its weights; a list is not split), and only where the listed states hold all of the
+    model's mass (a model of the user's own may hold states the laws leave out)."""
+    support = _listed_support(cfg, network, model.device)
+    if support is None:
+        return proposal
+    enumerated = Enumerated(proposal, support)
+    return enumerated if enumerated.covers(model) else proposal
+
+
+def _listed_support(cfg: RunConfig, network: Any, device: torch.device) -> torch.Tensor | None:
+    """(N, L) the box, or the states on the network's conservation laws, where they are at
+    most `cfg.enumerate_states` (and the run is one process); else None."""
+    most = cfg.enumerate_states
+    if most <= 0 or parallel.active():
+        return None
+    if network.conservation_laws:
+        try:  # refuses, without listing them, more than `most` states
+            return torch.from_numpy(enumerate_states(network, max_states=most)).to(device)
+        except NetworkError:
+            return None
+    if math.prod(int(m) for m in network.limits) <= most:
+        return box_states(network.limits, device)
+    return None
 
 
 def _motion(

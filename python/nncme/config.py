@@ -413,7 +413,8 @@ class RunConfig(Settings):
     )
     lr: float | None = _opt(
         None,
-        "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp)",
+        "learning rate of the time steps (default: 0.01 adam/sgd, 0.5 natgrad; not tdvp, nor "
+        "adam/sgd fits summed over a small support, which L-BFGS makes: enumerate_states)",
         positive=True,
     )
     lr_decay: float = _opt(
@@ -432,8 +433,19 @@ class RunConfig(Settings):
         "of each step's motion (a lag later steps cannot make up); 1: a fixed batch",
         minimum=1,
     )
+    enumerate_states: int = _opt(
+        1024,
+        "fitted steps sum their objective exactly over the model's whole support (L-BFGS), "
+        "instead of drawing batches, where it holds at most this many states (the box, or the "
+        "states on the conservation laws); 0: always draw. Each evaluation of the sum costs in "
+        "proportion to the states listed, so larger supports are drawn",
+        minimum=0,
+    )
     iterations: int = _opt(
-        60, "optimiser iterations per time step (the maximum with --tolerance)", minimum=1
+        60,
+        "optimiser iterations per time step (the maximum with --tolerance; a fit summed over a "
+        "small support takes up to twice as many L-BFGS evaluations)",
+        minimum=1,
     )
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")
     relative_tolerance: float = _opt(
@@ -639,23 +651,27 @@ class RunConfig(Settings):
         floor on the tail, benchmarks/results/defaults_cpu_natgrad*.json)."""
         return self.proposal if self.proposal != "auto" else "mixture"
 
-    def resolved(self, free_dimensions: int) -> RunConfig:
+    def resolved(self, free_dimensions: int, enumerable: bool = False) -> RunConfig:
         """A copy with "auto" proposal and objective replaced by what a network with this
-        many `free_dimensions` (`ReactionNetwork.free_dimensions`) gets.
+        many `free_dimensions` (`ReactionNetwork.free_dimensions`) gets, and whose support
+        the fits sum over exactly (`enumerable`: at most `enumerate_states` states).
 
         The objective: "log_variance" where the steps fit to a mixture proposal's draws of a
         network with one free count (it weighs the uniform draws as drawn, so leaked tail
         mass is pulled down, where reverse KL weighs them by their tiny q), "kl" otherwise: in
         a box of two or more free counts most uniform draws land where neither the model nor
         the target has mass, and fitting log q there costs the bulk its accuracy
-        (benchmarks/results/defaults_cpu_compare.md).
+        (benchmarks/results/defaults_cpu_compare.md). Also "log_variance" where the support
+        is summed exactly, whatever its dimensions: there the sum has no noise to cost the
+        bulk anything, while the exact reverse KL, blind to the tails, lets L-BFGS move
+        them at will (a floor of 1e-7 grew to 1e-5 in 0.3 time units where the CME drains it).
         """
         proposal = self.sampling_proposal
         objective = self.objective
         if objective == "auto":
             mixture = proposal in ("mixture", "prefix_mixture")
             one_free = free_dimensions <= 1
-            wide = mixture and one_free  # tdvp: its least squares weighted as drawn
+            wide = mixture and (one_free or enumerable)  # tdvp: least squares as drawn
             objective = "log_variance" if wide else "kl"
         return dataclasses.replace(self, proposal=proposal, objective=objective)
 

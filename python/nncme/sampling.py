@@ -20,6 +20,11 @@ q(n_b) / rho(n_b) (DESIGN section 2). Every proposal computes log rho(n) exactly
 - `Alpha(alpha)`: tempered conditionals rho(m | n_<i) proportional to q(m | n_<i)^alpha
   (alpha < 1 lifts the tails); the fused NADE sampler draws it in its kernel.
 
+- `Enumerated(inner, support)`: not a draw but every state of a small support once, with the
+  exact weights q(n) and rho(n) of `inner` (`Draw.counts`): the fits' sums become the
+  objective's own expectations (the run uses it where the support holds at most
+  `RunConfig.enumerate_states` states).
+
 Weights. `Draw.weights` are softmax(log q - log rho) over the batch; `Draw.ess` = 1 / sum w^2
 is logged. With `psis=True` the largest raw weights are Pareto-smoothed (Vehtari, Simpson,
 Gelman, Yao & Gabry, "Pareto smoothed importance sampling", JMLR 25 (2024)): a generalised
@@ -48,6 +53,7 @@ __all__ = [
     "Alpha",
     "Diffusive",
     "Draw",
+    "Enumerated",
     "Mixture",
     "PrefixMixture",
     "Proposal",
@@ -78,6 +84,10 @@ class Draw:
         pareto_k: PSIS shape estimate of the weights' tail (nan without smoothing).
         log_mass: log sum exp(log q - log rho) over this draw, before normalisation.
         drawn: the number of states over all ranks once pooled (-1: this draw's own, B).
+        counts: (B,) how often each state counts as drawn, summing to B: None (each once) for
+            a random draw; rho(n) B for an `Enumerated` one, which lists every state once, so
+            a sum over the draw "as drawn" (the log-variance objective's) is rho's exact
+            expectation.
     """
 
     states: torch.Tensor
@@ -87,6 +97,19 @@ class Draw:
     pareto_k: float = math.nan
     log_mass: float = 0.0
     drawn: int = -1
+    counts: torch.Tensor | None = None
+
+    @property
+    def exhaustive(self) -> bool:
+        """The draw lists the model's whole support (`Enumerated`): nothing lies beyond it."""
+        return self.counts is not None
+
+    def as_drawn(self) -> torch.Tensor:
+        """(B,) each state's share of the draw as drawn, over all ranks' draws (1 / total
+        each for a random draw, rho(n) for an exhaustive one)."""
+        if self.counts is None:
+            return torch.full_like(self.weights, 1.0 / self.total)
+        return self.counts / self.total
 
     @property
     def total(self) -> int:
@@ -443,6 +466,65 @@ class PrefixMixture(Mixture):
 
     def __repr__(self) -> str:
         return f"PrefixMixture(eps={self.eps:g}, psis={self.psis})"
+
+
+class Enumerated(Proposal):
+    """Every state of the model's support, each once: a proposal's exact expectation.
+
+    Where the model's support is small (a box, or the states on its conservation laws, of
+    at most a few thousand states: no more than a batch draws), a fit need not sample it.
+    The draw lists the whole support with the importance weights q(n) (the reverse KL and
+    its gradient become exact sums) and, as `Draw.counts`, rho(n) B of the proposal it
+    stands for (so the log-variance objective's sum "as drawn" is its exact expectation under
+    rho, the uniform share of a mixture included). No sampling noise: a fit's loss and
+    gradient are those of the objective itself, its stopping rule reads the true residual,
+    and the tails are fitted wherever the objective weighs them, not only where a draw
+    happened to land.
+
+    Args:
+        inner: the proposal whose expectation the draw is (its `log_prob` gives rho).
+        support: (N, L) the model's support, every state where q can be > 0 (the caller
+            checks it: `covers`).
+    """
+
+    name = "enumerated"
+
+    def __init__(self, inner: Proposal, support: torch.Tensor) -> None:
+        super().__init__(psis=False)  # exact weights: nothing to smooth
+        self.inner, self.support = inner, support
+
+    def draw(
+        self,
+        model: AutoregressiveModel,
+        batch_size: int,
+        generator: torch.Generator | None = None,
+    ) -> Draw:
+        with torch.no_grad():
+            states = self.support.to(model.device)
+            log_q = model.log_prob(states)
+            keep = ~torch.isneginf(log_q)  # a model that masks more states than listed
+            states, log_q = states[keep], log_q[keep]
+            log_rho = self.inner.log_prob(model, states).to(log_q.dtype)
+        B = states.shape[0]
+        counts = torch.softmax(log_rho, dim=0) * B
+        return Draw(
+            states, log_q, log_rho, torch.softmax(log_q, dim=0),
+            log_mass=float(torch.logsumexp(log_q, 0)), counts=counts,
+        )  # fmt: skip
+
+    @torch.no_grad()
+    def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
+        return self.inner.log_prob(model, states)
+
+    @torch.no_grad()
+    def covers(self, model: AutoregressiveModel, tolerance: float = 1e-9) -> bool:
+        """Whether the listed states hold all of q's mass (to `tolerance`): the support is
+        the model's whole support, not part of it."""
+        log_q = model.log_prob(self.support.to(model.device))
+        return abs(float(torch.exp(log_q.double()).sum()) - 1.0) <= tolerance
+
+    def __repr__(self) -> str:
+        return f"Enumerated({self.inner!r}, states={self.support.shape[0]})"
 
 
 PROPOSALS: dict[str, type[Proposal]] = {

@@ -70,8 +70,9 @@ from .optim import (
     step_motion,
     transition_support,
 )
-from .optim.target import STIFF_RATE_DT, STIFF_SHARE, listed_support
-from .sampling import Proposal
+from .optim.implicit import solve_on
+from .optim.target import STIFF_RATE_DT, STIFF_SHARE, FixedTarget, Listed, listed_support
+from .sampling import Enumerated, Proposal
 
 __all__ = [
     "RK4",
@@ -250,8 +251,14 @@ class Fit(Motion):
     def motion(self, t: float, h: float) -> float:
         return step_motion(
             self.model, self.net, t, h, samples=self.batch_size, generator=self.generator,
-            impl=self.impl,
+            impl=self.impl, support=self.support,
         )  # fmt: skip
+
+    @property
+    def support(self) -> torch.Tensor | None:
+        """The model's whole support where the fits enumerate it (`sampling.Enumerated`):
+        the step's measures then sum over it too."""
+        return getattr(self.proposal, "support", None)
 
     def snapshot(self, slot: int) -> AutoregressiveModel:
         """A frozen copy of the model, kept per slot and refreshed in place (no new model
@@ -281,6 +288,8 @@ class Fit(Motion):
         """Double or halve the batch as the fits' running alpha asks (class docstring)."""
         made, spread = report.motion_made, report.motion_spread
         if self.max_batch == self.base_batch or not (math.isfinite(made) and spread > 0):
+            return
+        if self.support is not None:  # no draw: a bigger batch would change nothing
             return
         b = self.LAG_MEMORY
         lagged, moved, fits, kept = self._lag
@@ -744,7 +753,7 @@ class BackwardEuler:
             reports.append(self._fit(t, step))
             err = local_error(
                 motion.model, old, motion.net, t, step, samples=motion.batch_size,
-                generator=motion.generator, impl=motion.impl,
+                generator=motion.generator, impl=motion.impl, support=motion.support,
             )  # fmt: skip
             if err <= self.tolerance:
                 t, accepted = t + step, accepted + 1
@@ -938,6 +947,10 @@ class StartFit:
     Euler fitted through its residual. `exponential` (default: `implicit`) takes that exact
     first step whatever the later steps are (the `auto` integrator's).
 
+    Where the later fits sum over the model's whole support (`sampling.Enumerated`), the exact
+    step is also worked out on all of it and the model fitted to it in log space
+    (`_fit_tails`), so that no floor of the cross-entropy fit is left in the tails.
+
     Reverse KL would not do here: a point mass has log p0 = -inf off its
     state, so log q - log T p0 is +inf at almost every state the model samples. A start without
     a listable support has full support, and the first step is reverse KL like every other
@@ -1040,9 +1053,44 @@ class StartFit:
             batch=FIRST_FIT_STATES,
             generator=self.generator,
         )
+        if self.exponential and isinstance(self.proposal, Enumerated):
+            self._fit_tails(t, dt, report)
         name = "heun" if self.scheme == Heun.scheme else "euler"
         report.scheme = "exponential, exact" if self.exponential else f"{name}, exact"
         return report
+
+    def _fit_tails(self, t: float, dt: float, report: StepReport) -> None:
+        """The exact step on the model's whole support, and the model fitted to it in log
+        space, where the later fits sum over that support (`sampling.Enumerated`).
+
+        The cross-entropy fit above weighs each state by p, so it leaves q a floor where p is
+        tiny (1e-7 on counts whose p is 1e-13 .. 1e-19), and on states beyond the ones listed
+        (p below the leak) nothing holds q at all. The later exact fits follow the CME from
+        that floor faithfully, and the CME drains it only at its own rates. So where the
+        support is small, exp(dt W) p0 is worked out on all of it (floored at 1e-15 of its
+        largest value, where roundoff starts) and the model fitted to it by the later steps'
+        own objective, the log-variance under the proposal, summed exactly (L-BFGS)."""
+        support = self.proposal.support
+        found = listed_support(self.start, self.max_states, self.net.device)
+        if found is None:
+            return
+        p0 = torch.exp(Listed(found[0], found[1], self.net.limits).log_prob(support))
+        if abs(float(p0.sum()) - 1.0) > 1e-9:  # the start is not all on the support
+            return
+        p, _ = solve_on(support, p0.double().cpu().numpy(), self.net, t + dt / 2, dt,
+                        self.impl, exact=True)  # fmt: skip
+        p = torch.as_tensor(p).clamp(min=max(float(p.max()) * 1e-15, 1e-300))
+        target = FixedTarget(Listed(support, torch.log(p / p.sum()), self.net.limits), self.net)
+        update = KLUpdate(
+            self.optimizer, iterations=200, relative_tolerance=1e-4, min_iterations=3,
+            objective="log_variance",
+        )  # fmt: skip
+        problem = StepProblem(
+            self.model, target, self.proposal, self.batch_size, self.generator, t, dt
+        )
+        tails = update.run(problem)
+        report.iterations += tails.iterations
+        report.loss = tails.loss
 
     def _exact_then_step(
         self, listed: tuple[torch.Tensor, torch.Tensor], t: float, dt: float

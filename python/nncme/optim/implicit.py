@@ -35,6 +35,7 @@ the set of states reachable from it, layer by layer, until the sparse solve of
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,8 +44,15 @@ import scipy.sparse.linalg as spla
 import torch
 
 from .. import ops, parallel
-from ..sampling import member_rows, pool, unique_states
-from .target import NonFiniteError, TransitionTarget, listed_support, one_reaction_ahead
+from ..sampling import Draw, member_rows, pool, unique_states
+from .target import (
+    NonFiniteError,
+    TransitionTarget,
+    expectation,
+    expectation_states,
+    listed_support,
+    one_reaction_ahead,
+)
 from .updates import KLUpdate, StepProblem, StepReport, motion_regression
 
 __all__ = ["ImplicitTarget", "ImplicitUpdate", "implicit_support", "local_error"]
@@ -154,6 +162,33 @@ class ImplicitUpdate(KLUpdate):
             r = -target.residual(begun, states, others)[0]
         return motion_regression(f, r, weights)
 
+    def _exact_objective(
+        self, problem: StepProblem, draw: Draw, report: StepReport
+    ) -> Callable[..., torch.Tensor]:
+        """1/2 sum_n W(n) r(n)^2 over the whole support (`KLUpdate._fit_exactly`), W as the
+        draws weigh the residual (rho as the fit began with "log_variance", else q), every
+        neighbour inside the box differentiable (all are among the states)."""
+        if not isinstance(problem.target, ImplicitTarget):
+            return super()._exact_objective(problem, draw, report)
+        target, states = problem.target, draw.states
+        W = draw.as_drawn() if self.objective == "log_variance" else draw.weights
+        _, exit_rate = target.residual(problem.model, states)
+        report.rate_dt = max(report.rate_dt, problem.dt * float(exit_rate.max()))
+        report.ess = draw.ess
+        self._last_fit = (target, states, W, None)
+        tilt = None if self.supervision is None else self.supervision.tilt(states)
+
+        def objective(loss: bool = False) -> torch.Tensor:
+            r = target.residual(problem.model, states)[0]
+            if loss:  # the residual's mean under q: about the step's KL
+                return (torch.exp(problem.model.log_prob(states)) * r).sum()
+            value = 0.5 * (W * r * r).sum()
+            if tilt is not None:  # E_q[g], the tilt's pull
+                value = value + (torch.exp(problem.model.log_prob(states)) * tilt).sum()
+            return value
+
+        return objective
+
     def _iteration(self, problem: StepProblem, it: int, report: StepReport) -> None:
         if not isinstance(problem.target, ImplicitTarget):
             super()._iteration(problem, it, report)
@@ -164,7 +199,10 @@ class ImplicitUpdate(KLUpdate):
         B = draw.states.shape[0]  # this rank's draws
         # and states of q_old, the source: the residual must vanish where the mass comes from,
         # or the fit could move mass off it and balance the equations where it lands
-        source = problem.target.sample_old(max(1, B // 2), problem.generator)
+        source = (  # (an exhaustive draw holds every state already)
+            states[:0] if draw.exhaustive
+            else problem.target.sample_old(max(1, B // 2), problem.generator)
+        )  # fmt: skip
         every = torch.cat([states, source])
         unique, inverse = unique_states(every, problem.model.limits)
         draw, _, (extra,) = pool(draw, [], [every.shape[0] - B])
@@ -175,8 +213,8 @@ class ImplicitUpdate(KLUpdate):
             others = torch.cat(gathered).to(unique.device)
         r, exit_rate = problem.target.residual(problem.model, unique, others)
         w = self._weights(draw, states.shape[0])
-        if self.objective == "log_variance":  # every drawn state counts 1/B, as drawn
-            w = torch.full_like(w, 1.0 / draw.total)
+        if self.objective == "log_variance":  # every state counts as often as drawn
+            w = torch.cat([draw.as_drawn(), w[B:]]) if draw.exhaustive else w.fill_(1 / draw.total)
         w = torch.cat([w, w.new_full(source.shape[:1], 1.0 / draw.total)])
         W = torch.zeros(unique.shape[0], dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
         # the drawn states' weights sum to 1 over all ranks, each other state's is 1/B
@@ -226,6 +264,7 @@ def local_error(
     samples: int,
     generator: torch.Generator | None = None,
     impl: str = "auto",
+    support: torch.Tensor | None = None,
 ) -> float:
     """The local error of a backward-Euler step q_old -> q_new, relative, RMS under q_new.
 
@@ -239,19 +278,21 @@ def local_error(
         new: the step's result (a VAN: `sample` gives states and their log q).
         old: the distribution at t.  net, t, dt, impl: the step.
         samples: draws of q_new.  generator: their random stream.
+        support: (N, L) q_new's whole support (one process): the expectation summed exactly
+            over it instead of drawn.
 
     Returns:
         sqrt(E_q_new[(e / q_new)^2]): about sqrt(8) times the Hellinger distance the step's
         time error adds (nats for small errors).
     """
-    states, log_new = new.sample(samples, generator)
+    states, log_new, weights = expectation_states(new, samples, generator, support)
     states = states.to(net.device)
     target = TransitionTarget(old, net, t, dt, impl=impl)
     flow = target(states).local_gen  # (W q_old)(n) / q_old(n)
     ratio = torch.exp(target.old_log_prob(states).to(log_new.dtype) - log_new)  # q_old / q_new
     moved = torch.where(ratio > 0, dt * flow * ratio, torch.zeros_like(ratio))
     e = 0.5 * (1 - ratio - moved)
-    return math.sqrt(parallel.mean(e.square()))  # over every rank's draws
+    return math.sqrt(expectation(e.square(), weights))  # over every rank's draws
 
 
 @torch.no_grad()
@@ -286,7 +327,7 @@ def implicit_support(
     p0 = torch.exp(log_p0).double().cpu().numpy()
     t_rates = t + dt / 2 if exact else t + dt
     while True:
-        p, lost = _solve_on(states, p0, net, t_rates, dt, impl, exact)
+        p, lost = solve_on(states, p0, net, t_rates, dt, impl, exact)
         if lost < leak:
             keep = p > 0
             return states[torch.as_tensor(keep)], torch.log(torch.as_tensor(p[keep]))
@@ -297,7 +338,7 @@ def implicit_support(
         states = grown
 
 
-def _solve_on(
+def solve_on(
     states: torch.Tensor, p0: np.ndarray, net: Any, t: float, dt: float, impl: str, exact: bool
 ) -> tuple[np.ndarray, float]:
     """(I - dt W_S) p = p0, or p = exp(dt W_S) p0 (exact), on the set S (outflow from S is

@@ -50,6 +50,7 @@ class NaturalGradientUpdate(KLUpdate):
     """
 
     name = "natgrad"
+    exact_fits = False  # a whole listed support is preconditioned as a draw is
 
     def __init__(
         self,

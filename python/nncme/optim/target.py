@@ -377,6 +377,7 @@ def step_motion(
     samples: int,
     generator: torch.Generator | None = None,
     impl: str = "auto",
+    support: torch.Tensor | None = None,
 ) -> float:
     """How far one explicit step moves q, relative, RMS under q: sqrt(E_q[(dt W q / q)^2]).
 
@@ -388,10 +389,36 @@ def step_motion(
     Args:
         model: the distribution at t (`sample` gives states and log q).
         net, t, dt, impl: the step.  samples: draws of q.  generator: their random stream.
+        support: (N, L) q's whole support (one process): the expectation summed exactly
+            over it instead of drawn.
     """
-    states, _ = model.sample(samples, generator)
+    states, _, weights = expectation_states(model, samples, generator, support)
     flow = TransitionTarget(model, net, t, dt, impl=impl)(states.to(net.device)).local_gen
-    return dt * math.sqrt(parallel.mean(flow.square()))  # over every rank's draws
+    return dt * math.sqrt(expectation(flow.square(), weights))
+
+
+@torch.no_grad()
+def expectation_states(
+    model: Any,
+    samples: int,
+    generator: torch.Generator | None,
+    support: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """States to take an expectation under q over, their log q, and their weights: `samples`
+    draws of q (weights None: each counts alike, over every rank's draws), or q's whole
+    `support` with the weights q(n) (exact)."""
+    if support is None:
+        return (*model.sample(samples, generator), None)
+    states = support.to(model.device)
+    log_q = model.log_prob(states)
+    return states, log_q, torch.softmax(log_q, dim=0)
+
+
+def expectation(values: torch.Tensor, weights: torch.Tensor | None) -> float:
+    """E_q of per-state values from `expectation_states`."""
+    if weights is None:
+        return parallel.mean(values)
+    return float((weights.to(values.dtype) * values).sum())
 
 
 @dataclass(frozen=True)
@@ -526,6 +553,24 @@ class Listed:
         table = self.log_p.new_full((int(inverse.max()) + 1,), -math.inf)
         table[inverse[:N]] = self.log_p
         return table[inverse[N:]]
+
+
+class FixedTarget:
+    """A fixed distribution as a fit's target (the first step's exact solution, `Listed`):
+    log p at the states asked for, no rates (a fit to it moves nothing in time).
+
+    Args:
+        listed: the distribution.  net: the compiled network (where its states live).
+    """
+
+    def __init__(self, listed: Listed, net: Any) -> None:
+        self.listed, self.net = listed, net
+
+    @torch.no_grad()
+    def __call__(self, states: torch.Tensor) -> TargetValues:
+        log_p = self.listed.log_prob(states)
+        zero = torch.zeros_like(log_p)
+        return TargetValues(log_p, zero, zero)
 
 
 @torch.no_grad()
