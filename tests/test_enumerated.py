@@ -166,8 +166,10 @@ def test_a_run_enumerates_small_supports_only():
     assert off.observer(Recorder).summary["settings"]["objective"] == "kl"  # two free counts
     small = build_driver(net, RunConfig(quiet=True, enumerate_states=71))
     assert isinstance(small.stepper.motion.proposal, Mixture)
-    tdvp = build_driver(net, RunConfig(quiet=True, optimizer="tdvp"))
-    assert isinstance(tdvp.stepper.motion.rhs.proposal, Enumerated)
+    tdvp = build_driver(net, RunConfig(quiet=True, optimizer="tdvp"))  # a flow: draws
+    assert isinstance(tdvp.stepper.motion.rhs.proposal, Mixture)
+    natgrad = build_driver(net, RunConfig(quiet=True, optimizer="natgrad"))
+    assert isinstance(natgrad.stepper.motion.proposal, Enumerated)
 
 
 def test_an_enumerated_run_follows_fsp():

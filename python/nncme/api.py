@@ -382,10 +382,11 @@ def _enumerated(
     """The proposal, or its exact expectation over the model's whole support where that holds
     at most `cfg.enumerate_states` states (`sampling.Enumerated`): the box, or the states on
     the network's conservation laws. One process only (a draw split over ranks is pooled by
-    its weights; a list is not split), and only where the listed states hold all of the
-    model's mass (a model of the user's own may hold states the laws leave out)."""
+    its weights; a list is not split, nor its L-BFGS fits), and only where the listed states
+    hold all of the model's mass (a model of the user's own may hold states the laws leave
+    out)."""
     support = _listed_support(cfg, network, model.device)
-    if support is None:
+    if support is None or parallel.active():
         return proposal
     enumerated = Enumerated(proposal, support)
     return enumerated if enumerated.covers(model) else proposal
@@ -393,9 +394,12 @@ def _enumerated(
 
 def _listed_support(cfg: RunConfig, network: Any, device: torch.device) -> torch.Tensor | None:
     """(N, L) the box, or the states on the network's conservation laws, where they are at
-    most `cfg.enumerate_states` (and the run is one process); else None."""
+    most `cfg.enumerate_states` and the steps are fitted (not TDVP's: its least squares
+    weighted by q over a whole support lose the exploration that lets a flow leave a point
+    mass); else None. (The objective resolves from this alike in one process and in many,
+    so a run resumes with either; only one process sums, many draw.)"""
     most = cfg.enumerate_states
-    if most <= 0 or parallel.active():
+    if most <= 0 or cfg.optimizer == "tdvp":
         return None
     if network.conservation_laws:
         try:  # refuses, without listing them, more than `most` states

@@ -435,7 +435,8 @@ class RunConfig(Settings):
     )
     enumerate_states: int = _opt(
         1024,
-        "fitted steps sum their objective exactly over the model's whole support (L-BFGS), "
+        "fitted steps (not tdvp) sum their objective exactly over the model's whole support "
+        "(adam/sgd: by L-BFGS; one process), "
         "instead of drawing batches, where it holds at most this many states (the box, or the "
         "states on the conservation laws); 0: always draw. Each evaluation of the sum costs in "
         "proportion to the states listed, so larger supports are drawn",
