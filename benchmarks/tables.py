@@ -758,7 +758,7 @@ def table_enumerated() -> list[str]:
         "in brackets); tail: P_van(n >= q) / P_exact(n >= q) at the exact upper 1e-6 "
         "quantile, furthest from 1 over species and times; wall: one thread, the runs sharing "
         "the cores, so loose. The draws' schlogl_box1000 run is the full horizon's (saves "
-        "every 0.5 from t = 0.1), stopped at its time limit; the sums' a tenth's. "
+        "every 0.1), stopped at its time limit; the sums' a tenth's (saves every 0.05). "
         f"({', '.join(f'`{f}`' for f in sorted(files))}).",
     ]
 
@@ -820,8 +820,8 @@ def table_defaults() -> list[str]:
         "",
         "`nncme run FILE` with the file's own dt (0.01 where it names none) and every other "
         "setting at its default, to a tenth of the file's horizon where such a run exists "
-        "(toggle_switch, schlogl_box1000 and the five files added last, which name no dt: their "
-        "full horizons), each network's newest such run; the code is the commit the JSON names. "
+        "(bursty4, coalescence, futile_cycle and sir80, which name no dt: their full "
+        "horizons), each network's newest such run; the code is the commit the JSON names. "
         "max H: the largest Hellinger distance "
         "of a marginal from FSP over species and save times (the first save time's in brackets); "
         "mean error over species whose exact mean is at least 0.05; tail ratio: P_van(n >= q) / "
