@@ -287,9 +287,8 @@ class Fit(Motion):
     def _follow_lag(self, report: StepReport) -> None:
         """Double or halve the batch as the fits' running alpha asks (class docstring)."""
         made, spread = report.motion_made, report.motion_spread
-        if self.max_batch == self.base_batch or not (math.isfinite(made) and spread > 0):
-            return
-        if self.support is not None:  # no draw: a bigger batch would change nothing
+        fixed = self.max_batch == self.base_batch or self.support is not None  # (no draw)
+        if fixed or not (math.isfinite(made) and spread > 0):
             return
         b = self.LAG_MEMORY
         lagged, moved, fits, kept = self._lag

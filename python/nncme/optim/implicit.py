@@ -172,7 +172,8 @@ class ImplicitUpdate(KLUpdate):
             return super()._exact_objective(problem, draw, report)
         target, states = problem.target, draw.states
         W = draw.as_drawn() if self.objective == "log_variance" else draw.weights
-        _, exit_rate = target.residual(problem.model, states)
+        with torch.no_grad():
+            exit_rate = target.residual(problem.model, states)[1]
         report.rate_dt = max(report.rate_dt, problem.dt * float(exit_rate.max()))
         report.ess = draw.ess
         self._last_fit = (target, states, W, None)
@@ -214,7 +215,7 @@ class ImplicitUpdate(KLUpdate):
         r, exit_rate = problem.target.residual(problem.model, unique, others)
         w = self._weights(draw, states.shape[0])
         if self.objective == "log_variance":  # every state counts as often as drawn
-            w = torch.cat([draw.as_drawn(), w[B:]]) if draw.exhaustive else w.fill_(1 / draw.total)
+            w = torch.cat([draw.as_drawn(), w[B:]])
         w = torch.cat([w, w.new_full(source.shape[:1], 1.0 / draw.total)])
         W = torch.zeros(unique.shape[0], dtype=w.dtype, device=w.device).index_add_(0, inverse, w)
         # the drawn states' weights sum to 1 over all ranks, each other state's is 1/B

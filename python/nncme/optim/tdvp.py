@@ -236,8 +236,7 @@ class TDVPRightHandSide:
         draw, _, _ = pool(draw)  # weights normalised over all ranks (as given with one)
         drawn, q_weights = draw.states, draw.weights
         weights = draw.as_drawn() if self.as_drawn else q_weights
-        explore = 0.0 if draw.exhaustive else self.explore  # no state lies beyond the support
-        moved = explore_ahead(drawn, explore, self.net, t, generator, impl=self.impl)
+        moved = explore_ahead(drawn, self.explore, self.net, t, generator, impl=self.impl)
         if moved.shape[0]:
             drawn = torch.cat([drawn, moved])
             extra = q_weights.new_full(moved.shape[:1], 1.0 / draw.total)

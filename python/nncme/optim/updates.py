@@ -429,10 +429,9 @@ class KLUpdate(Update):
             pass
         with torch.no_grad():
             report.residual = float(objective())
+            report.loss = float(objective(loss=True))
         report.residuals = values
         report.iterations = len(values)
-        with torch.no_grad():
-            report.loss = float(objective(loss=True))
         report.losses.append(report.loss)
 
     def _exact_objective(
@@ -541,7 +540,7 @@ class KLUpdate(Update):
                 "previous distribution's one-step map has none, or it diverged)"
             )
         if self.objective == "log_variance":  # every state counts as often as drawn
-            w = torch.cat([draw.as_drawn(), w[B:]]) if draw.exhaustive else w.fill_(1 / draw.total)
+            w = torch.cat([draw.as_drawn(), w[B:]])
             baseline = drawn_sum / draw.total
         else:
             baseline = tilted_loss
