@@ -707,7 +707,7 @@ DEFAULTS_RUNS = [
     "review14", "s15_schlogl", "s15_toggle10", "s15_full_a", "s15_full_b", "adam18",
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
-    "s21_enum_schlogl_tenth",
+    "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small",
 ]  # fmt: skip
 
 

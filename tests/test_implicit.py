@@ -1,6 +1,7 @@
-"""The implicit (backward Euler) step: its residual is zero exactly at the dense solution of
-(I - dt W) q = q_old, the exact first step from a point mass, a run at a dt the explicit step
-cannot take against the exact backward-Euler iterates."""
+"""The implicit steps: the residual is zero exactly at the dense solution of (I - dt W) q =
+q_old and of BDF2's equation, the exact first step from a point mass, runs at a dt the explicit
+step cannot take against the exact backward-Euler and BDF2 iterates, BDF2's error estimate
+against its true local error."""
 
 from __future__ import annotations
 
@@ -18,11 +19,19 @@ from nncme.config import ConfigError, RunConfig
 from nncme.exact import FSP, FSPSettings
 from nncme.metrics import hellinger
 from nncme.models import Delta
-from nncme.optim import ImplicitTarget, implicit_support
+from nncme.optim import (
+    BDF2Source,
+    ImplicitTarget,
+    bdf2_coefficients,
+    bdf2_error,
+    implicit_support,
+)
 
 
 class Table:
     """A distribution given by its values on an enumerated list of states."""
+
+    device = torch.device("cpu")
 
     def __init__(self, states: np.ndarray, p: np.ndarray) -> None:
         self.index = {tuple(s): i for i, s in enumerate(states.tolist())}
@@ -40,6 +49,13 @@ def backward_euler(fsp: FSP, p: np.ndarray, t: float, dt: float) -> np.ndarray:
     return spla.spsolve(A.tocsc(), p)
 
 
+def bdf2(fsp: FSP, p: np.ndarray, p_prev: np.ndarray, t: float, h: float, h_prev: float):
+    """The dense variable-step BDF2 step t -> t + h after one of h_prev."""
+    a, b, gamma = bdf2_coefficients(h, h_prev)
+    A = sp.identity(fsp.num_states, format="csc") - gamma * h * fsp.generator(t + h)
+    return spla.spsolve(A.tocsc(), a * p - b * p_prev)
+
+
 def test_the_residual_vanishes_exactly_at_the_backward_euler_solution():
     net = systems.get("toggle_switch", protein_limit=12)  # time-independent; a conserved gene
     fsp = FSP(net, FSPSettings(quiet=True))
@@ -54,6 +70,62 @@ def test_the_residual_vanishes_exactly_at_the_backward_euler_solution():
     assert float(r.abs().max()) < 1e-12
     r_old, _ = target.residual(Table(fsp.states, p_old), states)
     assert float(r_old.abs().max()) > 1.0  # q_old itself is far from solving the step
+
+
+def test_the_residual_vanishes_exactly_at_the_bdf2_solution():
+    """A step of 0.03 after one of 0.05 (dt a_0 up to 4), from a smoothed random law (so that
+    the source a q_n - b q_{n-1} is positive everywhere and not floored)."""
+    net = systems.get("toggle_switch", protein_limit=12)
+    fsp = FSP(net, FSPSettings(quiet=True))
+    p_prev = np.random.default_rng(1).random(fsp.num_states)
+    p_prev = backward_euler(fsp, p_prev / p_prev.sum(), 0.0, 0.27)  # smoothed
+    p_now = backward_euler(fsp, p_prev, 0.25, 0.05)
+    h, h_prev = 0.03, 0.05
+    a, b, gamma = bdf2_coefficients(h, h_prev)
+    assert a - b == pytest.approx(1.0)
+    assert (a * p_now - b * p_prev).min() > 0
+    p_new = bdf2(fsp, p_now, p_prev, 0.3, h, h_prev)
+    source = BDF2Source(Table(fsp.states, p_now), Table(fsp.states, p_prev), a, b)
+    compiled = net.compile("cpu", torch.float64)
+    target = ImplicitTarget(source, compiled, 0.3, gamma * h, t_rates=0.3 + h)
+    states = torch.as_tensor(fsp.states)
+    r, _ = target.residual(Table(fsp.states, p_new), states)
+    assert float(r.abs().max()) < 1e-12
+    be = backward_euler(fsp, p_now, 0.3, h)  # the first-order step is not its solution
+    assert float(target.residual(Table(fsp.states, be), states)[0].abs().max()) > 1e-3
+
+
+def test_the_bdf2_error_estimate_is_the_local_error():
+    """Birth-death moving off a point mass: BDF2 steps of h from the exact laws at t - 2h and
+    t - h; the estimate from the exact laws at t - 2h, t - h, t and the step's result is at
+    least the step's true local error and at most 1.5 times it (both relative RMS under the
+    result; 1.42 and 1.31 at these steps, towards 1 as h falls), and falls as h^3."""
+    net = birth_death()
+    fsp = FSP(net, FSPSettings(quiet=True))
+    W = fsp.generator(0.0)
+    p0 = fsp.initial_distribution()
+
+    def exact(t: float) -> np.ndarray:
+        return np.clip(spla.expm_multiply(t * W, p0), 0, None)
+
+    estimates, truths = [], []
+    for h in (0.02, 0.01):
+        t = 0.3
+        laws = [exact(t - 2 * h), exact(t - h), exact(t)]
+        new = bdf2(fsp, laws[2], laws[1], t, h, h)
+        keep = new > 1e-12 * new.max()
+        truth = np.sqrt(np.sum(new[keep] * ((new[keep] - exact(t + h)[keep]) / new[keep]) ** 2))
+        history = [(t - (2 - i) * h, Table(fsp.states, p)) for i, p in enumerate(laws)]
+        states = torch.as_tensor(fsp.states[keep])
+        estimate = bdf2_error(
+            Table(fsp.states, new / new[keep].sum() * keep), history, t + h,
+            samples=0, support=states,
+        )  # fmt: skip
+        estimates.append(estimate)
+        truths.append(truth)
+    ratios = np.array(estimates) / np.array(truths)
+    assert np.all((ratios > 1) & (ratios < 1.5)), ratios
+    assert 6 < estimates[0] / estimates[1] < 10, estimates
 
 
 def test_the_first_implicit_run_step_from_a_point_mass_is_the_exact_solution():
@@ -114,19 +186,33 @@ def test_an_implicit_run_at_a_dt_no_explicit_step_can_take():
     with pytest.warns(UserWarning, match=r"dt \* a_0 > 0\.9 on .* of the mass"):
         nncme.run(net, RunConfig(integrator="heun", max_motion=0.0, **common))  # steps of dt
     # the step after the exact first one is the hardest fit (from a narrow law at dt a_0 ~ 2)
-    out = nncme.run(
-        net, RunConfig(integrator="implicit", **{**TIGHT, "iterations": 1500}, **common)
-    )
     fsp = FSP(net, FSPSettings(quiet=True))
-    p = spla.expm_multiply(0.1 * fsp.generator(0.0), fsp.initial_distribution())  # exact first
-    want = []
-    for j in range(1, 6):
-        p = backward_euler(fsp, p, 0.1 * j, 0.1)
-        if j % 2 == 1:
-            want.append(p)
-    h = hellinger(np.stack(want), out.result.marginals[1:, 0])
-    assert h.max() < 0.02, h
-    assert {line["scheme"] for line in out.history} == {"exponential, exact", "implicit"}
+    p0 = fsp.initial_distribution()
+    exact = np.stack([spla.expm_multiply(t * fsp.generator(0.0), p0) for t in (0.2, 0.4, 0.6)])
+    errors = {}
+    # summed: each step's equation solved on the whole box and the model fitted to it;
+    # drawn: the model fitted to the equation through its residual at the draws
+    for order, enumerate_states in ((1, 1024), (2, 1024), (2, 0)):
+        tight = {**TIGHT, "iterations": 1500, "implicit_order": order}
+        tight["enumerate_states"] = enumerate_states
+        out = nncme.run(net, RunConfig(integrator="implicit", **tight, **common))
+        p = spla.expm_multiply(0.1 * fsp.generator(0.0), p0)  # the exact first step
+        p_prev, want = p0, []
+        for j in range(1, 6):  # backward Euler, or BDF2 after one backward-Euler step
+            if order == 1 or j == 1:
+                p, p_prev = backward_euler(fsp, p, 0.1 * j, 0.1), p
+            else:
+                p, p_prev = bdf2(fsp, p, p_prev, 0.1 * j, 0.1, 0.1), p
+            if j % 2 == 1:
+                want.append(p)
+        h = hellinger(np.stack(want), out.result.marginals[1:, 0])
+        # (summed: 0.0011 at the first save, after the hardest fit; drawn: 0.005-0.006)
+        assert h.max() < (0.003 if enumerate_states else 0.02), (order, enumerate_states, h)
+        assert {line["scheme"] for line in out.history} == {"exponential, exact", "implicit"}
+        errors[order, enumerate_states] = hellinger(exact, out.result.marginals[1:, 0])
+    # second order: closer to the CME once its steps are BDF2's (the first save time is
+    # reached by the one backward-Euler step)
+    assert max(errors[2, 1024][-1], errors[2, 0][-1]) < errors[1, 1024][-1] / 2, errors
 
 
 def test_implicit_settings():

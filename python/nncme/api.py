@@ -223,8 +223,11 @@ def _build_driver(
             "tolerance": cfg.dt_tolerance,
             "max_motion": max_motion,
             "stages": cfg.explicit_stages,
+            "order": cfg.implicit_order,
         }
-    elif cfg.optimizer == "tdvp" or scheme == "implicit":
+    elif scheme == "implicit":
+        options = {"tolerance": tolerance, "order": cfg.implicit_order}
+    elif cfg.optimizer == "tdvp":
         options = {"tolerance": tolerance}
     else:
         options = {"max_motion": max_motion}

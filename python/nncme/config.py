@@ -341,7 +341,7 @@ def _checked(f: dataclasses.Field, hint: Any, value: Any) -> Any:
         raise ConfigError(f"{f.name}: must be a string, got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ConfigError(f"{f.name}: must be one of {', '.join(choices)}, got {value!r}")
+        raise ConfigError(f"{f.name}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     problem = meta["check"](value) if meta.get("check") else None
     if problem:
         raise ConfigError(f"{f.name}: {problem}")
@@ -512,10 +512,9 @@ class RunConfig(Settings):
     integrator: str = _opt(
         "auto",
         "time scheme: euler (explicit, first order), heun (explicit, second order: two fits or "
-        "two TDVP stages per step), rk4 (TDVP only), implicit (backward Euler, adam/sgd: a "
-        "probability map at any dt; first order, and its fits need the mixture proposal with "
-        "the log-variance objective and a tighter relative_tolerance to reach the tails); auto: "
-        "heun, with adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 0.9; "
+        "two TDVP stages per step), rk4 (TDVP only), implicit (BDF2 after one backward-Euler "
+        "step, adam/sgd: stable at any dt, second order; implicit_order), auto: heun, with "
+        "adaptive implicit steps (adam/sgd) while the mass sits where dt a_0 > 0.9; "
         "ssp (explicit, second order: ssp_stages fits per step, positive while dt a_0 < "
         "ssp_stages - 1)",
         ("auto", "euler", "heun", "rk4", "implicit", "ssp"),
@@ -529,6 +528,13 @@ class RunConfig(Settings):
     )
     adaptive_dt: bool = _opt(
         False, "tdvp, implicit: adaptive sub-steps within each dt, from a local error estimate"
+    )
+    implicit_order: int = _opt(
+        2,
+        "implicit steps (integrator implicit, auto): 2 BDF2 (second order; each step after the "
+        "first of a stretch of implicit ones), 1 backward Euler (first order: it widens a "
+        "moving law)",
+        (1, 2),
     )
     dt_tolerance: float = _opt(
         1e-2, "adaptive_dt: local error per sub-step allowed (nats)", positive=True

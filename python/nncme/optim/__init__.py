@@ -22,7 +22,15 @@ from .gradients import (
     set_flat_parameters,
     use_gram,
 )
-from .implicit import ImplicitTarget, ImplicitUpdate, implicit_support, local_error
+from .implicit import (
+    BDF2Source,
+    ImplicitTarget,
+    ImplicitUpdate,
+    bdf2_coefficients,
+    bdf2_error,
+    implicit_support,
+    local_error,
+)
 from .linear import CV_GRID, SPACES, CrossValidation, FisherSolver, ScoreSolution, SolveInfo
 from .natgrad import NaturalGradientUpdate
 from .target import (
@@ -56,6 +64,7 @@ __all__ = [
     "GRADIENTS",
     "OPTIMIZERS",
     "SPACES",
+    "BDF2Source",
     "CrossValidation",
     "Distribution",
     "DivergenceError",
@@ -79,6 +88,8 @@ __all__ = [
     "TransitionTarget",
     "Update",
     "add_to_parameters",
+    "bdf2_coefficients",
+    "bdf2_error",
     "check_step_size",
     "explore_ahead",
     "fit_enumerated",
