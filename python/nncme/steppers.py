@@ -73,7 +73,7 @@ from .optim import (
     step_motion,
     transition_support,
 )
-from .optim.implicit import solve_on
+from .optim.implicit import solved_target
 from .optim.target import STIFF_RATE_DT, STIFF_SHARE, FixedTarget, Listed, listed_support
 from .sampling import Enumerated, Proposal
 
@@ -825,19 +825,17 @@ class BackwardEuler:
     def _solved(self, source: Any, t_rates: float, step: float) -> FixedTarget:
         """The step's equation q - step W(t_rates) q = source solved exactly on the model's
         whole support, where the fits sum over it (`sampling.Enumerated`): a sparse solve of
-        at most `enumerate_states` unknowns, and the model fitted to its solution (floored at
-        1e-15 of its largest value, where roundoff starts) in log space, as to an explicit
-        step's target. Fitted through its residual instead, the equation is conditioned like
+        at most `enumerate_states` unknowns (`nncme.optim.implicit.solved_target`), and the
+        model fitted to its solution in log space, as to an explicit step's target. Fitted
+        through its residual instead, the equation is conditioned like
         (I - step W) itself: on Schlögl's network, where step a_0 reaches 30, L-BFGS ran to
         its evaluation cap and left each step 0.006 (Hellinger) from the CME's own step
         (0.001 from the solution's fit)."""
         motion = self.motion
-        support = motion.support
-        p_source = torch.exp(source.log_prob(support)).double().cpu().numpy()
-        p, _ = solve_on(support, p_source, motion.net, t_rates, step, motion.impl, exact=False)
-        p = torch.as_tensor(p).clamp(min=max(float(p.max()) * 1e-15, 1e-300))
-        listed = Listed(support, torch.log(p / p.sum()).to(support.device), motion.net.limits)
-        return FixedTarget(listed, motion.net)
+        p_source = torch.exp(source.log_prob(motion.support))
+        return solved_target(
+            motion.support, p_source, motion.net, t_rates, step, motion.impl, exact=False
+        )
 
     def _error(self, old: AutoregressiveModel, t: float, h: float) -> tuple[float, int]:
         """The sub-step's local error estimate and its order (class docstring)."""
@@ -1165,10 +1163,7 @@ class StartFit:
         p0 = torch.exp(Listed(found[0], found[1], self.net.limits).log_prob(support))
         if abs(float(p0.sum()) - 1.0) > 1e-9:  # the start is not all on the support
             return
-        p, _ = solve_on(support, p0.double().cpu().numpy(), self.net, t + dt / 2, dt,
-                        self.impl, exact=True)  # fmt: skip
-        p = torch.as_tensor(p).clamp(min=max(float(p.max()) * 1e-15, 1e-300))
-        target = FixedTarget(Listed(support, torch.log(p / p.sum()), self.net.limits), self.net)
+        target = solved_target(support, p0, self.net, t + dt / 2, dt, self.impl, exact=True)
         update = KLUpdate(
             self.optimizer, iterations=200, relative_tolerance=1e-4, min_iterations=3,
             objective="log_variance",

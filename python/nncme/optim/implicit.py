@@ -59,6 +59,8 @@ import torch
 from .. import ops, parallel
 from ..sampling import Draw, member_rows, pool, unique_states
 from .target import (
+    FixedTarget,
+    Listed,
     NonFiniteError,
     TransitionTarget,
     expectation,
@@ -76,6 +78,7 @@ __all__ = [
     "bdf2_error",
     "implicit_support",
     "local_error",
+    "solved_target",
 ]
 
 # The BDF2 source a q_n - b q_{n-1} is kept at least this share of a q_n (`BDF2Source`).
@@ -483,6 +486,22 @@ def solve_on(
         p = spla.spsolve((sp.identity(N, format="csc") - dt * W).tocsc(), p0)
     p = np.clip(p, 0.0, None)
     return p, max(0.0, 1.0 - float(p.sum()))
+
+
+@torch.no_grad()
+def solved_target(
+    support: torch.Tensor, p0: torch.Tensor, net: Any, t: float, dt: float, impl: str, exact: bool
+) -> FixedTarget:
+    """`solve_on` over a model's whole support as a fit's fixed target: (I - dt W)^-1 p0, or
+    exp(dt W) p0 (exact), floored at 1e-15 of its largest value (where roundoff starts, so
+    that log p stays finite and meaningful) and normalised.
+
+    Args:
+        support: (N, L) the states.  p0: (N,) the source on them.  net, t, dt, impl, exact:
+            as for `solve_on`."""
+    p, _ = solve_on(support, p0.double().cpu().numpy(), net, t, dt, impl, exact)
+    p = torch.as_tensor(p).clamp(min=max(float(p.max()) * 1e-15, 1e-300))
+    return FixedTarget(Listed(support, torch.log(p / p.sum()).to(support.device), net.limits), net)
 
 
 def _keys(states: torch.Tensor, limits: torch.Tensor) -> np.ndarray:
