@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nncme
-from nncme import Reaction, ReactionNetwork
+from nncme import ReactionNetwork
 from nncme.api import build_driver
 from nncme.config import RunConfig
 from nncme.exact import FSP, FSPSettings, enumerate_states, solve_fsp
@@ -22,21 +22,12 @@ from nncme.observers import Recorder
 from nncme.optim import ImplicitTarget, ImplicitUpdate, KLUpdate, StepProblem, TransitionTarget
 from nncme.sampling import Enumerated, Mixture, Vanilla
 
+from .test_optim import conserved_network as optim_network
+
 
 def conserved_network() -> ReactionNetwork:
     """A <-> B with A + B = 5, and an independent C: 72 states on the law in a box of 432."""
-    return ReactionNetwork(
-        {"A": 6, "B": 6, "C": 12},
-        [
-            Reaction({"A": 1}, {"B": 1}, 2.0),
-            Reaction({"B": 1}, {"A": 1}, 1.0),
-            Reaction({}, {"C": 1}, 3.0),
-            Reaction({"C": 1}, {}, 1.0),
-        ],
-        {"A": 5, "C": 1},
-        t_end=0.6,
-        dt=0.02,
-    )
+    return optim_network(c_limit=12, t_end=0.6)
 
 
 def enumerated(net: ReactionNetwork, inner) -> Enumerated:

@@ -30,10 +30,10 @@ from nncme.sampling import Mixture, unique_states
 from nncme.steppers import RK4, Fit, Flow
 
 
-def conserved_network() -> ReactionNetwork:
+def conserved_network(c_limit: int = 8, t_end: float = 1.0) -> ReactionNetwork:
     """A <-> B with A + B = 5, and an independent C: a law the masks must honour."""
     return ReactionNetwork(
-        {"A": 6, "B": 6, "C": 8},
+        {"A": 6, "B": 6, "C": c_limit},
         [
             Reaction({"A": 1}, {"B": 1}, 2.0),
             Reaction({"B": 1}, {"A": 1}, 1.0),
@@ -41,7 +41,7 @@ def conserved_network() -> ReactionNetwork:
             Reaction({"C": 1}, {}, 1.0),
         ],
         {"A": 5, "C": 1},
-        t_end=1.0,
+        t_end=t_end,
         dt=0.02,
     )
 
