@@ -306,14 +306,17 @@ def table_headline() -> list[str]:
 
 @functools.cache
 def run_defaults() -> dict:
+    """RunConfig's defaults; a field resolved per run (`RunConfig.resolved`) -> the values it
+    resolves to, as a tuple."""
     try:
-        from nncme.config import RunConfig
+        from nncme.config import DRAWN_DT_TOLERANCE, SUMMED_DT_TOLERANCE, RunConfig
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise SystemExit(
             f"tables.py needs nncme importable (the RunConfig defaults): {exc}"
         ) from exc
     config = RunConfig()
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    defaults = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    return {**defaults, "dt_tolerance": (SUMMED_DT_TOLERANCE, DRAWN_DT_TOLERANCE)}
 
 
 def differing_settings(settings: dict) -> str:
@@ -326,7 +329,8 @@ def differing_settings(settings: dict) -> str:
             continue
         if key == "save_every" and math.isclose(value, settings["t_end"] / 10):
             continue  # the default save times
-        if key in defaults and defaults[key] == value:
+        default = defaults.get(key, object())
+        if default == value or (isinstance(default, tuple) and value in default):
             continue
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -707,7 +711,8 @@ DEFAULTS_RUNS = [
     "review14", "s15_schlogl", "s15_toggle10", "s15_full_a", "s15_full_b", "adam18",
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
-    "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small",
+    "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
+    "s23_schlogl_tenth",
 ]  # fmt: skip
 
 
@@ -720,7 +725,7 @@ ENUMERATED_RUNS = {
     "trimerisation": ("s20_order", "s21_enum_trim_full"),
     "bursty4": ("s19_new", "s21_enum_full"),
     "coalescence": ("s19_new", "s21_enum_full"),
-    "schlogl_box1000": ("s15_schlogl", "s21_enum_schlogl_tenth"),
+    "schlogl_box1000": ("s15_schlogl", "s23_schlogl_tenth"),
 }
 
 
@@ -806,8 +811,10 @@ def table_defaults() -> list[str]:
         "network", "t reached", "max H (first save)", "worst mean error", "tail ratio 1e-4",
         "tail ratio 1e-6", "marginals", "wall", "code, CPU, JSON",
     ]  # fmt: skip
-    rows = []
+    rows, whole = [], []
     for network, (name, d, r) in newest_default_rows().items():
+        if abs(r["t_end"] - 0.1 * r["t_end_file"]) > 1e-9:
+            whole.append(network)
         err = r.get("max_mean_rel_error")
         marg = {"joint": "joint", "conservation-law states": "laws"}
         rows.append([
@@ -820,8 +827,8 @@ def table_defaults() -> list[str]:
         "",
         "`nncme run FILE` with the file's own dt (0.01 where it names none) and every other "
         "setting at its default, to a tenth of the file's horizon where such a run exists "
-        "(bursty4, coalescence, futile_cycle and sir80, which name no dt: their full "
-        "horizons), each network's newest such run; the code is the commit the JSON names. "
+        f"(else another horizon: {', '.join(whole) or 'none'}), each network's newest such "
+        "run; the code is the commit the JSON names. "
         "max H: the largest Hellinger distance "
         "of a marginal from FSP over species and save times (the first save time's in brackets); "
         "mean error over species whose exact mean is at least 0.05; tail ratio: P_van(n >= q) / "

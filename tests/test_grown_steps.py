@@ -143,22 +143,43 @@ def _fast_birth_death() -> ReactionNetwork:
     )
 
 
+def _poisson_law(times: np.ndarray) -> np.ndarray:
+    lam = 20.0 * (1 - np.exp(-5.0 * times))
+    exact = np.stack([stats.poisson.pmf(np.arange(60), m) for m in lam])[:, None, :]
+    exact[0, 0, 0] = 1.0
+    return exact
+
+
 def test_auto_grows_its_heun_steps_only_as_far_as_they_stay_explicit():
     """Birth-death at rates where the explicit limit (h a_0 <= 0.9 where the mass is, a_0
-    about 200 at the mean) binds before the motion does: the steps grow from dt = 0.001 to a
-    few dt, stay Heun steps, and follow the exact Poisson law."""
+    about 200 at the mean) binds before the motion does, with drawn fits: the steps grow from
+    dt = 0.001 to a few dt, stay Heun steps, and follow the exact Poisson law."""
     net = _fast_birth_death()
-    out = nncme.run(net, RunConfig(t_end=0.6, save_every=0.2, seed=0, **FAST))
+    out = nncme.run(net, RunConfig(t_end=0.6, save_every=0.2, seed=0, enumerate_states=0, **FAST))
     lengths = np.array([h["dt"] for h in out.history[1:]])
     schemes = [h["scheme"] for h in out.history[1:]]
     assert len(out.history) < 400 and lengths.max() >= 0.002  # 600 steps of dt
     a0_top = 100.0 + 5.0 * 35  # the total rate 3.5 standard deviations above the mean
     assert lengths.max() * a0_top < 2.0  # no step far past the explicit limit
     assert schemes.count("implicit") <= 0.1 * len(schemes) and schemes[-1] == "heun", schemes
-    lam = 20.0 * (1 - np.exp(-5.0 * out.result.times))
-    exact = np.stack([stats.poisson.pmf(np.arange(60), m) for m in lam])[:, None, :]
-    exact[0, 0, 0] = 1.0
-    assert hellinger(exact, out.result.marginals).max() < 0.02
+    assert hellinger(_poisson_law(out.result.times), out.result.marginals).max() < 0.02
+
+
+def test_auto_steps_past_the_explicit_limit_implicitly_where_the_fits_sum():
+    """The same birth-death with the fits summed over its 60 states (the default): a grown
+    Heun step that turns stiff is taken implicitly, and the steps stay implicit while the mass
+    is stiff at their own length, growing as the exact error estimate allows (past the
+    explicit limit, to several times Heun's longest step) and following the Poisson law."""
+    net = _fast_birth_death()
+    out = nncme.run(net, RunConfig(t_end=0.6, save_every=0.2, seed=0, **FAST))
+    steps = out.history[1:]
+    lengths = np.array([h["dt"] for h in steps])
+    assert lengths.max() * (100.0 + 5.0 * 20) > 2.0  # past the explicit limit at the mean
+    long = [h["scheme"] for h in steps if h["dt"] * 200.0 > 1.0]
+    assert long and set(long) == {"implicit"}, long
+    heun = max(h["dt"] for h in steps if h["scheme"] == "heun")
+    assert lengths.max() >= 4 * heun  # the implicit steps grew on where Heun's stopped
+    assert hellinger(_poisson_law(out.result.times), out.result.marginals).max() < 0.01
 
 
 def test_plain_heun_steps_grow_only_as_far_as_they_stay_explicit():
@@ -180,7 +201,4 @@ def test_plain_heun_steps_grow_only_as_far_as_they_stay_explicit():
         elif before["stiff_mass"] >= STIFF_SHARE / 10:
             assert after["dt"] <= before["dt"] + 1e-12, after
     assert lengths.max() * (100.0 + 5.0 * 35) < 2.0
-    lam = 20.0 * (1 - np.exp(-5.0 * out.result.times))
-    exact = np.stack([stats.poisson.pmf(np.arange(60), m) for m in lam])[:, None, :]
-    exact[0, 0, 0] = 1.0
-    assert hellinger(exact, out.result.marginals).max() < 0.02
+    assert hellinger(_poisson_law(out.result.times), out.result.marginals).max() < 0.02

@@ -240,9 +240,11 @@ def test_adaptive_implicit_steps_follow_the_exact_solution_where_fixed_ones_lag(
 
 def test_auto_takes_heun_steps_where_the_mass_is_not_stiff_and_implicit_ones_where_it_is():
     """Birth-death at dt = 0.1, where dt a_0 is 1 to 2 on the mass: the auto integrator's Heun
-    steps of dt give way to adaptive implicit ones (no warning, FSP followed); by default the
-    law, which moves fast there, has the Heun steps cut into sub-steps instead (not stiff,
-    FSP followed); at dt = 0.01 every step after the exact first one is Heun's."""
+    steps of dt give way to adaptive implicit ones (no warning, FSP followed). By default the
+    law moves too fast there for Auto.IMPLICIT_PIECES Heun sub-steps: where the fits sum over
+    the box it is crossed implicitly, where they draw (enumerate_states 0) Heun's steps are
+    cut into sub-steps instead (both follow FSP); at dt = 0.01 every step after the exact
+    first one is Heun's."""
     net = birth_death()
     fsp = FSP(net, FSPSettings(quiet=True))
     p0 = fsp.initial_distribution()
@@ -251,13 +253,43 @@ def test_auto_takes_heun_steps_where_the_mass_is_not_stiff_and_implicit_ones_whe
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no stiffness warning
         stiff = nncme.run(net, RunConfig(dt=0.1, max_motion=0.0, **common))
-        cut = nncme.run(net, RunConfig(dt=0.1, **common))
+        fast = nncme.run(net, RunConfig(dt=0.1, **common))
+        cut = nncme.run(net, RunConfig(dt=0.1, enumerate_states=0, **common))
     schemes = [line["scheme"] for line in stiff.history]
     assert schemes[0] == "exponential, exact" and set(schemes[1:]) == {"implicit"}
     assert hellinger(exact, stiff.result.marginals[1:, 0]).max() < 0.02
+    assert [line["scheme"] for line in fast.history[1:3]] == ["implicit", "implicit"]
+    assert hellinger(exact, fast.result.marginals[1:, 0]).max() < 0.01
     assert {line["scheme"] for line in cut.history[1:]} == {"heun"}
     assert min(line["accepted"] for line in cut.history[1:]) > 1
     assert hellinger(exact, cut.result.marginals[1:, 0]).max() < 0.02
     mild = nncme.run(net, RunConfig(dt=0.01, **{**common, "iterations": 60}))
     assert {line["scheme"] for line in mild.history[1:]} == {"heun"}
     assert hellinger(exact, mild.result.marginals[1:, 0]).max() < 0.02
+
+
+def test_an_error_floor_above_the_tolerance_is_warned_about_not_fatal(monkeypatch):
+    """An error estimate with a floor (the fits' own error, here 1e-3 plus a truncation
+    error of 0.01 (h / 0.05)^2) above dt_tolerance (1e-4): the sub-steps shrink until the
+    estimate stops falling with them, and the sub-step is accepted at that floor with one
+    warning, instead of shrinking to min_step and stopping the run; later sub-steps are held
+    to 1.5 x the floor (h about 0.01 here) and the run completes."""
+    from nncme.steppers import BackwardEuler
+
+    floor = 1e-3
+
+    def floored(self, old, t, h):
+        return floor + 0.01 * (h / 0.05) ** 2, 1
+
+    monkeypatch.setattr(BackwardEuler, "_error", floored)
+    cfg = RunConfig(
+        integrator="implicit", adaptive_dt=True, dt_tolerance=1e-4, dt=0.1, t_end=0.3,
+        save_every=0.1, quiet=True, iterations=30,
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="does not fall with the step") as caught:
+        out = nncme.run(birth_death(), cfg)
+    assert sum("does not fall with the step" in str(w.message) for w in caught) == 1
+    assert out.result.times[-1] == pytest.approx(0.3)
+    later = out.history[2:]  # after the step that found the floor
+    assert all(line["local_error"] <= 1.5 * 1.001 * floor for line in later), later
+    assert all(line["accepted"] >= 5 for line in later)  # h near 0.01: about 10 a step

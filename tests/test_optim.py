@@ -330,6 +330,13 @@ def test_config_names_and_defaults():
     # a support summed exactly: the log-variance whatever its dimensions
     assert RunConfig().resolved(2, enumerable=True).objective == "log_variance"
     assert RunConfig(objective="kl").resolved(2, enumerable=True).objective == "kl"
+    # the implicit steps' tolerance: tighter where the error estimate sums exactly
+    assert RunConfig().resolved(2, enumerable=True).dt_tolerance == 1e-3
+    assert RunConfig().resolved(2).dt_tolerance == 1e-2
+    assert RunConfig(dt_tolerance=0.05).resolved(2, enumerable=True).dt_tolerance == 0.05
+    summed = build_driver(birth_death(), RunConfig(quiet=True)).stepper
+    drawn = build_driver(birth_death(), RunConfig(quiet=True, enumerate_states=0)).stepper
+    assert (summed.implicit.tolerance, drawn.implicit.tolerance) == (1e-3, 1e-2)
     cfg = RunConfig(optimizer="natgrad", proposal="alpha", quiet=True, enumerate_states=0)
     motion = build_driver(birth_death(), cfg).stepper.motion
     assert isinstance(motion, Fit) and isinstance(motion.update, NaturalGradientUpdate)
