@@ -492,11 +492,12 @@ class RungeKutta:
     def model(self) -> AutoregressiveModel:
         return self.motion.model
 
-    def step(self, t: float, dt: float) -> StepReport:
-        """Advance the model from t to t + dt; the report covers the whole step."""
+    def step(self, t: float, dt: float, *, moved: float | None = None) -> StepReport:
+        """Advance the model from t to t + dt; the report covers the whole step. moved: the
+        step's motion at its start where the caller measured it already (`Auto`)."""
         self.motion.begin(t, dt)
         if self.tolerance is None:
-            moved = self._moved(t, dt)
+            moved = self._moved(t, dt) if moved is None else moved
             pieces = self._pieces(moved)
             reports = []
             for i in range(pieces):
@@ -988,12 +989,14 @@ class Auto:
     def step(self, t: float, dt: float) -> StepReport:
         self.shortest = min(self.shortest, dt)
         spent: list[StepReport] = []
-        fast = False  # Heun's step would need more sub-steps than its cap
-        if not self.stiff_now:
-            fast = self._explicit_pieces(t, dt) > self.IMPLICIT_PIECES
+        summed = self.motion.support is not None
+        moved = None  # the explicit step's motion, measured once where the fits sum
+        if summed and not self.stiff_now and self.explicit.max_motion is not None:
+            moved = self.explicit._moved(t, dt)
+        fast = moved is not None and self._explicit_pieces(moved) > self.IMPLICIT_PIECES
         if not (self.stiff_now or fast):
             start = self.motion.snapshot(-3)
-            report = self.explicit.step(t, dt)
+            report = self.explicit.step(t, dt, moved=moved)
             if not report.stiff_mass > STIFF_SHARE:
                 report.next_dt = self._explicit_next(dt, report)
                 return report
@@ -1008,7 +1011,6 @@ class Auto:
         # Where the fits sum over the support, stiff at this step's length: the implicit
         # steps keep the length their exact error allows instead of crawling back to
         # Heun's positivity limit
-        summed = self.motion.support is not None
         at = dt if summed else self.shortest
         self.stiff_now = self._stiff_share(t + dt, at) >= STIFF_SHARE / 10
         if not (self.stiff_now or fast):
@@ -1017,15 +1019,12 @@ class Auto:
         report.seconds += sum(r.seconds for r in spent)
         return report
 
-    def _explicit_pieces(self, t: float, dt: float) -> float:
-        """The sub-steps an explicit step over [t, t + dt] would need to keep each fit's
-        motion below max_motion, uncapped (0 where it is not measured, or where the fits
-        draw: there an implicit step fits its residual, conditioned like (I - h W), not an
-        exact solution; `BackwardEuler._solved`)."""
+    def _explicit_pieces(self, moved: float) -> float:
+        """The sub-steps an explicit step that moves q by `moved` would need to keep each
+        fit's motion below max_motion, uncapped (0 where it was not measured). Asked only where
+        the fits sum: where they draw, an implicit step fits its residual, conditioned like
+        (I - h W), not an exact solution (`BackwardEuler._solved`)."""
         explicit = self.explicit
-        if self.motion.support is None or explicit.max_motion is None:
-            return 0.0
-        moved = explicit._moved(t, dt)
         if math.isnan(moved):
             return 0.0
         return moved * explicit.scheme.fit_motion / explicit.max_motion
