@@ -85,6 +85,11 @@ def sig(x: float, n: int = 2) -> str:
     return f"{r:.{decimals}f}"
 
 
+def hell(x: float) -> str:
+    """A Hellinger distance: four decimals, one significant digit below 0.0001 (0.00003)."""
+    return f"{x:.4f}" if x >= 5e-5 else sig(x, 1)
+
+
 def sci(x: float, n: int = 2) -> str:
     """n significant digits; a·10ᵏ outside 0.001..99 (relative errors from 0.01 to 10⁶)."""
     if x == 0 or not math.isfinite(x):
@@ -675,7 +680,7 @@ def table_optimizers() -> list[str]:
             return f"{r.get('error', r.get('status'))} at t = {sig(r.get('failed_at_t') or 0)}"
         reached = "" if r["status"] == "completed" else f" to t = {sig(r['stopped_at_t'])}"
         return (
-            f"{r['max_hellinger']:.4f} ({r['hellinger_first_save']:.4f}){reached}, "
+            f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])}){reached}, "
             f"{seconds(r['wall_seconds'])}"
         )
 
@@ -712,49 +717,52 @@ DEFAULTS_RUNS = [
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
     "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
-    "s23_schlogl_tenth",
+    "s23_schlogl_tenth", "s24_small", "s24_full",
 ]  # fmt: skip
 
 
-# the fits summed over a small support (`--enumerate-states`) against the draws before it:
-# network -> (the draws' run, the sums' run), both bench_defaults.py at every default
+# the fits summed over a small support (`--enumerate-states`) against the draws before it,
+# and the exponential steps that sums allow: network -> (the draws' run, the sums' run with
+# Heun and implicit steps, the exponential steps' run), bench_defaults.py at every default
 ENUMERATED_RUNS = {
-    "birth_death_seasonal": ("adam18", "s21_enum_small"),
-    "positive_feedback_switch": ("review17_pfs", "s21_enum_small"),
-    "dimerisation": ("s20_order", "s21_enum_small"),
-    "trimerisation": ("s20_order", "s21_enum_trim_full"),
-    "bursty4": ("s19_new", "s21_enum_full"),
-    "coalescence": ("s19_new", "s21_enum_full"),
-    "schlogl_box1000": ("s15_schlogl", "s23_schlogl_tenth"),
+    "birth_death_seasonal": ("adam18", "s21_enum_small", "s24_small"),
+    "positive_feedback_switch": ("review17_pfs", "s21_enum_small", "s24_small"),
+    "dimerisation": ("s20_order", "s21_enum_small", "s24_small"),
+    "trimerisation": ("s20_order", "s21_enum_trim_full", "s24_full"),
+    "bursty4": ("s19_new", "s21_enum_full", "s24_full"),
+    "coalescence": ("s19_new", "s21_enum_full", "s24_full"),
+    "schlogl_box1000": ("s15_schlogl", "s23_schlogl_tenth", "s24_small"),
 }
 
 
 def table_enumerated() -> list[str]:
-    """The networks whose support the fits now sum over, against their draws before."""
+    """The networks whose support the fits now sum over: their draws before, the sums with
+    Heun and implicit steps, the sums with exponential steps."""
 
     def row_of(network: str, tag: str) -> tuple[dict, dict]:
         d = load(f"defaults_cpu_{tag}.json")
         return d, next(r for r in d["rows"] if r["network"] == network)
 
-    def cells(d: dict, r: dict) -> list[str]:
+    def cells(r: dict) -> list[str]:
         reached = sig(r["t_end"]) if r["status"] == "completed" else sig(r["stopped_at_t"])
         worst = (r.get("tails") or {}).get("worst", {}).get("1e-06")
         return [
-            f"{r['max_hellinger']:.4f} ({r['hellinger_first_save']:.4f})",
+            f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])})",
             "-" if worst is None else sig(worst["ratio"]),
             f"{seconds(r['wall_seconds'])} to t = {reached}",
-            f"{d['commit']}, {cpu_short(d)}",
         ]
 
-    header = [
-        "network (states)", "draws: max H (first save)", "tail 1e-6", "wall", "code, CPU",
-        "sums: max H (first save)", "tail 1e-6", "wall", "code, CPU",
-    ]  # fmt: skip
-    rows, files = [], set()
-    for network, (before, after) in ENUMERATED_RUNS.items():
-        (d0, r0), (d1, r1) = row_of(network, before), row_of(network, after)
-        files |= {f"defaults_cpu_{before}.json", f"defaults_cpu_{after}.json"}
-        rows.append([f"`{network}` ({r1['states']:,})", *cells(d0, r0), *cells(d1, r1)])
+    groups = ("draws", "sums, Heun/BDF2", "sums, exponential")
+    header = ["network (states)"]
+    for group in groups:
+        header += [f"{group}: max H (first save)", "tail 1e-6", "wall"]
+    rows, runs = [], {}
+    for network, tags in ENUMERATED_RUNS.items():
+        found = [row_of(network, tag) for tag in tags]
+        runs |= {f"defaults_cpu_{tag}.json": d for tag, (d, _) in zip(tags, found, strict=True)}
+        states = found[-1][1]["states"]
+        rows.append([f"`{network}` ({states:,})", *[c for _, r in found for c in cells(r)]])
+    files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
     return [
         *markdown(header, rows),
         "",
@@ -763,8 +771,8 @@ def table_enumerated() -> list[str]:
         "in brackets); tail: P_van(n >= q) / P_exact(n >= q) at the exact upper 1e-6 "
         "quantile, furthest from 1 over species and times; wall: one thread, the runs sharing "
         "the cores, so loose. The draws' schlogl_box1000 run is the full horizon's (saves "
-        "every 0.1), stopped at its time limit; the sums' a tenth's (saves every 0.05). "
-        f"({', '.join(f'`{f}`' for f in sorted(files))}).",
+        "every 0.1), stopped at its time limit; both sums' runs a tenth's (saves every 0.05). "
+        f"Runs (code, CPU): {files}.",
     ]
 
 
@@ -805,7 +813,7 @@ def table_defaults() -> list[str]:
     def hellinger(r: dict) -> str:
         if r.get("max_hellinger") is None:
             return "-"
-        return f"{r['max_hellinger']:.4f} ({r['hellinger_first_save']:.4f})"
+        return f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])})"
 
     header = [
         "network", "t reached", "max H (first save)", "worst mean error", "tail ratio 1e-4",
@@ -860,7 +868,7 @@ def table_parallel() -> list[str]:
             "-"
             if r["peak_memory_mb"]["host"] is None
             else f"{r['peak_memory_mb']['host']:,.0f} MB",
-            f"{r['max_hellinger']:.4f}",
+            hell(r["max_hellinger"]),
         ]
         for r in d["rows"]
     ]
@@ -895,7 +903,7 @@ def table_lattice() -> list[str]:
             f"{r['iterations']:,}",
             f"{r['seconds_per_step']:.1f}",
             f"{r['peak_memory_mb']:,.0f} MB",
-            f"{r['max_hellinger']:.4f}",
+            hell(r["max_hellinger"]),
         ]
         for r in d["rows"]
     ]

@@ -19,7 +19,8 @@ from nncme.models import build_model
 from nncme.observers import Checkpoints, Observer, Recorder, StepLog, Watchdog, summarize
 from nncme.optim import StepReport
 
-FAST = dict(quiet=True, eval_samples=2000, batch=200, iterations=3, tolerance=0)
+# steps of dt (max_dt 0): these tests are of the driver's grid and hooks, not of growth
+FAST = dict(quiet=True, eval_samples=2000, batch=200, iterations=3, tolerance=0, max_dt=0.0)
 
 
 def dimerisation() -> ReactionNetwork:

@@ -205,9 +205,11 @@ def test_product_and_model_starts():
 
 
 def _run(tmp, callbacks=(), resume=False, **kw):
+    """A run of steps of dt (max_dt 0: the exponential steps would grow past the steps the
+    tests stop at)."""
     cfg = RunConfig(
         t_end=0.1, dt=0.01, save_every=0.03, batch=200, iterations=3, tolerance=0,
-        out=str(tmp), resume=resume, **FAST, **kw,
+        out=str(tmp), resume=resume, **{"max_dt": 0.0, **FAST, **kw},
     )  # fmt: skip
     return nncme.run(birth_death(limit=20), cfg, callbacks=callbacks)
 

@@ -239,31 +239,32 @@ def test_adaptive_implicit_steps_follow_the_exact_solution_where_fixed_ones_lag(
 
 
 def test_auto_takes_heun_steps_where_the_mass_is_not_stiff_and_implicit_ones_where_it_is():
-    """Birth-death at dt = 0.1, where dt a_0 is 1 to 2 on the mass: the auto integrator's Heun
-    steps of dt give way to adaptive implicit ones (no warning, FSP followed). By default the
-    law moves too fast there for Auto.IMPLICIT_PIECES Heun sub-steps: where the fits sum over
-    the box it is crossed implicitly, where they draw (enumerate_states 0) Heun's steps are
-    cut into sub-steps instead (both follow FSP); at dt = 0.01 every step after the exact
-    first one is Heun's."""
+    """Birth-death at dt = 0.1, where dt a_0 is 1 to 2 on the mass, with drawn fits
+    (enumerate_states 0): the auto integrator's Heun steps of dt give way to adaptive implicit
+    ones where they may not be cut (max_motion 0), are cut into Heun sub-steps where they may
+    (the law moves too fast for one), and at dt = 0.01 every step after the exact first one is
+    Heun's; all follow FSP, with no warning. Where the fits sum over the box (the default),
+    every step is exponential (`tests/test_exponential.py`)."""
     net = birth_death()
     fsp = FSP(net, FSPSettings(quiet=True))
     p0 = fsp.initial_distribution()
     exact = np.stack([spla.expm_multiply(t * fsp.generator(0.0), p0) for t in (0.2, 0.4, 0.6)])
     common = dict(t_end=0.6, save_every=0.2, quiet=True, eval_samples=4000, **TIGHT)
+    drawn = dict(common, enumerate_states=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # no stiffness warning
-        stiff = nncme.run(net, RunConfig(dt=0.1, max_motion=0.0, **common))
-        fast = nncme.run(net, RunConfig(dt=0.1, **common))
-        cut = nncme.run(net, RunConfig(dt=0.1, enumerate_states=0, **common))
+        stiff = nncme.run(net, RunConfig(dt=0.1, max_motion=0.0, **drawn))
+        cut = nncme.run(net, RunConfig(dt=0.1, **drawn))
+        summed = nncme.run(net, RunConfig(dt=0.1, **common))
     schemes = [line["scheme"] for line in stiff.history]
     assert schemes[0] == "exponential, exact" and set(schemes[1:]) == {"implicit"}
     assert hellinger(exact, stiff.result.marginals[1:, 0]).max() < 0.02
-    assert [line["scheme"] for line in fast.history[1:3]] == ["implicit", "implicit"]
-    assert hellinger(exact, fast.result.marginals[1:, 0]).max() < 0.01
     assert {line["scheme"] for line in cut.history[1:]} == {"heun"}
     assert min(line["accepted"] for line in cut.history[1:]) > 1
     assert hellinger(exact, cut.result.marginals[1:, 0]).max() < 0.02
-    mild = nncme.run(net, RunConfig(dt=0.01, **{**common, "iterations": 60}))
+    assert {line["scheme"] for line in summed.history[1:]} == {"exponential"}
+    assert hellinger(exact, summed.result.marginals[1:, 0]).max() < 0.002
+    mild = nncme.run(net, RunConfig(dt=0.01, **{**drawn, "iterations": 60}))
     assert {line["scheme"] for line in mild.history[1:]} == {"heun"}
     assert hellinger(exact, mild.result.marginals[1:, 0]).max() < 0.02
 

@@ -88,13 +88,16 @@ def fast_dimerisation() -> ReactionNetwork:
 
 
 def test_a_run_from_a_point_mass_cuts_its_first_steps_and_follows_fsp():
+    """Heun's motion cut (named: `auto` steps exponentially where the fits sum over the
+    support, `tests/test_exponential.py`)."""
     net = fast_dimerisation()
-    cut = nncme.run(net, RunConfig(t_end=0.2, save_every=0.05, quiet=True, seed=1))
+    heun = dict(quiet=True, seed=1, integrator="heun")
+    cut = nncme.run(net, RunConfig(t_end=0.2, save_every=0.05, **heun))
     exact = solve_fsp(net, cut.result.times)
     pieces = [line["accepted"] for line in cut.history[1:]]
     assert pieces[0] >= 3 * pieces[-1], pieces  # fast start, slower end
     h_cut = hellinger(exact.marginals, cut.result.marginals).max()
-    whole = nncme.run(net, RunConfig(t_end=0.05, max_motion=0.0, quiet=True, seed=1))
+    whole = nncme.run(net, RunConfig(t_end=0.05, max_motion=0.0, **heun))
     assert {line["accepted"] for line in whole.history[1:]} == {1}
     h_whole = hellinger(exact.marginals[1], whole.result.marginals[-1]).max()
     assert h_cut < 0.005 < h_whole, (h_cut, h_whole)

@@ -449,12 +449,15 @@ class RunConfig(Settings):
     iterations: int = _opt(
         60,
         "optimiser iterations per time step (the maximum with --tolerance; a fit summed over a "
-        "small support takes up to twice as many L-BFGS evaluations)",
+        "small support takes up to twice as many L-BFGS evaluations, an exponential step's fit "
+        "up to 4 times as many iterations)",
         minimum=1,
     )
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")
     relative_tolerance: float = _opt(
-        0.01, "stop a step once its residual is below this fraction of its first (0: off)"
+        0.01,
+        "stop a step once its residual is below this fraction of its first (0: off; not the "
+        "exponential steps' fits, which stop once their objective is below 1e-8)",
     )
     min_iterations: int = _opt(3, "iterations per step before a stopping rule may act", minimum=1)
     explore: float = _opt(
@@ -543,7 +546,8 @@ class RunConfig(Settings):
     dt_tolerance: float | None = _opt(
         None,
         "implicit steps (auto, implicit with adaptive_dt) and tdvp with adaptive_dt: local "
-        "error per sub-step allowed (relative RMS; nats for tdvp); default: 1e-3 where the "
+        "error per sub-step allowed (relative RMS; nats for tdvp; auto's exponential steps: "
+        "the time error of a time-dependent rate); default: 1e-3 where the "
         "fits sum over the whole support (the estimate is exact there), 1e-2 where they draw "
         "(the estimate carries the fits' noise, which a tighter one would chase)",
         positive=True,

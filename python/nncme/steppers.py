@@ -33,6 +33,10 @@ Grown steps: each stepper's report names the longest next step its own measures 
 positivity; the adaptive schemes' error estimate), and `nncme.evolve.Driver` grows its steps
 towards it, so a run crosses the slow stretches of a CME in few long steps.
 
+`Exponential` steps need no scheme: where the fits sum over the model's whole support, each
+step's target is the CME's own solution exp(h W) q on it, so only time-dependent rates and the
+fits limit h (the `auto` integrator's steps there).
+
 `StartFit` is the first step from a start distribution that is not a VAN (a point mass, a
 product of marginals): it applies the run's scheme to p0 exactly where p0 lists its support
 and fits the model to the result, with its own optimiser.
@@ -46,6 +50,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import ops, parallel
@@ -73,7 +78,7 @@ from .optim import (
     step_motion,
     transition_support,
 )
-from .optim.implicit import solved_target
+from .optim.implicit import solve_on, solved_target
 from .optim.target import STIFF_RATE_DT, STIFF_SHARE, FixedTarget, Listed, listed_support
 from .sampling import Enumerated, Proposal
 
@@ -84,6 +89,7 @@ __all__ = [
     "Auto",
     "BackwardEuler",
     "Euler",
+    "Exponential",
     "Fit",
     "Flow",
     "Heun",
@@ -492,12 +498,11 @@ class RungeKutta:
     def model(self) -> AutoregressiveModel:
         return self.motion.model
 
-    def step(self, t: float, dt: float, *, moved: float | None = None) -> StepReport:
-        """Advance the model from t to t + dt; the report covers the whole step. moved: the
-        step's motion at its start where the caller measured it already (`Auto`)."""
+    def step(self, t: float, dt: float) -> StepReport:
+        """Advance the model from t to t + dt; the report covers the whole step."""
         self.motion.begin(t, dt)
         if self.tolerance is None:
-            moved = self._moved(t, dt) if moved is None else moved
+            moved = self._moved(t, dt)
             pieces = self._pieces(moved)
             reports = []
             for i in range(pieces):
@@ -913,18 +918,124 @@ class BackwardEuler:
         self.motion.load_state_dict(state.get("motion", {}))
 
 
-class Auto:
-    """Heun steps where the explicit map is accurate and cheap, adaptive implicit steps
-    (`BackwardEuler`: BDF2) where the mass sits at states the step is stiff at, or where the
-    fits sum over the support and the law moves so fast that Heun would cut the step into more
-    than IMPLICIT_PIECES sub-steps (the `auto` integrator).
+class Exponential:
+    """Steps whose target is the CME's own solution, where the fits sum over the model's whole
+    support (`sampling.Enumerated`: at most `enumerate_states` states): q(t + h) =
+    exp(h W(t + h/2)) q(t) on that support (scipy's expm_multiply, `solve_on`), and the model
+    fitted to it in log space until its objective is below FIT_TOLERANCE^2 (the fit's own
+    error, not a share of the step's motion: `KLUpdate.stopping`). The `auto` integrator's
+    steps there.
 
-    The fast motion: Heun's sub-steps keep each fit's motion under max_motion, two fits each,
-    and at most `MAX_MOTION_SUBSTEPS` of them; a step that wants more moves its fits further.
-    Where the fits sum over the support the implicit step is an exact sparse solve and one fit
-    per sub-step, as many as its exact error estimate asks; so a law leaving a point mass
-    faster than the cap allows (Schlögl's box of 1000 from A = 0) is crossed implicitly, and
-    Heun takes over again when the motion falls.
+    No step is limited by a rate: the exponential is exact for every h, so where no rate
+    depends on time the only error a step adds is its fit's, and the fewer the steps, the
+    fewer the fits. (The implicit steps, `BackwardEuler`, fit their laws just as exactly, but
+    their error estimate compares fitted laws, so it cannot fall below the fits' error and
+    held Schlögl's steps to 4e-4.) Where a rate depends on time, the exponential midpoint rule
+    is second order: one step is compared with two half steps, both worked out exactly before
+    any fit, so a sub-step whose estimate (relative, RMS under the new law, as
+    `nncme.optim.local_error`'s) exceeds `tolerance` is shortened at the cost of a solve, and
+    the two half steps' result is the fit's target. The next sub-step is h clip(0.9
+    (tolerance / err)^(1/3), 0.2, 2) (twice h where no rate depends on time); the report's
+    `next_dt` is that length, so the driver's steps grow towards it, up to the time between
+    saves.
+
+    Args:
+        motion: a `Fit` whose fits sum over the model's support (`Fit.support`).
+        tolerance: the time error per sub-step, where a rate depends on time.
+    """
+
+    name = "exponential"
+    FIT_TOLERANCE = 1e-4  # sqrt of the fit's objective (about twice the Hellinger distance)
+    # The fits' cap, in the run's `iterations`: a step moves the law as far as its error
+    # allows, so a fit may need more than an explicit stage's (Schlögl's box of 1000 from
+    # A = 0: 80-140 L-BFGS evaluations to FIT_TOLERANCE, capped at 60 iterations at 1e-2)
+    FIT_ITERATIONS = 4
+
+    def __init__(self, motion: Fit, *, tolerance: float = 1e-3) -> None:
+        if not (isinstance(motion, Fit) and isinstance(motion.update, KLUpdate)):
+            raise ValueError("exponential steps fit with adam or sgd (summed by L-BFGS)")
+        if not tolerance > 0:
+            raise ValueError(f"tolerance must be > 0, got {tolerance!r}")
+        self.motion, self.tolerance = motion, float(tolerance)
+        self.time_dependent = bool(motion.net.network.is_time_dependent)
+        self.h: float | None = None  # the sub-step length, carried across steps
+
+    @property
+    def model(self) -> AutoregressiveModel:
+        return self.motion.model
+
+    def step(self, t: float, dt: float) -> StepReport:
+        motion = self.motion
+        if motion.support is None:
+            raise ValueError(
+                "exponential steps need fits summed over the model's whole support "
+                "(enumerate_states at least the box's, or the conservation laws', states)"
+            )
+        reports: list[StepReport] = []
+        errors: list[float] = []
+        t_end, h = t + dt, min(self.h or dt, dt)
+        rejected = 0
+        while t < t_end - 1e-12 * max(1.0, abs(t_end)):
+            step = min(h, t_end - t)
+            target, err = self._propagated(t, step)
+            h = self._next_length(step, h, err)
+            if err > self.tolerance:
+                rejected += 1
+                if h < 1e-9 * dt:
+                    raise TrainingError(f"the exponential sub-step fell to {h:.3g} at t = {t:g}")
+                continue
+            motion.begin(t, step)
+            cap = self.FIT_ITERATIONS * motion.update.iterations
+            with motion.update.stopping(self.FIT_TOLERANCE, 0.0, cap):
+                report = motion.fit(target, step)
+            reports.append(report)
+            errors.append(err)
+            t += step
+        self.h = h
+        report = motion.merge(reports)
+        report.accepted, report.rejected, report.scheme = len(reports), rejected, self.name
+        report.local_error, report.next_dt = max(errors), h
+        return report
+
+    def _next_length(self, step: float, h: float, err: float) -> float:
+        """The next sub-step after one of `step` (h: the length planned for it, longer where
+        the step's end cut it) with time error `err`."""
+        factor = 2.0 if err == 0 else min(2.0, max(0.2, 0.9 * (self.tolerance / err) ** (1 / 3)))
+        if step < h and factor >= 1:  # cut short by the step's end: no reason to shorten
+            return max(h, step * factor)
+        return step * factor
+
+    @torch.no_grad()
+    def _propagated(self, t: float, h: float) -> tuple[FixedTarget, float]:
+        """The model's law at t carried to t + h exactly, as a fit's target, and the time
+        error estimate (0 where no rate depends on time)."""
+        motion = self.motion
+        net, support, impl = motion.net, motion.support, motion.impl
+        p = torch.exp(motion.model.log_prob(support).double()).cpu().numpy()
+        one, _ = solve_on(support, p, net, t + h / 2, h, impl, exact=True)
+        err = 0.0
+        if self.time_dependent:
+            half, _ = solve_on(support, p, net, t + h / 4, h / 2, impl, exact=True)
+            two, _ = solve_on(support, half, net, t + 3 * h / 4, h / 2, impl, exact=True)
+            e = (4.0 / 3.0) * (one - two)  # the midpoint rule's error in `one`, second order
+            err = math.sqrt(float((e**2 / np.maximum(two, 1e-14 * two.max())).sum()))
+            one = two
+        q = torch.as_tensor(one).clamp(min=max(float(one.max()) * 1e-15, 1e-300))
+        log_q = torch.log(q / q.sum()).to(support.device)
+        return FixedTarget(Listed(support, log_q, net.limits), net), err
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"h": self.h}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.h = state.get("h")
+
+
+class Auto:
+    """Exponential steps where the fits sum over the model's whole support (`Exponential`);
+    where they draw, Heun steps where the explicit map is accurate and cheap and adaptive
+    implicit steps (`BackwardEuler`: BDF2) where the mass sits at states the step is stiff at
+    (the `auto` integrator).
 
     A Heun step whose draws put more than STIFF_SHARE of their weight where dt a_0 > 0.9 (where
     the explicit map saturates, `nncme.optim.target.outflow_fraction`) is undone and taken
@@ -941,13 +1052,12 @@ class Auto:
     goes back to Heun steps of half the length, and later Heun steps stay shorter than it (a
     ceiling that creeps up while the draws stay far from the limit): growing does not turn a run
     implicit. Where the network is stiff at dt itself, the implicit steps grow as their error
-    estimate allows. Where the fits sum over the support, the steps stay implicit while the
-    mass is stiff at their own length, so they grow as the exact error estimate allows instead
-    of crawling back to Heun's positivity limit.
+    estimate allows.
 
     Args:
         motion: a `Fit` with an `ImplicitUpdate` (it fits explicit stages too).
-        tolerance: the implicit sub-steps' local error (`BackwardEuler`).
+        tolerance: the implicit sub-steps' local error (`BackwardEuler`), and the exponential
+            steps' time error where a rate depends on time (`Exponential`).
         max_motion: the Heun steps' motion per sub-step (`RungeKutta`).
         stages: of the explicit steps: 2 Heun's, more SSPRK(s, 2)'s (`SSP`).
         order: of the implicit steps (`BackwardEuler`).
@@ -955,12 +1065,6 @@ class Auto:
 
     name = "auto"
     CEILING_BACK, CEILING_CREEP = 0.75, 1.01
-    # Where the fits sum over the support, a step whose explicit sub-steps would number more
-    # than this is taken implicitly: past the cap Heun's step moves each fit further than
-    # max_motion. (Below it Heun's sub-steps are the more accurate: on trimerisation's start,
-    # where they wanted 5-11, implicit steps at an error of 1e-4 per sub-step were 0.0013 from
-    # FSP against Heun's 0.0004.)
-    IMPLICIT_PIECES = MAX_MOTION_SUBSTEPS
 
     def __init__(
         self,
@@ -977,6 +1081,7 @@ class Auto:
             else SSP(motion, stages=stages, max_motion=max_motion)
         )
         self.implicit = BackwardEuler(motion, tolerance=tolerance, order=order)
+        self.exponential = Exponential(motion, tolerance=tolerance)
         self.motion = motion
         self.stiff_now = False
         self.shortest = math.inf  # the shortest step asked for: a driver's dt
@@ -987,16 +1092,13 @@ class Auto:
         return self.motion.model
 
     def step(self, t: float, dt: float) -> StepReport:
+        if self.motion.support is not None:
+            return self.exponential.step(t, dt)
         self.shortest = min(self.shortest, dt)
         spent: list[StepReport] = []
-        summed = self.motion.support is not None
-        moved = None  # the explicit step's motion, measured once where the fits sum
-        if summed and not self.stiff_now and self.explicit.max_motion is not None:
-            moved = self.explicit._moved(t, dt)
-        fast = moved is not None and self._explicit_pieces(moved) > self.IMPLICIT_PIECES
-        if not (self.stiff_now or fast):
+        if not self.stiff_now:
             start = self.motion.snapshot(-3)
-            report = self.explicit.step(t, dt, moved=moved)
+            report = self.explicit.step(t, dt)
             if not report.stiff_mass > STIFF_SHARE:
                 report.next_dt = self._explicit_next(dt, report)
                 return report
@@ -1006,28 +1108,13 @@ class Auto:
             spent.append(report)
         report = self.implicit.step(t, dt)
         # stiff at the shortest step asked for: the network's own; else a grown step's, and
-        # the run goes back to explicit steps of half the length (a step taken implicitly
-        # for its motion grows as its error allows: the next one measures its motion again).
-        # Where the fits sum over the support, stiff at this step's length: the implicit
-        # steps keep the length their exact error allows instead of crawling back to
-        # Heun's positivity limit
-        at = dt if summed else self.shortest
-        self.stiff_now = self._stiff_share(t + dt, at) >= STIFF_SHARE / 10
-        if not (self.stiff_now or fast):
+        # the run goes back to explicit steps of half the length
+        self.stiff_now = self._stiff_share(t + dt, self.shortest) >= STIFF_SHARE / 10
+        if not self.stiff_now:
             report.next_dt = min(report.next_dt, dt / 2)
         report.iterations += sum(r.iterations for r in spent)
         report.seconds += sum(r.seconds for r in spent)
         return report
-
-    def _explicit_pieces(self, moved: float) -> float:
-        """The sub-steps an explicit step that moves q by `moved` would need to keep each
-        fit's motion below max_motion, uncapped (0 where it was not measured). Asked only where
-        the fits sum: where they draw, an implicit step fits its residual, conditioned like
-        (I - h W), not an exact solution (`BackwardEuler._solved`)."""
-        explicit = self.explicit
-        if math.isnan(moved):
-            return 0.0
-        return moved * explicit.scheme.fit_motion / explicit.max_motion
 
     def _explicit_next(self, dt: float, report: StepReport) -> float:
         """The next Heun step's length: the explicit step's own (its motion's, no longer than
@@ -1053,6 +1140,7 @@ class Auto:
             "shortest": self.shortest,
             "ceiling": self.ceiling,
             "implicit": self.implicit.state_dict(),
+            "exponential": self.exponential.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -1060,6 +1148,7 @@ class Auto:
         self.shortest = float(state.get("shortest", math.inf))
         self.ceiling = float(state.get("ceiling", math.inf))
         self.implicit.load_state_dict(state.get("implicit", {}))
+        self.exponential.load_state_dict(state.get("exponential", {}))
 
 
 STEPPERS: dict[str, type] = {

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -338,6 +339,21 @@ class KLUpdate(Update):
         self._twin: AutoregressiveModel | None = None  # the model as a fit began (reused)
         self._last_draw: tuple[torch.Tensor, ...] | None = None  # the last iteration's draw
 
+    @contextmanager
+    def stopping(
+        self, tolerance: float, relative_tolerance: float, iterations: int | None = None
+    ) -> Iterator[None]:
+        """Fits inside the block stop on these thresholds (and at most `iterations`) instead
+        of the update's own: a fit to an exact target that must get close to it, not merely
+        make most of its motion."""
+        saved = self.tolerance, self.relative_tolerance, self.iterations
+        self.tolerance, self.relative_tolerance = float(tolerance), float(relative_tolerance)
+        self.iterations = int(iterations or self.iterations)
+        try:
+            yield
+        finally:
+            self.tolerance, self.relative_tolerance, self.iterations = saved
+
     def run(self, problem: StepProblem) -> StepReport:
         start = time.perf_counter()
         report = StepReport(loss=math.nan)
@@ -424,7 +440,8 @@ class KLUpdate(Update):
         report.capped = False
         try:
             lbfgs.step(closure)
-            report.capped = len(values) >= 2 * self.iterations
+            n_iter = lbfgs.state[lbfgs._params[0]].get("n_iter", 0)
+            report.capped = len(values) >= 2 * self.iterations or n_iter >= self.iterations
         except _Converged:
             pass
         with torch.no_grad():
