@@ -17,7 +17,7 @@ from nncme.api import build_driver
 from nncme.config import RunConfig
 from nncme.exact import FSPSettings, solve_fsp
 from nncme.metrics import hellinger
-from nncme.network import Sinusoidal
+from nncme.network import PiecewiseConstant, Sinusoidal
 from nncme.optim.implicit import solve_on
 from nncme.steppers import Exponential
 
@@ -123,5 +123,24 @@ def test_exponential_steps_follow_a_time_dependent_law_within_their_tolerance():
     assert {h["scheme"] for h in steps} == {"exponential"}
     assert max(h["local_error"] for h in steps) <= 1e-3
     assert len(steps) < 100  # 300 steps of dt
+    exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True))
+    assert hellinger(exact.marginals, out.result.marginals).max() < 0.002
+
+
+def test_exponential_sub_steps_end_where_a_rate_jumps():
+    """A birth rate that jumps from 5 to 50 at t = 0.93, inside a grown step: the sub-step
+    ends at the jump (a step across it would take one rate for both sides, and the midpoint
+    rule's two half steps, at 0.805 and 0.915 of a step from 0.75 to 0.97, see no jump), and
+    the law follows FSP."""
+    jump = PiecewiseConstant(breakpoints=[0.93], values=[5.0, 50.0])
+    net = ReactionNetwork(
+        {"X": 120},
+        [Reaction({}, {"X": 1}, jump, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        {"X": 0},
+        t_end=2.0,
+        dt=0.01,
+    )
+    out = nncme.run(net, RunConfig(save_every=0.25, quiet=True))
+    assert any(h["t"] > 0.93 and h["t"] - h["dt"] < 0.93 for h in out.history)  # a step across
     exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True))
     assert hellinger(exact.marginals, out.result.marginals).max() < 0.002

@@ -974,9 +974,13 @@ class Exponential:
         reports: list[StepReport] = []
         errors: list[float] = []
         t_end, h = t + dt, min(self.h or dt, dt)
+        # a sub-step ends at each time where a rate jumps or kinks: one straddling it would
+        # average the rate over it (error no step length resolves cheaply, and the midpoint
+        # rule's estimate can miss it)
+        edges = [*motion.net.network.rate_discontinuities(t, t_end), t_end]
         rejected = 0
         while t < t_end - 1e-12 * max(1.0, abs(t_end)):
-            step = min(h, t_end - t)
+            step = min(h, next(e for e in edges if e > t + 1e-12 * max(1.0, abs(e))) - t)
             target, err = self._propagated(t, step)
             h = self._next_length(step, h, err)
             if err > self.tolerance:
