@@ -440,7 +440,7 @@ class KLUpdate(Update):
         report.capped = False
         try:
             lbfgs.step(closure)
-            n_iter = lbfgs.state[lbfgs._params[0]].get("n_iter", 0)
+            n_iter = next(iter(lbfgs.state.values()), {}).get("n_iter", 0)  # its only state
             report.capped = len(values) >= 2 * self.iterations or n_iter >= self.iterations
         except _Converged:
             pass
