@@ -450,7 +450,7 @@ class RunConfig(Settings):
         60,
         "optimiser iterations per time step (the maximum with --tolerance; a fit summed over a "
         "small support takes up to twice as many L-BFGS evaluations, an exponential step's fit "
-        "up to 4 times as many iterations)",
+        "up to 10 times as many iterations)",
         minimum=1,
     )
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")

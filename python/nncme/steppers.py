@@ -948,8 +948,11 @@ class Exponential:
     FIT_TOLERANCE = 1e-4  # sqrt of the fit's objective (about twice the Hellinger distance)
     # The fits' cap, in the run's `iterations`: a step moves the law as far as its error
     # allows, so a fit may need more than an explicit stage's (Schlögl's box of 1000 from
-    # A = 0: 80-140 L-BFGS evaluations to FIT_TOLERANCE, capped at 60 iterations at 1e-2)
-    FIT_ITERATIONS = 4
+    # A = 0: 80-140 L-BFGS evaluations to FIT_TOLERANCE, capped at 60 iterations at 1e-2),
+    # and the fits of laws over several species converge slowly (two- and three-species
+    # boxes of 1,000 states: 0.0026 and 0.0016 from FSP at 4 x 60, 0.0010 and 0.0012 at 8 x,
+    # 0.0007 at 12 x, in 2-3 times the wall time); there are few steps to pay for it
+    FIT_ITERATIONS = 10
 
     def __init__(self, motion: Fit, *, tolerance: float = 1e-3) -> None:
         if not (isinstance(motion, Fit) and isinstance(motion.update, KLUpdate)):
