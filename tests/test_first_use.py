@@ -93,6 +93,18 @@ def test_run_names_only_the_options_that_shorten_it(tmp_path, monkeypatch, capsy
     assert "implicit steps take any dt" in warning and "--integrator" not in warning
 
 
+def test_run_of_exponential_steps_starts_without_a_warning(tmp_path, monkeypatch, capsys):
+    """Schlögl's 793 states are summed, so `auto` steps exponentially: 100,000 steps of its dt
+    are where the steps start, not what they cost (its run to t = 1 takes about 25)."""
+    _stop_at_once(monkeypatch)
+    args = ["run", "schlogl", "--t-end", "1", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 130
+    out, err = capsys.readouterr()
+    assert "100,000 steps of dt 1e-05" in out and "warning" not in err
+    assert main([*args[:-2], "--max-dt", "0", "--out", str(tmp_path / "fixed")]) == 130
+    assert "100,000 steps of dt 1e-05" in capsys.readouterr().err  # steps of dt: warned
+
+
 def test_run_of_at_most_2000_steps_starts_without_a_warning(tmp_path, monkeypatch, capsys):
     _stop_at_once(monkeypatch)
     args = ["run", "toggle_switch", "--t-end", "5", "--dt", "0.0025", "--quiet"]
