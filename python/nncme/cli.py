@@ -463,22 +463,12 @@ MANY_STEPS = 2000
 _STAGES = {"euler": 1, "heun": 2, "rk4": 4, "implicit": 1, "auto": 2}
 
 
-def _steps_are_exponential(driver) -> bool:
-    """`auto` steps that grow where the fits sum over the support: exponential, which no rate
-    limits (`nncme.steppers.Exponential`), so dt is only where the steps start."""
-    support = getattr(getattr(driver.stepper, "motion", None), "support", None)
-    return (
-        getattr(driver.stepper, "name", "") == "auto"
-        and support is not None
-        and driver.max_span > 1
-    )
-
-
 def _many_steps_warning(driver, config) -> str | None:
     """What a long run will do and the options that shorten it, or None for a run with
     MANY_STEPS or fewer steps still to take."""
     steps = driver.num_steps - driver.index
-    if steps <= MANY_STEPS or _steps_are_exponential(driver):
+    exponential = getattr(driver.stepper, "steps_exponentially", False)  # `auto`'s
+    if steps <= MANY_STEPS or (exponential and driver.max_span > 1):
         return None
     scheme = config.time_scheme
     stages = config.explicit_stages if scheme in ("ssp", "auto") else _STAGES[scheme]

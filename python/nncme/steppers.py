@@ -78,7 +78,7 @@ from .optim import (
     step_motion,
     transition_support,
 )
-from .optim.implicit import solve_on, solved_target
+from .optim.implicit import listed_target, solve_on, solved_target
 from .optim.target import STIFF_RATE_DT, STIFF_SHARE, FixedTarget, Listed, listed_support
 from .sampling import Enumerated, Proposal
 
@@ -1027,9 +1027,7 @@ class Exponential:
             e = (4.0 / 3.0) * (one - two)  # the midpoint rule's error in `one`, second order
             err = math.sqrt(float((e**2 / np.maximum(two, 1e-14 * two.max())).sum()))
             one = two
-        q = torch.as_tensor(one).clamp(min=max(float(one.max()) * 1e-15, 1e-300))
-        log_q = torch.log(q / q.sum()).to(support.device)
-        return FixedTarget(Listed(support, log_q, net.limits), net), err
+        return listed_target(support, one, net), err
 
     def state_dict(self) -> dict[str, Any]:
         return {"h": self.h}
@@ -1098,8 +1096,14 @@ class Auto:
     def model(self) -> AutoregressiveModel:
         return self.motion.model
 
+    @property
+    def steps_exponentially(self) -> bool:
+        """Whether the fits sum over the model's whole support, so every step is exponential
+        (`Exponential`: no rate limits it, dt is only where the steps start)."""
+        return self.motion.support is not None
+
     def step(self, t: float, dt: float) -> StepReport:
-        if self.motion.support is not None:
+        if self.steps_exponentially:
             return self.exponential.step(t, dt)
         self.shortest = min(self.shortest, dt)
         spent: list[StepReport] = []

@@ -492,16 +492,22 @@ def solve_on(
 def solved_target(
     support: torch.Tensor, p0: torch.Tensor, net: Any, t: float, dt: float, impl: str, exact: bool
 ) -> FixedTarget:
-    """`solve_on` over a model's whole support as a fit's fixed target: (I - dt W)^-1 p0, or
-    exp(dt W) p0 (exact), floored at 1e-15 of its largest value (where roundoff starts, so
-    that log p stays finite and meaningful) and normalised.
+    """`solve_on` over a model's whole support as a fit's fixed target (`listed_target`):
+    (I - dt W)^-1 p0, or exp(dt W) p0 (exact).
 
     Args:
         support: (N, L) the states.  p0: (N,) the source on them.  net, t, dt, impl, exact:
             as for `solve_on`."""
     p, _ = solve_on(support, p0.double().cpu().numpy(), net, t, dt, impl, exact)
-    p = torch.as_tensor(p).clamp(min=max(float(p.max()) * 1e-15, 1e-300))
-    return FixedTarget(Listed(support, torch.log(p / p.sum()).to(support.device), net.limits), net)
+    return listed_target(support, p, net)
+
+
+def listed_target(support: torch.Tensor, p: np.ndarray, net: Any) -> FixedTarget:
+    """p (N,) on the (N, L) states of a support as a fit's fixed target, floored at 1e-15 of
+    its largest value (where roundoff starts, so that log p stays finite and meaningful) and
+    normalised."""
+    q = torch.as_tensor(p).clamp(min=max(float(p.max()) * 1e-15, 1e-300))
+    return FixedTarget(Listed(support, torch.log(q / q.sum()).to(support.device), net.limits), net)
 
 
 def _keys(states: torch.Tensor, limits: torch.Tensor) -> np.ndarray:
