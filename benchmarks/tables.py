@@ -306,6 +306,25 @@ def table_headline() -> list[str]:
             code(name),
         ]
     )
+
+    name = "scorer_cpu_1thread.json"
+    d = load(name)
+    shared = [r for r in d["rows"] if r["speedup"] > 1.5]
+    rows.append(
+        [
+            f"a summed fit's evaluation with its backward pass over a listed support, "
+            f"{span((r['states'] for r in d['rows']), '{:,}'.format)} states, one pass per "
+            f"prefix (`ListedScorer`, `bench_scorer.py`)",
+            f"{span(r['speedup'] for r in shared)}× scoring every state "
+            f"({span(r['scorer_ms'] for r in shared)} ms) on {len(shared)} of "
+            f"{len(d['rows'])} supports; "
+            + ", ".join(
+                f"{r['network']} {r['speedup']:.1f}×" for r in d["rows"] if r not in shared
+            ),
+            machine(d),
+            code(name),
+        ]
+    )
     return markdown(["what", "result", "machine", "JSON"], rows)
 
 
@@ -717,7 +736,7 @@ DEFAULTS_RUNS = [
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
     "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
-    "s23_schlogl_tenth", "s24_small", "s24_full",
+    "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small", "s25_mm",
 ]  # fmt: skip
 
 
@@ -772,6 +791,55 @@ def table_enumerated() -> list[str]:
         "quantile, furthest from 1 over species and times; wall: one thread, the runs sharing "
         "the cores, so loose. The draws' schlogl_box1000 run is the full horizon's (saves "
         "every 0.1), stopped at its time limit; both sums' runs a tenth's (saves every 0.05). "
+        f"Runs (code, CPU): {files}.",
+    ]
+
+
+# the supports summed since an evaluation runs one row per distinct prefix (`ListedScorer`):
+# label -> ((the draws' run, its network), (the sums' run, its network)), at every default
+PREFIX_RUNS = {
+    "toggle_switch": (("s15_toggle10", "toggle_switch"), ("s25_toggle10", "toggle_catalogue")),
+    "sir80": (("s20_laws", "sir80"), ("s25_small", "sir80")),
+    "futile_cycle": (("s20_laws", "futile_cycle"), ("s25_small", "futile_cycle")),
+    "stiff_gene": (("first_b", "stiff_gene"), ("s25_small", "stiff_gene")),
+    "self_replicator_n60": (
+        ("first_b", "self_replicator_n60"),
+        ("s25_small", "self_replicator_n60"),
+    ),
+    "brusselator": (("adam18", "brusselator"), ("s25_small", "brusselator")),
+    "michaelis_menten": (("s20_mm", "michaelis_menten"), ("s25_mm", "michaelis_menten")),
+}
+
+
+def table_prefixes() -> list[str]:
+    """The networks summed since a sum runs one row per prefix: their draws before, their
+    sums with exponential steps now."""
+    header = ["network (states)"]
+    for group in ("draws", "sums, exponential"):
+        header += [f"{group}: max H (first save)", "worst mean error", "tail 1e-6", "wall"]
+    rows, runs = [], {}
+    for label, pair in PREFIX_RUNS.items():
+        cells: list[str] = []
+        for tag, network in pair:
+            d = load(f"defaults_cpu_{tag}.json")
+            runs[f"defaults_cpu_{tag}.json"] = d
+            r = next(r for r in d["rows"] if r["network"] == network)
+            reached = sig(r["t_end"]) if r["status"] == "completed" else sig(r["stopped_at_t"])
+            worst = (r.get("tails") or {}).get("worst", {}).get("1e-06")
+            cells += [
+                f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])})",
+                f"{sig(100 * r['max_mean_rel_error'])}%",
+                "-" if worst is None else sig(worst["ratio"]),
+                f"{seconds(r['wall_seconds'])} to t = {reached}",
+            ]
+        rows.append([f"`{label}` ({r['states']:,})", *cells])
+    files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
+    return [
+        *markdown(header, rows),
+        "",
+        "`nncme run FILE` at every default (the file's dt) against FSP, each network's horizon "
+        "as in the defaults table (a tenth, or t = 10 of the toggle switch's 40; its sums' run "
+        "is of the catalogue's network written to a file); columns as in the table above. "
         f"Runs (code, CPU): {files}.",
     ]
 
@@ -1016,6 +1084,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "supervision": table_supervision,
         "optimizers": table_optimizers,
         "enumerated": table_enumerated,
+        "prefixes": table_prefixes,
         "defaults": table_defaults,
         "parallel": table_parallel,
         "lattice": table_lattice,

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nncme
-from nncme import ReactionNetwork
+from nncme import Reaction, ReactionNetwork
 from nncme.api import build_driver
 from nncme.config import RunConfig
 from nncme.exact import FSP, FSPSettings, enumerate_states, solve_fsp
@@ -161,6 +161,37 @@ def test_a_run_enumerates_small_supports_only():
     assert isinstance(tdvp.stepper.motion.rhs.proposal, Mixture)
     natgrad = build_driver(net, RunConfig(quiet=True, optimizer="natgrad"))
     assert isinstance(natgrad.stepper.motion.proposal, Enumerated)
+
+
+def births_and_deaths(limits: dict[str, int]) -> ReactionNetwork:
+    """Independent births and deaths of every species, in a box of the given limits."""
+    reactions = []
+    for name in limits:
+        reactions += [Reaction({}, {name: 1}, 2.0), Reaction({name: 1}, {}, 1.0)]
+    return ReactionNetwork(limits, reactions, {}, t_end=0.5, dt=0.01)
+
+
+def test_a_run_sums_where_an_evaluation_runs_few_prefixes():
+    """The limit is the states and the prefixes a sum runs through the network
+    (`Enumerated.MAX_ROWS`): a box of two species of 100 counts (10,000 states, 100
+    prefixes) is summed, one of five species of 5 counts (3,125 states, 625 prefixes) too,
+    one of five species of 5 and one of 2 (6,250 states, 3,125 prefixes) is drawn, and so is
+    a box above `enumerate_states`."""
+    wide = births_and_deaths({"X": 100, "Y": 100})
+    summed = build_driver(wide, RunConfig(quiet=True))
+    assert summed.stepper.motion.proposal.support.shape[0] == 10_000
+    assert (
+        summed.stepper.motion.proposal.scorer(
+            summed.model, summed.stepper.motion.proposal.support
+        ).rows
+        == 100
+    )
+    five = births_and_deaths({s: 5 for s in "ABCDE"})
+    assert isinstance(build_driver(five, RunConfig(quiet=True)).stepper.motion.proposal, Enumerated)
+    flat = births_and_deaths({**{s: 5 for s in "ABCDE"}, "F": 2})
+    assert isinstance(build_driver(flat, RunConfig(quiet=True)).stepper.motion.proposal, Mixture)
+    limited = RunConfig(quiet=True, enumerate_states=9_999)
+    assert isinstance(build_driver(wide, limited).stepper.motion.proposal, Mixture)
 
 
 def test_an_enumerated_run_follows_fsp():

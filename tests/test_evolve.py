@@ -140,7 +140,9 @@ def test_the_first_fit_leaves_no_floor_for_the_next_steps_to_grow():
     steps the exact law has < 1e-12 beyond P = 10. From a first fit run to its cap the VAN
     has 4e-8..7e-8 there (two seeds); from one stopped at 1e-4 the next fits grow that mass
     to 1.5e-6..3e-6 (a floor over the box: on a wider one it lifted the protein's small mean
-    by 10 %)."""
+    by 10 %). Those are the drawn fits' (`enumerate_states=0`); at the defaults the 12,000
+    states are summed (60 prefixes), and every fit is to the CME's own solution on them in
+    log space: no floor at all."""
     net = ReactionNetwork(
         {"M": 60, "P": 200},
         [
@@ -157,11 +159,13 @@ def test_the_first_fit_leaves_no_floor_for_the_next_steps_to_grow():
     assert exact[11:].sum() < 1e-12
     grid = torch.cartesian_prod(torch.arange(60), torch.arange(200))
     far = {}
-    for tolerance in (1e-9, 1e-4):
-        cfg = RunConfig(t_end=0.08, save_every=0.08, seed=0, quiet=True, first_tolerance=tolerance)
+    for tolerance in (1e-9, 1e-4, None):
+        drawn = {"enumerate_states": 0, "first_tolerance": tolerance} if tolerance else {}
+        cfg = RunConfig(t_end=0.08, save_every=0.08, seed=0, quiet=True, **drawn)
         q = torch.exp(nncme.run(net, cfg).model.log_prob(grid).detach()).reshape(60, 200)
         far[tolerance] = float(q[:, 11:].sum())
     assert far[1e-9] < 5e-7 < far[1e-4]
+    assert far[None] < 1e-10
 
 
 @pytest.mark.parametrize("model", ["nade", pytest.param("transformer", marks=pytest.mark.slow)])

@@ -40,6 +40,26 @@ def law_network() -> ReactionNetwork:
     )
 
 
+def fixed_last_network() -> ReactionNetwork:
+    """C born and dying, then A <-> B with A + B = 4 conserved: the last species, B, has no
+    choice once A is drawn."""
+    return ReactionNetwork(
+        {"C": 3, "A": 5, "B": 4},
+        [
+            Reaction({"A": 1}, {"B": 1}, 1.0),
+            Reaction({"B": 1}, {"A": 1}, 2.0),
+            Reaction({}, {"C": 1}, 1.0),
+            Reaction({"C": 1}, {}, 1.0),
+        ],
+        {"A": 3, "B": 1},
+    )
+
+
+def single_network() -> ReactionNetwork:
+    """One species, born and dying: every state shares the empty prefix."""
+    return ReactionNetwork({"X": 9}, [Reaction({}, {"X": 1}, 2.0), Reaction({"X": 1}, {}, 1.0)], {})
+
+
 def free_network() -> ReactionNetwork:
     """Three species with different limits and no conservation law."""
     return ReactionNetwork(
@@ -302,6 +322,35 @@ def test_gradients_are_finite(kind):
     model.log_prob(s).sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("which", [*sorted(NETS), "fixed_last", "single"])
+def test_scorer_equals_log_prob_in_value_and_gradient(kind, which):
+    """The scorer shares each prefix's conditionals (`AutoregressiveModel.scorer`): the whole
+    box (prefixes shared), states beyond the limits and off the laws (-inf), and a list with
+    few states per prefix (scored directly) give log_prob's values and gradients."""
+    extra = {"fixed_last": fixed_last_network, "single": single_network}
+    net = extra[which]() if which in extra else NETS[which]()
+    model = make(kind, net, torch.float64)
+    g = torch.Generator().manual_seed(5)
+    full = box(net)
+    scattered = torch.randint(-1, 7, (40, net.L), generator=g)
+    for states in (full, torch.cat([full, scattered]), full[torch.randperm(len(full))[:9]]):
+        want = model.log_prob(states)
+        got = model.scorer(states)()
+        assert torch.equal(torch.isneginf(got), torch.isneginf(want))
+        finite = torch.isfinite(want)
+        torch.testing.assert_close(got[finite], want[finite], rtol=0, atol=1e-12)
+        weights = torch.rand(int(finite.sum()), generator=g, dtype=torch.float64)
+        grads = []
+        for value in (want, got):
+            model.zero_grad()
+            (weights * value[finite]).sum().backward(retain_graph=True)
+            grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+        assert len(grads[0]) == len(grads[1])
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-12)
 
 
 def test_delta_and_product_starts():

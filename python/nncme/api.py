@@ -20,7 +20,7 @@ from . import parallel
 from .config import ConfigError, RunConfig
 from .evolve import Driver, StepInfo
 from .exact import enumerate_states
-from .models import AutoregressiveModel, Delta, Product, build_model
+from .models import AutoregressiveModel, Delta, ListedScorer, Product, build_model
 from .network import NetworkError
 from .observables import read_observables
 from .observers import (
@@ -397,21 +397,26 @@ def _enumerated(
 
 def _listed_support(cfg: RunConfig, network: Any, device: torch.device) -> torch.Tensor | None:
     """(N, L) the box, or the states on the network's conservation laws, where they are at
-    most `cfg.enumerate_states` and the steps are fitted (not TDVP's: its least squares
+    most `cfg.enumerate_states`, an evaluation over them runs at most
+    `Enumerated.MAX_ROWS` distinct prefixes through the network (`ListedScorer.rows_for`),
+    and the steps are fitted (not TDVP's: its least squares
     weighted by q over a whole support lose the exploration that lets a flow leave a point
     mass); else None. (The objective resolves from this alike in one process and in many,
     so a run resumes with either; only one process sums, many draw.)"""
     most = cfg.enumerate_states
     if most <= 0 or cfg.optimizer == "tdvp":
         return None
+    support = None
     if network.conservation_laws:
         try:  # refuses, without listing them, more than `most` states
-            return torch.from_numpy(enumerate_states(network, max_states=most)).to(device)
+            support = torch.from_numpy(enumerate_states(network, max_states=most)).to(device)
         except NetworkError:
             return None
-    if math.prod(int(m) for m in network.limits) <= most:
-        return box_states(network.limits, device)
-    return None
+    elif math.prod(int(m) for m in network.limits) <= most:
+        support = box_states(network.limits, device)
+    if support is None or ListedScorer.rows_for(support) > Enumerated.MAX_ROWS:
+        return None
+    return support
 
 
 def _motion(

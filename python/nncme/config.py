@@ -438,19 +438,20 @@ class RunConfig(Settings):
         minimum=1,
     )
     enumerate_states: int = _opt(
-        1024,
+        32768,
         "fitted steps (not tdvp) sum their objective exactly over the model's whole support "
         "(adam/sgd: by L-BFGS; one process), "
         "instead of drawing batches, where it holds at most this many states (the box, or the "
-        "states on the conservation laws); 0: always draw. Each evaluation of the sum costs in "
-        "proportion to the states listed, so larger supports are drawn",
+        "states on the conservation laws) and an evaluation of the sum runs at most 1024 "
+        "distinct prefixes through the network (a box of two species of 100 counts: 100); "
+        "0: always draw",
         minimum=0,
     )
     iterations: int = _opt(
         60,
         "optimiser iterations per time step (the maximum with --tolerance; a fit summed over a "
         "small support takes up to twice as many L-BFGS evaluations, an exponential step's fit "
-        "up to 10 times as many iterations)",
+        "up to 40 times as many iterations)",
         minimum=1,
     )
     tolerance: float = _opt(1e-6, "stop a step once its fit residual (nats) is below this")

@@ -23,7 +23,7 @@ q(n_b) / rho(n_b) (DESIGN section 2). Every proposal computes log rho(n) exactly
 - `Enumerated(inner, support)`: not a draw but every state of a small support once, with the
   exact weights q(n) and rho(n) of `inner` (`Draw.counts`): the fits' sums become the
   objective's own expectations (the run uses it where the support holds at most
-  `RunConfig.enumerate_states` states).
+  `RunConfig.enumerate_states` states with at most `Enumerated.MAX_ROWS` distinct prefixes).
 
 Weights. `Draw.weights` are softmax(log q - log rho) over the batch; `Draw.ess` = 1 / sum w^2
 is logged. With `psis=True` the largest raw weights are Pareto-smoothed (Vehtari, Simpson,
@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from . import parallel
-from .models.base import AutoregressiveModel, ConditionalTransform, Tempering
+from .models.base import AutoregressiveModel, ConditionalTransform, ListedScorer, Tempering
 from .ops.masks import allowed_counts_all
 
 __all__ = [
@@ -471,8 +471,10 @@ class PrefixMixture(Mixture):
 class Enumerated(Proposal):
     """Every state of the model's support, each once: a proposal's exact expectation.
 
-    Where the model's support is small (a box, or the states on its conservation laws, of
-    at most a few thousand states: no more than a batch draws), a fit need not sample it.
+    Where the model's support can be listed (a box, or the states on its conservation laws,
+    of at most `enumerate_states` states whose distinct prefixes are few: MAX_ROWS), a fit
+    need not sample it: an evaluation over every state costs one pass of the network per
+    prefix (`ListedScorer`), less than a batch of draws.
     The draw lists the whole support with the importance weights q(n) (the reverse KL and
     its gradient become exact sums) and, as `Draw.counts`, rho(n) B of the proposal it
     stands for (so the log-variance objective's sum "as drawn" is its exact expectation under
@@ -488,10 +490,16 @@ class Enumerated(Proposal):
     """
 
     name = "enumerated"
+    # A run sums over a support whose evaluation runs at most this many rows through the
+    # network (`ListedScorer.rows`: one per distinct prefix; 1 for one species, 320 for the
+    # toggle switch's box of 25,600 states); supports that share few prefixes (a last species
+    # with few counts) cost one row per state and are drawn above it
+    MAX_ROWS = 1024
 
     def __init__(self, inner: Proposal, support: torch.Tensor) -> None:
         super().__init__(psis=False)  # exact weights: nothing to smooth
         self.inner, self.support = inner, support
+        self._scorer: tuple[tuple, ListedScorer] | None = None
 
     def draw(
         self,
@@ -503,7 +511,8 @@ class Enumerated(Proposal):
             states = self.support.to(model.device)
             log_q = model.log_prob(states)
             keep = ~torch.isneginf(log_q)  # a model that masks more states than listed
-            states, log_q = states[keep], log_q[keep]
+            if not keep.all():
+                states, log_q = states[keep], log_q[keep]
             log_rho = self.inner.log_prob(model, states).to(log_q.dtype)
         B = states.shape[0]
         counts = torch.softmax(log_rho, dim=0) * B
@@ -515,6 +524,15 @@ class Enumerated(Proposal):
     @torch.no_grad()
     def log_prob(self, model: AutoregressiveModel, states: torch.Tensor) -> torch.Tensor:
         return self.inner.log_prob(model, states)
+
+    def scorer(self, model: AutoregressiveModel, states: torch.Tensor) -> ListedScorer:
+        """`model.scorer(states)` for a draw's states, kept while the model and the states
+        are the same (every fit of a run sums over the same support, and finding its
+        prefixes reads every state's masks)."""
+        key = (id(model), states.data_ptr(), tuple(states.shape), states.device)
+        if self._scorer is None or self._scorer[0] != key:
+            self._scorer = (key, model.scorer(states))
+        return self._scorer[1]
 
     @torch.no_grad()
     def covers(self, model: AutoregressiveModel, tolerance: float = 1e-9) -> bool:

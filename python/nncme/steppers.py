@@ -949,10 +949,16 @@ class Exponential:
     # The fits' cap, in the run's `iterations`: a step moves the law as far as its error
     # allows, so a fit may need more than an explicit stage's (Schlögl's box of 1000 from
     # A = 0: 80-140 L-BFGS evaluations to FIT_TOLERANCE, capped at 60 iterations at 1e-2),
-    # and the fits of laws over several species converge slowly (two- and three-species
-    # boxes of 1,000 states: 0.0026 and 0.0016 from FSP at 4 x 60, 0.0010 and 0.0012 at 8 x,
-    # 0.0007 at 12 x, in 2-3 times the wall time); there are few steps to pay for it
-    FIT_ITERATIONS = 10
+    # and the fits of laws over several species converge slowly and stop at the cap (two-
+    # and three-species boxes of 1,000 states: 0.0026 and 0.0016 from FSP at 4 x 60, 0.0007
+    # at 12 x; the toggle switch's 25,600 states to t = 10: 0.017 at 10 x, 0.012 at 33 x);
+    # there are few steps, and a sum's evaluation runs one row per prefix (`ListedScorer`)
+    FIT_ITERATIONS = 40
+    # ... but a fit below 1e-3 (sqrt of its objective) whose best fell by less than 5 % over
+    # its last 200 evaluations stops (a 72-state law whose fits level off at 2e-8 - 8e-8,
+    # just above FIT_TOLERANCE^2, ran 3,000-4,700 evaluations a step for the last percent;
+    # the toggle switch's fits, at 1e-3 - 6e-3, gain a few percent per 200 to the cap)
+    FIT_STALL = (200, 0.05, 1e-3)
 
     def __init__(self, motion: Fit, *, tolerance: float = 1e-3) -> None:
         if not (isinstance(motion, Fit) and isinstance(motion.update, KLUpdate)):
@@ -993,7 +999,7 @@ class Exponential:
                 continue
             motion.begin(t, step)
             cap = self.FIT_ITERATIONS * motion.update.iterations
-            with motion.update.stopping(self.FIT_TOLERANCE, 0.0, cap):
+            with motion.update.stopping(self.FIT_TOLERANCE, 0.0, cap, self.FIT_STALL):
                 report = motion.fit(target, step)
             reports.append(report)
             errors.append(err)

@@ -4,6 +4,7 @@ Every VAN (`NADE`, the default; `Transformer`) is an `AutoregressiveModel`:
     sample(B, generator) -> (states (B, L) int64, log_q (B,))       no gradient
     log_prob(states) -> (B,)                                          differentiable
     conditionals(states) -> (B, L, Mmax)                              log q(m | n_<i)
+    scorer(states) -> ListedScorer: log_prob at fixed states, each prefix run once
     sample_proposal(B, transform, generator) -> (states, log_q, log_rho)
 with count limits and conservation laws masked exactly, an optional context input, and
 per-sample conserved totals. `build_model` makes one for a network by name.
@@ -20,6 +21,7 @@ from .base import (
     AutoregressiveModel,
     ClosedFormScores,
     ConditionalTransform,
+    ListedScorer,
     Tempering,
     frozen_copy,
     inverse_cdf,
@@ -36,6 +38,7 @@ __all__ = [
     "ClosedFormScores",
     "ConditionalTransform",
     "Delta",
+    "ListedScorer",
     "NADEScores",
     "Product",
     "Tempering",

@@ -30,6 +30,7 @@ __all__ = [
     "AutoregressiveModel",
     "ClosedFormScores",
     "ConditionalTransform",
+    "ListedScorer",
     "Tempering",
     "frozen_copy",
     "inverse_cdf",
@@ -437,6 +438,31 @@ class AutoregressiveModel(nn.Module):
         per_species = per_species.masked_fill(~in_range, -math.inf)
         return per_species.sum(dim=-1)
 
+    def scorer(self, states: torch.Tensor) -> ListedScorer:
+        """log q at fixed states as a function of the current parameters, each distinct
+        prefix run through the network once (`ListedScorer`): for states scored many times
+        over (a fit summed over a listed support, `nncme.sampling.Enumerated`)."""
+        return ListedScorer(self, states)
+
+    @torch.no_grad()
+    def _mask_choices(
+        self, idx: torch.Tensor, chunk: int = 4096
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L) how many counts each species' mask allows after each state's prefix, and
+        (B, L) whether the state's own count is one of them (the masks of `_masked_logits`,
+        in chunks of rows: a (B, L, Mmax) mask of a large support would not fit)."""
+        counts = torch.arange(self.max_count, device=idx.device)
+        choices, allowed = [], []
+        for part in idx.split(chunk):
+            if self.num_laws:
+                totals = self._totals(None, part.shape[0])
+                mask = allowed_counts_all(part, self.max_count, self.limits, totals, self.cons)
+            else:
+                mask = (counts < self.limits.unsqueeze(1)).expand(part.shape[0], -1, -1)
+            choices.append(mask.sum(dim=-1))
+            allowed.append(mask.gather(-1, part.unsqueeze(-1)).squeeze(-1))
+        return torch.cat(choices), torch.cat(allowed)
+
     def forward(self, states: torch.Tensor, **kw: Any) -> torch.Tensor:
         """log_prob (so torch.func.functional_call can take per-sample gradients)."""
         return self.log_prob(states, **kw)
@@ -584,6 +610,75 @@ class AutoregressiveModel(nn.Module):
             f"species={self.num_species}, max_count={self.max_count}, laws={self.num_laws}, "
             f"context_dim={self.context_dim}, anchors={self.num_anchors}"
         )
+
+
+class ListedScorer:
+    """log q(n) at fixed states (B, L), as a function of the model's current parameters,
+    for states scored many times over (a fit summed over a listed support).
+
+    Species i's conditional depends only on the prefix n_<i, and a listed support holds
+    every count of its later species after each prefix: a box's last species (often the
+    widest) has its whole range after each of its prefixes, so running each distinct prefix
+    through the network once and gathering its table of conditionals (`conditionals`) at the
+    states that share it costs one row per prefix instead of one per state (the toggle
+    switch's 25,600 states have 320 prefixes). Species after the last one with a choice
+    (those a conservation law fixes, where the masks allow one count: log q(n_i | n_<i) is
+    exactly 0 or -inf, whatever the parameters) end the prefixes. Where the prefixes are
+    nearly as many as the states, the states are scored directly (`log_prob`). Equal to
+    `model.log_prob(states)` in value and gradient.
+
+    Attributes:
+        rows: the rows one evaluation runs through the network (prefixes, or states).
+    """
+
+    def __init__(self, model: AutoregressiveModel, states: torch.Tensor) -> None:
+        self.model = model
+        self.states = states = model._check_states(states)
+        M = model.max_count
+        idx = states.clamp(0, M - 1)
+        choices, allowed = model._mask_choices(idx)
+        free = torch.nonzero((choices > 1).any(dim=0)).flatten()
+        k = int(free[-1]) + 1 if free.numel() else 0  # species 0..k-1 have a choice
+        # species k.. are fixed by their prefix: 0 where the count is the one allowed, -inf
+        # where it is not (or beyond the box), the same at every parameter value
+        off = ~allowed[:, k:].all(dim=1) | ((states < 0) | (states >= M)).any(dim=1)
+        fixed = torch.zeros(states.shape[0], dtype=model.dtype, device=states.device)
+        self.fixed = fixed.masked_fill(off, -math.inf)
+        prefixes, self.inverse = self._prefixes(idx, k)
+        self.shared = k > 0 and 2 * prefixes.shape[0] <= states.shape[0]
+        self.rows = prefixes.shape[0] if self.shared else states.shape[0]
+        pad = idx.new_zeros(prefixes.shape[0], model.num_species - prefixes.shape[1])
+        self.prefix_rows = torch.cat([prefixes, pad], dim=1)  # each row's later counts unused
+        self.chosen = idx[:, :k]
+        self.species = torch.arange(k, device=states.device)
+
+    @staticmethod
+    def _prefixes(idx: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The distinct prefixes n_<k-1 (U, k-1) of the states, and each state's (B,)."""
+        if k <= 1:  # one table for every state: species 0 has no prefix
+            return idx.new_zeros(1, 0), idx.new_zeros(idx.shape[0])
+        return torch.unique(idx[:, : k - 1], dim=0, return_inverse=True)
+
+    @classmethod
+    def rows_for(cls, support: torch.Tensor) -> int:
+        """The rows an evaluation over a model's whole support would run, from the support
+        alone (before any model): species that take one count after each of their prefixes
+        in it are the ones its conservation laws fix."""
+        k = 0
+        for i in range(1, support.shape[1] + 1):
+            if cls._prefixes(support, i + 1)[0].shape[0] > cls._prefixes(support, i)[0].shape[0]:
+                k = i  # species i - 1 takes more than one count after some prefix
+        rows = cls._prefixes(support, k)[0].shape[0]
+        return rows if k > 0 and 2 * rows <= support.shape[0] else support.shape[0]
+
+    def __call__(self) -> torch.Tensor:
+        """(B,) log q(states) at the model's current parameters, differentiable."""
+        if not self.shared:
+            return self.model.log_prob(self.states)
+        k = self.chosen.shape[1]
+        table = self.model.conditionals(self.prefix_rows)[:, :k]  # (U, k, Mmax)
+        picked = table[self.inverse.unsqueeze(1), self.species.unsqueeze(0), self.chosen]
+        return picked.sum(dim=1) + self.fixed
 
 
 def _changed_tail(
