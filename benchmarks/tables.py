@@ -736,7 +736,7 @@ DEFAULTS_RUNS = [
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
     "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
-    "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small", "s25_mm",
+    "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small", "s25_mm", "s25_toggle10b",
 ]  # fmt: skip
 
 
@@ -754,22 +754,28 @@ ENUMERATED_RUNS = {
 }
 
 
+def defaults_row(network: str, tag: str) -> tuple[dict, dict]:
+    """(the JSON, the network's row) of `defaults_cpu_<tag>.json`."""
+    d = load(f"defaults_cpu_{tag}.json")
+    return d, next(r for r in d["rows"] if r["network"] == network)
+
+
+def run_cells(r: dict, mean: bool = False) -> list[str]:
+    """A defaults run's max H (first save), worst mean error (with `mean`), tail ratio at
+    1e-6 and wall time to the time it reached."""
+    reached = sig(r["t_end"]) if r["status"] == "completed" else sig(r["stopped_at_t"])
+    worst = (r.get("tails") or {}).get("worst", {}).get("1e-06")
+    return [
+        f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])})",
+        *([f"{sig(100 * r['max_mean_rel_error'])}%"] if mean else []),
+        "-" if worst is None else sig(worst["ratio"]),
+        f"{seconds(r['wall_seconds'])} to t = {reached}",
+    ]
+
+
 def table_enumerated() -> list[str]:
     """The networks whose support the fits now sum over: their draws before, the sums with
     Heun and implicit steps, the sums with exponential steps."""
-
-    def row_of(network: str, tag: str) -> tuple[dict, dict]:
-        d = load(f"defaults_cpu_{tag}.json")
-        return d, next(r for r in d["rows"] if r["network"] == network)
-
-    def cells(r: dict) -> list[str]:
-        reached = sig(r["t_end"]) if r["status"] == "completed" else sig(r["stopped_at_t"])
-        worst = (r.get("tails") or {}).get("worst", {}).get("1e-06")
-        return [
-            f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])})",
-            "-" if worst is None else sig(worst["ratio"]),
-            f"{seconds(r['wall_seconds'])} to t = {reached}",
-        ]
 
     groups = ("draws", "sums, Heun/BDF2", "sums, exponential")
     header = ["network (states)"]
@@ -777,10 +783,10 @@ def table_enumerated() -> list[str]:
         header += [f"{group}: max H (first save)", "tail 1e-6", "wall"]
     rows, runs = [], {}
     for network, tags in ENUMERATED_RUNS.items():
-        found = [row_of(network, tag) for tag in tags]
+        found = [defaults_row(network, tag) for tag in tags]
         runs |= {f"defaults_cpu_{tag}.json": d for tag, (d, _) in zip(tags, found, strict=True)}
         states = found[-1][1]["states"]
-        rows.append([f"`{network}` ({states:,})", *[c for _, r in found for c in cells(r)]])
+        rows.append([f"`{network}` ({states:,})", *[c for _, r in found for c in run_cells(r)]])
     files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
     return [
         *markdown(header, rows),
@@ -798,7 +804,7 @@ def table_enumerated() -> list[str]:
 # the supports summed since an evaluation runs one row per distinct prefix (`ListedScorer`):
 # label -> ((the draws' run, its network), (the sums' run, its network)), at every default
 PREFIX_RUNS = {
-    "toggle_switch": (("s15_toggle10", "toggle_switch"), ("s25_toggle10", "toggle_catalogue")),
+    "toggle_switch": (("s15_toggle10", "toggle_switch"), ("s25_toggle10b", "toggle_switch")),
     "sir80": (("s20_laws", "sir80"), ("s25_small", "sir80")),
     "futile_cycle": (("s20_laws", "futile_cycle"), ("s25_small", "futile_cycle")),
     "stiff_gene": (("first_b", "stiff_gene"), ("s25_small", "stiff_gene")),
@@ -821,25 +827,17 @@ def table_prefixes() -> list[str]:
     for label, pair in PREFIX_RUNS.items():
         cells: list[str] = []
         for tag, network in pair:
-            d = load(f"defaults_cpu_{tag}.json")
+            d, r = defaults_row(network, tag)
             runs[f"defaults_cpu_{tag}.json"] = d
-            r = next(r for r in d["rows"] if r["network"] == network)
-            reached = sig(r["t_end"]) if r["status"] == "completed" else sig(r["stopped_at_t"])
-            worst = (r.get("tails") or {}).get("worst", {}).get("1e-06")
-            cells += [
-                f"{hell(r['max_hellinger'])} ({hell(r['hellinger_first_save'])})",
-                f"{sig(100 * r['max_mean_rel_error'])}%",
-                "-" if worst is None else sig(worst["ratio"]),
-                f"{seconds(r['wall_seconds'])} to t = {reached}",
-            ]
+            cells += run_cells(r, mean=True)
         rows.append([f"`{label}` ({r['states']:,})", *cells])
     files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
     return [
         *markdown(header, rows),
         "",
         "`nncme run FILE` at every default (the file's dt) against FSP, each network's horizon "
-        "as in the defaults table (a tenth, or t = 10 of the toggle switch's 40; its sums' run "
-        "is of the catalogue's network written to a file); columns as in the table above. "
+        "as in the defaults table (a tenth, or t = 10 of the toggle switch's 40); columns as in "
+        "the table above. "
         f"Runs (code, CPU): {files}.",
     ]
 
