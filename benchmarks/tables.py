@@ -736,7 +736,8 @@ DEFAULTS_RUNS = [
     "adam18_dimer", "review17_c3", "review17_pfs", "s19_new", "s19_mm", "s19_full", "s20_laws",
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
     "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
-    "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small", "s25_mm", "s25_toggle10b",
+    "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small_a", "s25_small_b", "s25_mm",
+    "s25_toggle10c",
 ]  # fmt: skip
 
 
@@ -804,15 +805,15 @@ def table_enumerated() -> list[str]:
 # the supports summed since an evaluation runs one row per distinct prefix (`ListedScorer`):
 # label -> ((the draws' run, its network), (the sums' run, its network)), at every default
 PREFIX_RUNS = {
-    "toggle_switch": (("s15_toggle10", "toggle_switch"), ("s25_toggle10b", "toggle_switch")),
-    "sir80": (("s20_laws", "sir80"), ("s25_small", "sir80")),
-    "futile_cycle": (("s20_laws", "futile_cycle"), ("s25_small", "futile_cycle")),
-    "stiff_gene": (("first_b", "stiff_gene"), ("s25_small", "stiff_gene")),
+    "toggle_switch": (("s15_toggle10", "toggle_switch"), ("s25_toggle10c", "toggle_switch")),
+    "sir80": (("s20_laws", "sir80"), ("s25_small_a", "sir80")),
+    "futile_cycle": (("s20_laws", "futile_cycle"), ("s25_small_b", "futile_cycle")),
+    "stiff_gene": (("first_b", "stiff_gene"), ("s25_small_a", "stiff_gene")),
     "self_replicator_n60": (
         ("first_b", "self_replicator_n60"),
-        ("s25_small", "self_replicator_n60"),
+        ("s25_small_a", "self_replicator_n60"),
     ),
-    "brusselator": (("adam18", "brusselator"), ("s25_small", "brusselator")),
+    "brusselator": (("adam18", "brusselator"), ("s25_small_b", "brusselator")),
     "michaelis_menten": (("s20_mm", "michaelis_menten"), ("s25_mm", "michaelis_menten")),
 }
 
