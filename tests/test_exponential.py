@@ -144,3 +144,23 @@ def test_exponential_sub_steps_end_where_a_rate_jumps():
     assert any(h["t"] > 0.93 and h["t"] - h["dt"] < 0.93 for h in out.history)  # a step across
     exact = solve_fsp(net, out.result.times, FSPSettings(quiet=True))
     assert hellinger(exact.marginals, out.result.marginals).max() < 0.002
+
+
+def test_steps_grow_only_while_their_fits_follow(monkeypatch):
+    """Where no rate depends on time a step doubles up to the time between saves, but only
+    while its fit ends below GROW_BELOW: with every fit counted as not following (GROW_BELOW
+    = 0), no step is longer than the first exponential one."""
+    net = ReactionNetwork(
+        {"X": 60},
+        [Reaction({}, {"X": 1}, 12.0, "birth"), Reaction({"X": 1}, {}, 1.0, "death")],
+        {"X": 0},
+        t_end=1.0,
+        dt=0.01,
+    )
+    grown = nncme.run(net, RunConfig(save_every=0.5, quiet=True)).history[1:]
+    assert max(h["dt"] for h in grown) >= 0.25
+    monkeypatch.setattr(Exponential, "GROW_BELOW", 0.0)
+    held = nncme.run(net, RunConfig(save_every=0.5, quiet=True)).history[1:]
+    assert {h["scheme"] for h in held} == {"exponential"}
+    assert max(h["dt"] for h in held) <= held[0]["dt"] + 1e-12
+    assert len(held) > 2 * len(grown)
