@@ -788,18 +788,22 @@ def table_enumerated() -> list[str]:
         runs |= {f"defaults_cpu_{tag}.json": d for tag, (d, _) in zip(tags, found, strict=True)}
         states = found[-1][1]["states"]
         rows.append([f"`{network}` ({states:,})", *[c for _, r in found for c in run_cells(r)]])
-    files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
-    return [
-        *markdown(header, rows),
-        "",
+    return with_runs(
+        markdown(header, rows),
         "`nncme run FILE` at every default (the file's dt) against FSP; max H: the largest "
         "Hellinger distance of a marginal over species and save times (the first save time's "
         "in brackets); tail: P_van(n >= q) / P_exact(n >= q) at the exact upper 1e-6 "
         "quantile, furthest from 1 over species and times; wall: one thread, the runs sharing "
         "the cores, so loose. The draws' schlogl_box1000 run is the full horizon's (saves "
-        "every 0.1), stopped at its time limit; both sums' runs a tenth's (saves every 0.05). "
-        f"Runs (code, CPU): {files}.",
-    ]
+        "every 0.1), stopped at its time limit; both sums' runs a tenth's (saves every 0.05). ",
+        runs,
+    )
+
+
+def with_runs(table: list[str], text: str, runs: dict[str, dict]) -> list[str]:
+    """A table, then its caption ending with the JSON files it read and their code and CPU."""
+    files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
+    return [*table, "", f"{text}Runs (code, CPU): {files}."]
 
 
 # the supports summed since an evaluation runs one row per distinct prefix (`ListedScorer`):
@@ -832,15 +836,13 @@ def table_prefixes() -> list[str]:
             runs[f"defaults_cpu_{tag}.json"] = d
             cells += run_cells(r, mean=True)
         rows.append([f"`{label}` ({r['states']:,})", *cells])
-    files = ", ".join(f"`{f}` ({d['commit']}, {cpu_short(d)})" for f, d in sorted(runs.items()))
-    return [
-        *markdown(header, rows),
-        "",
+    return with_runs(
+        markdown(header, rows),
         "`nncme run FILE` at every default (the file's dt) against FSP, each network's horizon "
         "as in the defaults table (a tenth, or t = 10 of the toggle switch's 40); columns as in "
-        "the table above. "
-        f"Runs (code, CPU): {files}.",
-    ]
+        "the table above. ",
+        runs,
+    )
 
 
 def newest_default_rows() -> dict[str, tuple[str, dict, dict]]:
