@@ -934,12 +934,11 @@ class Exponential:
     below the fits' error and held Schlögl's steps to 4e-4.) Where a rate depends on time,
     the exponential midpoint rule is second order: one step is compared with two half
     steps, both worked out exactly before any fit, so a sub-step whose estimate (relative,
-    RMS under the new law, as
-    `nncme.optim.local_error`'s) exceeds `tolerance` is shortened at the cost of a solve, and
-    the two half steps' result is the fit's target. The next sub-step is h clip(0.9
-    (tolerance / err)^(1/3), 0.2, 2) (twice h where no rate depends on time); the report's
-    `next_dt` is that length, so the driver's steps grow towards it, up to the time between
-    saves.
+    RMS under the new law, as `nncme.optim.local_error`'s) exceeds `tolerance` is shortened
+    at the cost of a solve, and the two half steps' result is the fit's target. The next
+    sub-step is h clip(0.9 (tolerance / err)^(1/3), 0.2, 2) (twice h where no rate depends
+    on time); the report's `next_dt` is that length, so the driver's steps grow towards it,
+    up to the time between saves.
 
     Args:
         motion: a `Fit` whose fits sum over the model's support (`Fit.support`).

@@ -645,7 +645,7 @@ class ListedScorer:
         fixed = torch.zeros(states.shape[0], dtype=model.dtype, device=states.device)
         self.fixed = fixed.masked_fill(off, -math.inf)
         prefixes, self.inverse = self._prefixes(idx, k)
-        self.shared = k > 0 and 2 * prefixes.shape[0] <= states.shape[0]
+        self.shared = self._shares(prefixes.shape[0], k, states.shape[0])
         self.rows = prefixes.shape[0] if self.shared else states.shape[0]
         pad = idx.new_zeros(prefixes.shape[0], model.num_species - prefixes.shape[1])
         self.prefix_rows = torch.cat([prefixes, pad], dim=1)  # each row's later counts unused
@@ -668,8 +668,14 @@ class ListedScorer:
         for i in range(1, support.shape[1] + 1):
             if cls._prefixes(support, i + 1)[0].shape[0] > cls._prefixes(support, i)[0].shape[0]:
                 k = i  # species i - 1 takes more than one count after some prefix
-        rows = cls._prefixes(support, k)[0].shape[0]
-        return rows if k > 0 and 2 * rows <= support.shape[0] else support.shape[0]
+        prefixes = cls._prefixes(support, k)[0].shape[0]
+        return prefixes if cls._shares(prefixes, k, support.shape[0]) else support.shape[0]
+
+    @staticmethod
+    def _shares(prefixes: int, k: int, states: int) -> bool:
+        """Whether an evaluation runs one row per prefix (species 0..k-1 have a choice, k > 0,
+        and the prefixes are at most half the states) rather than one per state."""
+        return k > 0 and 2 * prefixes <= states
 
     def __call__(self) -> torch.Tensor:
         """(B,) log q(states) at the model's current parameters, differentiable."""
