@@ -3,6 +3,7 @@
     python benchmarks/bench_defaults.py                              # every network file
     python benchmarks/bench_defaults.py --networks cascade3 dimerisation --t-end-scale 0.1
     python benchmarks/bench_defaults.py --set batch=2000 --set lr_decay=1 --tag b2000
+    python benchmarks/bench_defaults.py --networks mapk --t-end-scale 0.02 --reference ssa
 
 For each file in benchmarks/networks/ (see check_networks.py for their exact-solution checks):
 one `nncme.run(network, RunConfig(t_end=..., quiet=True, seed=...))` with everything else at
@@ -34,6 +35,13 @@ A long horizon can be run apart, resumable, and scored here afterwards, whole or
 got: `nncme run FILE --out DIR` (results.npz is rewritten at every save time), then
 `--networks FILE --from-run DIR`. `--time-limit S` stops each run here after S seconds.
 
+A catalogue system (`nncme systems`) named in --networks runs from its file written to
+runs/catalogue/<name>.toml (its t_end the catalogue's: MAPK's 5000). `--reference ssa` scores
+against `--ssa-trajectories` SSA trajectories (default 1e5, seed 0) instead, for boxes FSP
+cannot hold (MAPK): the Hellinger distances then have the SSA's sampling floor too
+(`sampling_noise_hellinger`, both sides' added in H^2), and the tails are kept only at levels
+with at least 10 expected trajectories beyond their quantile.
+
 `--set key=value` overrides a RunConfig field (for comparisons; every override is recorded).
 The VAN and FSP results go to runs/defaults[_<tag>]/<network>/{van,fsp} (results.npz,
 git-ignored). The JSON, benchmarks/results/defaults_<device>[_<tag>].json, is written after
@@ -50,6 +58,7 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +68,14 @@ import torch
 import nncme
 from bench_common import RESULTS, git_commit, print_table, write_results
 from check_networks import network_files
+from nncme import systems
 from nncme.config import RunConfig
 from nncme.exact import FSPSettings, count_states, solve_fsp
-from nncme.io import load_network
+from nncme.io import load_network, save_network
 from nncme.metrics import compare, relative_error, sampling_noise_hellinger, tail_errors
 from nncme.observers import LOG
 from nncme.results import Result
+from nncme.ssa import SSASettings, solve_ssa
 
 BENCH = "defaults"
 # VAN and FSP results of each network (results.npz), for a closer look: git-ignored
@@ -93,6 +104,26 @@ def short_traceback() -> list[str]:
 
 TAIL_LEVELS = (1e-4, 1e-6)
 MIN_MEAN = 0.05  # relative errors of means below this exact mean are not counted
+# a sampled reference's tail at level l is kept where l * trajectories >= this
+TAIL_MIN_EXPECTED = 10
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the VAN is scored against: FSP (exact), or `samples` SSA trajectories."""
+
+    method: str = "fsp"
+    samples: int | None = None
+
+    def solve(self, network: Any, times: Any) -> Result:
+        if self.method == "fsp":
+            return solve_fsp(network, times, FSPSettings(quiet=True))
+        return solve_ssa(network, times, SSASettings(trajectories=self.samples, seed=0, quiet=True))
+
+    def tail_levels(self) -> tuple[float, ...]:
+        if self.samples is None:
+            return TAIL_LEVELS
+        return tuple(v for v in TAIL_LEVELS if v * self.samples >= TAIL_MIN_EXPECTED)
 
 
 def parse_value(text: str) -> Any:
@@ -135,7 +166,7 @@ def _tolist(a: np.ndarray) -> list:
     return [_tolist(v) if isinstance(v, np.ndarray) else _finite(v) for v in np.asarray(a)]
 
 
-def tails(exact: Any, van: Any) -> dict[str, Any]:
+def tails(exact: Any, van: Any, levels: tuple[float, ...] = TAIL_LEVELS) -> dict[str, Any]:
     """Upper-tail ratios at the exact 1e-4 and 1e-6 quantiles, per time, species and level.
 
     The quantile q of a level is the smallest count with P_exact(n >= q) <= level. For a
@@ -144,10 +175,10 @@ def tails(exact: Any, van: Any) -> dict[str, Any]:
     exact tail is 0 (a point mass, the bound of a conservation law) are left out of "worst";
     "worst_any" keeps them (not those with an exact 0).
     """
-    te = tail_errors(exact.marginals, van.marginals, TAIL_LEVELS)  # (T, L, V) arrays
+    te = tail_errors(exact.marginals, van.marginals, levels)  # (T, L, V) arrays
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = te["other"] / te["reference"]
-    out: dict[str, Any] = {"levels": list(TAIL_LEVELS)}
+    out: dict[str, Any] = {"levels": list(levels)}
     worst, worst_any, final = {}, {}, {}
 
     def pick(r: np.ndarray, use: np.ndarray, v: int) -> dict[str, Any] | None:
@@ -168,7 +199,7 @@ def tails(exact: Any, van: Any) -> dict[str, Any]:
             "points": int(use.sum()),
         }
 
-    for v, level in enumerate(TAIL_LEVELS):
+    for v, level in enumerate(levels):
         r = ratio[..., v]
         has = (te["count"][..., v] >= 0) & (te["reference"][..., v] > 0)
         real = has & (te["reference"][..., v] >= level / 100)
@@ -193,23 +224,24 @@ def tails(exact: Any, van: Any) -> dict[str, Any]:
 
 
 def measure(
-    network: Any, van: Any, fsp_settings: FSPSettings, save_dir: Path | None = None
+    network: Any, van: Any, reference: Reference, save_dir: Path | None = None
 ) -> dict[str, Any]:
-    """The VAN result against FSP at the VAN's save times (both saved under save_dir)."""
+    """The VAN result against the reference at the VAN's save times (both saved under
+    save_dir)."""
     began = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        exact = solve_fsp(network, van.times, fsp_settings)
+        exact = reference.solve(network, van.times)
     fsp_s = time.perf_counter() - began
     saved = None
     if save_dir is not None:
         try:
             van.save(save_dir / "van", plots=False)
-            exact.save(save_dir / "fsp", plots=False)
+            exact.save(save_dir / reference.method, plots=False)
             saved = str(save_dir.relative_to(RUNS.parent))
         except Exception as exc:  # the numbers below matter more than the files
             saved = f"not saved: {type(exc).__name__}: {exc}"
-    d = compare(exact, van, tail_levels=TAIL_LEVELS)
+    d = compare(exact, van, tail_levels=reference.tail_levels())
     h = np.asarray(d["hellinger"])  # (T, L)
     times = np.asarray(d["times"])
     later = np.nonzero(times > 0)[0]
@@ -234,25 +266,31 @@ def measure(
         "means_van_final": dict(zip(d["species"], np.asarray(d["mean_b"])[-1].tolist())),
         "stds_exact_final": dict(zip(d["species"], np.asarray(d["std_a"])[-1].tolist())),
         "stds_van_final": dict(zip(d["species"], np.asarray(d["std_b"])[-1].tolist())),
-        "tails": tails(exact, van),
+        "tails": tails(exact, van, reference.tail_levels()),
         "boundary_exact_max": None if exact.boundary is None else float(exact.boundary.max()),
         "boundary_van_max": None if van.boundary is None else float(van.boundary.max()),
         "boundary_van": None if van.boundary is None else _tolist(van.boundary),
         "joint_hellinger_max": None
         if d["joint"] is None
         else float(np.asarray(d["joint"]["hellinger"]).max()),
-        "fsp_seconds": fsp_s,
-        "fsp_states": int(exact.summary["states"]),
-        "fsp_warnings": sorted({str(w.message) for w in caught}),
+        "reference": reference.method,
+        f"{reference.method}_seconds": fsp_s,
+        f"{reference.method}_warnings": sorted({str(w.message) for w in caught}),
         "results_saved": saved,
     }
+    if reference.method == "fsp":
+        out["fsp_states"] = int(exact.summary["states"])
+    else:
+        out["ssa_trajectories"] = reference.samples
     marginals_from = van.summary.get("marginals_from")
     out["marginals_from"] = marginals_from
+    # independent sampling noise of each sampled side adds in H^2
+    sampled = [reference.samples or 0]
     if marginals_from not in ("joint", "conservation-law states"):
-        n = int(van.summary.get("eval_samples") or 0)
-        if n:
-            noise = sampling_noise_hellinger(exact.marginals, n)
-            out["sampling_noise_hellinger_max"] = float(noise.max())
+        sampled.append(int(van.summary.get("eval_samples") or 0))
+    h2 = sum(sampling_noise_hellinger(exact.marginals, n) ** 2 for n in sampled if n)
+    if np.any(h2):
+        out["sampling_noise_hellinger_max"] = float(np.sqrt(h2).max())
     return out
 
 
@@ -319,21 +357,39 @@ def work_to(times: Any, history: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def catalogue_file(name: str) -> str:
+    """A network name as given, or a catalogue system's (`nncme systems`, not a file of
+    benchmarks/networks) written to runs/catalogue/<name>.toml, its file from then on."""
+    if Path(name).exists() or name not in systems.names():
+        return name
+    path = RUNS / "catalogue" / f"{name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_network(systems.get(name), path)
+    return str(path)
+
+
+def reference_of(args: argparse.Namespace) -> Reference:
+    if args.reference == "fsp":
+        return Reference()
+    return Reference("ssa", args.ssa_trajectories)
+
+
 def results_dir(args: argparse.Namespace, path: Path) -> Path:
     """Where a network's VAN and FSP results are saved: runs/defaults[_<tag>]/<network>."""
     return RUNS / (f"{BENCH}_{args.tag}" if args.tag else BENCH) / path.stem
 
 
-def score(row: dict, network: Any, result: Any, directory: Path) -> None:
-    """Add the comparison with FSP at the result's save times to the row (or why not)."""
+def score(row: dict, network: Any, result: Any, directory: Path, reference: Reference) -> None:
+    """Add the comparison with the reference at the result's save times to the row (or why
+    not)."""
     if not (np.asarray(result.times) > 0).any():
         row["compare_error"] = "no save time after t = 0 reached: nothing to measure"
         return
     try:
-        row.update(measure(network, result, FSPSettings(quiet=True), directory))
+        row.update(measure(network, result, reference, directory))
     except Exception as exc:
         row.update(
-            stage="fsp/compare",
+            stage=f"{reference.method}/compare",
             compare_error=f"{type(exc).__name__}: {exc}",
             traceback=short_traceback(),
         )
@@ -383,7 +439,7 @@ def run_network(path: Path, args: argparse.Namespace, overrides: dict[str, Any])
     if progress["stopped"]:
         row.update(time_limit=args.time_limit, stopped_at_t=progress["t"])
     row.update(run_stats(out.result, out.history), parameters=int(out.model.num_parameters()))
-    score(row, network, out.result, results_dir(args, path))
+    score(row, network, out.result, results_dir(args, path), reference_of(args))
     return row
 
 
@@ -409,7 +465,7 @@ def score_run(path: Path, run_dir: Path, args: argparse.Namespace, overrides: di
         stopped_at_t=float(history[-1]["t"]) if history else 0.0,
     )
     row.update(run_stats(result, history))
-    score(row, network, result, results_dir(args, path))
+    score(row, network, result, results_dir(args, path), reference_of(args))
     return row
 
 
@@ -458,7 +514,10 @@ COLUMNS = [
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--networks", nargs="*", default=None, help="file names or stems (default: all)"
+        "--networks",
+        nargs="*",
+        default=None,
+        help="file names or stems, or catalogue systems (`nncme systems`) (default: all files)",
     )
     parser.add_argument("--tag", default="", help="suffix of the JSON file name")
     parser.add_argument("--seed", type=int, default=0, help="RunConfig seed")
@@ -492,13 +551,24 @@ def main(argv: list[str] | None = None) -> int:
         help="score these `nncme run --out DIR` directories (finished or killed) instead of "
         "running: one per --networks entry, in order",
     )
+    parser.add_argument(
+        "--reference",
+        choices=("fsp", "ssa"),
+        default="fsp",
+        help="score against FSP (exact) or SSA trajectories (boxes FSP cannot hold)",
+    )
+    parser.add_argument(
+        "--ssa-trajectories", type=int, default=100_000, help="SSA trajectories (--reference ssa)"
+    )
     args = parser.parse_args(argv)
+    if args.ssa_trajectories < 1:
+        raise SystemExit("--ssa-trajectories: must be >= 1")
     if not args.t_end_scale > 0:
         raise SystemExit("--t-end-scale: must be > 0")
     if args.time_limit is not None and not args.time_limit > 0:
         raise SystemExit("--time-limit: must be > 0 seconds")
     overrides = parse_overrides(args.overrides)
-    files = network_files(args.networks)
+    files = network_files([catalogue_file(n) for n in args.networks or []] or None)
     if args.from_run is not None and len(args.from_run) != len(files):
         raise SystemExit(
             f"--from-run: {len(args.from_run)} directories for {len(files)} networks "
@@ -513,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = [r for r in json.loads(path.read_text()).get("rows", []) if r["network"] not in done]
     header = {
         "description": "nncme.run at its default settings (the file's dt) on benchmarks/networks, "
-        "against FSP at the VAN's save times",
+        f"against {args.reference.upper()} at the VAN's save times",
+        "reference": reference_of(args).__dict__,
         "nncme": nncme.__version__,
         "commit": git_commit(),
         "seed": args.seed,

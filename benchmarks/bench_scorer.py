@@ -24,13 +24,17 @@ from nncme.models import build_model
 from nncme.systems import get
 
 HERE = Path(__file__).resolve().parent
-# (label, where the network comes from): boxes and conservation-law supports of 1e3-1e5 states
+# (label, where the network comes from): boxes and conservation-law supports of 1e3-1.1e5 states
 NETWORKS = [
     ("schlogl_box1000", HERE / "networks" / "schlogl_box1000.toml"),
     ("sir80", HERE / "networks" / "sir80.toml"),
     ("stiff_gene", HERE / "networks" / "stiff_gene.toml"),
     ("toggle_switch", "toggle_switch"),
     ("michaelis_menten", HERE / "networks" / "michaelis_menten.toml"),
+    ("lotka_volterra", HERE / "networks" / "lotka_volterra.json"),
+    ("cascade3", HERE / "networks" / "cascade3.toml"),
+    ("telegraph_bursty", HERE / "networks" / "telegraph_bursty.toml"),
+    ("two_stage_wide_box", HERE / "networks" / "two_stage_wide_box.toml"),
     ("cascade10", HERE / "networks" / "cascade10.json"),
     ("repressilator", HERE / "networks" / "repressilator.toml"),
 ]

@@ -737,7 +737,7 @@ DEFAULTS_RUNS = [
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
     "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
     "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small_a", "s25_small_b", "s25_mm",
-    "s25_toggle10c",
+    "s25_toggle10c", "s26_enum_a", "s26_enum_b", "s26_enum_c",
 ]  # fmt: skip
 
 
@@ -822,26 +822,98 @@ PREFIX_RUNS = {
 }
 
 
-def table_prefixes() -> list[str]:
-    """The networks summed since a sum runs one row per prefix: their draws before, their
-    sums with exponential steps now."""
-    header = ["network (states)"]
-    for group in ("draws", "sums, exponential"):
-        header += [f"{group}: max H (first save)", "worst mean error", "tail 1e-6", "wall"]
+def draws_then_sums(pairs: dict) -> tuple[list[list[str]], dict[str, dict]]:
+    """Rows of draws-then-sums cells (`run_cells` with means) of each label's two runs, and
+    the JSONs read."""
     rows, runs = [], {}
-    for label, pair in PREFIX_RUNS.items():
+    for label, pair in pairs.items():
         cells: list[str] = []
         for tag, network in pair:
             d, r = defaults_row(network, tag)
             runs[f"defaults_cpu_{tag}.json"] = d
             cells += run_cells(r, mean=True)
         rows.append([f"`{label}` ({r['states']:,})", *cells])
+    return rows, runs
+
+
+DRAWS_THEN_SUMS = ["network (states)"] + [
+    f"{group}: {column}"
+    for group in ("draws", "sums, exponential")
+    for column in ("max H (first save)", "worst mean error", "tail 1e-6", "wall")
+]
+
+
+def table_prefixes() -> list[str]:
+    """The networks summed since a sum runs one row per prefix: their draws before, their
+    sums with exponential steps now."""
+    rows, runs = draws_then_sums(PREFIX_RUNS)
     return with_runs(
-        markdown(header, rows),
+        markdown(DRAWS_THEN_SUMS, rows),
         "`nncme run FILE` at every default (the file's dt) against FSP, each network's horizon "
         "as in the defaults table (a tenth, or t = 10 of the toggle switch's 40); columns as in "
         "the table above. ",
         runs,
+    )
+
+
+# the supports summed since `enumerate_states` is 131,072 and `Enumerated.MAX_ROWS` 4,096:
+# label -> ((the draws' run, its network), (the sums' run, its network)), at every default
+LARGE_SUPPORT_RUNS = {
+    "cascade3": (("review17_c3", "cascade3"), ("s26_enum_a", "cascade3")),
+    "telegraph_bursty": (("grow14_tele", "telegraph_bursty"), ("s26_enum_a", "telegraph_bursty")),
+    "lotka_volterra": (("review_c", "lotka_volterra"), ("s26_enum_b", "lotka_volterra")),
+    "two_stage_wide_box": (
+        ("first_a", "two_stage_wide_box"),
+        ("s26_enum_b", "two_stage_wide_box"),
+    ),
+    "repressilator": (("first_a", "repressilator"), ("s26_enum_c", "repressilator")),
+}
+
+
+def table_large_supports() -> list[str]:
+    """The networks summed since the limits rose: their draws before, their sums now."""
+    rows, runs = draws_then_sums(LARGE_SUPPORT_RUNS)
+    return with_runs(
+        markdown(DRAWS_THEN_SUMS, rows),
+        "`nncme run FILE` at every default (the file's dt) against FSP to a tenth of the file's "
+        "horizon; columns as in the tables above. ",
+        runs,
+    )
+
+
+# the catalogue's MAPK at every default to t = 100, against 10^5 SSA trajectories
+MAPK_RUN = "s26_mapk"
+
+
+def table_mapk() -> list[str]:
+    """MAPK at every default against SSA: per save time, the largest Hellinger distance of a
+    marginal (and whose), the sampling floor of both sides, and the worst mean error."""
+    d, r = defaults_row("mapk", MAPK_RUN)
+    h = r["hellinger"]  # (T, L)
+    species = list(r["hellinger_max_per_species"])
+    errors = r["mean_rel_error"]
+    work = {round(w["t"], 9): w for w in r["work_to_save_time"]}
+    rows = []
+    for j, t in enumerate(r["times"]):
+        if t <= 0:
+            continue
+        worst = max(range(len(species)), key=lambda i: h[j][i])
+        err = [e for e in errors[j] if e is not None]
+        w = work.get(round(t, 9), {})
+        rows.append([
+            sig(t), f"{hell(h[j][worst])} ({species[worst]})",
+            f"{100 * max(err):.2g}%" if err else "-",
+            f"{w.get('steps', 0):,}", seconds(w.get("step_seconds", 0.0)),
+        ])  # fmt: skip
+    header = ["t", "max H (species)", "worst mean error", "steps", "step seconds to t"]
+    return with_runs(
+        markdown(header, rows),
+        f"`nncme run mapk --t-end 100` at every other default against {r['ssa_trajectories']:,} "
+        "SSA trajectories (`bench_defaults.py --networks mapk --t-end-scale 0.02 --reference "
+        "ssa --from-run DIR`): the VAN's marginals from 20,000 draws, so each distance has a "
+        f"sampling floor of up to {hell(r['sampling_noise_hellinger_max'])} (both sides' "
+        "noise); mean error over species whose mean is at least 0.05. ",
+        {f"defaults_cpu_{MAPK_RUN}.json": d},
     )
 
 
@@ -1086,6 +1158,8 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "optimizers": table_optimizers,
         "enumerated": table_enumerated,
         "prefixes": table_prefixes,
+        "large_supports": table_large_supports,
+        "mapk": table_mapk,
         "defaults": table_defaults,
         "parallel": table_parallel,
         "lattice": table_lattice,

@@ -27,6 +27,7 @@ def bench():
             "nncme_bench_defaults", BENCHMARKS / "bench_defaults.py"
         )
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # its dataclasses look their module up there
         spec.loader.exec_module(module)
     finally:
         sys.path.remove(str(BENCHMARKS))
@@ -35,7 +36,15 @@ def bench():
 
 def settings(**given) -> argparse.Namespace:
     return argparse.Namespace(
-        **{"t_end_scale": 1.0, "seed": 0, "tag": "test", "time_limit": None, **given}
+        **{
+            "t_end_scale": 1.0,
+            "seed": 0,
+            "tag": "test",
+            "time_limit": None,
+            "reference": "fsp",
+            "ssa_trajectories": 100_000,
+            **given,
+        }
     )
 
 
@@ -58,6 +67,26 @@ def test_a_killed_run_is_measured_at_the_save_times_it_reached(bench, tmp_path, 
     assert row["stopped_at_t"] == pytest.approx(0.05)
     assert row["max_hellinger"] < 0.02  # a Poisson-like law of mean ~10, against FSP
     assert "compare_error" not in row
+
+
+def test_a_run_is_scored_against_ssa_where_asked(bench, tmp_path, monkeypatch):
+    monkeypatch.setattr(bench, "RUNS", tmp_path / "runs")
+    network = load_network(NETWORK)
+    out = tmp_path / "van"
+    nncme.run(network, RunConfig(t_end=0.05, save_every=0.025, quiet=True, seed=0, out=str(out)))
+
+    by_fsp = bench.score_run(NETWORK, out, settings(), {})
+    by_ssa = bench.score_run(NETWORK, out, settings(reference="ssa", ssa_trajectories=20_000), {})
+
+    assert by_ssa["reference"] == "ssa" and by_ssa["ssa_trajectories"] == 20_000
+    assert by_fsp["reference"] == "fsp" and "fsp_states" in by_fsp
+    # the SSA's histogram of 20,000 draws: its own noise, about sqrt(k / 8n) for k counts
+    noise = by_ssa["sampling_noise_hellinger_max"]
+    assert 0.003 < noise < 0.02
+    assert by_ssa["max_hellinger"] < by_fsp["max_hellinger"] + 3 * noise
+    # 20,000 trajectories put 2 beyond a 1e-4 quantile, none beyond 1e-6: no tail is kept
+    assert by_ssa["tails"]["levels"] == []
+    assert (tmp_path / "runs" / "defaults_test" / NETWORK.stem / "ssa").is_dir()
 
 
 def test_a_time_limit_stops_the_run_and_says_what_it_measured(bench, tmp_path, monkeypatch):

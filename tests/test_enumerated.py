@@ -175,7 +175,7 @@ def test_a_run_sums_where_an_evaluation_runs_few_prefixes():
     """The limit is the states and the prefixes a sum runs through the network
     (`Enumerated.MAX_ROWS`): a box of two species of 100 counts (10,000 states, 100
     prefixes) is summed, one of five species of 5 counts (3,125 states, 625 prefixes) too,
-    one of five species of 5 and one of 2 (6,250 states, 3,125 prefixes) is drawn, and so is
+    one of six species of 5 and one of 2 (31,250 states, 15,625 prefixes) is drawn, and so is
     a box above `enumerate_states`."""
     wide = births_and_deaths({"X": 100, "Y": 100})
     summed = build_driver(wide, RunConfig(quiet=True))
@@ -188,7 +188,7 @@ def test_a_run_sums_where_an_evaluation_runs_few_prefixes():
     )
     five = births_and_deaths({s: 5 for s in "ABCDE"})
     assert isinstance(build_driver(five, RunConfig(quiet=True)).stepper.motion.proposal, Enumerated)
-    flat = births_and_deaths({**{s: 5 for s in "ABCDE"}, "F": 2})
+    flat = births_and_deaths({**{s: 5 for s in "ABCDEF"}, "G": 2})
     assert isinstance(build_driver(flat, RunConfig(quiet=True)).stepper.motion.proposal, Mixture)
     limited = RunConfig(quiet=True, enumerate_states=9_999)
     assert isinstance(build_driver(wide, limited).stepper.motion.proposal, Mixture)

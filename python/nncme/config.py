@@ -438,11 +438,11 @@ class RunConfig(Settings):
         minimum=1,
     )
     enumerate_states: int = _opt(
-        32768,
+        131072,
         "fitted steps (not tdvp) sum their objective exactly over the model's whole support "
         "(adam/sgd: by L-BFGS; one process), "
         "instead of drawing batches, where it holds at most this many states (the box, or the "
-        "states on the conservation laws) and an evaluation of the sum runs at most 1024 "
+        "states on the conservation laws) and an evaluation of the sum runs at most 4096 "
         "distinct prefixes through the network (a box of two species of 100 counts: 100); "
         "0: always draw",
         minimum=0,

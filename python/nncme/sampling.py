@@ -492,9 +492,10 @@ class Enumerated(Proposal):
     name = "enumerated"
     # A run sums over a support whose evaluation runs at most this many rows through the
     # network (`ListedScorer.rows`: one per distinct prefix; 1 for one species, 320 for the
-    # toggle switch's box of 25,600 states); supports that share few prefixes (a last species
-    # with few counts) cost one row per state and are drawn above it
-    MAX_ROWS = 1024
+    # toggle switch's box of 25,600 states, 2,304 for the repressilator's 110,592); supports
+    # that share few prefixes (a last species with few counts: cascade10's 12,870 of 24,310)
+    # cost about a row per state, hundreds of ms an evaluation, and are drawn
+    MAX_ROWS = 4096
 
     def __init__(self, inner: Proposal, support: torch.Tensor) -> None:
         super().__init__(psis=False)  # exact weights: nothing to smooth
