@@ -232,7 +232,7 @@ def measure(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         exact = reference.solve(network, van.times)
-    fsp_s = time.perf_counter() - began
+    reference_s = time.perf_counter() - began
     saved = None
     if save_dir is not None:
         try:
@@ -274,7 +274,7 @@ def measure(
         if d["joint"] is None
         else float(np.asarray(d["joint"]["hellinger"]).max()),
         "reference": reference.method,
-        f"{reference.method}_seconds": fsp_s,
+        f"{reference.method}_seconds": reference_s,
         f"{reference.method}_warnings": sorted({str(w.message) for w in caught}),
         "results_saved": saved,
     }
