@@ -887,7 +887,8 @@ MAPK_RUN = "s26_mapk"
 
 def table_mapk() -> list[str]:
     """MAPK at every default against SSA: per save time, the largest Hellinger distance of a
-    marginal (and whose), the sampling floor of both sides, and the worst mean error."""
+    marginal (and whose), the worst mean error, and the steps and step seconds to it; the
+    sampling floor of both sides in the caption."""
     d, r = defaults_row("mapk", MAPK_RUN)
     h = r["hellinger"]  # (T, L)
     species = list(r["hellinger_max_per_species"])
