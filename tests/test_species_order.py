@@ -114,3 +114,39 @@ def test_species_order_file_keeps_the_file_order():
     out = nncme.run(enzyme(t_end=0.02), quiet=True, species_order="file")
     assert out.result.summary["sampling_order"] == ["S", "E", "SE", "P"]
     assert out.model.species_order == ["S", "E", "SE", "P"]
+
+
+@pytest.mark.parametrize("species_order", ["auto", "file"])
+def test_the_support_is_listed_once_in_the_models_order(species_order, monkeypatch):
+    """Whether the fits sum over a listed support depends on the order (an evaluation runs
+    one row per distinct prefix): the objective and the steps' tolerance must follow the
+    proposal the run draws with, not a listing in another order."""
+    from nncme import api, config
+    from nncme.models import ListedScorer
+    from nncme.sampling import Enumerated
+
+    net = enzyme()
+    order = net.sampling_order() if species_order == "auto" else net.species_names
+    rows = {
+        tuple(names): ListedScorer.rows_for(
+            api._listed_support(config.RunConfig(), net.reordered(names))
+        )
+        for names in (net.sampling_order(), net.species_names)
+    }
+    assert len(set(rows.values())) == 2  # the two orders run different numbers of rows
+    monkeypatch.setattr(Enumerated, "MAX_ROWS", min(rows.values()))  # the fewer fit
+    listings = []
+    listed = api.enumerate_states
+    monkeypatch.setattr(
+        api, "enumerate_states", lambda *a, **k: listings.append(1) or listed(*a, **k)
+    )
+
+    driver = api.build_driver(net, config.RunConfig(species_order=species_order, quiet=True))
+    summary = driver.observer(nncme.observers.Recorder).summary
+    summed = rows[tuple(order)] == min(rows.values())
+    assert (summary["enumerated_states"] is not None) == summed
+    settings = summary["settings"]
+    assert settings["objective"] == ("log_variance" if summed else "kl")
+    tolerance = config.SUMMED_DT_TOLERANCE if summed else config.DRAWN_DT_TOLERANCE
+    assert settings["dt_tolerance"] == tolerance
+    assert len(listings) == 1

@@ -138,14 +138,18 @@ def build_driver(
     A resumed run keeps its own t_end unless the settings give one.
     """
     cfg = _parallel_settings((config or RunConfig()).validate())
-    enumerable = _listed_support(cfg, network, torch.device("cpu")) is not None
-    cfg = cfg.resolved(network.free_dimensions, enumerable=enumerable)
+    # the support is listed once, in the model's order: the prefixes an evaluation runs (and
+    # so whether it is summed) depend on the order, and the objective must agree with the
+    # proposal on it
+    sampled = network.reordered(_sampling_order(cfg, network, start, model))
+    support = _listed_support(cfg, sampled)
+    cfg = cfg.resolved(network.free_dimensions, enumerable=support is not None)
     # in a run of many processes only rank 0 writes, and all ranks start or none does (a rank
     # that failed alone would leave the others waiting in their first collective)
     out = OutputDir(cfg.out).acquire() if cfg.out and parallel.is_main() else None
     driver, error = None, None
     try:
-        driver = _build_driver(network, cfg, out, start, model)
+        driver = _build_driver(network, sampled, support, cfg, out, start, model)
     except BaseException as exc:
         error = exc
     if parallel.any_true(error is not None):
@@ -177,15 +181,17 @@ def _parallel_settings(cfg: RunConfig) -> RunConfig:
 
 
 def _build_driver(
+    file_network: Any,
     network: Any,
+    support: torch.Tensor | None,
     cfg: RunConfig,
     out: OutputDir | None,
     start: Any | None,
     model: AutoregressiveModel | None,
 ) -> Driver:
+    """`network`: `file_network` in the model's order (the Recorder reports in the file's);
+    `support`: its listed states where the fits sum over them (`_listed_support`)."""
     device, dtype = torch.device(cfg.device), DTYPES[cfg.dtype]  # the settings checked device
-    file_network = network  # the Recorder reports in its order, the model samples in
-    network = network.reordered(_sampling_order(cfg, network, start, model))
     checkpoints = None
     if cfg.out is not None:  # every rank reads a checkpoint, rank 0 alone writes them
         checkpoints = Checkpoints(Path(cfg.out), cfg.to_dict(), network.name, RunConfig.RESUMABLE)
@@ -212,7 +218,7 @@ def _build_driver(
         alpha=cfg.alpha,
         psis=cfg.psis,
     )
-    proposal = _enumerated(cfg, network, model, proposal)
+    proposal = _enumerated(support, model, proposal)
     supervision = _supervision(cfg, network, t_end)
     motion = _motion(cfg, model, net, proposal, generator, supervision, batch)
     tolerance = cfg.dt_tolerance if cfg.adaptive_dt else None
@@ -380,40 +386,38 @@ def _supervision(cfg: RunConfig, network: Any, t_end: float) -> Supervision | No
 
 
 def _enumerated(
-    cfg: RunConfig, network: Any, model: AutoregressiveModel, proposal: Proposal
+    support: torch.Tensor | None, model: AutoregressiveModel, proposal: Proposal
 ) -> Proposal:
-    """The proposal, or its exact expectation over the model's whole support where that holds
-    at most `cfg.enumerate_states` states (`sampling.Enumerated`): the box, or the states on
-    the network's conservation laws. One process only (a draw split over ranks is pooled by
-    its weights; a list is not split, nor its L-BFGS fits), and only where the listed states
-    hold all of the model's mass (a model of the user's own may hold states the laws leave
-    out)."""
-    support = _listed_support(cfg, network, model.device)
+    """The proposal, or its exact expectation over the model's whole `support` where one is
+    listed (`_listed_support`; `sampling.Enumerated`). One process only (a draw split over
+    ranks is pooled by its weights; a list is not split, nor its L-BFGS fits), and only where
+    the listed states hold all of the model's mass (a model of the user's own may hold states
+    the laws leave out)."""
     if support is None or parallel.active():
         return proposal
-    enumerated = Enumerated(proposal, support)
+    enumerated = Enumerated(proposal, support.to(model.device))
     return enumerated if enumerated.covers(model) else proposal
 
 
-def _listed_support(cfg: RunConfig, network: Any, device: torch.device) -> torch.Tensor | None:
-    """(N, L) the box, or the states on the network's conservation laws, where they are at
-    most `cfg.enumerate_states`, an evaluation over them runs at most
-    `Enumerated.MAX_ROWS` distinct prefixes through the network (`ListedScorer.rows_for`),
-    and the steps are fitted (not TDVP's: its least squares
-    weighted by q over a whole support lose the exploration that lets a flow leave a point
-    mass); else None. (The objective resolves from this alike in one process and in many,
-    so a run resumes with either; only one process sums, many draw.)"""
+def _listed_support(cfg: RunConfig, network: Any) -> torch.Tensor | None:
+    """(N, L) on the CPU, in `network`'s species order: the box, or the states on the network's
+    conservation laws, where they are at most `cfg.enumerate_states`, an evaluation over them
+    runs at most `Enumerated.MAX_ROWS` distinct prefixes through the network
+    (`ListedScorer.rows_for`: they depend on the order), and the steps are fitted (not TDVP's:
+    its least squares weighted by q over a whole support lose the exploration that lets a flow
+    leave a point mass); else None. (The objective resolves from this alike in one process and
+    in many, so a run resumes with either; only one process sums, many draw.)"""
     most = cfg.enumerate_states
     if most <= 0 or cfg.optimizer == "tdvp":
         return None
     support = None
     if network.conservation_laws:
         try:  # refuses, without listing them, more than `most` states
-            support = torch.from_numpy(enumerate_states(network, max_states=most)).to(device)
+            support = torch.from_numpy(enumerate_states(network, max_states=most))
         except NetworkError:
             return None
     elif math.prod(int(m) for m in network.limits) <= most:
-        support = box_states(network.limits, device)
+        support = box_states(network.limits, torch.device("cpu"))
     if support is None or ListedScorer.rows_for(support) > Enumerated.MAX_ROWS:
         return None
     return support
