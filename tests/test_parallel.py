@@ -240,6 +240,43 @@ def test_the_batch_splits_over_ranks():
     assert parallel.reduce([1.5], [2.0], [0.0]) == ([1.5], [2.0], [0.0])
 
 
+def _heavy_tailed(n: int = 4000) -> torch.Tensor:
+    """Squared relative changes of a law whose bulk reads 0.01, and one draw that reads 1,000
+    times the bulk's whole sum (a state the model holds at a small share of its inflow)."""
+    values = torch.from_numpy(np.random.default_rng(0).chisquare(1.0, n)) * 0.01
+    values[1234] = 1000 * float(values.sum())
+    return values
+
+
+def test_the_median_of_means_reads_the_bulk_not_one_draw():
+    values = _heavy_tailed()
+    bulk = float(values[values < 1].mean())
+    assert parallel.mean(values) > 100 * bulk  # the plain mean is the one draw's
+    assert parallel.median_of_means(values, 8) == pytest.approx(bulk, rel=0.15)
+    # without the outlier, the plain mean to within the groups' spread
+    calm = values[values < 1]
+    assert parallel.median_of_means(calm, 8) == pytest.approx(float(calm.mean()), rel=0.1)
+    # fewer than two entries a group: the plain mean
+    few = torch.tensor([1.0, 2.0, 30.0])
+    assert parallel.median_of_means(few, 8) == pytest.approx(11.0)
+
+
+def _median_of_means(rank: int, out: Path) -> None:
+    values = _heavy_tailed()
+    local = values[:2000] if rank == 0 else values[2000:]  # 2,000: a multiple of the groups
+    got = parallel.median_of_means(local, 8)
+    if rank == 0:
+        (out / "mom.json").write_text(json.dumps(got))
+
+
+def test_ranks_take_the_one_process_median_of_means(tmp_path):
+    """Each rank deals its draws to the groups in turn: with 2,000 draws a rank the groups
+    are those of one process dealing all 4,000 (bit for bit: the sums are the same)."""
+    _spawn(_median_of_means, 2, tmp_path)
+    got = json.loads((tmp_path / "mom.json").read_text())
+    assert got == pytest.approx(parallel.median_of_means(_heavy_tailed(), 8), rel=1e-12)
+
+
 # ------------------------------------------------------------------ whole runs
 RUN = dict(batch=600, hidden=8, t_end=0.25, dt=DT, quiet=True, eval_samples=4000, save_every=DT)
 

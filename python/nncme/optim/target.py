@@ -414,10 +414,21 @@ def expectation_states(
     return states, log_q, torch.softmax(log_q, dim=0)
 
 
+# Draws of q are dealt to this many groups for the median of their means (`expectation`).
+MEAN_GROUPS = 8
+
+
 def expectation(values: torch.Tensor, weights: torch.Tensor | None) -> float:
-    """E_q of per-state values from `expectation_states`."""
+    """E_q of per-state values from `expectation_states`: exact over a support; over draws
+    (every rank's), the median of the means of MEAN_GROUPS groups of them
+    (`parallel.median_of_means`).
+
+    The values are squared relative changes (a step's motion, its local error): where the
+    model holds a state at a small share of what flows into it, one draw of it can hold most
+    of the sum, so the plain mean of the same law reads several fold apart from draw to draw,
+    and one high reading cuts a step into sub-steps and shrinks the next steps."""
     if weights is None:
-        return parallel.mean(values)
+        return parallel.median_of_means(values, MEAN_GROUPS)
     return float((weights.to(values.dtype) * values).sum())
 
 
