@@ -18,16 +18,21 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" "cmake>=3.26" ninja \
-		numpy scipy matplotlib tqdm xarray pytest "ruff==0.17.6" "python-libsbml>=5.20" "emcee>=3.1"
+		numpy scipy matplotlib tqdm xarray pytest pytest-xdist "ruff==0.17.6" "python-libsbml>=5.20" \
+		"emcee>=3.1"
 	$(BIN)/python -m pip install -q --no-build-isolation -Cbuild-dir=build/{wheel_tag} -e .
 	touch $@
 
 study: setup
 	$(BIN)/nncme study
 
+# The tests run over one worker per core (pytest-xdist), a file to a worker at a time, so a
+# file's module fixtures are built once (conftest.py gives each worker its share of threads).
+PYTEST_PARALLEL := -n auto --dist loadfile
+
 test: setup
 	$(BIN)/ruff check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL)
 
 # The README's pip recipe: a regular wheel built with --no-build-isolation, installed into a
 # fresh venv and used from outside the source tree (CI runs it after `make test`).
@@ -35,7 +40,7 @@ test-wheel: setup
 	.ci/test-wheel $(BIN)/python
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check

@@ -20,6 +20,12 @@ from nncme import Complement, Hill, Reaction, ReactionNetwork
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
+# Under pytest-xdist (`make test`: a worker per core) each worker takes its share of the cores'
+# threads, so the workers do not oversubscribe them.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _workers))
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
