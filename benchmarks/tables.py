@@ -882,7 +882,7 @@ def table_large_supports() -> list[str]:
 
 
 # the catalogue's MAPK at every default to t = 100, against 10^5 SSA trajectories
-MAPK_RUN = "s26_mapk"
+MAPK_RUN = "s27_mapk100_mom"
 
 
 def table_mapk() -> list[str]:
@@ -910,8 +910,8 @@ def table_mapk() -> list[str]:
     return with_runs(
         markdown(header, rows),
         f"`nncme run mapk --t-end 100` at every other default against {r['ssa_trajectories']:,} "
-        "SSA trajectories (`bench_defaults.py --networks mapk --t-end-scale 0.02 --reference "
-        "ssa --from-run DIR`): the VAN's marginals from 20,000 draws, so each distance has a "
+        f"SSA trajectories (`{d['command']}`): the VAN's marginals from 20,000 draws, so each "
+        "distance has a "
         f"sampling floor of up to {hell(r['sampling_noise_hellinger_max'])} (both sides' "
         "noise); mean error over species whose mean is at least 0.05. ",
         {f"defaults_cpu_{MAPK_RUN}.json": d},
