@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import statistics
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -178,12 +179,10 @@ def median_of_means(values: torch.Tensor, groups: int) -> float:
     local[:groups].index_add_(0, slots, values.detach().double().cpu())
     local[groups:].index_add_(0, slots, torch.ones(n, dtype=torch.float64))
     sums, _, _ = reduce(local.tolist())
-    total, counts = sum(sums[:groups]), sums[groups:]
+    totals, counts = sums[:groups], sums[groups:]
     if min(counts) < 2:
-        return total / max(sum(counts), 1.0)
-    means = sorted(s / c for s, c in zip(sums[:groups], counts))
-    middle = groups // 2
-    return means[middle] if groups % 2 else (means[middle - 1] + means[middle]) / 2
+        return sum(totals) / max(sum(counts), 1.0)
+    return statistics.median(s / c for s, c in zip(totals, counts))
 
 
 Numbers = tuple[list[float], list[float], list[float]]  # sums, maxima, log-sum-exps
