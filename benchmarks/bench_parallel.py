@@ -10,8 +10,10 @@ thread (OMP_NUM_THREADS=1). Per run: the wall time of the steps (log.jsonl's sec
 time per iteration, and the efficiency T_1 / (N T_N) per iteration; rank 0's peak memory;
 and the largest Hellinger distance of the run's marginals from the exact ones (every case is
 monomolecular), so a faster run that answers worse shows. Cases named `..._natgrad` and
-`..._tdvp` take that optimiser (each rank gathers the batch's distinct states and solves the
-one system, so the solve itself is not split: their efficiency says what that costs).
+`..._tdvp` take that optimiser: over ranks each either gathers the batch's distinct states and
+solves the one system (sample space, where it is the smaller one: the solve is not split), or
+sums the parameter-space system of its own states with the others' (`..._summed`: the scores
+and the P^2 N products are split, the P x P solve is not).
 `amortise_birth_death` is `nncme amortise` over a box of birth rates (the contexts of every fit
 split over the processes), scored at three contexts of the box.
 JSON: benchmarks/results/parallel_cpu.json.
@@ -31,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, git_commit, print_table, write_results
+from bench_common import RESULTS, cpu_name, git_commit, print_table, write_results
 from nncme.amortise import AmortisedSolution
 from nncme.exact import monomolecular_marginals
 from nncme.io import resolve_network
@@ -40,6 +42,8 @@ from nncme.results import Result
 
 # name -> (network spec, global batch, t_end, dt[, more `nncme run` options])
 BIRTH_DEATH_2X2 = "reaction_diffusion:shape=2x2,kinetics=birth_death,x0=2,k=4,gamma=1,hopping=1"
+LATTICE_3X3 = "reaction_diffusion:shape=3x3,kinetics=birth_death,x0=2,k=4,gamma=1,hopping=1"
+NATGRAD_H2 = ["--optimizer", "natgrad", "--hidden", "2", "--solve-space"]
 CASES = {
     "birth_death": ("birth_death", 1000, 0.5, 0.05),
     "lattice2x2": (BIRTH_DEATH_2X2, 2000, 0.05, 0.01),
@@ -49,12 +53,12 @@ CASES = {
     "birth_death_tdvp": ("birth_death", 1000, 0.5, 0.01, ["--optimizer", "tdvp"]),
     "lattice2x2_natgrad": (BIRTH_DEATH_2X2, 2000, 0.05, 0.01, ["--optimizer", "natgrad"]),
     "lattice2x2_tdvp": (BIRTH_DEATH_2X2, 2000, 0.05, 0.002, ["--optimizer", "tdvp"]),
-    "lattice3x3": (
-        "reaction_diffusion:shape=3x3,kinetics=birth_death,x0=2,k=4,gamma=1,hopping=1",
-        4000,
-        0.004,
-        0.002,
-    ),
+    "lattice3x3": (LATTICE_3X3, 4000, 0.004, 0.002),
+    # natural gradient with a model small enough (hidden 2) for its parameter-space system
+    # to be about as large as the sample-space one at 4,000 draws: over ranks the first is
+    # summed (P^2 numbers travel), the second gathers the distinct states
+    "lattice2x2_natgrad_summed": (BIRTH_DEATH_2X2, 4000, 0.03, 0.01, [*NATGRAD_H2, "parameter"]),
+    "lattice2x2_natgrad_gathered": (BIRTH_DEATH_2X2, 4000, 0.03, 0.01, [*NATGRAD_H2, "sample"]),
 }
 
 
@@ -91,10 +95,13 @@ def run_case(name: str, processes: int, work: Path, extra: list[str]) -> dict:
     later = log[1:]  # the first step is the start's own fit
     seconds = sum(x["seconds"] for x in later)
     iterations = sum(x["iterations"] for x in later)
+    settings = json.loads((out / "summary.json").read_text())["settings"]
     row = {
         "case": name,
         "network": spec,
-        "optimizer": json.loads((out / "summary.json").read_text())["settings"]["optimizer"],
+        "optimizer": settings["optimizer"],
+        "hidden": settings["hidden"],
+        "solve_space": settings["solve_space"],
         "processes": processes,
         "batch": batch,
         "steps": len(later),
@@ -147,6 +154,8 @@ def earlier_rows(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
     data = json.loads(path.read_text())
     again = {(c, n) for c in args.case for n in args.processes}
     keep = [r for r in data.get("rows", []) if (r["case"], r["processes"]) not in again]
+    for r in keep:  # rows of an earlier run keep the machine that measured them
+        r.setdefault("machine", data.get("cpu", "?"))
     failed = [f for f in data.get("failures", []) if (f["case"], f["processes"]) not in again]
     return keep, failed
 
@@ -180,6 +189,7 @@ def main() -> None:
                 if base is not None:
                     row["efficiency"] = base / (n * row["ms_per_iteration"])
                 row["commit"] = git_commit()
+                row["machine"] = cpu_name()
                 rows.append(row)
                 print(json.dumps(row))
                 payload = {"note": note, "rows": kept + rows, "failures": kept_failures + failures}

@@ -991,17 +991,29 @@ def table_defaults() -> list[str]:
     ]
 
 
+def optimizer_cell(row: dict) -> str:
+    """A parallel row's optimiser, with its hidden width and solve space where not the
+    default (16, auto)."""
+    cell = row.get("optimizer", "adam")
+    if row.get("hidden", 16) != 16:
+        cell += f", hidden {row['hidden']}"
+    space = row.get("solve_space", "auto")
+    if space != "auto":
+        cell += ", P x P summed" if space == "parameter" else ", states gathered"
+    return cell
+
+
 def table_parallel() -> list[str]:
     """One process against several at the same global batch (bench_parallel.py)."""
     d = load("parallel_cpu.json")
     header = [
         "network", "optimizer", "batch", "processes", "iterations", "ms per iteration",
-        "efficiency", "rank 0 peak memory", "max Hellinger vs exact",
+        "efficiency", "rank 0 peak memory", "max Hellinger vs exact", "machine",
     ]  # fmt: skip
     rows = [
         [
             f"`{r['network']}`",
-            r.get("optimizer", "adam"),
+            optimizer_cell(r),
             f"{r['batch']:,}",
             str(r["processes"]),
             f"{r['iterations']:,}",
@@ -1011,6 +1023,7 @@ def table_parallel() -> list[str]:
             if r["peak_memory_mb"]["host"] is None
             else f"{r['peak_memory_mb']['host']:,.0f} MB",
             hell(r["max_hellinger"]),
+            r.get("machine", d.get("cpu", "?")),
         ]
         for r in d["rows"]
     ]
@@ -1018,12 +1031,13 @@ def table_parallel() -> list[str]:
         *markdown(header, rows),
         "",
         "Steps after the first (birth_death: t <= 0.5, dt 0.05, 0.01 with TDVP; 2x2: t <= 0.05, "
-        "dt 0.01, 0.002 with TDVP; 3x3: t <= 0.004, dt 0.002; amortised: the steps after the "
+        "dt 0.01, 0.002 with TDVP (natgrad at hidden 2: batch 4,000, t <= 0.03, the solve "
+        "over ranks as named); 3x3: t <= 0.004, dt 0.002; amortised: the steps after the "
         "exact first one, 64 contexts x 32 states, t <= 0.5, dt 0.05, Hellinger at birth 3, 6 "
         "and 9 at 5 save times), rank 0's time; efficiency T_1 / (N T_N) per iteration "
         "(the processes' random streams differ, so their iteration counts do); Hellinger over "
         f"sites and save times, every step included. {d['note']}. "
-        f"Machine: {machine(d)} (`parallel_cpu.json`).",
+        f"Machine per row; the last run's: {machine(d)} (`parallel_cpu.json`).",
         *[
             f"\nStopped: `{f['case']}` over {f['processes']} process(es): "
             f"{f['error'].splitlines()[-1][-200:]}"

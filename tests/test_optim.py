@@ -240,6 +240,47 @@ def test_gram_solve_equals_the_gradient_solve(adaptive):
     assert bad_info.fallback and torch.isfinite(coef).all()
 
 
+def test_the_summed_parameter_space_solve_is_the_solve_of_the_scores():
+    """`solve_reduced` (the solve over many processes from summed P x P systems) in one
+    process: the same x, fitted values, shift and residual as the parameter-space solve from
+    the score vectors, S itself for the Fisher norm; and where it solves instead of gathering."""
+    net = ReactionNetwork(
+        {"A": 30, "B": 30},
+        [
+            Reaction({}, {"A": 1}, 5.0),
+            Reaction({"A": 1}, {"B": 1}, 1.0),
+            Reaction({"B": 1}, {}, 1.0),
+        ],
+        {"A": 0},
+    )
+    model = build_model("nade", net, hidden=2, seed=3)
+    grid = torch.arange(30)
+    states = torch.cartesian_prod(grid, grid)  # the whole box: 900 states
+    N, P = states.shape[0], sum(p.numel() for p in model.parameters())
+    assert P <= N  # parameter space is the smaller system
+    gen = torch.Generator().manual_seed(2)
+    w = torch.rand(N, generator=gen, dtype=torch.float64) + 0.1
+    v = torch.randn(N, generator=gen, dtype=torch.float64)
+    solver = FisherSolver(1e-3, space="parameter", impl="reference")
+    one = solver.solve_scores(model, states, v, w)
+    summed = solver.solve_reduced(model, states, v, w / w.sum(), N)
+    torch.testing.assert_close(summed.x, one.x, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(summed.fitted, one.fitted, rtol=1e-8, atol=1e-10)
+    assert summed.info.shift == pytest.approx(one.info.shift, rel=1e-10)
+    assert summed.info.space == one.info.space == "parameter"
+    assert summed.relative_misfit == pytest.approx(one.relative_misfit, rel=1e-8)
+    assert 0 < one.relative_misfit < 1
+    delta = torch.randn(P, generator=gen, dtype=torch.float64)
+    wn = w / w.sum()
+    direct = torch.sqrt((wn * ((one.grads - wn @ one.grads) @ delta) ** 2).sum())
+    assert float(torch.sqrt(delta @ summed.fisher @ delta)) == pytest.approx(float(direct))
+    # over ranks: sum the smaller system, gather the states where the P x P one is larger
+    assert FisherSolver().reduces(P, N) and not FisherSolver().reduces(N + 1, N)
+    assert FisherSolver(space="parameter").reduces(N + 1, N)
+    assert not FisherSolver(space="sample").reduces(P, N)
+    assert not FisherSolver(cv=True).reduces(P, N)  # its folds deal out the states
+
+
 @pytest.mark.parametrize("gradients", ["analytic", "gram"])
 def test_natural_gradient_step_with_importance_weights(gradients):
     """One update moves theta by -lr (S + lam I)^-1 g, with S and g both importance-weighted."""

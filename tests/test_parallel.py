@@ -54,7 +54,7 @@ from nncme.optim import (
 from nncme.optim.implicit import ImplicitTarget
 from nncme.optim.target import StepSizeError, Term, TransitionTarget
 from nncme.results import Result
-from nncme.sampling import Proposal
+from nncme.sampling import Proposal, unique_states
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 
@@ -192,17 +192,16 @@ def test_two_processes_make_the_one_process_fit_on_the_same_batch(tmp_path, kind
     assert one[1][0] != one[1][-1]  # the fit moved
 
 
-def _tdvp(rank: int | None, cv: bool, out: Path) -> None:
+def _tdvp(rank: int | None, cv: bool, out: Path, space: str = "auto") -> None:
     """A TDVP right-hand side on this rank's share of 600 fixed states, explored states
-    added (rank None: all); each rank writes what it got."""
+    added (rank None: all), solved in `space`; each rank writes what it got."""
     net = _network().compile("cpu", torch.float64)
     model = build_model("nade", _network(), hidden=8, seed=3)
     states, _ = model.sample(600, torch.Generator().manual_seed(1))
     if rank is not None:
         states = states[rank :: parallel.world_size()]
-    rhs = TDVPRightHandSide(
-        net, proposal=_Fixed(states), batch_size=states.shape[0], solver=FisherSolver(cv=cv)
-    )
+    solver = FisherSolver(cv=cv, space=space)
+    rhs = TDVPRightHandSide(net, proposal=_Fixed(states), batch_size=states.shape[0], solver=solver)
     seed = 5 + (rank or 0)  # the ranks' own streams: the explored states differ
     rhs.explore = 0.0 if not cv else 0.1
     got = rhs(model, 0.1, torch.Generator().manual_seed(seed), 0.01, need_grads=True)
@@ -211,18 +210,27 @@ def _tdvp(rank: int | None, cv: bool, out: Path) -> None:
     out.with_suffix(f".{rank or 0}.pkl").write_bytes(pickle.dumps(summary))
 
 
-def test_two_processes_take_the_one_process_tdvp_slope(tmp_path):
-    _tdvp(None, False, tmp_path / "one")
-    _spawn(_tdvp, 2, False, tmp_path / "two")
+@pytest.mark.parametrize("space", ["sample", "parameter"])
+def test_two_processes_take_the_one_process_tdvp_slope(tmp_path, space):
+    """Sample space: every rank's states gathered to every rank; parameter space: each rank
+    sums the system of its own states and the sums are added (FisherSolver.solve_reduced)."""
+    _tdvp(None, False, tmp_path / "one", space)
+    _spawn(_tdvp, 2, False, tmp_path / "two", space)
     one = pickle.loads((tmp_path / "one.0.pkl").read_bytes())
+    shares = []
     for rank in (0, 1):
         two = pickle.loads((tmp_path / f"two.{rank}.pkl").read_bytes())
         torch.testing.assert_close(two[0], one[0], rtol=1e-8, atol=1e-10)  # theta_dot
         assert two[1] == pytest.approx(one[1], rel=1e-8)  # the residual
         assert two[2] == pytest.approx(one[2], rel=1e-12)  # the ESS of all draws
         assert two[3] == pytest.approx(one[3], rel=1e-10)  # the shift
-        assert torch.equal(two[4], one[4])  # the states of all ranks, in one order
         assert two[5] == pytest.approx(one[5], rel=1e-8)  # the Fisher norm
+        shares.append(two[4])
+        if space == "sample":
+            assert torch.equal(two[4], one[4])  # the states of all ranks, in one order
+    if space == "parameter":  # each rank kept its own states: together, all of them
+        together = unique_states(torch.cat(shares), torch.tensor([24, 24]))[0]
+        assert torch.equal(together, one[4]) and shares[0].shape[0] < one[4].shape[0]
     assert one[1] < 1.0 and float(one[0].abs().max()) > 0
 
 

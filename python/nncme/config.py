@@ -508,7 +508,11 @@ class RunConfig(Settings):
         "relative shifts 1e-6..100 (stabilises TDVP with fewer samples than parameters)",
     )
     solve_space: str = _opt(
-        "auto", "Fisher/TDVP solve: parameter (P x P) or sample (B x B) space", SOLVE_SPACES
+        "auto",
+        "Fisher/TDVP solve: parameter (P x P; over many processes summed over the ranks) or "
+        "sample (N x N, N the distinct states; over many processes they are gathered) space; "
+        "auto: the smaller",
+        SOLVE_SPACES,
     )
     gradients: str = _opt(
         "auto",

@@ -14,13 +14,16 @@ ranks can build up.
 Without a process group of more than one rank every function here gives back what it is
 given (the sums are over the one process), and no collective is made.
 
-Natural gradient and TDVP solve one linear system per iteration for all ranks: each rank scores
-its own draws (the targets, the local generator), then the distinct states with their summed
-weights and values are gathered to every rank (`gather_rows`: N (L + 2) numbers, where a
-parameter-space Fisher matrix would be P^2 and the sample-space one N^2) and every rank solves
-the same system on the same table, so every rank makes the same step. Choices drawn at random
-inside that solve (the folds of a cross-validated shift) take a seed all ranks share
-(`shared_seed`).
+Natural gradient and TDVP solve one linear system per iteration for all ranks, the smaller of
+two (`nncme.optim.linear.FisherSolver.reduces`): where the P parameters are no more than the
+N distinct states of all ranks (counted from one int64 key per state,
+`nncme.sampling.distinct_over_ranks`), each rank forms the parameter-space system of its own
+states and the P^2 + 2P + 3 sums are added over the ranks (`sum_tensor`), so the scores and
+their products are split; else the distinct states with their summed weights and values are
+gathered to every rank (`gather_rows`: N (L + 2) numbers) and every rank solves the same
+sample-space (N x N) system on the same table. Either way every rank makes the same step.
+Choices drawn at random inside a solve (the folds of a cross-validated shift, which always
+gathers) take a seed all ranks share (`shared_seed`).
 
 The amortised trainer (`nncme.amortise`) splits its contexts over the ranks with the same
 collectives.
@@ -59,6 +62,7 @@ __all__ = [
     "setup",
     "shared_seed",
     "sum_gradients",
+    "sum_tensor",
     "teardown",
     "world_size",
 ]
@@ -262,6 +266,37 @@ def _combine(table: torch.Tensor, n_sums: int, n_maxima: int) -> Numbers:
     )
 
 
+def sum_tensor(
+    values: torch.Tensor,
+    sums: Sequence[float] = (),
+    maxima: Sequence[float] = (),
+    logsumexps: Sequence[float] = (),
+) -> tuple[torch.Tensor, Numbers]:
+    """A tensor's sum over ranks, the same on every rank, with the numbers given reduced as
+    `reduce` does: one collective where the tensor is small (gloo gathers it with the numbers
+    and every rank sums the table in rank order), else an all-reduce of the tensor and one
+    of the numbers. With one process, both as given."""
+    if not active():
+        return values, (list(sums), list(maxima), list(logsumexps))
+    flat = values.reshape(-1)
+    numbers = [*sums, *maxima, *logsumexps]
+    if dist.get_backend() == "gloo" and flat.numel() * world_size() <= GATHER_LIMIT:
+        # gloo's all_reduce of a few thousand numbers takes 1-2 ms on a small CPU machine,
+        # its all_gather a third of that
+        local = torch.cat([flat.double(), torch.tensor(numbers, dtype=torch.float64)])
+        parts = [torch.empty_like(local) for _ in range(world_size())]
+        dist.all_gather(parts, local)
+        table = torch.stack(parts)
+        total = table[:, : flat.numel()].sum(0).to(flat.dtype)
+        reduced = _combine(table[:, flat.numel() :], len(sums), len(maxima))
+    else:
+        total = flat.detach().clone().to(_device())
+        dist.all_reduce(total)
+        total = total.to(values.device)
+        reduced = _combine(gather_table(numbers), len(sums), len(maxima))
+    return total.view_as(values), reduced
+
+
 def sum_gradients(
     parameters: Iterable[torch.nn.Parameter],
     sums: Sequence[float] = (),
@@ -277,19 +312,7 @@ def sum_gradients(
     params = [p for p in parameters if p.requires_grad]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
-    numbers = [*sums, *maxima, *logsumexps]
-    if dist.get_backend() == "gloo" and flat.numel() * world_size() <= GATHER_LIMIT:
-        # gloo's all_reduce of a few thousand numbers takes 1-2 ms on a small CPU machine,
-        # its all_gather a third of that; summed in rank order, the same on every rank
-        local = torch.cat([flat.double(), torch.tensor(numbers, dtype=torch.float64)])
-        parts = [torch.empty_like(local) for _ in range(world_size())]
-        dist.all_gather(parts, local)
-        table = torch.stack(parts)
-        flat = table[:, : flat.numel()].sum(0).to(flat.dtype)
-        reduced = _combine(table[:, flat.numel() :], len(sums), len(maxima))
-    else:
-        dist.all_reduce(flat)
-        reduced = _combine(gather_table(numbers), len(sums), len(maxima))
+    flat, reduced = sum_tensor(flat, sums, maxima, logsumexps)
     at = 0
     for p in params:
         n = p.numel()

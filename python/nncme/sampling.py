@@ -60,6 +60,7 @@ __all__ = [
     "Transformed",
     "UniformKernel",
     "Vanilla",
+    "distinct_over_ranks",
     "gather_distinct",
     "make_proposal",
     "member_rows",
@@ -167,6 +168,17 @@ def gather_distinct(
     unique, inverse = unique_states(states, limits)
     merged = sums.new_zeros(unique.shape[0], sums.shape[1]).index_add_(0, inverse, sums)
     return unique, merged
+
+
+def distinct_over_ranks(states: torch.Tensor, limits: torch.Tensor) -> int:
+    """How many distinct states all ranks' distinct `states` (N, L) make together (a state
+    two ranks drew counts once): one int64 key per state travels, not the states; with one
+    process, N."""
+    if not parallel.active():
+        return states.shape[0]
+    keys = state_keys(states, limits)
+    keys = state_hash(states) if keys is None else keys
+    return int(torch.unique(torch.cat(parallel.gather_objects(keys.cpu()))).numel())
 
 
 class Proposal:

@@ -23,6 +23,7 @@ __all__ = [
     "extension",
     "fisher_solve",
     "fisher_solve_gram",
+    "fisher_solve_system",
     "has_kernel",
     "inflow_propensities",
     "nade_log_prob",
@@ -356,6 +357,24 @@ def fisher_solve(
     choice = _fisher_choice("fisher_solve", O.device, impl, FISHER_SOLVE_AUTO)
     fn = torch.ops.nncme.fisher_solve.default if choice == "fused" else reference.fisher_solve
     x, used = fn(O, v, w, float(shift), _SPACES[space], int(max_raises))
+    return (x[0], used[0]) if single else (x, used)
+
+
+def fisher_solve_system(
+    A: torch.Tensor, b: torch.Tensor, shift: float = 1e-4, *, max_raises: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fisher_solve` in parameter space from the system (A + shift I) x = b itself, A (P, P)
+    and b (P,) (or (G, P, P), (G, P)) summed by the caller: over the ranks of a run in many
+    processes, each holding its own states' share. One path (a P x P Cholesky factorisation
+    is torch's own); see reference.fisher_solve_system.
+
+    Returns:
+        x: (P,) or (G, P), and the shift used: a 0-d tensor or (G,).
+    """
+    single = A.dim() == 2
+    if single:
+        A, b = A.unsqueeze(0), b.unsqueeze(0)
+    x, used = reference.fisher_solve_system(A, b, float(shift), int(max_raises))
     return (x[0], used[0]) if single else (x, used)
 
 

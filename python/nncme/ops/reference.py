@@ -480,6 +480,29 @@ def fisher_solve(
     return x, shifts.to(O.dtype)
 
 
+def fisher_solve_system(
+    A: torch.Tensor, b: torch.Tensor, shift: float, max_raises: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The parameter-space solve of `fisher_solve` from its system alone: (A + shift I) x = b
+    with the same shift raises, where A = O_c^T O_c and b = O_c^T v_c were summed elsewhere
+    (over the ranks of a run in many processes, `nncme.optim.linear.FisherSolver.solve_reduced`).
+
+    Args:
+        A: (G, P, P) symmetric positive semi-definite systems.
+        b: (G, P) right-hand sides.
+        shift: lambda >= 0 added to the diagonal.
+        max_raises: as in `fisher_solve`; then torch.linalg.LinAlgError.
+
+    Returns:
+        x: (G, P) and the shift used per block (G,), in A.dtype.
+    """
+    factor, shifts = _factor_with_raises(
+        A, shift, max_raises, "fisher_solve.system", "the summed Fisher matrix"
+    )
+    x = torch.cholesky_solve(b.unsqueeze(-1), factor).squeeze(-1)
+    return x, shifts.to(A.dtype)
+
+
 def fisher_solve_gram(
     K: torch.Tensor,
     v: torch.Tensor,

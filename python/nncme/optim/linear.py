@@ -41,8 +41,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import ops
+from .. import ops, parallel
 from ..models.base import AutoregressiveModel
+from ..sampling import distinct_over_ranks
 from .gradients import GRADIENTS, num_trainable, per_sample_grads, scores_transposed_times, use_gram
 from .target import NonFiniteError
 
@@ -87,6 +88,11 @@ class ScoreSolution:
         info: the shift used, the space, whether the fallback ran.
         grads: (N, P) the score vectors where they were formed (None on the Gram path).
         held_out: the held-out relative misfit at the cross-validated shift (nan without cv).
+        fisher: (P, P) S, where the solve summed it over ranks (`FisherSolver.solve_reduced`).
+        fit_square: sum_n w_n (O_c x)_n^2 over all states (all ranks'): x^T S x.
+        fit_dot: sum_n w_n (O_c x)_n (v_n - vbar) over all states: x^T O_c^T v_c.
+        values_square: sum_n w_n (v_n - vbar)^2 over all states.
+        misfit: sum_n w_n ((O_c x)_n - (v_n - vbar))^2 over all states.
     """
 
     x: torch.Tensor
@@ -94,6 +100,26 @@ class ScoreSolution:
     info: SolveInfo
     grads: torch.Tensor | None = None
     held_out: float = float("nan")
+    fisher: torch.Tensor | None = None
+    fit_square: float = float("nan")
+    fit_dot: float = float("nan")
+    values_square: float = float("nan")
+    misfit: float = float("nan")
+
+    @property
+    def relative_misfit(self) -> float:
+        """sum w (O_c x - v_c)^2 / sum w v_c^2: the share of v's spread x does not fit."""
+        return self.misfit / self.values_square if self.values_square > 0 else 0.0
+
+
+def _with_fit_sums(sol: ScoreSolution, v: torch.Tensor, w: torch.Tensor) -> ScoreSolution:
+    """`sol` with its fit sums taken from `fitted` at all the states (one process's solve)."""
+    vc = v - w @ v
+    sol.fit_square = float((w * sol.fitted**2).sum())
+    sol.fit_dot = float((w * sol.fitted * vc).sum())
+    sol.values_square = float((w * vc**2).sum())
+    sol.misfit = float((w * (sol.fitted - vc) ** 2).sum())
+    return sol
 
 
 @dataclass
@@ -287,9 +313,101 @@ class FisherSolver:
         if K is not None:
             coef, fitted, info = self.solve_gram(K, v, w, P, shift)
             x = scores_transposed_times(model, states, coef)
-            return ScoreSolution(x, fitted, info, None, held_out)
+            return _with_fit_sums(ScoreSolution(x, fitted, info, None, held_out), v, w)
         x, info = self.solve(O, v, w, shift)
-        return ScoreSolution(x, (O - w @ O) @ x, info, O, held_out)
+        return _with_fit_sums(ScoreSolution(x, (O - w @ O) @ x, info, O, held_out), v, w)
+
+    # ------------------------------------------------------------------ over many processes
+    def rows_to_reduce(self, model: AutoregressiveModel, states: torch.Tensor) -> int | None:
+        """Over many processes, with this rank's distinct `states` (N_r, L): the number of
+        distinct states of all ranks where the solve sums its system over the ranks
+        (`reduces`, `solve_reduced`), None where it gathers the states (and always with one
+        process)."""
+        if not parallel.active() or self.cv or self.space == "sample":
+            return None
+        rows = distinct_over_ranks(states, model.limits)
+        return rows if self.reduces(num_trainable(model), rows) else None
+
+    def reduces(self, num_params: int, rows: int) -> bool:
+        """Over many processes: whether the solve sums the P x P system over the ranks
+        (`solve_reduced`) rather than gathering every rank's states to every rank and solving
+        on them (`solve_scores`), for P parameters and `rows` distinct states summed over the
+        ranks. The smaller system: parameter space where P <= rows (space "auto"), as asked
+        ("parameter", "sample"); never with cross-validation, whose folds deal out states."""
+        if self.cv or self.space == "sample":
+            return False
+        return self.space == "parameter" or num_params <= rows
+
+    def solve_reduced(
+        self,
+        model: AutoregressiveModel,
+        states: torch.Tensor,
+        v: torch.Tensor,
+        w: torch.Tensor,
+        rows: int,
+    ) -> ScoreSolution:
+        """`solve_scores` in parameter space over many processes, each rank with its own states.
+
+        Every rank forms the score vectors of its own states only and the sums
+        sum w O O^T (P x P), sum w O, sum w v O, sum w, sum w v, sum w v^2; these are summed
+        over the ranks in one collective (`nncme.parallel.sum_tensor`), the centred system
+        S = sum w O O^T - Obar Obar^T, b = sum w v O - Obar vbar is formed from them and every
+        rank solves the same one, so the work of the scores and of the P^2 N products is
+        split over the ranks, and what travels is P^2 + 2 P + 3 numbers, not the states.
+
+        Args:
+            states: (N_r, L) this rank's distinct states; v: (N_r,) their values.
+            w: (N_r,) their weights, normalised over all ranks (the sum over ranks is 1).
+            rows: distinct states over all ranks (the mean eigenvalue of the adaptive shift).
+
+        Returns:
+            A ScoreSolution with x, the summed S (`fisher`) and the fit sums over all ranks;
+            `fitted` (N_r,) is O_c x at this rank's states, `grads` their score vectors.
+        """
+        P = num_trainable(model)
+        method = "auto" if self.gradients == "gram" else self.gradients
+        O = per_sample_grads(model, states, method).to(torch.float64)
+        w64, v64 = w.to(torch.float64), v.to(torch.float64)
+        wO = w64.unsqueeze(1) * O
+        local = torch.cat([
+            (O.mT @ wO).reshape(-1), wO.sum(0), wO.mT @ v64,
+            torch.stack([w64.sum(), (w64 * v64).sum(), (w64 * v64 * v64).sum()]),
+        ])  # fmt: skip
+        total, _ = parallel.sum_tensor(local)
+        if not torch.isfinite(total).all():
+            raise NonFiniteError("the per-sample gradients or values contain NaN or inf")
+        M, mean = total[: P * P].view(P, P), total[P * P : P * P + P]
+        b_raw, (sw, swv, swvv) = total[P * P + P : P * P + 2 * P], total[-3:].tolist()
+        vbar = swv / sw
+        # centred after the sum: no cancellation to fear, as the weighted mean score is an
+        # estimate of E_q[grad log q] = 0, small against the scores' spread
+        S = M / sw - torch.outer(mean, mean) / sw**2
+        S = 0.5 * (S + S.mT)  # the rounding of the sums leaves it a hair off symmetric
+        b = b_raw / sw - mean * vbar / sw
+        lam = self._lambda(None, float(S.diagonal().sum()), rows, P)
+        try:
+            x, used = ops.fisher_solve_system(S, b, lam, max_raises=self.max_raises)
+            info = SolveInfo(float(used), lam, "parameter")
+        except torch.linalg.LinAlgError as exc:
+            _warn_fallback(exc)
+            evals, evecs = torch.linalg.eigh(S)
+            x = evecs @ ((evecs.mT @ b) / (evals.clamp(min=0) + max(lam, self.min_shift)))
+            info = SolveInfo(lam, lam, "parameter", fallback=True)
+        fitted = (O - mean / sw) @ x
+        fit_square, fit_dot = float(x @ S @ x), float(x @ b)
+        values_square = max(0.0, swvv / sw - vbar**2)
+        dtype = v.dtype
+        return ScoreSolution(
+            x.to(dtype),
+            fitted.to(dtype),
+            info,
+            O.to(dtype),
+            fisher=S.to(dtype),
+            fit_square=fit_square,
+            fit_dot=fit_dot,
+            values_square=values_square,
+            misfit=max(0.0, fit_square - 2.0 * fit_dot + values_square),
+        )
 
     # ------------------------------------------------------------------ cross-validation
     def cross_validate(

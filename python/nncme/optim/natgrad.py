@@ -14,9 +14,12 @@ the centred solve matches a dense one and the uncentred does not). Because sum_u
 also sum_u W_u (O_u - Obar)(v_u - vbar) with v_u = c_u / W_u, which is exactly the right-hand
 side `FisherSolver.solve_scores` solves for (from the model's Gram matrix or its scores).
 
-Over many processes every rank's distinct states, coefficients and weights are gathered to every
-rank (`nncme.sampling.gather_distinct`), and each rank solves the same system on them: the step
-of one process on the whole batch.
+Over many processes every rank solves the same system, the step of one process on the whole
+batch, built the cheaper of two ways (`FisherSolver.reduces`): where the parameters are no more
+than the distinct states of all ranks, each rank sums the parameter-space system of its own
+states and the sums are added over the ranks (`FisherSolver.solve_reduced`: P^2 numbers travel,
+the scores are split); else every rank's distinct states, coefficients and weights are gathered
+to every rank (`nncme.sampling.gather_distinct`) for the sample-space solve.
 
 Near the optimum the Fisher matrix is the Hessian of the KL, so a step with lr = 1 is a
 (regularised) Newton step; `lr` below 1 damps the sampling noise.
@@ -24,13 +27,14 @@ Near the optimum the Fisher matrix is the Hessian of the KL, so a step with lr =
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 
 from .. import parallel
 from ..sampling import gather_distinct
-from .linear import FisherSolver, SolveInfo
+from .linear import FisherSolver, ScoreSolution, SolveInfo
 from .updates import KLUpdate, StepProblem, StepReport
 
 __all__ = ["NaturalGradientUpdate"]
@@ -80,15 +84,9 @@ class NaturalGradientUpdate(KLUpdate):
         weights: torch.Tensor,
         numbers: parallel.Numbers | None = None,
     ) -> parallel.Numbers:
-        if parallel.active():  # the whole batch on every rank, one solve
-            columns = torch.stack([coef, weights], dim=1)
-            states, columns = gather_distinct(states, columns, problem.model.limits)
-            coef, weights = columns[:, 0], columns[:, 1]
-            numbers = parallel.reduce(*(numbers or ([], [], [])))
-        w = weights / weights.sum()
-        sol = self.solver.solve_scores(problem.model, states, coef / w, w)
+        sol, numbers = self._solve(problem, states, coef, weights, numbers or ([], [], []))
         self._last = sol.info
-        x = sol.x * self._step_scale(sol.fitted, w)
+        x = sol.x * self._step_scale(sol.fit_square)
         offset = 0
         for p in self.optimizer.param_groups[0]["params"]:
             p.grad = x[offset : offset + p.numel()].view_as(p).clone()
@@ -96,13 +94,39 @@ class NaturalGradientUpdate(KLUpdate):
         self.optimizer.step()
         return numbers or ([], [], [])
 
-    def _step_scale(self, fitted: torch.Tensor, w: torch.Tensor) -> float:
-        """1, or less where the step's Fisher length lr * sqrt(sum w (O_c x)^2) > max_step.
+    def _solve(
+        self,
+        problem: StepProblem,
+        states: torch.Tensor,
+        coef: torch.Tensor,
+        weights: torch.Tensor,
+        numbers: parallel.Numbers,
+    ) -> tuple[ScoreSolution, parallel.Numbers]:
+        """The natural-gradient solve on the whole batch (every rank's, over many processes:
+        the module docstring), and the caller's numbers reduced over the ranks."""
+        model = problem.model
+        if not parallel.active():
+            w = weights / weights.sum()
+            return self.solver.solve_scores(model, states, coef / w, w), numbers
+        rows = self.solver.rows_to_reduce(model, states)
+        sums, maxima, logsumexps = numbers
+        (*sums, total), maxima, logsumexps = parallel.reduce(
+            [*sums, float(weights.sum())], maxima, logsumexps
+        )
+        numbers = (sums, maxima, logsumexps)
+        if rows is not None:
+            w = weights / total
+            return self.solver.solve_reduced(model, states, coef / w, w, rows), numbers
+        columns = torch.stack([coef, weights], dim=1)
+        states, columns = gather_distinct(states, columns, model.limits)
+        w = columns[:, 1] / columns[:, 1].sum()
+        return self.solver.solve_scores(model, states, columns[:, 0] / w, w), numbers
 
-        fitted: (U,) O_c x, the change of centred log q that the unscaled step makes.
-        """
+    def _step_scale(self, fit_square: float) -> float:
+        """1, or less where the step's Fisher length lr * sqrt(sum w (O_c x)^2) > max_step
+        (`fit_square`: sum w (O_c x)^2 over the whole batch, x the unscaled step)."""
         if self.max_step <= 0:
             return 1.0
-        length = float(torch.sqrt((w * fitted**2).sum()))
+        length = math.sqrt(max(0.0, fit_square))
         lr = self.optimizer.param_groups[0]["lr"]
         return min(1.0, self.max_step / (lr * length)) if lr * length > 0 else 1.0

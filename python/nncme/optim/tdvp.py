@@ -74,9 +74,13 @@ class TDVPEvaluation:
     pareto_k: float = math.nan
     held_out: float = math.nan
     fallback: bool = False
+    fisher: torch.Tensor | None = None
 
     def fisher_norm(self, delta: torch.Tensor) -> float:
-        """sqrt(sum_u w_u (O_c(u) . delta)^2): the RMS change of log q for a change delta."""
+        """sqrt(sum_u w_u (O_c(u) . delta)^2): the RMS change of log q for a change delta
+        (from S itself where the solve summed it over ranks: `fisher`, (P, P))."""
+        if self.fisher is not None:
+            return math.sqrt(max(0.0, float(delta @ self.fisher @ delta)))
         if self.grads is None:
             raise ValueError("fisher_norm needs the per-sample gradients (need_grads=True)")
         w = self.weights
@@ -185,24 +189,31 @@ class TDVPRightHandSide:
         t: float,
         h: float | None,
         draw: Draw,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
-        """Over many processes: this rank's R at its own states, then every rank's states with
-        their weights (normalised over all) and R, and the ESS of the whole draw. `mass`: the
-        states' share of q over all ranks; a step too long for it is refused on every rank."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float, int | None]:
+        """Over many processes: this rank's R at its own states, and the ESS of the whole
+        draw; then, where the solve sums its system over the ranks (`FisherSolver.reduces`),
+        this rank's states with their weights normalised over all ranks and the number of
+        distinct states of all ranks, else every rank's states with their weights
+        (normalised) and R, and None. `mass`: the states' share of q over all ranks; a step
+        too long for it is refused on every rank."""
         R, exit_rate = self._generator(model, states, t, h)
         R = R.to(w.dtype)
         share, fastest = _stiff_share(exit_rate, mass, h) if h is not None else (0.0, 0.0)
-        # the ESS of all draws and the stiff share of all ranks' mass, in one collective
-        (square, total), (largest,), _ = parallel.reduce(
-            [float((draw.weights**2).sum()), share], [fastest]
+        # the ESS of all draws, the stiff share of all ranks' mass and the weights' total, in one
+        # collective
+        (square, total, weight), (largest,), _ = parallel.reduce(
+            [float((draw.weights**2).sum()), share, float(w.sum())], [fastest]
         )
         if total > STIFF_SHARE and share == 0.0:
             raise StepSizeError(f"another process's states are too fast for the step at t = {t:g}")
         if h is not None:
             _refuse_stiff(total, largest, t, h)
+        rows = self.solver.rows_to_reduce(model, states)
+        if rows is not None:
+            return states, w / weight, R, 1.0 / square, rows
         states, columns = gather_distinct(states, torch.stack([w, w * R], 1), model.limits)
         w, R = columns[:, 0], columns[:, 1] / columns[:, 0]
-        return states, w / w.sum(), R, 1.0 / square
+        return states, w / w.sum(), R, 1.0 / square, None
 
     def _fold_weights(self, w: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(F, U) the weights w of the distinct states dealt into `CV_FOLDS` folds at random.
@@ -245,9 +256,10 @@ class TDVPRightHandSide:
         w = torch.zeros(states.shape[0], dtype=weights.dtype, device=states.device)
         w.index_add_(0, inverse, weights)
         mass = torch.zeros_like(w).index_add_(0, inverse, q_weights.to(w.dtype))
+        rows = None  # the distinct states of all ranks where the solve sums over them
         if parallel.active():
             mass = mass / (1.0 + moved.shape[0] / draw.total)  # explored states' share too
-            states, w, R, ess = self._gathered(model, states, w, mass, t, h, draw)
+            states, w, R, ess, rows = self._gathered(model, states, w, mass, t, h, draw)
         else:
             w = w / w.sum()
             R, ess = self.local_generator(model, states, t, h, mass).to(w.dtype), draw.ess
@@ -256,15 +268,14 @@ class TDVPRightHandSide:
                 f"the TDVP local generator (W q)/q is not finite at t = {t:g} at "
                 f"{int((~torch.isfinite(R)).sum())} of {R.numel()} states"
             )
-        folds = self._fold_weights(w, generator) if self.solver.cv else None
-        sol = self.solver.solve_scores(model, states, R, w, need_grads=need_grads, folds=folds)
-        Rc = R - w @ R
-        norm = float((w * Rc * Rc).sum())
-        misfit = float((w * (sol.fitted - Rc) ** 2).sum())
-        residual = misfit / norm if norm > 0 else 0.0
+        if rows is not None:
+            sol = self.solver.solve_reduced(model, states, R, w, rows)
+        else:
+            folds = self._fold_weights(w, generator) if self.solver.cv else None
+            sol = self.solver.solve_scores(model, states, R, w, need_grads=need_grads, folds=folds)
         return TDVPEvaluation(
             sol.x,
-            residual,
+            sol.relative_misfit,
             sol.info.shift,
             ess,
             states,
@@ -273,6 +284,7 @@ class TDVPRightHandSide:
             draw.pareto_k,
             sol.held_out,
             sol.info.fallback,
+            sol.fisher,
         )
 
 
