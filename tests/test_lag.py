@@ -1,7 +1,7 @@
 """The fits' lag: `StepReport.motion_made` is the fraction of the asked-for motion a fit made
 (checked against the exact regression over the whole box), and `Fit` doubles the batch while
-the fits' running fraction is below `LAG_GROW`, halves it above `LAG_SHRINK`, within its bounds,
-and keeps both in its checkpoint."""
+the fits' running fraction is below `LAG_GROW` by more than its scatter allows, halves it
+above `LAG_SHRINK`, within its bounds, and keeps both in its checkpoint."""
 
 from __future__ import annotations
 
@@ -162,3 +162,20 @@ def test_fits_that_do_not_move_or_are_not_measured_do_not_decide():
     update.made = 0.1
     fits(fixed, 3 * Fit.LAG_FITS)
     assert fixed.batch_size == 100
+
+
+def test_a_lag_within_the_readings_scatter_leaves_the_batch():
+    """Readings that average 0.8 but scatter from -1 to 2.6 (small steps against the fits'
+    own misfit): no significant lag, the batch stays; steady readings of 0.8, or readings
+    of 0.3 +- 0.2, double it."""
+    fit, update = lagging_fit(max_batch=400)
+    for k in range(5 * Fit.LAG_FITS):
+        update.made = -1.0 if k % 2 else 2.6
+        fits(fit, 1)
+    assert fit.batch_size == 100
+    for readings in ([0.8], [0.1, 0.5]):
+        fit, update = lagging_fit(max_batch=400)
+        for k in range(Fit.LAG_FITS):
+            update.made = readings[k % len(readings)]
+            fits(fit, 1)
+        assert fit.batch_size == 200, readings

@@ -210,8 +210,14 @@ class Fit(Motion):
     gradient is mostly sampling noise (bursty networks: a rare on-state whose counts move
     fast), Adam makes progress in proportion to the gradient's signal to noise, so alpha
     rises with the batch. So the fits' alpha is averaged over the last fits (weighted by
-    their motion, `motion_spread`, so that steps that hardly move do not decide); below
-    `LAG_GROW` the batch doubles, up to `max_batch`, and once it has stayed above
+    their motion, `motion_spread`, so that steps that hardly move do not decide), and where
+    that average is below `LAG_GROW` by more than `LAG_SIGNIFICANCE` of its standard errors
+    (from the scatter of the fits' own readings about it) the batch doubles, up to
+    `max_batch`. The readings scatter far more than their draws' noise says: each fit over-
+    or undershoots its small step by a share of its own misfit (a 20-species cascade's
+    readings run from -3 to 4 about 1 at 4,000 states), so an average of a few of them falls
+    below LAG_GROW by chance, and taken as it is doubles the batch for nothing. Once alpha
+    has stayed above
     `LAG_SHRINK` for `LAG_KEEP` x `LAG_FITS` fits it halves again, down to `batch_size`
     (each fit's reading is of one draw, noisy enough that a batch halved on a few good
     readings came back within a few steps); each change waits for `LAG_FITS` new fits.
@@ -227,6 +233,7 @@ class Fit(Motion):
     """
 
     LAG_GROW, LAG_SHRINK = 0.9, 0.97
+    LAG_SIGNIFICANCE = 2.0  # standard errors by which the running alpha is below LAG_GROW
     LAG_MEMORY = 0.8  # weight of the earlier fits in the running alpha
     LAG_FITS = 10
     LAG_KEEP = 4  # halved once alpha stayed above LAG_SHRINK for LAG_KEEP x LAG_FITS fits
@@ -248,8 +255,8 @@ class Fit(Motion):
         self.base_batch = int(batch_size)
         self.max_batch = max(self.base_batch, int(max_batch or batch_size))
         # running sums of (alpha - 1) x spread and of spread; fits; fits in a row above
-        # LAG_SHRINK
-        self._lag = [0.0, 0.0, 0, 0]
+        # LAG_SHRINK; running sums of (alpha - 1)^2 x spread and of the squared weights
+        self._lag = [0.0, 0.0, 0, 0, 0.0, 0.0]
         self._lag_warned = False
         self._twins: dict[int, AutoregressiveModel] = {}
         self._t = 0.0
@@ -299,24 +306,35 @@ class Fit(Motion):
         fixed = self.max_batch == self.base_batch or self.support is not None  # (no draw)
         if fixed or not (math.isfinite(made) and spread > 0):
             return
-        b = self.LAG_MEMORY
-        lagged, moved, fits, kept = self._lag
-        lagged, moved = b * lagged + (1 - b) * (made - 1.0) * spread, b * moved + (1 - b) * spread
+        b, w = self.LAG_MEMORY, (1 - self.LAG_MEMORY) * spread  # this fit's weight
+        lagged, moved, fits, kept, square, weights = self._lag
+        lagged, moved = b * lagged + w * (made - 1.0), b * moved + w
+        square, weights = b * square + w * (made - 1.0) ** 2, b * b * weights + w * w
         fits += 1
         alpha = 1.0 + lagged / moved
         if fits >= self.LAG_FITS:
             kept = kept + 1 if alpha > self.LAG_SHRINK else 0
-        self._lag = [lagged, moved, fits, kept]
+        self._lag = [lagged, moved, fits, kept, square, weights]
         if fits < self.LAG_FITS:
             return
-        if alpha < self.LAG_GROW and self.batch_size == self.max_batch:
+        lagging = alpha + self.LAG_SIGNIFICANCE * self._lag_error() < self.LAG_GROW
+        if lagging and self.batch_size == self.max_batch:
             self._warn_lag(alpha, report)
-        elif alpha < self.LAG_GROW:
+        elif lagging:
             self.batch_size = min(2 * self.batch_size, self.max_batch)
-            self._lag = [0.0, 0.0, 0, 0]  # the new batch is judged on its own fits
+            self._lag = [0.0, 0.0, 0, 0, 0.0, 0.0]  # the new batch is judged on its own fits
         elif kept >= self.LAG_KEEP * self.LAG_FITS and self.batch_size > self.base_batch:
             self.batch_size = max(self.batch_size // 2, self.base_batch)
-            self._lag = [0.0, 0.0, 0, 0]
+            self._lag = [0.0, 0.0, 0, 0, 0.0, 0.0]
+
+    def _lag_error(self) -> float:
+        """The standard error of the running alpha: the weighted scatter of the readings
+        about it over their effective number less one."""
+        lagged, moved, _, _, square, weights = self._lag
+        mean = lagged / moved
+        scatter = max(0.0, square / moved - mean * mean)
+        count = moved * moved / weights if weights > 0 else 1.0
+        return math.sqrt(scatter / max(count - 1.0, 1.0))
 
     def _warn_lag(self, alpha: float, report: StepReport) -> None:
         """Once per run (a lag at the largest batch holds for many steps alike)."""
@@ -355,7 +373,8 @@ class Fit(Motion):
         self.update.load_state_dict(state)
         # (a checkpoint from before the batch followed the lag has neither)
         self.batch_size = int(state.get("batch_size", self.base_batch))
-        self._lag = list(state.get("lag", [0.0, 0.0, 0, 0]))
+        lag = list(state.get("lag", [0.0, 0.0, 0, 0]))
+        self._lag = lag + [0.0] * (6 - len(lag))  # (from before the scatter was kept: none)
         self._lag_warned = bool(state.get("lag_warned", False))
 
 
