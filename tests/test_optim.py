@@ -240,6 +240,17 @@ def test_gram_solve_equals_the_gradient_solve(adaptive):
     assert bad_info.fallback and torch.isfinite(coef).all()
 
 
+@pytest.mark.parametrize("kind", ["nade", "transformer"])
+def test_no_states_have_no_score_vectors(kind):
+    """A rank that drew no state scores none: (0, P), not an error (the summed solve over
+    ranks forms each rank's own scores)."""
+    net = conserved_network()
+    model = build_model(kind, net, hidden=4, seed=3)
+    P = sum(p.numel() for p in model.parameters())
+    none = torch.zeros(0, len(net.species), dtype=torch.int64)
+    assert per_sample_grads(model, none).shape == (0, P)
+
+
 def test_the_summed_parameter_space_solve_is_the_solve_of_the_scores():
     """`solve_reduced` (the solve over many processes from summed P x P systems) in one
     process: the same x, fitted values, shift and residual as the parameter-space solve from

@@ -98,6 +98,9 @@ def per_sample_grads(
         )
     if scores is not None and method != "func":
         return scores.vectors(states)
+    if states.shape[0] == 0:  # a rank that drew no state (vmap takes no empty batch)
+        dtype = next(model.parameters()).dtype
+        return torch.zeros(0, num_trainable(model), dtype=dtype, device=states.device)
     return _func_grads(model, states, chunk)
 
 
