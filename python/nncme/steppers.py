@@ -215,7 +215,7 @@ class Fit(Motion):
     (from the scatter of the fits' own readings about it) the batch doubles, up to
     `max_batch`. The readings scatter far more than their draws' noise says: each fit over-
     or undershoots its small step by a share of its own misfit (a 20-species cascade's
-    readings run from -3 to 4 about 1 at 4,000 states), so an average of a few of them falls
+    readings run from -3.4 to 3.7 about 1 at 1,000-4,000 draws), so a mean of a few of them falls
     below LAG_GROW by chance, and taken as it is doubles the batch for nothing. Once alpha
     has stayed above
     `LAG_SHRINK` for `LAG_KEEP` x `LAG_FITS` fits it halves again, down to `batch_size`
