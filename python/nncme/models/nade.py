@@ -330,8 +330,7 @@ class NADEScores:
             "head_w": g.unsqueeze(-1) * h.unsqueeze(2),  # (B, L, M, H)
             "head_b": g,
         }
-        params = self.model.named_parameters()  # (B = 0: a rank that drew no state)
-        return torch.cat([blocks[n].reshape(B, p.numel()) for n, p in params], 1)
+        return torch.cat([blocks[n].reshape(B, -1) for n, _ in self.model.named_parameters()], 1)
 
     @torch.no_grad()
     def gram(self, states: torch.Tensor) -> torch.Tensor:

@@ -96,11 +96,11 @@ def per_sample_grads(
             f"gradients='analytic' needs a model with closed-form scores (an unconditional "
             f"NADE with every parameter trainable), not {type(model).__name__}"
         )
-    if scores is not None and method != "func":
-        return scores.vectors(states)
-    if states.shape[0] == 0:  # a rank that drew no state (vmap takes no empty batch)
+    if states.shape[0] == 0:  # a rank that drew no state (neither path takes an empty batch)
         dtype = next(model.parameters()).dtype
         return torch.zeros(0, num_trainable(model), dtype=dtype, device=states.device)
+    if scores is not None and method != "func":
+        return scores.vectors(states)
     return _func_grads(model, states, chunk)
 
 

@@ -90,7 +90,6 @@ class ScoreSolution:
         held_out: the held-out relative misfit at the cross-validated shift (nan without cv).
         fisher: (P, P) S, where the solve summed it over ranks (`FisherSolver.solve_reduced`).
         fit_square: sum_n w_n (O_c x)_n^2 over all states (all ranks'): x^T S x.
-        fit_dot: sum_n w_n (O_c x)_n (v_n - vbar) over all states: x^T O_c^T v_c.
         values_square: sum_n w_n (v_n - vbar)^2 over all states.
         misfit: sum_n w_n ((O_c x)_n - (v_n - vbar))^2 over all states.
     """
@@ -102,7 +101,6 @@ class ScoreSolution:
     held_out: float = float("nan")
     fisher: torch.Tensor | None = None
     fit_square: float = float("nan")
-    fit_dot: float = float("nan")
     values_square: float = float("nan")
     misfit: float = float("nan")
 
@@ -116,7 +114,6 @@ def _with_fit_sums(sol: ScoreSolution, v: torch.Tensor, w: torch.Tensor) -> Scor
     """`sol` with its fit sums taken from `fitted` at all the states (one process's solve)."""
     vc = v - w @ v
     sol.fit_square = float((w * sol.fitted**2).sum())
-    sol.fit_dot = float((w * sol.fitted * vc).sum())
     sol.values_square = float((w * vc**2).sum())
     sol.misfit = float((w * (sol.fitted - vc) ** 2).sum())
     return sol
@@ -318,21 +315,26 @@ class FisherSolver:
         return _with_fit_sums(ScoreSolution(x, (O - w @ O) @ x, info, O, held_out), v, w)
 
     # ------------------------------------------------------------------ over many processes
-    def rows_to_reduce(self, model: AutoregressiveModel, states: torch.Tensor) -> int | None:
-        """Over many processes, with this rank's distinct `states` (N_r, L): the number of
-        distinct states of all ranks where the solve sums its system over the ranks
+    def rows_to_reduce(
+        self, model: AutoregressiveModel, states: torch.Tensor, bound: int
+    ) -> int | None:
+        """Over many processes, with this rank's distinct `states` (N_r, L) and `bound`, the
+        sum of N_r over the ranks (which the caller reduces with its other numbers): the
+        number of distinct states of all ranks where the solve sums its system over the ranks
         (`reduces`, `solve_reduced`), None where it gathers the states (and always with one
-        process)."""
-        if not parallel.active() or self.cv or self.space == "sample":
+        process). Where even the bound rules summing out (the default width: P > N) no key is
+        gathered."""
+        P = num_trainable(model)
+        if not parallel.active() or not self.reduces(P, bound):
             return None
         rows = distinct_over_ranks(states, model.limits)
-        return rows if self.reduces(num_trainable(model), rows) else None
+        return rows if self.reduces(P, rows) else None
 
     def reduces(self, num_params: int, rows: int) -> bool:
         """Over many processes: whether the solve sums the P x P system over the ranks
         (`solve_reduced`) rather than gathering every rank's states to every rank and solving
-        on them (`solve_scores`), for P parameters and `rows` distinct states summed over the
-        ranks. The smaller system: parameter space where P <= rows (space "auto"), as asked
+        on them (`solve_scores`), for P parameters and `rows` distinct states of all ranks.
+        The smaller system: parameter space where P <= rows (space "auto"), as asked
         ("parameter", "sample"); never with cross-validation, whose folds deal out states."""
         if self.cv or self.space == "sample":
             return False
@@ -394,7 +396,7 @@ class FisherSolver:
             x = evecs @ ((evecs.mT @ b) / (evals.clamp(min=0) + max(lam, self.min_shift)))
             info = SolveInfo(lam, lam, "parameter", fallback=True)
         fitted = (O - mean / sw) @ x
-        fit_square, fit_dot = float(x @ S @ x), float(x @ b)
+        fit_square, fit_dot = float(x @ S @ x), float(x @ b)  # sum w (O_c x)^2, (O_c x) v_c
         values_square = max(0.0, swvv / sw - vbar**2)
         dtype = v.dtype
         return ScoreSolution(
@@ -404,7 +406,6 @@ class FisherSolver:
             O.to(dtype),
             fisher=S.to(dtype),
             fit_square=fit_square,
-            fit_dot=fit_dot,
             values_square=values_square,
             misfit=max(0.0, fit_square - 2.0 * fit_dot + values_square),
         )

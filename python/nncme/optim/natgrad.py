@@ -108,12 +108,12 @@ class NaturalGradientUpdate(KLUpdate):
         if not parallel.active():
             w = weights / weights.sum()
             return self.solver.solve_scores(model, states, coef / w, w), numbers
-        rows = self.solver.rows_to_reduce(model, states)
         sums, maxima, logsumexps = numbers
-        (*sums, total), maxima, logsumexps = parallel.reduce(
-            [*sums, float(weights.sum())], maxima, logsumexps
+        (*sums, total, bound), maxima, logsumexps = parallel.reduce(
+            [*sums, float(weights.sum()), float(states.shape[0])], maxima, logsumexps
         )
         numbers = (sums, maxima, logsumexps)
+        rows = self.solver.rows_to_reduce(model, states, round(bound))
         if rows is not None:
             w = weights / total
             return self.solver.solve_reduced(model, states, coef / w, w, rows), numbers

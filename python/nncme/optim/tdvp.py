@@ -199,16 +199,17 @@ class TDVPRightHandSide:
         R, exit_rate = self._generator(model, states, t, h)
         R = R.to(w.dtype)
         share, fastest = _stiff_share(exit_rate, mass, h) if h is not None else (0.0, 0.0)
-        # the ESS of all draws, the stiff share of all ranks' mass and the weights' total, in one
-        # collective
-        (square, total, weight), (largest,), _ = parallel.reduce(
-            [float((draw.weights**2).sum()), share, float(w.sum())], [fastest]
+        # the ESS of all draws, the stiff share of all ranks' mass, the weights' total and the
+        # ranks' states, in one collective
+        (square, total, weight, bound), (largest,), _ = parallel.reduce(
+            [float((draw.weights**2).sum()), share, float(w.sum()), float(states.shape[0])],
+            [fastest],
         )
         if total > STIFF_SHARE and share == 0.0:
             raise StepSizeError(f"another process's states are too fast for the step at t = {t:g}")
         if h is not None:
             _refuse_stiff(total, largest, t, h)
-        rows = self.solver.rows_to_reduce(model, states)
+        rows = self.solver.rows_to_reduce(model, states, round(bound))
         if rows is not None:
             return states, w / weight, R, 1.0 / square, rows
         states, columns = gather_distinct(states, torch.stack([w, w * R], 1), model.limits)
