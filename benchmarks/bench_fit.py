@@ -1,6 +1,7 @@
 """Rate constants fitted to observables through an amortised run, against the truth.
 
     python benchmarks/bench_fit.py                      # the gene box of bench_amortise.py
+    python benchmarks/bench_fit.py --case autoregulation  # its autoregulatory loop's box
     python benchmarks/bench_fit.py --datasets 10 --ssa-datasets 1
 
 The amortised run is bench_amortise.py's (runs/amortise/<case>, trained there at defaults
@@ -20,7 +21,8 @@ Gradient estimator: the score-function gradient of three observables in the cond
 parameters (`observables.score_gradient`) at the middle of the box at the last time, against
 the exact gradient summed over the box: relative RMS error over repeats against the number of
 samples, the replicas they are split into, and StABlE's clipping.
-The JSON goes to benchmarks/results/fit_<device>.json.
+The JSON goes to benchmarks/results/fit_<device>.json (the gene box) or
+fit_<device>_<case>.json.
 """
 
 from __future__ import annotations
@@ -44,7 +46,11 @@ from nncme.observables import Observable, evaluate, from_snapshots, score_gradie
 from nncme.ssa import SSASettings, simulate
 
 TIMES = [0.5, 1.0, 2.0]
-BINS = {"P": [0, 2, 4, 6, 8, 10, 13, 16, 20, 40]}
+# the protein's histogram bins per case (edges; counts above the last are in no bin)
+BINS = {
+    "gene": {"P": [0, 2, 4, 6, 8, 10, 13, 16, 20, 40]},
+    "autoregulation": {"P": [0, 5, 10, 15, 20, 25, 30, 40, 50, 65, 80, 139]},
+}
 
 
 def exact_laws(solution: AmortisedSolution, truth: np.ndarray) -> tuple[np.ndarray, list]:
@@ -53,9 +59,18 @@ def exact_laws(solution: AmortisedSolution, truth: np.ndarray) -> tuple[np.ndarr
     return fsp.states, laws
 
 
-def references(solution, truth, cells, rng, kind: str) -> list[Observable]:
+def free_species(network) -> list[str]:
+    """The species whose moments are references: all but the first of each conservation
+    law's (the gene's Off = 1 - On carries On's information, and counted twice it would
+    narrow the intervals as if it were new data)."""
+    names = network.species_names
+    tied = {names[int(np.flatnonzero(law.weights)[0])] for law in network.conservation_laws}
+    return [s for s in names if s not in tied]
+
+
+def references(solution, truth, cells, rng, kind: str, case: str) -> list[Observable]:
     species = solution.network.species_names
-    keep = [s for s in species if s not in ("Off",)]  # Off = 1 - On: the same information
+    keep = free_species(solution.network)
     states, laws = exact_laws(solution, truth)
     out = []
     for t, p in zip(TIMES, laws):
@@ -67,7 +82,7 @@ def references(solution, truth, cells, rng, kind: str) -> list[Observable]:
             out += [o for o in obs if o.species[0] in keep]
         else:
             obs = from_snapshots(
-                counts, t, species, kinds=(), bins=BINS, seed=int(rng.integers(1 << 30))
+                counts, t, species, kinds=(), bins=BINS[case], seed=int(rng.integers(1 << 30))
             )
             out += obs
     return out
@@ -78,7 +93,7 @@ def exact_references(solution, truth) -> list[Observable]:
     states, laws = exact_laws(solution, truth)
     out = []
     for t, p in zip(TIMES, laws):
-        for s in ("On", "P"):
+        for s in free_species(solution.network):
             for kind in ("mean", "fano"):
                 o = Observable(kind, (s,), t, 0.0, 1.0)
                 v = float(evaluate([o], torch.as_tensor(states), species, torch.as_tensor(p))[0])
@@ -101,6 +116,12 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def true_rates(solution, d: int) -> np.ndarray:
+    """Data set d's true rates: uniform over the box on its scales (seed d)."""
+    u = np.random.default_rng(d).random((1, solution.space.dim))
+    return solution.space.from_unit(u)[0]
+
+
 def one_fit(solution, obs, truth) -> dict:
     fit = fit_observables(solution, obs)
     err = np.abs(np.log(fit["estimate"] / truth))
@@ -117,17 +138,17 @@ def one_fit(solution, obs, truth) -> dict:
     }
 
 
-def recovery(solution, datasets: int, cells: int) -> dict:
+def recovery(solution, datasets: int, cells: int, case: str) -> dict:
     rng = np.random.default_rng(2024)
     out = {}
     for kind in ("moments", "histograms", "exact references"):
         rows = []
         for d in range(datasets):
-            truth = solution.space.from_unit(np.random.default_rng(d).random((1, 2)))[0]
+            truth = true_rates(solution, d)
             obs = (
                 exact_references(solution, truth)
                 if kind == "exact references"
-                else references(solution, truth, cells, rng, kind)
+                else references(solution, truth, cells, rng, kind, case)
             )
             rows.append(one_fit(solution, obs, truth))
         out[kind] = {"summary": summarise(rows), "fits": rows, "observables": len(obs)}
@@ -164,13 +185,13 @@ def ssa_residuals(solution, obs: list[Observable], trajectories: int):
     return residuals, runs
 
 
-def ssa_baseline(solution, datasets: int, cells: int, trajectories: int) -> list[dict]:
+def ssa_baseline(solution, datasets: int, cells: int, trajectories: int, case: str) -> list[dict]:
     """Fits of the same moment references by SSA estimates and finite differences."""
     rng = np.random.default_rng(99)
     rows = []
     for d in range(datasets):
-        truth = solution.space.from_unit(np.random.default_rng(d).random((1, 2)))[0]
-        obs = references(solution, truth, cells, rng, "moments")
+        truth = true_rates(solution, d)
+        obs = references(solution, truth, cells, rng, "moments", case)
         residuals, runs = ssa_residuals(solution, obs, trajectories)
         lo = np.log([v.lo for v in solution.space.varies])
         hi = np.log([v.hi for v in solution.space.varies])
@@ -270,7 +291,7 @@ def gradient_study(solution, repeats: int) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--case", default="gene")
+    parser.add_argument("--case", default="gene", choices=list(BINS))
     parser.add_argument("--runs", default="runs/amortise")
     parser.add_argument("--datasets", type=int, default=30)
     parser.add_argument("--cells", type=int, default=1000)
@@ -280,7 +301,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     runs = Path(args.runs)
-    seconds = train(args.case, runs, 4, reuse=True)
+    seconds = train(args.case, runs, 4, reuse=True, horizon=None)
     solution = AmortisedSolution(runs / args.case)
     print(f"{args.case}: amortised run of {seconds:.0f} s over {solution.space.names}")
     payload = {
@@ -291,13 +312,14 @@ def main() -> None:
         "times": TIMES,
         "cells": args.cells,
         "train_seconds": seconds,
-        "recovery": recovery(solution, args.datasets, args.cells),
+        "recovery": recovery(solution, args.datasets, args.cells, args.case),
         "ssa_baseline": ssa_baseline(
-            solution, args.ssa_datasets, args.cells, args.ssa_trajectories
+            solution, args.ssa_datasets, args.cells, args.ssa_trajectories, args.case
         ),
         "gradient": gradient_study(solution, args.repeats),
     }
-    print("wrote", write_results("fit", "cpu", payload))
+    tag = "" if args.case == "gene" else args.case  # fit_cpu.json: the gene box
+    print("wrote", write_results("fit", "cpu", payload, tag=tag))
 
 
 if __name__ == "__main__":
