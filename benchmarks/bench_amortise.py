@@ -10,6 +10,7 @@ and a horizon. One `nncme.amortise.amortise(...)` run with `AmortiseConfig` at i
 Hellinger distance of each species' marginal (the model's exact sums over the box) from
 FSP's. Per case: training wall time, steps, sub-steps and capped fits from log.jsonl, and per
 context the largest distance over species and times; the median and the worst over contexts.
+The same at `--outside` contexts within 10 % of each range beyond the box (extrapolation).
 Sensitivities: at the first `--sensitivities` held-out contexts and the last save time,
 d means / d log c and d P(n_i = m) / d log c by autograd (`AmortisedSolution.sensitivities`)
 against central differences of FSP in log c (step 1e-3), as relative errors where the
@@ -136,8 +137,27 @@ def held_out_contexts(solution: AmortisedSolution, count: int) -> np.ndarray:
     )
 
 
-def accuracy(solution: AmortisedSolution, held_out: int) -> list[dict]:
-    values = held_out_contexts(solution, held_out)
+def outside_contexts(solution: AmortisedSolution, count: int, margin: float = 0.1) -> np.ndarray:
+    """(count, D) contexts outside the box but within `margin` of each range's width beyond
+    it (on its scale: log for the log-scaled rates), uniform there (a fixed NumPy seed);
+    initial counts stay inside their ranges, a linearly scaled rate stays >= 0."""
+    space, rng = solution.space, np.random.default_rng(54321)
+    counts = np.array([kind == "initial" for kind in space.kinds])
+    out: list[np.ndarray] = []
+    while len(out) < count:
+        u = rng.uniform(-margin, 1 + margin, space.dim)
+        u[counts] = np.clip(u[counts], 0.0, 1.0)
+        v = space.from_unit(u[None])[0]
+        v = np.where(np.array(space.log_scale) | counts, v, np.maximum(v, 0.0))
+        if space.outside(v[None])[0]:
+            out.append(v)
+    return np.array(out)
+
+
+def accuracy(solution: AmortisedSolution, held_out: int, outside: bool = False) -> list[dict]:
+    """Per held-out context (inside the box, or within 10 % beyond it): the largest
+    Hellinger distance over species at each save time after 0, against FSP."""
+    values = (outside_contexts if outside else held_out_contexts)(solution, held_out)
     rows = []
     for v in values:
         times = solution.save_times
@@ -259,6 +279,7 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
     solution = AmortisedSolution(out / name)
     rows = accuracy(solution, args.held_out)
     worst = [r["max"] for r in rows]
+    beyond = accuracy(solution, args.outside, outside=True) if args.outside else []
     return {
         "case": name,
         "varies": [vars(v) for v in solution.space.varies],
@@ -273,6 +294,14 @@ def run_case(name: str, args: argparse.Namespace) -> dict:
         "median_max_hellinger": float(np.median(worst)),
         "worst_max_hellinger": float(np.max(worst)),
         "contexts": rows,
+        "outside": {
+            "margin": 0.1,
+            "median_max_hellinger": float(np.median([r["max"] for r in beyond])),
+            "worst_max_hellinger": float(np.max([r["max"] for r in beyond])),
+            "contexts": beyond,
+        }
+        if beyond
+        else None,
         "sensitivities": sensitivities(solution, args.sensitivities)
         if args.sensitivities
         else None,
@@ -284,6 +313,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     parser.add_argument("--held-out", type=int, default=20)
+    parser.add_argument(
+        "--outside", type=int, default=20, help="contexts within 10 %% beyond the box (0: none)"
+    )
     parser.add_argument("--saves", type=int, default=4)
     parser.add_argument("--t-end", type=float, help="a shorter horizon than the case's")
     parser.add_argument("--out", default="runs/amortise")

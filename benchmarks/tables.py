@@ -560,11 +560,12 @@ def table_amortise() -> list[str]:
     d = load("amortise_cpu.json")
     header = [
         "box", "training", "held-out contexts: median / worst max Hellinger",
-        "90 % Laplace intervals cover", "90 % posterior intervals cover",
-        "median abs log error", "d means / d log c: worst / median error",
+        "10 % beyond the box: median / worst", "90 % Laplace intervals cover",
+        "90 % posterior intervals cover", "median abs log error",
+        "d means / d log c: worst / median error",
     ]  # fmt: skip
     rows = []
-    order = ["birth_death", "gene", "met_autoregulation"]  # bench_amortise.CASES
+    order = ["birth_death", "gene", "met_autoregulation", "autoregulation"]  # bench_amortise
     for c in sorted(d["cases"], key=lambda c: order.index(c["case"])):
         box = ", ".join(f"{v['name']} {sig(v['lo'])}–{sig(v['hi'])}" for v in c["varies"])
         inf = c.get("inference") or {}
@@ -575,6 +576,7 @@ def table_amortise() -> list[str]:
             f"{seconds(c['train_seconds'])}, {c['steps']} steps",
             f"{sig(c['median_max_hellinger'])} / {sig(c['worst_max_hellinger'])} "
             f"({len(c['contexts'])})",
+            beyond_box(c.get("outside")),
             ", ".join(f"{n} {x:.0%}" for n, x in zip(names, inf.get("coverage_90", []))),
             ", ".join(
                 f"{n} {x:.0%}" for n, x in zip(names, inf.get("posterior_coverage_90", []))
@@ -591,6 +593,16 @@ def table_amortise() -> list[str]:
         f"Intervals: {', '.join(map(str, datasets))} data sets of {', '.join(map(str, cells))} "
         f"cells each at the last time. Machine: {machine(d)} (`amortise_cpu.json`).",
     ]
+
+
+def beyond_box(outside: dict | None) -> str:
+    """ "median / worst (contexts)" of the contexts beyond the box, or "" (not measured)."""
+    if not outside:
+        return ""
+    return (
+        f"{sig(outside['median_max_hellinger'])} / {sig(outside['worst_max_hellinger'])} "
+        f"({len(outside['contexts'])})"
+    )
 
 
 def exact_fit(case: dict) -> str:
@@ -610,10 +622,10 @@ def held_out(case: dict) -> str:
     )
 
 
-def table_fit() -> list[str]:
+def table_fit(name: str = "fit_cpu.json") -> list[str]:
     """Rate constants fitted to observables through an amortised run, against the truth, and
     SSA with finite differences on the same references (bench_fit.py)."""
-    d = load("fit_cpu.json")
+    d = load(name)
     names = [v["name"] for v in d["varies"]]
     header = [
         "references", "fits", "median abs log error", "worst", "90 % intervals cover",
@@ -648,7 +660,7 @@ def table_fit() -> list[str]:
         "",
         f"Box: {d['case']} ({', '.join(names)}), amortised in {seconds(d['train_seconds'])}; "
         f"references at t = {times} from {d['cells']} cells per time, true rates drawn from "
-        f"the box. Machine: {machine(d)} (`fit_cpu.json`).",
+        f"the box. Machine: {machine(d)} (`{name}`).",
     ]
 
 
@@ -1169,6 +1181,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "amortise": table_amortise,
         "paths": table_paths,
         "fit": table_fit,
+        "fit_autoregulation": lambda: table_fit("fit_cpu_autoregulation.json"),
         "supervision": table_supervision,
         "optimizers": table_optimizers,
         "enumerated": table_enumerated,
