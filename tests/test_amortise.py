@@ -340,6 +340,13 @@ def test_resume_continues_to_the_same_model(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         amortise(net, varies, tmp_path / "cut", config, progress=False)
     monkeypatch.setattr(AmortisedTrainer, "step", step)
+    meta_path = tmp_path / "cut" / "amortise.json"  # as a run written before tangent fits
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["tangent"]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"another settings \(tangent\)"):
+        tangent = dataclasses.replace(config, tangent=True)
+        amortise(net, varies, tmp_path / "cut", tangent, resume=True, progress=False)
     amortise(net, varies, tmp_path / "cut", config, resume=True, progress=False)
     a = torch.load(tmp_path / "whole" / "state.pt", weights_only=False)["model"]
     b = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)["model"]
@@ -569,3 +576,43 @@ def test_cli_fit_amortises_a_network_first(tmp_path, capsys):
     again = json.loads((run / "fit.json").read_text())
     assert again["estimate"][0] == pytest.approx(first["estimate"][0], rel=1e-9)
     assert "birth = " in capsys.readouterr().out
+
+
+def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
+    """`AmortisedTrainer._tangent`'s parameter gradient is that of 1/2 sum_d (w_d / 2)^2 x
+    the mean over contexts of Var(g_d), g_d the central difference in log c_d of log q - log
+    target (the ground truth written out with autograd); zero misfit, zero term."""
+    net = gene_network()
+    space = ContextSpace(net, [Vary("make", 2.0, 32.0), Vary("dimerise", 0.01, 0.2)])
+    config = AmortiseConfig(hidden=8, seed=4, clip=0.0, tangent=True)
+    trainer = AmortisedTrainer(net, space, config)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    values = space.from_unit(np.random.default_rng(1).random((config.contexts, 2)))
+    per = config.per_context
+    batch = ContextBatch.make(space, values, per, torch.device("cpu"), torch.float64)
+    states, log_q = trainer._sample(batch)
+    stage = ConditionalStage([Term(trainer._frozen(), 0.0, 1.0, 1.0)], space, trainer.net, 0.05)
+    held = torch.isfinite(log_q)
+    count = torch.zeros(len(values), dtype=torch.float64).index_add(0, batch.rows, held.double())
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    got = torch.autograd.grad(trainer._tangent(stage, states, batch, held, count), params)
+
+    step, loss = 0.01, torch.zeros((), dtype=torch.float64)
+    for d in range(2):
+        f = []
+        for sign in (1.0, -1.0):
+            moved = values.copy()
+            moved[:, d] *= np.exp(sign * step)
+            other = ContextBatch.make(space, moved, per, torch.device("cpu"), torch.float64)
+            log_t, _ = stage(states, other)
+            code, totals = other.select()
+            f.append(trainer.model.log_prob(states, context=code, totals=totals) - log_t)
+        g = ((f[0] - f[1]) / (2 * step)).view(len(values), per)
+        half = 0.5 * np.log(space.varies[d].hi / space.varies[d].lo)
+        var = ((g - g.mean(dim=1, keepdim=True)) ** 2).mean(dim=1)
+        loss = loss + 0.5 * half**2 * var.mean()
+    want = torch.autograd.grad(loss, params)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)

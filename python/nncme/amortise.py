@@ -522,6 +522,11 @@ def exact_steps(
 
 
 # --------------------------------------------------------------------------------- training
+# What a run written before a setting existed ran with: no anchors, no exact first steps, no
+# tangent fits (its amortise.json does not name them).
+BEFORE_SETTINGS = {"anchors": False, "exact_contexts": 0, "tangent": False}
+
+
 @dataclass
 class AmortiseConfig:
     """Settings of an amortised run (every one has a default that needs no tuning).
@@ -552,6 +557,12 @@ class AmortiseConfig:
         dt: the time step (default: the network's).  t_end: the horizon (default: the
             network's).  saves: save times after 0 (evenly spaced).
         seed: parameters, contexts and samples.  dtype: "float64" or "float32".
+        tangent: also fit each context's derivatives in the log rates that vary (on a log
+            scale): the drawn fits add 1/2 sum_d (w_d / 2)^2 Var_q(g_d) to their objective,
+            g_d = d (log q - log target) / d log c_d by central differences, w_d the range's
+            log width (`AmortisedTrainer._tangent`). A model fitted to values alone has
+            derivatives in c only as good as the smoothness of its error in c
+            (`AmortisedSolution.sensitivities`); 2 D more target evaluations an iteration.
     """
 
     model: str = "nade"
@@ -565,6 +576,7 @@ class AmortiseConfig:
     mixture: float = 0.02
     clip: float = 1.0
     tail_floor: float = 1e-12
+    tangent: bool = False
     iterations: int = 100
     min_iterations: int = 5
     window: int = 5
@@ -751,7 +763,10 @@ class AmortisedTrainer:
                     context=code[live],
                     totals=None if totals is None else totals[live],
                 )
-                (coef[live] * log_q_g).sum().backward()
+                objective = (coef[live] * log_q_g).sum()
+                if c.tangent:
+                    objective = objective + self._tangent(stage, states, batch, held, count)
+                objective.backward()
                 sums = [bad, float(b.sum()), float(dev[:B].square().sum()), float(held.sum())]
                 (bad, b_sum, square, drawn), _, _ = parallel.sum_gradients(
                     self.model.parameters(), sums
@@ -775,6 +790,60 @@ class AmortisedTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = c.lr
         return FitReport(loss, float(np.mean(residuals[-c.window :])), c.iterations, True)
+
+    def _tangent(
+        self,
+        stage: ConditionalStage,
+        states: torch.Tensor,
+        batch: ContextBatch,
+        held: torch.Tensor,
+        count: torch.Tensor,
+        step: float = 0.01,
+    ) -> torch.Tensor:
+        """A surrogate whose parameter gradient is that of 1/2 sum_d (w_d / 2)^2
+        Var_q(g_d) averaged over the contexts (`AmortiseConfig.tangent`): g_d = d (log q -
+        log target) / d log c_d by central differences of `step` in each rate varied on a
+        log scale, w_d its range's log width (so the term is the variance of the derivative
+        in the model's input coordinate, [-1, 1] over the box, as the fit's own objective is
+        of log q - log target). Zero where q(. | c) follows its target in c too, which then
+        holds its derivatives in c to the target's: the target's own are exact for the
+        model of the step before. Each deviation is clipped as the fit's are; the drawn
+        states of a context count alike (they are draws of q)."""
+        c, space, rows = self.config, self.space, batch.rows
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        for d, kind in enumerate(space.kinds):
+            if kind != "rate" or not space.log_scale[d]:
+                continue
+            half = 0.5 * math.log(space.varies[d].hi / space.varies[d].lo)
+            (q_up, t_up), (q_down, t_down) = (
+                self._shifted(stage, states, batch, d, sign * step) for sign in (1.0, -1.0)
+            )
+            with torch.no_grad():
+                g = ((q_up - t_up) - (q_down - t_down)) / (2 * step)  # (B,) nats per log c
+                ok = held & torch.isfinite(g)
+                g = torch.where(ok, g, torch.zeros_like(g))
+                mean = g.new_zeros(len(batch.values)).index_add(0, rows, g) / count.clamp(min=1)
+                dev = torch.where(ok, half * (g - mean[rows]), torch.zeros_like(g))
+                if c.clip > 0:
+                    dev = dev.clamp(-c.clip, c.clip)
+                coef = half * dev / count.clamp(min=1)[rows] / c.contexts / (2 * step)
+            total = total + (coef[ok] * (q_up[ok] - q_down[ok])).sum()
+        return total
+
+    def _shifted(
+        self, stage: ConditionalStage, states: torch.Tensor, batch: ContextBatch, d: int, by: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(log q, log target) at the states with every context's rate d times exp(by):
+        log q with its graph, the target without."""
+        values = batch.values.copy()
+        values[:, d] *= math.exp(by)
+        moved = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
+        moved = moved.with_rows(batch.rows)
+        code, totals = moved.select()
+        log_q = self.model.log_prob(states, context=code, totals=totals)
+        with torch.no_grad():
+            log_t, _ = stage(states, moved)
+        return log_q, log_t
 
     def fit_start(self) -> FitReport:
         """The first fit: q(. | c) to the point mass at each context's initial counts."""
@@ -991,6 +1060,7 @@ def _step_path(out: Path, step: int) -> Path:
 def _check_same_run(out: Path, meta: dict[str, Any]) -> None:
     """--resume continues the same run: the same network, box and settings."""
     old = json.loads((out / "amortise.json").read_text())
+    old["config"] = {**BEFORE_SETTINGS, **old["config"]}
     meta = json.loads(json.dumps(meta))  # tuples as lists, as the file has them
     for key in ("network", "space", "config"):
         if old[key] != meta[key]:
@@ -1248,8 +1318,7 @@ class AmortisedSolution:
         meta = json.loads((self.out / "amortise.json").read_text())
         self.network = network_from_dict(meta["network"])
         self.space = ContextSpace.from_dict(self.network, meta["space"])
-        # runs written before anchors and exact first steps existed have neither
-        self.config = AmortiseConfig(**{"anchors": False, "exact_contexts": 0, **meta["config"]})
+        self.config = AmortiseConfig(**{**BEFORE_SETTINGS, **meta["config"]})
         self.status = meta.get("status", "unknown")
         self.device = torch.device(device)
         self.dtype = getattr(torch, self.config.dtype)

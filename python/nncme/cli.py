@@ -642,6 +642,12 @@ def _add_amortise(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contexts", type=int, default=64, help="contexts per iteration")
     p.add_argument("--per-context", type=int, default=32, help="samples per context")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--tangent",
+        action="store_true",
+        help="also fit the derivatives in the log rates (sensitivities; 2 D more target "
+        "evaluations an iteration for D rates)",
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -665,6 +671,7 @@ def _cmd_amortise(args: argparse.Namespace) -> int:
             t_end=args.t_end,
             saves=args.saves,
             seed=args.seed,
+            tangent=args.tangent,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
