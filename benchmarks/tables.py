@@ -622,10 +622,10 @@ def held_out(case: dict) -> str:
     )
 
 
-def table_fit(name: str = "fit_cpu.json") -> list[str]:
+def table_fit() -> list[str]:
     """Rate constants fitted to observables through an amortised run, against the truth, and
     SSA with finite differences on the same references (bench_fit.py)."""
-    d = load(name)
+    d = load("fit_cpu.json")
     names = [v["name"] for v in d["varies"]]
     header = [
         "references", "fits", "median abs log error", "worst", "90 % intervals cover",
@@ -660,7 +660,7 @@ def table_fit(name: str = "fit_cpu.json") -> list[str]:
         "",
         f"Box: {d['case']} ({', '.join(names)}), amortised in {seconds(d['train_seconds'])}; "
         f"references at t = {times} from {d['cells']} cells per time, true rates drawn from "
-        f"the box. Machine: {machine(d)} (`{name}`).",
+        f"the box. Machine: {machine(d)} (`fit_cpu.json`).",
     ]
 
 
@@ -749,7 +749,7 @@ DEFAULTS_RUNS = [
     "s20_mm", "s20_order", "s21_enum_small", "s21_enum_full", "s21_enum_trim_full",
     "s21_enum_schlogl_tenth", "s22_bdf2_schlogl_tenth", "s22_bdf2_small", "s23_small",
     "s23_schlogl_tenth", "s24_small", "s24_full", "s25_small_a", "s25_small_b", "s25_mm",
-    "s25_toggle10c", "s26_enum_a", "s26_enum_b", "s26_enum_c",
+    "s25_toggle10c", "s26_enum_a", "s26_enum_b", "s26_enum_c", "s29_mm",
 ]  # fmt: skip
 
 
@@ -1181,7 +1181,6 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "amortise": table_amortise,
         "paths": table_paths,
         "fit": table_fit,
-        "fit_autoregulation": lambda: table_fit("fit_cpu_autoregulation.json"),
         "supervision": table_supervision,
         "optimizers": table_optimizers,
         "enumerated": table_enumerated,
