@@ -26,6 +26,8 @@ reported: the share of each kind of interval that covers the truth, per rate, th
 `--t-end` cuts every case's horizon (the MET box's t = 10 is hours on one core).
 `--reuse` skips training where runs/amortise/<case> holds a completed run (the training time
 is then the sum of its log's step times).
+`--tangent` trains with tangent fits (`AmortiseConfig.tangent`: each fit also fits the
+model's derivatives in the log rates); its JSON is amortise_<device>_tangent.json.
 The JSON goes to benchmarks/results/amortise_<device>.json after every case.
 """
 
@@ -118,7 +120,9 @@ CASES = {
 }
 
 
-def train(name: str, out: Path, saves: int, reuse: bool, horizon: float | None) -> float:
+def train(
+    name: str, out: Path, saves: int, reuse: bool, horizon: float | None, tangent: bool = False
+) -> float:
     net, varies, t_end = CASES[name]()
     t_end = t_end if horizon is None else horizon
     meta = out / name / "amortise.json"
@@ -126,7 +130,8 @@ def train(name: str, out: Path, saves: int, reuse: bool, horizon: float | None) 
         log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
         return float(sum(r["seconds"] for r in log))
     start = time.perf_counter()
-    amortise(net, varies, out / name, AmortiseConfig(t_end=t_end, saves=saves), progress=False)
+    config = AmortiseConfig(t_end=t_end, saves=saves, tangent=tangent)
+    amortise(net, varies, out / name, config, progress=False)
     return time.perf_counter() - start
 
 
@@ -273,7 +278,7 @@ def _exact_draws(solution, truth, t, cells, rng) -> np.ndarray:
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out)
-    seconds = train(name, out, args.saves, args.reuse, args.t_end)
+    seconds = train(name, out, args.saves, args.reuse, args.t_end, args.tangent)
     log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
     stepped = [r for r in log if "pieces" in r]  # the exact first step has none
     solution = AmortisedSolution(out / name)
@@ -318,14 +323,19 @@ def main() -> None:
     )
     parser.add_argument("--saves", type=int, default=4)
     parser.add_argument("--t-end", type=float, help="a shorter horizon than the case's")
-    parser.add_argument("--out", default="runs/amortise")
+    parser.add_argument("--out", help="runs' directory (runs/amortise[_tangent])")
     parser.add_argument("--sensitivities", type=int, default=6, help="contexts (0: none)")
     parser.add_argument("--datasets", type=int, default=50)
     parser.add_argument("--cells", type=int, default=500)
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument(
+        "--tangent", action="store_true", help="train with tangent fits (AmortiseConfig.tangent)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    previous = RESULTS / "amortise_cpu.json"
+    tag = "tangent" if args.tangent else ""
+    args.out = args.out or ("runs/amortise_tangent" if args.tangent else "runs/amortise")
+    previous = RESULTS / f"amortise_cpu{'_' + tag if tag else ''}.json"
     commit = git_commit()  # at the start: the code that runs
     for name in args.cases:
         c = {**run_case(name, args), "commit": commit}
@@ -351,7 +361,7 @@ def main() -> None:
                 f"  inference: 90 % coverage {c['inference']['coverage_90']}, median "
                 f"|log error| {c['inference']['median_abs_log_error']}"
             )
-        write_results("amortise", "cpu", payload)
+        write_results("amortise", "cpu", payload, tag=tag)
 
 
 if __name__ == "__main__":

@@ -558,6 +558,7 @@ def table_amortise() -> list[str]:
     """Amortised runs at their defaults against FSP at held-out contexts, and the coverage of
     their Laplace intervals (bench_amortise.py)."""
     d = load("amortise_cpu.json")
+    tangent = load("amortise_cpu_tangent.json")
     header = [
         "box", "training", "held-out contexts: median / worst max Hellinger",
         "10 % beyond the box: median / worst", "90 % Laplace intervals cover",
@@ -566,13 +567,14 @@ def table_amortise() -> list[str]:
     ]  # fmt: skip
     rows = []
     order = ["birth_death", "gene", "met_autoregulation", "autoregulation"]  # bench_amortise
-    for c in sorted(d["cases"], key=lambda c: order.index(c["case"])):
+    cases = [(c, "") for c in d["cases"]] + [(c, ", --tangent") for c in tangent["cases"]]
+    for c, how in sorted(cases, key=lambda x: (order.index(x[0]["case"]), x[1])):
         box = ", ".join(f"{v['name']} {sig(v['lo'])}–{sig(v['hi'])}" for v in c["varies"])
         inf = c.get("inference") or {}
         sens = c.get("sensitivities")
         names = [v["name"] for v in c["varies"]]
         rows.append([
-            f"{c['case']}: {box}, t ≤ {sig(c['times'][-1])}",
+            f"{c['case']}{how}: {box}, t ≤ {sig(c['times'][-1])}",
             f"{seconds(c['train_seconds'])}, {c['steps']} steps",
             f"{sig(c['median_max_hellinger'])} / {sig(c['worst_max_hellinger'])} "
             f"({len(c['contexts'])})",
@@ -591,7 +593,8 @@ def table_amortise() -> list[str]:
         *markdown(header, rows),
         "",
         f"Intervals: {', '.join(map(str, datasets))} data sets of {', '.join(map(str, cells))} "
-        f"cells each at the last time. Machine: {machine(d)} (`amortise_cpu.json`).",
+        f"cells each at the last time. Machine: {machine(d)} (`amortise_cpu.json`, "
+        "`amortise_cpu_tangent.json`).",
     ]
 
 

@@ -54,6 +54,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -1443,6 +1444,10 @@ class AmortisedSolution:
     def sensitivities(self, values: Sequence[float], t: float) -> dict[str, Any]:
         """Derivatives in the log rate constants that vary, by autograd through the model.
 
+        They are as accurate as the model's derivatives in c: fitted where the run was trained
+        with tangent fits (`AmortiseConfig.tangent`), and only as good as the smoothness of
+        its error in c where not (a warning says so).
+
         Args:
             values: (D,) one context.  t: a save time.
 
@@ -1450,6 +1455,13 @@ class AmortisedSolution:
             {"rates": names (R,), "marginals" (L, Mmax), "d_marginals" (L, Mmax, R): the
             derivative of each P(n_i = m) in log c_r, "means" (L,), "d_means" (L, R)}.
         """
+        if not self.config.tangent:
+            warnings.warn(
+                f"{self.out}: amortised without tangent fits, so its derivatives in the rates "
+                "were never fitted and may be off by far more than its values; amortise with "
+                "--tangent (AmortiseConfig(tangent=True)) for sensitivities",
+                stacklevel=2,
+            )
         values = self.space.check(values)[0]
         cols = self.rate_columns()
         grid = self.box_states()
