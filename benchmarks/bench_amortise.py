@@ -23,7 +23,8 @@ and the Laplace 90 % interval of each log rate from the observed information, an
 credible interval of emcee's posterior (`AmortisedSolution.posterior`, the box as prior);
 reported: the share of each kind of interval that covers the truth, per rate, the median
 |log(estimate / truth)| and the median log width of the credible intervals.
-`--t-end` cuts every case's horizon (the MET box's t = 10 is hours on one core).
+`--t-end` cuts every case's horizon (the MET box's t = 10 and the autoregulation box's t = 2
+are hours on one core).
 `--reuse` skips training where runs/amortise/<case> holds a completed run (the training time
 is then the sum of its log's step times).
 `--tangent` trains with tangent fits (`AmortiseConfig.tangent`: each fit also fits the
