@@ -811,6 +811,7 @@ class AmortisedTrainer:
         model of the step before. Each deviation is clipped as the fit's are; the drawn
         states of a context count alike (they are draws of q)."""
         c, space, rows = self.config, self.space, batch.rows
+        per_context = count.clamp(min=1)  # drawn states of each context
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         for d, kind in enumerate(space.kinds):
             if kind != "rate" or not space.log_scale[d]:
@@ -823,11 +824,11 @@ class AmortisedTrainer:
                 g = ((q_up - t_up) - (q_down - t_down)) / (2 * step)  # (B,) nats per log c
                 ok = held & torch.isfinite(g)
                 g = torch.where(ok, g, torch.zeros_like(g))
-                mean = g.new_zeros(len(batch.values)).index_add(0, rows, g) / count.clamp(min=1)
+                mean = g.new_zeros(len(batch.values)).index_add(0, rows, g) / per_context
                 dev = torch.where(ok, half * (g - mean[rows]), torch.zeros_like(g))
                 if c.clip > 0:
                     dev = dev.clamp(-c.clip, c.clip)
-                coef = half * dev / count.clamp(min=1)[rows] / c.contexts / (2 * step)
+                coef = half * dev / per_context[rows] / c.contexts / (2 * step)
             total = total + (coef[ok] * (q_up[ok] - q_down[ok])).sum()
         return total
 
