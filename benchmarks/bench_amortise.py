@@ -28,8 +28,10 @@ are hours on one core).
 `--reuse` skips training where runs/amortise/<case> holds a completed run (the training time
 is then the sum of its log's step times).
 `--tangent` trains with tangent fits (`AmortiseConfig.tangent`: each fit also fits the
-model's derivatives in the log rates); its JSON is amortise_<device>_tangent.json.
-The JSON goes to benchmarks/results/amortise_<device>.json after every case.
+model's derivatives in the rates that vary); its JSON is amortise_<device>_tangent.json.
+The JSON goes to benchmarks/results/amortise_<device>[_<tag>].json after every case
+(`--tag`, default "tangent" with `--tangent`: a cut horizon belongs under a tag of its own,
+not in the tables' JSONs).
 """
 
 from __future__ import annotations
@@ -332,10 +334,11 @@ def main() -> None:
     parser.add_argument(
         "--tangent", action="store_true", help="train with tangent fits (AmortiseConfig.tangent)"
     )
+    parser.add_argument("--tag", help="JSON name suffix (default: tangent with --tangent)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    tag = "tangent" if args.tangent else ""
-    args.out = args.out or ("runs/amortise_tangent" if args.tangent else "runs/amortise")
+    tag = args.tag if args.tag is not None else ("tangent" if args.tangent else "")
+    args.out = args.out or ("runs/amortise_" + tag if tag else "runs/amortise")
     previous = RESULTS / f"amortise_cpu{'_' + tag if tag else ''}.json"
     commit = git_commit()  # at the start: the code that runs
     for name in args.cases:

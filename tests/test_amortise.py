@@ -580,17 +580,21 @@ def test_cli_fit_amortises_a_network_first(tmp_path, capsys):
 
 
 def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
-    """`AmortisedTrainer._tangent`'s parameter gradient is that of 1/2 sum_d (w_d / 2)^2 x
-    the mean over contexts of Var(g_d), g_d the central difference in log c_d of log q - log
-    target (the ground truth written out with autograd); zero misfit, zero term."""
+    """`AmortisedTrainer._tangent`'s parameter gradient is that of 1/2 x the mean over
+    contexts of sum_d Var(g_d), g_d the difference quotient of log q - log target in the
+    model's input coordinate of rate d (the ground truth written out with autograd): central
+    in log c on a log scale, in c on a linear one, one-sided at a rate of 0."""
     net = gene_network()
-    space = ContextSpace(net, [Vary("make", 2.0, 32.0), Vary("dimerise", 0.01, 0.2)])
+    varies = [Vary("make", 2.0, 32.0), Vary("dimerise", 0.01, 0.2), Vary("split", 0.0, 2.0)]
+    space = ContextSpace(net, varies)
+    assert space.log_scale == [True, True, False]
     config = AmortiseConfig(hidden=8, seed=4, clip=0.0, tangent=True)
     trainer = AmortisedTrainer(net, space, config)
     with torch.no_grad():
         for p in trainer.model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
-    values = space.from_unit(np.random.default_rng(1).random((config.contexts, 2)))
+    values = space.from_unit(np.random.default_rng(1).random((config.contexts, 3)))
+    values[:2, 2] = [0.0, 0.004]  # at and near 0: the linear rate's lower point stops at 0
     per = config.per_context
     batch = ContextBatch.make(space, values, per, torch.device("cpu"), torch.float64)
     states, log_q = trainer._sample(batch)
@@ -601,19 +605,28 @@ def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
     got = torch.autograd.grad(trainer._tangent(stage, states, batch, held, count), params)
 
     step, loss = 0.01, torch.zeros((), dtype=torch.float64)
-    for d in range(2):
+    for d in range(3):
+        v = space.varies[d]
+        if d < 2:  # log scale: x = log c / (w / 2) + const
+            moved = [values[:, d] * np.exp(step), values[:, d] * np.exp(-step)]
+            x = [np.log(m) / (0.5 * np.log(v.hi / v.lo)) for m in moved]
+        else:  # linear: x = c / (width / 2) + const, the lower point clipped at 0
+            half = 0.5 * (v.hi - v.lo)
+            moved = [values[:, d] + step * half, np.maximum(values[:, d] - step * half, 0.0)]
+            x = [m / half for m in moved]
         f = []
-        for sign in (1.0, -1.0):
-            moved = values.copy()
-            moved[:, d] *= np.exp(sign * step)
-            other = ContextBatch.make(space, moved, per, torch.device("cpu"), torch.float64)
+        for m in moved:
+            other_values = values.copy()
+            other_values[:, d] = m
+            other = ContextBatch.make(space, other_values, per, torch.device("cpu"), torch.float64)
             log_t, _ = stage(states, other)
             code, totals = other.select()
             f.append(trainer.model.log_prob(states, context=code, totals=totals) - log_t)
-        g = ((f[0] - f[1]) / (2 * step)).view(len(values), per)
-        half = 0.5 * np.log(space.varies[d].hi / space.varies[d].lo)
+        span = torch.as_tensor(x[0] - x[1]).unsqueeze(1)
+        g = (f[0] - f[1]).view(len(values), per) / span
         var = ((g - g.mean(dim=1, keepdim=True)) ** 2).mean(dim=1)
-        loss = loss + 0.5 * half**2 * var.mean()
+        loss = loss + 0.5 * var.mean()
+    assert values[0, 2] == 0.0 and np.isclose(x[0][0] - x[1][0], step)  # one-sided at 0
     want = torch.autograd.grad(loss, params)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)

@@ -283,6 +283,30 @@ class ContextSpace:
             if kind == "initial" and v.hi > v.lo
         ]
 
+    def tangent_columns(self) -> list[int]:
+        """The columns of the rates that vary (a range of more than one value): those whose
+        derivatives tangent fits match (`AmortiseConfig.tangent`)."""
+        return [
+            j
+            for j, (kind, v) in enumerate(zip(self.kinds, self.varies))
+            if kind == "rate" and v.hi > v.lo
+        ]
+
+    def shift(self, values: np.ndarray, column: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+        """(N, D) contexts -> the same with rate `column` moved up and down: by a factor
+        exp(+-step) on a log scale, by +-step in the model's input coordinate (step x half
+        the range) on a linear one, the lower never below 0 (a rate at 0 moves up only)."""
+        up, down = np.array(values, dtype=np.float64), np.array(values, dtype=np.float64)
+        if self.log_scale[column]:
+            up[:, column] *= math.exp(step)
+            down[:, column] *= math.exp(-step)
+        else:
+            v = self.varies[column]
+            move = step * (v.hi - v.lo) / 2
+            up[:, column] += move
+            down[:, column] = np.maximum(down[:, column] - move, 0.0)
+        return up, down
+
     def outside(self, values: np.ndarray) -> np.ndarray:
         """(N,) bool: contexts outside the training box (answers there are extrapolations)."""
         values = np.atleast_2d(values)
@@ -558,10 +582,11 @@ class AmortiseConfig:
         dt: the time step (default: the network's).  t_end: the horizon (default: the
             network's).  saves: save times after 0 (evenly spaced).
         seed: parameters, contexts and samples.  dtype: "float64" or "float32".
-        tangent: also fit each context's derivatives in the log rates that vary (on a log
-            scale): the drawn fits add 1/2 sum_d (w_d / 2)^2 Var_q(g_d) to their objective,
-            g_d = d (log q - log target) / d log c_d by central differences, w_d the range's
-            log width (`AmortisedTrainer._tangent`). A model fitted to values alone has
+        tangent: also fit each context's derivatives in the rates that vary: the drawn fits
+            add 1/2 sum_d Var_q(g_d) to their objective, g_d = d (log q - log target) / d x_d
+            by differences, x_d the rate's model input ([-1, 1] over its range, on its scale;
+            on a log scale g_d is w_d / 2 x the derivative in log c_d, w_d the range's log
+            width) (`AmortisedTrainer._tangent`). A model fitted to values alone has
             derivatives in c only as good as the smoothness of its error in c
             (`AmortisedSolution.sensitivities`); 2 D more target evaluations an iteration.
     """
@@ -801,44 +826,44 @@ class AmortisedTrainer:
         count: torch.Tensor,
         step: float = 0.01,
     ) -> torch.Tensor:
-        """A surrogate whose parameter gradient is that of 1/2 sum_d (w_d / 2)^2
-        Var_q(g_d) averaged over the contexts (`AmortiseConfig.tangent`): g_d = d (log q -
-        log target) / d log c_d by central differences of `step` in each rate varied on a
-        log scale, w_d its range's log width (so the term is the variance of the derivative
-        in the model's input coordinate, [-1, 1] over the box, as the fit's own objective is
-        of log q - log target). Zero where q(. | c) follows its target in c too, which then
-        holds its derivatives in c to the target's: the target's own are exact for the
-        model of the step before. Each deviation is clipped as the fit's are; the drawn
-        states of a context count alike (they are draws of q)."""
+        """A surrogate whose parameter gradient is that of 1/2 sum_d Var_q(g_d) averaged
+        over the contexts (`AmortiseConfig.tangent`): g_d = d (log q - log target) / d x_d,
+        x_d the model's input coordinate of rate d ([-1, 1] over its range, on its scale), by
+        differences over each rate that varies: log c_d +- `step` on a log scale (so g_d is
+        w_d / 2 x the derivative in log c_d, w_d the range's log width), x_d +- `step` on a
+        linear one, one-sided where that would take the rate below 0. Zero where q(. | c)
+        follows its target in c too, which then holds its derivatives in c to the target's:
+        the target's own are exact for the model of the step before. Each deviation is
+        clipped as the fit's are; the drawn states of a context count alike (they are draws
+        of q)."""
         c, space, rows = self.config, self.space, batch.rows
         per_context = count.clamp(min=1)  # drawn states of each context
         total = torch.zeros((), dtype=self.dtype, device=self.device)
-        for d, kind in enumerate(space.kinds):
-            if kind != "rate" or not space.log_scale[d]:
-                continue
-            half = 0.5 * math.log(space.varies[d].hi / space.varies[d].lo)
+        for d in space.tangent_columns():
+            up, down = space.shift(batch.values, d, step)
+            span = space.encode(up)[:, d] - space.encode(down)[:, d]  # (N,) in x_d
+            span = torch.as_tensor(span, dtype=self.dtype, device=self.device)[rows]
             (q_up, t_up), (q_down, t_down) = (
-                self._shifted(stage, states, batch, d, sign * step) for sign in (1.0, -1.0)
+                self._shifted(stage, states, batch, moved) for moved in (up, down)
             )
             with torch.no_grad():
-                g = ((q_up - t_up) - (q_down - t_down)) / (2 * step)  # (B,) nats per log c
+                g = ((q_up - t_up) - (q_down - t_down)) / span  # (B,) nats per unit of x_d
                 ok = held & torch.isfinite(g)
                 g = torch.where(ok, g, torch.zeros_like(g))
                 mean = g.new_zeros(len(batch.values)).index_add(0, rows, g) / per_context
-                dev = torch.where(ok, half * (g - mean[rows]), torch.zeros_like(g))
+                dev = torch.where(ok, g - mean[rows], torch.zeros_like(g))
                 if c.clip > 0:
                     dev = dev.clamp(-c.clip, c.clip)
-                coef = half * dev / per_context[rows] / c.contexts / (2 * step)
+                coef = dev / per_context[rows] / c.contexts / span
             total = total + (coef[ok] * (q_up[ok] - q_down[ok])).sum()
         return total
 
     def _shifted(
-        self, stage: ConditionalStage, states: torch.Tensor, batch: ContextBatch, d: int, by: float
+        self, stage: ConditionalStage, states: torch.Tensor, batch: ContextBatch, values: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(log q, log target) at the states with every context's rate d times exp(by):
-        log q with its graph, the target without."""
-        values = batch.values.copy()
-        values[:, d] *= math.exp(by)
+        """(log q, log target) at the states under the contexts `values` (the batch's with
+        one rate moved; the totals are the batch's): log q with its graph, the target
+        without."""
         moved = ContextBatch.make(self.space, values, 1, self.device, self.dtype)
         moved = moved.with_rows(batch.rows)
         code, totals = moved.select()

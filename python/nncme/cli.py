@@ -645,8 +645,8 @@ def _add_amortise(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--tangent",
         action="store_true",
-        help="also fit the derivatives in the log rates (sensitivities; 2 D more target "
-        "evaluations an iteration for D rates)",
+        help="also fit the derivatives in the rates that vary (sensitivities; 2 D more "
+        "target evaluations an iteration for D rates)",
     )
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
