@@ -546,6 +546,34 @@ def exact_steps(
     return torch.cat(states), torch.cat(log_p).to(device), torch.cat(owner).to(device)
 
 
+@dataclasses.dataclass
+class Slope:
+    """One varied rate's moved contexts for the exact first step's tangent fit: `moved` the
+    N contexts moved up and down, span (N,) their distance in the model's input coordinate,
+    and exact (S,) the exact step's d log p / d x at the listed states (NaN where not
+    known)."""
+
+    moved: tuple[ContextBatch, ContextBatch]
+    span: torch.Tensor
+    exact: torch.Tensor
+
+
+def _look_up(
+    states: torch.Tensor,
+    owner: torch.Tensor,
+    found_states: torch.Tensor,
+    found_log_p: torch.Tensor,
+    found_owner: torch.Tensor,
+) -> torch.Tensor:
+    """log p (S,) of the found (state, context) pairs at the listed ones (NaN where absent)."""
+    listed = torch.cat([owner.unsqueeze(1), states], dim=1)
+    found = torch.cat([found_owner.unsqueeze(1).to(states.device), found_states], dim=1)
+    _, inverse = torch.unique(torch.cat([listed, found]), dim=0, return_inverse=True)
+    table = found_log_p.new_full((int(inverse.max()) + 1,), math.nan)
+    table[inverse[len(listed) :]] = found_log_p
+    return table[inverse[: len(listed)]]
+
+
 # --------------------------------------------------------------------------------- training
 # What a run written before a setting existed ran with: no anchors, no exact first steps, no
 # tangent fits (its amortise.json does not name them).
@@ -586,7 +614,8 @@ class AmortiseConfig:
             add 1/2 sum_d Var_q(g_d) to their objective, g_d = d (log q - log target) / d x_d
             by differences, x_d the rate's model input ([-1, 1] over its range, on its scale;
             on a log scale g_d is w_d / 2 x the derivative in log c_d, w_d the range's log
-            width) (`AmortisedTrainer._tangent`). A model fitted to values alone has
+            width) (`AmortisedTrainer._tangent`; the exact first step fits them to its
+            exact ones, `AmortisedTrainer._exact_slopes`). A model fitted to values alone has
             derivatives in c only as good as the smoothness of its error in c
             (`AmortisedSolution.sensitivities`); 2 D more target evaluations an iteration.
     """
@@ -901,8 +930,10 @@ class AmortisedTrainer:
         Sobol sequence) each get exp(h W_c) delta_n0(c) on the states holding all but 1e-9 of
         it (`exact_steps`), and the model is fitted to all of them at once by exact
         cross-entropy, `contexts` of them per iteration (the mean KL(p_c || q(. | c)) over the
-        batch, in nats, below `first_tolerance` stops it). Returns the step's log record, or
-        None where even dt / 4^6 reaches too many states (the run then steps from t = 0)."""
+        batch, in nats, below `first_tolerance` stops it). With tangent fits, the model's
+        derivatives in the varied rates are fitted to the exact step's too (`_exact_slopes`,
+        `_fit_listed`). Returns the step's log record, or None where even dt / 4^6 reaches
+        too many states (the run then steps from t = 0)."""
         c = self.config
         if not c.exact_contexts:
             return None
@@ -916,7 +947,8 @@ class AmortisedTrainer:
             h /= 4
         else:
             return None
-        report = self._fit_listed(values, *listed, offset=offset, progress=progress)
+        slopes = self._exact_slopes(values, listed, h) if c.tangent else []
+        report = self._fit_listed(values, *listed, offset=offset, progress=progress, slopes=slopes)
         self.t = h
         (states,), _, _ = parallel.reduce([listed[0].shape[0]])
         return {
@@ -926,6 +958,29 @@ class AmortisedTrainer:
             "seconds": time.perf_counter() - start,
         }
 
+    def _exact_slopes(
+        self, values: np.ndarray, listed: tuple[torch.Tensor, ...], h: float, step: float = 0.01
+    ) -> list[Slope]:
+        """For each rate that varies (`ContextSpace.tangent_columns`): the contexts moved up
+        and down as `_tangent` moves them, and the exact step's d log p / d x_d on the listed
+        states by the same difference (NaN where a moved solution leaves a state out: its
+        mass is below 1e-9 there)."""
+        states, _, owner = listed
+        slopes = []
+        for d in self.space.tangent_columns():
+            up, down = self.space.shift(values, d, step)
+            span = self.space.encode(up)[:, d] - self.space.encode(down)[:, d]  # (N,)
+            span = torch.as_tensor(span, dtype=self.dtype, device=self.device)
+            found = [exact_steps(self.space, m, h, self.device, self.dtype) for m in (up, down)]
+            if found[0] is None or found[1] is None:  # more states than the step's own: not fitted
+                continue
+            up_p, down_p = (_look_up(states, owner, *f) for f in found)
+            moved = tuple(
+                ContextBatch.make(self.space, m, 1, self.device, self.dtype) for m in (up, down)
+            )
+            slopes.append(Slope(moved, span, (up_p - down_p) / span[owner]))
+        return slopes
+
     def _fit_listed(
         self,
         values: np.ndarray,
@@ -934,10 +989,15 @@ class AmortisedTrainer:
         owner: torch.Tensor,
         offset: int = 0,
         progress: bool = False,
+        slopes: Sequence[Slope] = (),
     ) -> FitReport:
         """Minimise the mean over contexts of KL(p_c || q(. | c)), p given on listed states
         (rows of `owner`'s context), `contexts` contexts per iteration, chosen among all
-        ranks' contexts alike on every rank (this rank's are `offset`.. of them)."""
+        ranks' contexts alike on every rank (this rank's are `offset`.. of them). With
+        `slopes` (tangent fits), plus 1/2 Var_p(g_d) per context and rate, g_d = the
+        difference quotient of log q - log p in x_d (as `_tangent`'s, weighted by the exact
+        p instead of q's draws); it stops once both the KL and that term are below
+        `first_tolerance`."""
         from tqdm import tqdm
 
         c = self.config
@@ -959,24 +1019,56 @@ class AmortisedTrainer:
             rows = torch.isin(owner, mine)
             ctx = owner[rows]
             opt.zero_grad(set_to_none=True)
-            cross = 0.0  # (a rank none of whose contexts was chosen adds nothing)
+            cross = misfit = 0.0  # (a rank none of whose contexts was chosen adds nothing)
             if bool(rows.any()):
-                log_q = self.model.log_prob(
-                    states[rows], context=code[ctx], totals=None if totals is None else totals[ctx]
-                )
+                ctx_totals = None if totals is None else totals[ctx]
+                log_q = self.model.log_prob(states[rows], context=code[ctx], totals=ctx_totals)
                 term = -(p[rows] * log_q).sum() / len(chosen)
-                term.backward()
                 cross = float(term.detach())
-            (cross_all, entropy_all), _, _ = parallel.sum_gradients(
-                self.model.parameters(), [cross, float(entropy[mine].sum())]
+                if slopes:
+                    tangent = self._listed_tangent(slopes, rows, states, p, owner, len(values))
+                    term = term + tangent / len(chosen)
+                    misfit = float(tangent.detach())
+                term.backward()
+            (cross_all, entropy_all, misfit_all), _, _ = parallel.sum_gradients(
+                self.model.parameters(), [cross, float(entropy[mine].sum()), misfit]
             )
             opt.step()
             kl = cross_all - entropy_all / len(chosen)
-            if kl < c.first_tolerance:
+            if kl < c.first_tolerance and misfit_all / len(chosen) < c.first_tolerance:
                 bar.close()
                 return FitReport(kl, kl, it + 1, False)
         bar.close()
         return FitReport(kl, kl, c.first_iterations, True)
+
+    def _listed_tangent(
+        self,
+        slopes: Sequence[Slope],
+        rows: torch.Tensor,
+        states: torch.Tensor,
+        p: torch.Tensor,
+        owner: torch.Tensor,
+        contexts: int,
+    ) -> torch.Tensor:
+        """sum over the chosen contexts and the rates of 1/2 Var_p(g_d), with its graph: g_d
+        the difference quotient in x_d of log q - log p at the listed states (S, L) of
+        probabilities p (S,), each of context `owner` (S,) among `contexts`, where `rows`
+        (S,) bool (the chosen contexts' states)."""
+        states, p, ctx = states[rows], p[rows], owner[rows]
+        total = p.new_zeros(())
+        for slope in slopes:
+            ends = []
+            for moved in slope.moved:
+                code, totals = moved.select(ctx)
+                ends.append(self.model.log_prob(states, context=code, totals=totals))
+            r = (ends[0] - ends[1]) / slope.span[ctx] - slope.exact[rows]
+            ok = torch.isfinite(r)
+            w = torch.where(ok, p, torch.zeros_like(p))
+            r = torch.where(ok, r, torch.zeros_like(r))
+            mass = w.new_zeros(contexts).index_add(0, ctx, w).clamp(min=1e-300)
+            mean = w.new_zeros(contexts).index_add(0, ctx, w * r) / mass
+            total = total + 0.5 * (w * (r - mean[ctx]) ** 2).sum()
+        return total
 
     # ------------------------------------------------------------------------- one step
     def _frozen(self) -> AutoregressiveModel:
