@@ -317,7 +317,7 @@ def test_resume_continues_to_the_same_model(tmp_path, monkeypatch):
     varies = [Vary("birth", 1.0, 3.0)]
     config = AmortiseConfig(
         t_end=0.3,
-        dt=0.1,
+        dt=0.05,
         saves=3,
         hidden=4,
         contexts=8,
@@ -331,9 +331,9 @@ def test_resume_continues_to_the_same_model(tmp_path, monkeypatch):
     calls = {"n": 0}
     step = AmortisedTrainer.step
 
-    def interrupted(self, dt):  # the first step is exact: calls 1 and 2 are 0.1-0.2, 0.2-0.3
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def interrupted(self, dt):  # the first step is exact: call 5 is 0.25-0.3; the state is
+        calls["n"] += 1  # at 0.2, so the resumed run redoes 0.2-0.25, logged once
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return step(self, dt)
 
@@ -353,14 +353,19 @@ def test_resume_continues_to_the_same_model(tmp_path, monkeypatch):
     b = torch.load(tmp_path / "cut" / "state.pt", weights_only=False)["model"]
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    logged = [
+        [json.loads(line)["t"] for line in (tmp_path / run / "log.jsonl").read_text().splitlines()]
+        for run in ("whole", "cut")
+    ]
+    assert logged[1] == logged[0] and len(logged[0]) == 7  # t = 0, 0.05, ..., 0.3
     other = dataclasses.replace(config, lr=0.02)
     with pytest.raises(ValueError, match=r"another settings \(lr\)"):
         amortise(net, varies, tmp_path / "cut", other, resume=True, progress=False)
     # a fresh run into the directory of another leaves none of the other's files to be read
     shorter = dataclasses.replace(config, t_end=0.1, saves=1)
     amortise(net, varies, tmp_path / "cut", shorter, progress=False)
-    assert AmortisedSolution(tmp_path / "cut").times.tolist() == [0.0, 0.1]
-    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 2
+    assert AmortisedSolution(tmp_path / "cut").times.tolist() == [0.0, 0.05, 0.1]
+    assert len((tmp_path / "cut" / "log.jsonl").read_text().splitlines()) == 3  # 0, 0.05, 0.1
 
 
 # ----------------------------------------------------------------------------- answers

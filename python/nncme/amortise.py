@@ -1226,6 +1226,8 @@ def amortise(
     if resume and state_path.exists():
         _check_same_run(out, meta)
         trainer.load_state_dict(torch.load(state_path, weights_only=False))
+        if main:
+            _drop_log_after(out / "log.jsonl", trainer.t)
     elif resume:
         raise FileNotFoundError(f"--resume: {state_path} does not exist")
     elif main:  # a fresh run: nothing of an earlier one may be read back as this one's
@@ -1279,6 +1281,17 @@ def amortise(
     if writer is not None:
         writer.finish("completed")
     return out
+
+
+def _drop_log_after(path: Path, t: float) -> None:
+    """Keep the log's lines up to time t: a resumed run redoes (and logs again) the steps
+    after the state it resumes from, which an interrupted run may have logged already."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    kept = [line for line in lines if json.loads(line)["t"] <= t + 1e-9 * max(1.0, t)]
+    if len(kept) < len(lines):
+        path.write_text("".join(line + "\n" for line in kept))
 
 
 class _RunWriter:
