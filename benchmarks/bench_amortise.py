@@ -123,6 +123,14 @@ CASES = {
 }
 
 
+def read_log(run: Path) -> list[dict]:
+    """The steps of a run's log.jsonl after the first fit, the last line of each time (a run
+    resumed before `amortise` dropped them logged the steps it redid twice)."""
+    lines = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()][1:]
+    last = {round(r["t"], 9): r for r in lines}
+    return sorted(last.values(), key=lambda r: r["t"])
+
+
 def train(
     name: str, out: Path, saves: int, reuse: bool, horizon: float | None, tangent: bool = False
 ) -> float:
@@ -130,8 +138,7 @@ def train(
     t_end = t_end if horizon is None else horizon
     meta = out / name / "amortise.json"
     if reuse and meta.exists() and json.loads(meta.read_text())["status"] == "completed":
-        log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
-        return float(sum(r["seconds"] for r in log))
+        return float(sum(r["seconds"] for r in read_log(out / name)))
     start = time.perf_counter()
     config = AmortiseConfig(t_end=t_end, saves=saves, tangent=tangent)
     amortise(net, varies, out / name, config, progress=False)
@@ -282,7 +289,7 @@ def _exact_draws(solution, truth, t, cells, rng) -> np.ndarray:
 def run_case(name: str, args: argparse.Namespace) -> dict:
     out = Path(args.out)
     seconds = train(name, out, args.saves, args.reuse, args.t_end, args.tangent)
-    log = [json.loads(x) for x in (out / name / "log.jsonl").read_text().splitlines()][1:]
+    log = read_log(out / name)
     stepped = [r for r in log if "pieces" in r]  # the exact first step has none
     solution = AmortisedSolution(out / name)
     rows = accuracy(solution, args.held_out)

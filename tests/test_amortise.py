@@ -585,10 +585,10 @@ def test_cli_fit_amortises_a_network_first(tmp_path, capsys):
 
 
 def test_the_exact_first_step_fits_the_derivatives_in_c_with_tangent_fits():
-    """With tangent fits the exact first step fits d log q / d x_d as well, x_d each varied
-    rate's model input, to the exact step's (`_exact_slopes`, its differences checked here
-    against FSP's) on a log range and on a linear one from 0: the slopes' misfit at
-    held-out contexts falls several-fold against the same fit to values alone."""
+    """With tangent fits the exact first step fits d log q / d log c as well, to the exact
+    step's (`_exact_slopes`, its differences checked here against FSP's) on a log range and
+    on a linear one from 0: the slopes' misfit at held-out contexts falls several-fold
+    against the same fit to values alone."""
     net, h, cpu = birth_death(), 0.1, torch.device("cpu")
     space = ContextSpace(net, [Vary("birth", 2.0, 10.0), Vary("death", 0.0, 2.0)])
     held = space.from_unit(np.random.default_rng(7).random((4, 2)))
@@ -599,7 +599,7 @@ def test_the_exact_first_step_fits_the_derivatives_in_c_with_tangent_fits():
 
     def exact_slope(v: np.ndarray, d: int) -> tuple[np.ndarray, float]:
         up, down = space.shift(v[None], d, 0.01)
-        span = space.encode(up)[0, d] - space.encode(down)[0, d]
+        span = 0.02 / space.tangent_scale(d)  # log c +- 0.01 in units of the scale
         return (np.log(exact(up[0])) - np.log(exact(down[0]))) / span, span
 
     config = AmortiseConfig(hidden=8, seed=3, exact_contexts=16, contexts=16, first_iterations=400)
@@ -610,7 +610,7 @@ def test_the_exact_first_step_fits_the_derivatives_in_c_with_tangent_fits():
     for d, slope in enumerate(slopes):
         for row, v in enumerate(held):
             want, span = exact_slope(v, d)
-            assert float(slope.span[row]) == pytest.approx(span)
+            assert slope.span == pytest.approx(span)
             mine = (owner == row) & (log_p > np.log(1e-6))
             n = states[mine, 0].numpy()
             np.testing.assert_allclose(slope.exact[mine].numpy(), want[n], rtol=1e-4, atol=1e-4)
@@ -629,8 +629,7 @@ def test_the_exact_first_step_fits_the_derivatives_in_c_with_tangent_fits():
                 for m in (up, down):
                     code, totals = ContextBatch.make(space, m, len(p), cpu, torch.float64).select()
                     log_q.append(trainer.model.log_prob(n, context=code, totals=totals).detach())
-                span = space.encode(up)[0, d] - space.encode(down)[0, d]
-                r = ((log_q[0] - log_q[1]).numpy() / span - want)[keep]
+                r = ((log_q[0] - log_q[1]).numpy() / (0.02 / space.tangent_scale(d)) - want)[keep]
                 w = p[keep] / p[keep].sum()
                 out.append(np.sqrt(w @ (r - w @ r) ** 2))
         return float(np.median(out))
@@ -646,9 +645,9 @@ def test_the_exact_first_step_fits_the_derivatives_in_c_with_tangent_fits():
 
 def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
     """`AmortisedTrainer._tangent`'s parameter gradient is that of 1/2 x the mean over
-    contexts of sum_d Var(g_d), g_d the difference quotient of log q - log target in the
-    model's input coordinate of rate d (the ground truth written out with autograd): central
-    in log c on a log scale, in c on a linear one, one-sided at a rate of 0."""
+    contexts of sum_d Var(g_d), g_d the central difference quotient of log q - log target in
+    log c_d over its unit (half the range's log width on a log scale, 1 on a linear one) (the
+    ground truth written out with autograd); a rate at 0 adds nothing."""
     net = gene_network()
     varies = [Vary("make", 2.0, 32.0), Vary("dimerise", 0.01, 0.2), Vary("split", 0.0, 2.0)]
     space = ContextSpace(net, varies)
@@ -659,7 +658,7 @@ def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
         for p in trainer.model.parameters():
             p.add_(torch.randn_like(p) * 0.3)
     values = space.from_unit(np.random.default_rng(1).random((config.contexts, 3)))
-    values[:2, 2] = [0.0, 0.004]  # at and near 0: the linear rate's lower point stops at 0
+    values[:2, 2] = [0.0, 0.004]  # at and near 0
     per = config.per_context
     batch = ContextBatch.make(space, values, per, torch.device("cpu"), torch.float64)
     states, log_q = trainer._sample(batch)
@@ -671,14 +670,10 @@ def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
 
     step, loss = 0.01, torch.zeros((), dtype=torch.float64)
     for d in range(3):
+        moved = [values[:, d] * np.exp(step), values[:, d] * np.exp(-step)]
         v = space.varies[d]
-        if d < 2:  # log scale: x = log c / (w / 2) + const
-            moved = [values[:, d] * np.exp(step), values[:, d] * np.exp(-step)]
-            x = [np.log(m) / (0.5 * np.log(v.hi / v.lo)) for m in moved]
-        else:  # linear: x = c / (width / 2) + const, the lower point clipped at 0
-            half = 0.5 * (v.hi - v.lo)
-            moved = [values[:, d] + step * half, np.maximum(values[:, d] - step * half, 0.0)]
-            x = [m / half for m in moved]
+        scale = 0.5 * np.log(v.hi / v.lo) if d < 2 else 1.0
+        assert space.tangent_scale(d) == pytest.approx(scale)
         f = []
         for m in moved:
             other_values = values.copy()
@@ -687,11 +682,9 @@ def test_the_tangent_term_has_the_gradient_of_the_context_derivatives_misfit():
             log_t, _ = stage(states, other)
             code, totals = other.select()
             f.append(trainer.model.log_prob(states, context=code, totals=totals) - log_t)
-        span = torch.as_tensor(x[0] - x[1]).unsqueeze(1)
-        g = (f[0] - f[1]).view(len(values), per) / span
+        g = (f[0] - f[1]).view(len(values), per) / (2 * step / scale)
         var = ((g - g.mean(dim=1, keepdim=True)) ** 2).mean(dim=1)
         loss = loss + 0.5 * var.mean()
-    assert values[0, 2] == 0.0 and np.isclose(x[0][0] - x[1][0], step)  # one-sided at 0
     want = torch.autograd.grad(loss, params)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-12)

@@ -293,19 +293,22 @@ class ContextSpace:
         ]
 
     def shift(self, values: np.ndarray, column: int, step: float) -> tuple[np.ndarray, np.ndarray]:
-        """(N, D) contexts -> the same with rate `column` moved up and down: by a factor
-        exp(+-step) on a log scale, by +-step in the model's input coordinate (step x half
-        the range) on a linear one, the lower never below 0 (a rate at 0 moves up only)."""
+        """(N, D) contexts -> the same with rate `column` times exp(+step) and exp(-step) (a
+        rate at 0 stays there)."""
         up, down = np.array(values, dtype=np.float64), np.array(values, dtype=np.float64)
-        if self.log_scale[column]:
-            up[:, column] *= math.exp(step)
-            down[:, column] *= math.exp(-step)
-        else:
-            v = self.varies[column]
-            move = step * (v.hi - v.lo) / 2
-            up[:, column] += move
-            down[:, column] = np.maximum(down[:, column] - move, 0.0)
+        up[:, column] *= math.exp(step)
+        down[:, column] *= math.exp(-step)
         return up, down
+
+    def tangent_scale(self, column: int) -> float:
+        """The unit of log c in which tangent fits measure rate `column`'s derivatives: half
+        its range's log width on a log scale (so the unit is the model's input coordinate),
+        1 on a linear one (a range from 0 has no log width, and d / d log c, which
+        sensitivities and the likelihood's information are in, vanishes at c = 0 where the
+        input coordinate's derivative is largest: fitted in the input coordinate, the exact
+        first step of MET's box spent itself near 0 and fitted d / d log c no better)."""
+        v = self.varies[column]
+        return 0.5 * math.log(v.hi / v.lo) if self.log_scale[column] else 1.0
 
     def outside(self, values: np.ndarray) -> np.ndarray:
         """(N,) bool: contexts outside the training box (answers there are extrapolations)."""
@@ -549,12 +552,12 @@ def exact_steps(
 @dataclasses.dataclass
 class Slope:
     """One varied rate's moved contexts for the exact first step's tangent fit: `moved` the
-    N contexts moved up and down, span (N,) their distance in the model's input coordinate,
-    and exact (S,) the exact step's d log p / d x at the listed states (NaN where not
-    known)."""
+    N contexts moved up and down, span their distance in the rate's unit of log c
+    (`ContextSpace.tangent_scale`), and exact (S,) the exact step's d log p / d (that unit)
+    at the listed states (NaN where not known)."""
 
     moved: tuple[ContextBatch, ContextBatch]
-    span: torch.Tensor
+    span: float
     exact: torch.Tensor
 
 
@@ -611,11 +614,11 @@ class AmortiseConfig:
             network's).  saves: save times after 0 (evenly spaced).
         seed: parameters, contexts and samples.  dtype: "float64" or "float32".
         tangent: also fit each context's derivatives in the rates that vary: the drawn fits
-            add 1/2 sum_d Var_q(g_d) to their objective, g_d = d (log q - log target) / d x_d
-            by differences, x_d the rate's model input ([-1, 1] over its range, on its scale;
-            on a log scale g_d is w_d / 2 x the derivative in log c_d, w_d the range's log
-            width) (`AmortisedTrainer._tangent`; the exact first step fits them to its
-            exact ones, `AmortisedTrainer._exact_slopes`). A model fitted to values alone has
+            add 1/2 sum_d Var_q(g_d) to their objective, g_d = s_d d (log q - log target) /
+            d log c_d by central differences, s_d half the range's log width on a log scale
+            (the model's input coordinate), 1 on a linear one (`ContextSpace.tangent_scale`,
+            `AmortisedTrainer._tangent`); the exact first step fits them to its exact ones
+            (`AmortisedTrainer._exact_slopes`). A model fitted to values alone has
             derivatives in c only as good as the smoothness of its error in c
             (`AmortisedSolution.sensitivities`); 2 D more target evaluations an iteration.
     """
@@ -856,13 +859,12 @@ class AmortisedTrainer:
         step: float = 0.01,
     ) -> torch.Tensor:
         """A surrogate whose parameter gradient is that of 1/2 sum_d Var_q(g_d) averaged
-        over the contexts (`AmortiseConfig.tangent`): g_d = d (log q - log target) / d x_d,
-        x_d the model's input coordinate of rate d ([-1, 1] over its range, on its scale), by
-        differences over each rate that varies: log c_d +- `step` on a log scale (so g_d is
-        w_d / 2 x the derivative in log c_d, w_d the range's log width), x_d +- `step` on a
-        linear one, one-sided where that would take the rate below 0. Zero where q(. | c)
-        follows its target in c too, which then holds its derivatives in c to the target's:
-        the target's own are exact for the model of the step before. Each deviation is
+        over the contexts (`AmortiseConfig.tangent`): g_d = s_d d (log q - log target) /
+        d log c_d by central differences of log c_d +- `step`, for each rate that varies, s_d
+        its unit (`ContextSpace.tangent_scale`: half the range's log width on a log scale, so
+        g_d is the derivative in the model's input coordinate; 1 on a linear one). Zero where
+        q(. | c) follows its target in c too, which then holds its derivatives in c to the
+        target's: the target's own are exact for the model of the step before. Each deviation is
         clipped as the fit's are; the drawn states of a context count alike (they are draws
         of q)."""
         c, space, rows = self.config, self.space, batch.rows
@@ -870,13 +872,12 @@ class AmortisedTrainer:
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         for d in space.tangent_columns():
             up, down = space.shift(batch.values, d, step)
-            span = space.encode(up)[:, d] - space.encode(down)[:, d]  # (N,) in x_d
-            span = torch.as_tensor(span, dtype=self.dtype, device=self.device)[rows]
+            span = 2 * step / space.tangent_scale(d)  # the difference's length in that unit
             (q_up, t_up), (q_down, t_down) = (
                 self._shifted(stage, states, batch, moved) for moved in (up, down)
             )
             with torch.no_grad():
-                g = ((q_up - t_up) - (q_down - t_down)) / span  # (B,) nats per unit of x_d
+                g = ((q_up - t_up) - (q_down - t_down)) / span  # (B,) nats per unit
                 ok = held & torch.isfinite(g)
                 g = torch.where(ok, g, torch.zeros_like(g))
                 mean = g.new_zeros(len(batch.values)).index_add(0, rows, g) / per_context
@@ -962,15 +963,14 @@ class AmortisedTrainer:
         self, values: np.ndarray, listed: tuple[torch.Tensor, ...], h: float, step: float = 0.01
     ) -> list[Slope]:
         """For each rate that varies (`ContextSpace.tangent_columns`): the contexts moved up
-        and down as `_tangent` moves them, and the exact step's d log p / d x_d on the listed
-        states by the same difference (NaN where a moved solution leaves a state out: its
-        mass is below 1e-9 there)."""
+        and down as `_tangent` moves them, and the exact step's s_d d log p / d log c_d on
+        the listed states by the same difference (NaN where a moved solution leaves a state
+        out: its mass is below 1e-9 there)."""
         states, _, owner = listed
         slopes = []
         for d in self.space.tangent_columns():
             up, down = self.space.shift(values, d, step)
-            span = self.space.encode(up)[:, d] - self.space.encode(down)[:, d]  # (N,)
-            span = torch.as_tensor(span, dtype=self.dtype, device=self.device)
+            span = 2 * step / self.space.tangent_scale(d)
             found = [exact_steps(self.space, m, h, self.device, self.dtype) for m in (up, down)]
             if found[0] is None or found[1] is None:  # more states than the step's own: not fitted
                 continue
@@ -978,7 +978,7 @@ class AmortisedTrainer:
             moved = tuple(
                 ContextBatch.make(self.space, m, 1, self.device, self.dtype) for m in (up, down)
             )
-            slopes.append(Slope(moved, span, (up_p - down_p) / span[owner]))
+            slopes.append(Slope(moved, span, (up_p - down_p) / span))
         return slopes
 
     def _fit_listed(
@@ -995,8 +995,8 @@ class AmortisedTrainer:
         (rows of `owner`'s context), `contexts` contexts per iteration, chosen among all
         ranks' contexts alike on every rank (this rank's are `offset`.. of them). With
         `slopes` (tangent fits), plus 1/2 Var_p(g_d) per context and rate, g_d = the
-        difference quotient of log q - log p in x_d (as `_tangent`'s, weighted by the exact
-        p instead of q's draws); it stops once both the KL and that term are below
+        difference quotient of log q - log p in log c_d / s_d (as `_tangent`'s, weighted by
+        the exact p instead of q's draws); it stops once both the KL and that term are below
         `first_tolerance`."""
         from tqdm import tqdm
 
@@ -1051,7 +1051,7 @@ class AmortisedTrainer:
         contexts: int,
     ) -> torch.Tensor:
         """sum over the chosen contexts and the rates of 1/2 Var_p(g_d), with its graph: g_d
-        the difference quotient in x_d of log q - log p at the listed states (S, L) of
+        the difference quotient in log c_d / s_d of log q - log p at the listed states (S, L) of
         probabilities p (S,), each of context `owner` (S,) among `contexts`, where `rows`
         (S,) bool (the chosen contexts' states)."""
         states, p, ctx = states[rows], p[rows], owner[rows]
@@ -1061,7 +1061,7 @@ class AmortisedTrainer:
             for moved in slope.moved:
                 code, totals = moved.select(ctx)
                 ends.append(self.model.log_prob(states, context=code, totals=totals))
-            r = (ends[0] - ends[1]) / slope.span[ctx] - slope.exact[rows]
+            r = (ends[0] - ends[1]) / slope.span - slope.exact[rows]
             ok = torch.isfinite(r)
             w = torch.where(ok, p, torch.zeros_like(p))
             r = torch.where(ok, r, torch.zeros_like(r))
