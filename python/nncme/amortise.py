@@ -972,8 +972,8 @@ class AmortisedTrainer:
             up, down = self.space.shift(values, d, step)
             span = 2 * step / self.space.tangent_scale(d)
             found = [exact_steps(self.space, m, h, self.device, self.dtype) for m in (up, down)]
-            if found[0] is None or found[1] is None:  # more states than the step's own: not fitted
-                continue
+            if parallel.any_true(found[0] is None or found[1] is None):  # too many states:
+                continue  # this rate's slopes not fitted, on every rank alike
             up_p, down_p = (_look_up(states, owner, *f) for f in found)
             moved = tuple(
                 ContextBatch.make(self.space, m, 1, self.device, self.dtype) for m in (up, down)
