@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import RESULTS, device_info, git_commit, write_results
+from bench_common import device_info, git_commit, results_path, write_results
 from nncme import Reaction, ReactionNetwork
 from nncme.amortise import AmortiseConfig, AmortisedSolution, Vary, amortise
 from nncme.exact import FSPSettings, solve_fsp
@@ -346,7 +346,7 @@ def main() -> None:
     torch.set_num_threads(1)
     tag = args.tag if args.tag is not None else ("tangent" if args.tangent else "")
     args.out = args.out or ("runs/amortise_" + tag if tag else "runs/amortise")
-    previous = RESULTS / f"amortise_cpu{'_' + tag if tag else ''}.json"
+    previous = results_path("amortise", "cpu", tag)
     commit = git_commit()  # at the start: the code that runs
     for name in args.cases:
         c = {**run_case(name, args), "commit": commit}

@@ -152,11 +152,16 @@ def git_commit() -> str | None:
         return None
 
 
+def results_path(bench: str, device: torch.device | str, tag: str = "") -> Path:
+    """benchmarks/results/<bench>_<device>[_<tag>].json."""
+    suffix = f"_{tag}" if tag else ""
+    return RESULTS / f"{bench}_{torch.device(device).type}{suffix}.json"
+
+
 def write_results(bench: str, device: torch.device | str, payload: dict, tag: str = "") -> Path:
     """benchmarks/results/<bench>_<device>[_<tag>].json with the device description."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = f"_{tag}" if tag else ""
-    path = RESULTS / f"{bench}_{torch.device(device).type}{suffix}.json"
+    path = results_path(bench, device, tag)
     data = {"benchmark": bench, **device_info(device), **payload}
     path.write_text(json.dumps(data, indent=2) + "\n")
     return path

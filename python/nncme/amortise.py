@@ -78,6 +78,7 @@ from .optim.target import (
     log_stay,
 )
 from .optim.updates import lr_schedule
+from .paths import atomic_write
 from .steppers import bulk_states, motion_pieces
 
 __all__ = [
@@ -292,13 +293,16 @@ class ContextSpace:
             if kind == "rate" and v.hi > v.lo
         ]
 
-    def shift(self, values: np.ndarray, column: int, step: float) -> tuple[np.ndarray, np.ndarray]:
+    def shift(
+        self, values: np.ndarray, column: int, step: float
+    ) -> tuple[np.ndarray, np.ndarray, float]:
         """(N, D) contexts -> the same with rate `column` times exp(+step) and exp(-step) (a
-        rate at 0 stays there)."""
+        rate at 0 stays there), and the distance between the two in the rate's unit of log c
+        (`tangent_scale`): a tangent fit's central difference."""
         up, down = np.array(values, dtype=np.float64), np.array(values, dtype=np.float64)
         up[:, column] *= math.exp(step)
         down[:, column] *= math.exp(-step)
-        return up, down
+        return up, down, 2 * step / self.tangent_scale(column)
 
     def tangent_scale(self, column: int) -> float:
         """The unit of log c in which tangent fits measure rate `column`'s derivatives: half
@@ -871,8 +875,7 @@ class AmortisedTrainer:
         per_context = count.clamp(min=1)  # drawn states of each context
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         for d in space.tangent_columns():
-            up, down = space.shift(batch.values, d, step)
-            span = 2 * step / space.tangent_scale(d)  # the difference's length in that unit
+            up, down, span = space.shift(batch.values, d, step)
             (q_up, t_up), (q_down, t_down) = (
                 self._shifted(stage, states, batch, moved) for moved in (up, down)
             )
@@ -969,8 +972,7 @@ class AmortisedTrainer:
         states, _, owner = listed
         slopes = []
         for d in self.space.tangent_columns():
-            up, down = self.space.shift(values, d, step)
-            span = 2 * step / self.space.tangent_scale(d)
+            up, down, span = self.space.shift(values, d, step)
             found = [exact_steps(self.space, m, h, self.device, self.dtype) for m in (up, down)]
             if parallel.any_true(found[0] is None or found[1] is None):  # too many states:
                 continue  # this rate's slopes not fitted, on every rank alike
@@ -1291,7 +1293,8 @@ def _drop_log_after(path: Path, t: float) -> None:
     lines = path.read_text().splitlines()
     kept = [line for line in lines if json.loads(line)["t"] <= t + 1e-9 * max(1.0, t)]
     if len(kept) < len(lines):
-        path.write_text("".join(line + "\n" for line in kept))
+        with atomic_write(path) as fh:  # a kill here leaves the log whole
+            fh.write("".join(line + "\n" for line in kept))
 
 
 class _RunWriter:
