@@ -821,6 +821,41 @@ def with_runs(table: list[str], text: str, runs: dict[str, dict]) -> list[str]:
     return [*table, "", f"{text}Runs (code, CPU): {files}."]
 
 
+# networks of drawn fits, their batch fixed (the defaults before it followed the fits' noise,
+# or max_batch_factor 1), then following the noise: label -> ((tag, network), (tag, network))
+NOISE_RUNS = {
+    "protein_dimer_drawn": (
+        ("s30_own3_protein_dimer_drawn", "protein_dimer_drawn"),
+        ("s31_pdd_noise_full", "protein_dimer_drawn"),
+    ),
+    "hill_cascade": (
+        ("s31_hill_cascade_fixed", "hill_cascade"),
+        ("s31_hill_cascade", "hill_cascade"),
+    ),
+}
+
+
+def table_noise() -> list[str]:
+    """Drawn fits with the batch fixed, then following the fits' noise."""
+    rows, runs = draws_then_sums(NOISE_RUNS)
+    for row, (_, (tag, network)) in zip(rows, NOISE_RUNS.values(), strict=True):
+        r = defaults_row(network, tag)[1]  # the run following the noise
+        row.append(", ".join(f"{n} at {b}" for b, n in r["steps_per_batch"].items()))
+    header = ["network (states)"] + [
+        f"{group}: {column}"
+        for group in ("batch fixed", "batch following the noise")
+        for column in ("max H (first save)", "worst mean error", "tail 1e-6", "wall")
+    ]
+    return with_runs(
+        markdown([*header, "steps per batch"], rows),
+        "`nncme run FILE` at every default to the file's t_end (dt 0.01: the files name none) "
+        "against FSP; columns as in the tables above. The fixed batch's protein_dimer_drawn "
+        "run is the defaults' before the batch followed the noise, hill_cascade's is "
+        "`--max-batch-factor 1` (no batch growth at all). ",
+        runs,
+    )
+
+
 # the supports summed since an evaluation runs one row per distinct prefix (`ListedScorer`):
 # label -> ((the draws' run, its network), (the sums' run, its network)), at every default
 PREFIX_RUNS = {
@@ -1188,6 +1223,7 @@ TABLES: dict[Path, dict[str, Callable[[], list[str]]]] = {
         "optimizers": table_optimizers,
         "enumerated": table_enumerated,
         "prefixes": table_prefixes,
+        "noise": table_noise,
         "large_supports": table_large_supports,
         "mapk": table_mapk,
         "defaults": table_defaults,

@@ -1,6 +1,7 @@
 """The fits' lag: `StepReport.motion_made` is the fraction of the asked-for motion a fit made
 (checked against the exact regression over the whole box), and `Fit` doubles the batch while
-the fits' running fraction is below `LAG_GROW` by more than its scatter allows, halves it
+the fits' running fraction is below `LAG_GROW` by more than its scatter allows, or while most
+fits end at their cap at their draws' noise floor (`StepReport.misfit_left`), halves it
 above `LAG_SHRINK`, within its bounds, and keeps both in its checkpoint."""
 
 from __future__ import annotations
@@ -90,10 +91,12 @@ class Lagging(KLUpdate):
 
     def __init__(self) -> None:
         self.made, self.spread = 1.0, 1e-4
+        self.capped, self.left = False, math.nan  # (nan: a fit that measures no misfit)
 
     def run(self, problem: StepProblem) -> StepReport:
         return StepReport(loss=0.0, motion_made=self.made, motion_spread=self.spread,
-                          batch=problem.batch_size)  # fmt: skip
+                          batch=problem.batch_size, capped=self.capped,
+                          misfit_left=self.left)  # fmt: skip
 
     def state_dict(self):
         return {"optimizer": {}}
@@ -179,3 +182,76 @@ def test_a_lag_within_the_readings_scatter_leaves_the_batch():
             update.made = readings[k % len(readings)]
             fits(fit, 1)
         assert fit.batch_size == 200, readings
+
+
+@pytest.mark.parametrize(("iterations", "capped"), [(3, True), (400, False)])
+def test_misfit_left_is_the_stopping_rules_share_of_the_first_residual(iterations, capped):
+    net = two_species()
+    compiled = net.compile(torch.device("cpu"), torch.float64)
+    model = build_model("nade", net, dtype=torch.float64, seed=1, hidden=8)
+    target = StageTarget([Term(copy.deepcopy(model), 0.0, 1.0, 1.0)], compiled, 0.05)
+    update = KLUpdate(torch.optim.Adam(model.parameters(), lr=0.01), iterations=iterations,
+                      relative_tolerance=0.01)  # fmt: skip
+    generator = torch.Generator().manual_seed(0)
+    problem = StepProblem(model, target, make_proposal("vanilla"), 4000, generator, 0.0, 0.05)
+    report = update.run(problem)
+    first, last = report.residuals[0], report.residuals[-update.window :]
+    assert report.capped is capped
+    assert report.misfit_left == pytest.approx(sum(last) / len(last) / first)
+    assert (report.misfit_left > 0.01) is capped  # the relative tolerance, met or not
+
+
+def test_the_batch_doubles_while_most_fits_end_at_their_noise_floor():
+    fit, update = lagging_fit(max_batch=400)
+    window = Fit.LAG_WINDOW
+    update.capped, update.left = True, 0.5  # capped with half the misfit left
+    assert fits(fit, window) == [100] * window  # judged once per window
+    assert fit.batch_size == 200
+    other, same = lagging_fit(max_batch=400)
+    same.capped, same.left = True, 0.5
+    fits(fit, window // 2)
+    other.load_state_dict(fit.state_dict())  # a checkpoint keeps the count
+    fits(fit, window // 2)
+    fits(other, window // 2)
+    assert fit.batch_size == other.batch_size == 400
+    with pytest.warns(UserWarning, match="misfit left at the largest batch"):
+        reports = [fit.fit(None, 0.01) for _ in range(3 * window)]
+    assert fit.batch_size == 400 and sum(len(r.warnings) for r in reports) == 1
+    # the alpha readings keep up (1.0), but the noise holds the batch
+    fits(fit, 3 * Fit.LAG_KEEP * Fit.LAG_FITS)
+    assert fit.batch_size == 400
+    update.left = 0.05  # capped near the relative tolerance: not noise
+    fits(fit, Fit.LAG_KEEP * Fit.LAG_FITS + window)
+    assert fit.batch_size == 200
+
+
+@pytest.mark.parametrize(("capped", "left"), [(True, 0.05), (False, 0.5), (True, math.nan)])
+def test_fits_that_converge_or_stop_near_their_tolerance_leave_the_batch(capped, left):
+    fit, update = lagging_fit(max_batch=400)
+    update.capped, update.left = capped, left
+    fits(fit, 5 * Fit.LAG_WINDOW)
+    assert fit.batch_size == 100
+
+
+def test_half_the_fits_at_their_noise_floor_leave_the_batch():
+    """Heun's second fit, whose motion is the small correction, may end at the noise floor
+    of the first one's misfit; a majority of a window is needed."""
+    fit, update = lagging_fit(max_batch=400)
+    for k in range(5 * Fit.LAG_WINDOW):
+        update.capped, update.left = True, (0.5 if k % 2 else 0.02)
+        fits(fit, 1)
+    assert fit.batch_size == 100
+
+
+def test_a_steps_motion_made_weighs_its_fits_by_their_motion():
+    """The step's report reads as the batch rule weighs its fits: the last fit's tiny
+    correction does not stand for the step."""
+    fit, _ = lagging_fit(max_batch=400)
+    stages = [
+        StepReport(loss=0.0, motion_made=0.98, motion_spread=1e-3, misfit_left=0.04),
+        StepReport(loss=0.0, motion_made=-3.0, motion_spread=1e-6, misfit_left=1.3),
+    ]
+    step = fit.merge(stages)
+    assert step.motion_made == pytest.approx((0.98e-3 - 3e-6) / (1e-3 + 1e-6))
+    assert step.motion_spread == pytest.approx(1e-3 + 1e-6)
+    assert step.misfit_left == 1.3  # the largest

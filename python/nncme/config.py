@@ -434,7 +434,9 @@ class RunConfig(Settings):
     max_batch_factor: int = _opt(
         4,
         "fitted steps: the batch doubles, up to this factor, while the fits make less than 90 % "
-        "of each step's motion (a lag later steps cannot make up); 1: a fixed batch",
+        "of each step's motion (a lag later steps cannot make up) or most end at their "
+        "iteration cap with over 10 % of their misfit left (their draws' noise); 1: a fixed "
+        "batch",
         minimum=1,
     )
     enumerate_states: int = _opt(

@@ -200,6 +200,24 @@ class Motion:
         pass
 
 
+def _warn(report: StepReport, message: str) -> None:
+    """Into the step's report (the run's log and summary) and to the user."""
+    report.warnings.append(message)
+    warnings.warn(message, stacklevel=4)
+
+
+def _weighted_made(reports: list[StepReport]) -> tuple[float, float]:
+    """A step's motion_made: its fits' readings weighted by their motion (as the batch rule
+    weighs them), and their summed motion_spread. A later stage of a scheme fits the small
+    correction to the stage before it, a reading of noise that the last fit's alone would
+    report as the step's."""
+    read = [r for r in reports if math.isfinite(r.motion_made) and r.motion_spread > 0]
+    if not read:
+        return reports[-1].motion_made, reports[-1].motion_spread
+    spread = sum(r.motion_spread for r in read)
+    return sum(r.motion_made * r.motion_spread for r in read) / spread, spread
+
+
 class Fit(Motion):
     """Stage values by fitting the model to each stage's target with an `Update`.
 
@@ -222,6 +240,17 @@ class Fit(Motion):
     (each fit's reading is of one draw, noisy enough that a batch halved on a few good
     readings came back within a few steps); each change waits for `LAG_FITS` new fits.
 
+    The batch follows the fits' noise as well. A fit whose draws' noise is larger than its
+    step's motion neither lags nor converges: it ends at its iteration cap with much of its
+    misfit left (`StepReport.misfit_left`), in a random direction that no reading of alpha
+    sees, and those misfits add up over the steps (Heun's second fit, whose motion is only
+    the correction to the first, is the first to end there). More draws lower that floor, and
+    the fits then stop sooner, which pays back part of their cost. So where more than half
+    of `LAG_WINDOW` fits end capped with more than `NOISE_SHARE` of their misfit left, the
+    batch doubles, up to `max_batch` (warned about there), and it is not halved again while
+    more than `NOISE_KEEP` of a window's fits do (README, "The batch follows the fits'
+    noise").
+
     Args:
         model: the VAN (changed in place).
         update: the fit (`KLUpdate`, `NaturalGradientUpdate`); its optimiser state carries
@@ -237,6 +266,9 @@ class Fit(Motion):
     LAG_MEMORY = 0.8  # weight of the earlier fits in the running alpha
     LAG_FITS = 10
     LAG_KEEP = 4  # halved once alpha stayed above LAG_SHRINK for LAG_KEEP x LAG_FITS fits
+    LAG_WINDOW = 20  # fits per count of noise-limited ones
+    NOISE_SHARE = 0.1  # the misfit left by a capped fit that its draws' noise stopped
+    NOISE_KEEP = 0.25  # the share of such fits in a window above which the batch is kept
 
     def __init__(
         self,
@@ -257,7 +289,9 @@ class Fit(Motion):
         # running sums of (alpha - 1) x spread and of spread; fits; fits in a row above
         # LAG_SHRINK; running sums of (alpha - 1)^2 x spread and of the squared weights
         self._lag = [0.0, 0.0, 0, 0, 0.0, 0.0]
-        self._lag_warned = False
+        # noise-limited fits and fits in the current window; share of the last whole window
+        self._noise = [0, 0, 0.0]
+        self._lag_warned = self._noise_warned = False
         self._twins: dict[int, AutoregressiveModel] = {}
         self._t = 0.0
 
@@ -301,10 +335,15 @@ class Fit(Motion):
         return report
 
     def _follow_lag(self, report: StepReport) -> None:
-        """Double or halve the batch as the fits' running alpha asks (class docstring)."""
+        """Double or halve the batch as the fits' noise and running alpha ask (class
+        docstring)."""
         made, spread = report.motion_made, report.motion_spread
         fixed = self.max_batch == self.base_batch or self.support is not None  # (no draw)
-        if fixed or not (math.isfinite(made) and spread > 0):
+        if fixed:
+            return
+        if self._noisy(report):
+            return
+        if not (math.isfinite(made) and spread > 0):
             return
         b, w = self.LAG_MEMORY, (1 - self.LAG_MEMORY) * spread  # this fit's weight
         lagged, moved, fits, kept, square, weights = self._lag
@@ -322,10 +361,46 @@ class Fit(Motion):
             self._warn_lag(alpha, report)
         elif lagging:
             self.batch_size = min(2 * self.batch_size, self.max_batch)
-            self._lag = [0.0, 0.0, 0, 0, 0.0, 0.0]  # the new batch is judged on its own fits
+            self._forget()
         elif kept >= self.LAG_KEEP * self.LAG_FITS and self.batch_size > self.base_batch:
-            self.batch_size = max(self.batch_size // 2, self.base_batch)
-            self._lag = [0.0, 0.0, 0, 0, 0.0, 0.0]
+            if self._noise[2] <= self.NOISE_KEEP:  # (what the noise doubled stays while needed)
+                self.batch_size = max(self.batch_size // 2, self.base_batch)
+                self._forget()
+
+    def _forget(self) -> None:
+        """Judge a new batch on its own fits."""
+        self._lag, self._noise = [0.0, 0.0, 0, 0, 0.0, 0.0], [0, 0, 0.0]
+
+    def _noisy(self, report: StepReport) -> bool:
+        """Count the fit as noise-limited or not; at the end of a window where most were,
+        double the batch (or warn at the largest) and say so (class docstring)."""
+        left = report.misfit_left
+        if not math.isfinite(left):
+            return False
+        noisy, fits, _ = self._noise
+        noisy, fits = noisy + (report.capped and left > self.NOISE_SHARE), fits + 1
+        self._noise = [noisy, fits, self._noise[2]]
+        if fits < self.LAG_WINDOW:
+            return False
+        self._noise = [0, 0, noisy / fits]
+        if 2 * noisy <= fits:
+            return False
+        if self.batch_size == self.max_batch:
+            self._warn_noise(noisy / fits, report)
+            return False
+        self.batch_size = min(2 * self.batch_size, self.max_batch)
+        self._forget()
+        return True
+
+    def _warn_noise(self, share: float, report: StepReport) -> None:
+        if not self._noise_warned:  # once per run
+            self._noise_warned = True
+            _warn(report, (
+                f"{share:.0%} of the fits end at their iteration cap with more than "
+                f"{self.NOISE_SHARE:.0%} of their misfit left at the largest batch "
+                f"({self.batch_size}): the draws' noise, not the steps, limits the accuracy; "
+                "raise --max-batch-factor or --batch"
+            ))  # fmt: skip
 
     def _lag_error(self) -> float:
         """The standard error of the running alpha: the weighted scatter of the readings
@@ -337,17 +412,13 @@ class Fit(Motion):
         return math.sqrt(scatter / max(count - 1.0, 1.0))
 
     def _warn_lag(self, alpha: float, report: StepReport) -> None:
-        """Once per run (a lag at the largest batch holds for many steps alike)."""
-        if self._lag_warned:
-            return
-        self._lag_warned = True
-        message = (
-            f"the fits make only {alpha:.0%} of each step's motion at the largest batch "
-            f"({self.batch_size}): the law lags behind the CME by the rest, step after "
-            "step; raise --max-batch-factor, --batch or --iterations"
-        )
-        report.warnings.append(message)
-        warnings.warn(message, stacklevel=3)
+        if not self._lag_warned:  # once per run (a lag at the top holds for many steps alike)
+            self._lag_warned = True
+            _warn(report, (
+                f"the fits make only {alpha:.0%} of each step's motion at the largest batch "
+                f"({self.batch_size}): the law lags behind the CME by the rest, step after "
+                "step; raise --max-batch-factor, --batch or --iterations"
+            ))  # fmt: skip
 
     def restore(self, value: AutoregressiveModel) -> None:
         """Put a snapshot's parameters back into the model (a rejected sub-step)."""
@@ -362,12 +433,16 @@ class Fit(Motion):
         last.stiff_mass = max(r.stiff_mass for r in reports)
         last.fallbacks = sum(r.fallbacks for r in reports)
         last.capped = any(r.capped for r in reports)
+        left = [r.misfit_left for r in reports if math.isfinite(r.misfit_left)]
+        last.misfit_left = max(left, default=math.nan)
+        last.motion_made, last.motion_spread = _weighted_made(reports)
         last.warnings = [w for r in reports for w in r.warnings]
         return last
 
     def state_dict(self) -> dict[str, Any]:
-        lag = {"batch_size": self.batch_size, "lag": list(self._lag)}
-        return {**self.update.state_dict(), **lag, "lag_warned": self._lag_warned}
+        lag = {"batch_size": self.batch_size, "lag": list(self._lag), "noise": list(self._noise)}
+        warned = {"lag_warned": self._lag_warned, "noise_warned": self._noise_warned}
+        return {**self.update.state_dict(), **lag, **warned}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.update.load_state_dict(state)
@@ -376,6 +451,9 @@ class Fit(Motion):
         lag = list(state.get("lag", [0.0, 0.0, 0, 0]))
         self._lag = lag + [0.0] * (6 - len(lag))  # (from before the scatter was kept: none)
         self._lag_warned = bool(state.get("lag_warned", False))
+        noise = state.get("noise", [0, 0, 0.0])  # (from before the noise was counted: none)
+        self._noise = [int(noise[0]), int(noise[1]), float(noise[2])]
+        self._noise_warned = bool(state.get("noise_warned", False))
 
 
 @dataclass

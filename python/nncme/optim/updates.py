@@ -135,6 +135,9 @@ class StepReport:
         fallbacks: second-order solves that could not be factored and took the eigen/SVD
             solution instead (see `nncme.optim.linear`).
         capped: a fit ended at its iteration cap before its stopping rule was met.
+        misfit_left: the stopping rule's last mean residual as a share of the fit's first
+            (drawn fits; nan otherwise; the largest of a step's fits). A fit that ends at its
+            cap far above its `relative_tolerance` ended where its draws' noise leaves it.
         scheme: the time scheme that made the step (`nncme.steppers`).
         warnings: what the run's watchdog found wrong with the step (`nncme.observers`).
         supervision_penalty, supervision_z: with observable supervision, the penalty
@@ -176,6 +179,7 @@ class StepReport:
     held_out: float = math.nan
     fallbacks: int = 0
     capped: bool = False
+    misfit_left: float = math.nan
     warnings: list[str] = field(default_factory=list)
     scheme: str = ""
     supervision_penalty: float = math.nan
@@ -189,8 +193,8 @@ class StepReport:
     LOGGED = (
         "loss", "loss_std", "iterations", "rate_dt", "stiff_mass", "local_error", "residual",
         "gap", "ess", "shift", "accepted", "rejected", "pareto_k", "held_out", "fallbacks",
-        "capped", "warnings", "scheme", "seconds", "supervision_penalty", "supervision_z",
-        "motion_made", "batch", "motion", "next_dt",
+        "capped", "misfit_left", "warnings", "scheme", "seconds", "supervision_penalty",
+        "supervision_z", "motion_made", "batch", "motion", "next_dt",
     )  # fmt: skip
 
     def log_fields(self) -> dict[str, Any]:
@@ -393,6 +397,7 @@ class KLUpdate(Update):
                 if self._converged(report.residuals):
                     report.capped = False
                     break
+            report.misfit_left = self._share_left(report.residuals)
         finally:  # the optimiser (and its checkpoint) keeps the undecayed rate
             for group, lr in zip(self.optimizer.param_groups, base_lrs):
                 group["lr"] = lr
@@ -630,6 +635,13 @@ class KLUpdate(Update):
             return False
         recent = sum(residuals[-w:]) / w
         return recent < self.tolerance or recent < self.relative_tolerance * residuals[0]
+
+    def _share_left(self, residuals: list[float]) -> float:
+        """The mean of the last `window` residuals over the first (`StepReport.misfit_left`)."""
+        recent = residuals[-self.window :]
+        if not recent or not residuals[0] > 0:
+            return math.nan
+        return sum(recent) / len(recent) / residuals[0]
 
     def apply_gradient(
         self,
