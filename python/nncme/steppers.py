@@ -244,12 +244,11 @@ class Fit(Motion):
     step's motion neither lags nor converges: it ends at its iteration cap with much of its
     misfit left (`StepReport.misfit_left`), in a random direction that no reading of alpha
     sees, and those misfits add up over the steps (Heun's second fit, whose motion is only
-    the correction to the first, is the first to end there). More draws lower that floor, and
-    the fits then stop sooner, which pays back part of their cost. So where more than half
-    of `LAG_WINDOW` fits end capped with more than `NOISE_SHARE` of their misfit left, the
-    batch doubles, up to `max_batch` (warned about there), and it is not halved again while
-    more than `NOISE_KEEP` of a window's fits do (README, "The batch follows the fits'
-    noise").
+    the correction to the first, is the first to end there). More draws lower that floor.
+    So where more than half of `LAG_WINDOW` fits end capped with more than `NOISE_SHARE` of
+    their misfit left, the batch doubles, up to `max_batch` (warned about there), and it is
+    not halved again while more than `NOISE_KEEP` of a window's fits do (README, "The batch
+    follows the fits' noise").
 
     Args:
         model: the VAN (changed in place).
