@@ -338,12 +338,8 @@ class Fit(Motion):
         docstring)."""
         made, spread = report.motion_made, report.motion_spread
         fixed = self.max_batch == self.base_batch or self.support is not None  # (no draw)
-        if fixed:
-            return
-        if self._noisy(report):
-            return
-        if not (math.isfinite(made) and spread > 0):
-            return
+        if fixed or self._noisy(report) or not (math.isfinite(made) and spread > 0):
+            return  # (a fit that doubled the batch for its noise is not read for its lag)
         b, w = self.LAG_MEMORY, (1 - self.LAG_MEMORY) * spread  # this fit's weight
         lagged, moved, fits, kept, square, weights = self._lag
         lagged, moved = b * lagged + w * (made - 1.0), b * moved + w

@@ -630,18 +630,21 @@ class KLUpdate(Update):
 
     def _converged(self, residuals: list[float]) -> bool:
         """The stopping rule (see the class docstring)."""
-        w = self.window
-        if len(residuals) < max(self.min_iterations, w):
+        if len(residuals) < max(self.min_iterations, self.window):
             return False
-        recent = sum(residuals[-w:]) / w
+        recent = self._recent(residuals)
         return recent < self.tolerance or recent < self.relative_tolerance * residuals[0]
 
     def _share_left(self, residuals: list[float]) -> float:
-        """The mean of the last `window` residuals over the first (`StepReport.misfit_left`)."""
-        recent = residuals[-self.window :]
-        if not recent or not residuals[0] > 0:
+        """The stopping rule's recent mean over the first (`StepReport.misfit_left`)."""
+        if not residuals or not residuals[0] > 0:
             return math.nan
-        return sum(recent) / len(recent) / residuals[0]
+        return self._recent(residuals) / residuals[0]
+
+    def _recent(self, residuals: list[float]) -> float:
+        """The mean of the last `window` residuals (all of them where fewer)."""
+        recent = residuals[-self.window :]
+        return sum(recent) / len(recent)
 
     def apply_gradient(
         self,
