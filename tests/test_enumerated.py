@@ -20,7 +20,7 @@ from nncme.metrics import hellinger
 from nncme.models import build_model, frozen_copy
 from nncme.observers import Recorder
 from nncme.optim import ImplicitTarget, ImplicitUpdate, KLUpdate, StepProblem, TransitionTarget
-from nncme.sampling import Enumerated, Mixture, Vanilla
+from nncme.sampling import Alpha, Enumerated, Mixture, Vanilla
 
 from .test_optim import conserved_network as optim_network
 
@@ -188,8 +188,8 @@ def test_a_run_sums_where_an_evaluation_runs_few_prefixes():
     )
     five = births_and_deaths({s: 5 for s in "ABCDE"})
     assert isinstance(build_driver(five, RunConfig(quiet=True)).stepper.motion.proposal, Enumerated)
-    flat = births_and_deaths({**{s: 5 for s in "ABCDEF"}, "G": 2})
-    assert isinstance(build_driver(flat, RunConfig(quiet=True)).stepper.motion.proposal, Mixture)
+    flat = births_and_deaths({**{s: 5 for s in "ABCDEF"}, "G": 2})  # drawn, six free counts
+    assert isinstance(build_driver(flat, RunConfig(quiet=True)).stepper.motion.proposal, Alpha)
     limited = RunConfig(quiet=True, enumerate_states=9_999)
     assert isinstance(build_driver(wide, limited).stepper.motion.proposal, Mixture)
 

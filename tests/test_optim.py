@@ -26,7 +26,7 @@ from nncme.optim import (
     per_sample_grads,
 )
 from nncme.optim.target import explore_ahead
-from nncme.sampling import Mixture, unique_states
+from nncme.sampling import Alpha, Mixture, unique_states
 from nncme.steppers import RK4, Fit, Flow
 
 
@@ -373,7 +373,22 @@ def test_config_names_and_defaults():
     one, two = RunConfig(optimizer="adam").resolved(1), RunConfig(optimizer="adam").resolved(2)
     assert (one.proposal, one.objective) == ("mixture", "log_variance")
     assert (two.proposal, two.objective) == ("mixture", "kl")
-    assert RunConfig(optimizer="adam", proposal="alpha").resolved(1).objective == "kl"
+    three = RunConfig(optimizer="adam").resolved(3)
+    assert (three.proposal, three.objective) == ("alpha", "log_variance")  # drawn: tempered
+    mixture = RunConfig(optimizer="adam", proposal="mixture").resolved(3)
+    assert mixture.objective == "kl"  # uniform draws over a box of free counts
+    assert RunConfig(optimizer="adam", proposal="alpha").resolved(1).objective == "log_variance"
+    sgd = RunConfig(optimizer="sgd").resolved(3)
+    assert (sgd.proposal, sgd.objective) == ("mixture", "kl")
+    assert RunConfig().resolved(3, enumerable=True).proposal == "mixture"
+    chain = ReactionNetwork(  # three free counts: drawn fits temper their draws
+        {"A": 20, "B": 20, "C": 20},
+        [Reaction({}, {"A": 1}, 2.0), Reaction({"A": 1}, {"B": 1}, 1.0),
+         Reaction({"B": 1}, {"C": 1}, 1.0), Reaction({"C": 1}, {}, 1.0)],
+        {},
+    )  # fmt: skip
+    drawn = build_driver(chain, RunConfig(quiet=True, enumerate_states=0)).stepper.motion
+    assert isinstance(drawn.proposal, Alpha) and drawn.update.objective == "log_variance"
     natgrad = RunConfig(optimizer="natgrad").resolved(1)
     assert (natgrad.proposal, natgrad.objective) == ("mixture", "log_variance")
     natgrad2 = RunConfig(optimizer="natgrad").resolved(2)

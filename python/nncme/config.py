@@ -477,8 +477,10 @@ class RunConfig(Settings):
     )
     proposal: str = _opt(
         "auto",
-        "where training states come from (importance-weighted); auto: mixture (model draws "
-        "and uniform ones over the box, which reach the states where leaked mass sits)",
+        "where training states come from (importance-weighted); auto: alpha (tempered model "
+        "draws, which reach the model's own tails) where adam's fits draw the states of a "
+        "network with three or more free counts, mixture (model draws and uniform ones over the "
+        "box, which reach the states where leaked mass sits) otherwise",
         ("auto", "vanilla", "mixture", "prefix_mixture", "diffusive", "alpha"),
     )
     objective: str = _opt(
@@ -486,8 +488,8 @@ class RunConfig(Settings):
         "what each step minimises: reverse KL (importance-weighted), or the log-variance "
         "divergence under the proposal (fits the tails a wide proposal draws, and keeps mass "
         "off the states the target has none; tdvp: its least squares weighted as drawn, not by "
-        "q); auto: log_variance with a mixture proposal on a network with one free count, kl "
-        "otherwise",
+        "q); auto: log_variance with a mixture proposal on a network with one free count or "
+        "a summed support, and with an alpha proposal under adam, kl otherwise",
         ("auto", "kl", "log_variance"),
     )
     mixture_eps: float = _opt(
@@ -673,9 +675,10 @@ class RunConfig(Settings):
 
     @property
     def sampling_proposal(self) -> str:
-        """`proposal`, with "auto" resolved: "mixture" for every optimiser (its uniform draws
-        reach the states where leaked mass would sit; model draws alone leave natgrad's fits a
-        floor on the tail, benchmarks/results/defaults_cpu_natgrad*.json)."""
+        """`proposal`, with "auto" resolved as for a network of one free count (`resolved`
+        says what Adam's drawn fits of two or more get): "mixture" for every optimiser (its
+        uniform draws reach the states where leaked mass would sit; model draws alone leave
+        natgrad's fits a floor on the tail, benchmarks/results/defaults_cpu_natgrad*.json)."""
         return self.proposal if self.proposal != "auto" else "mixture"
 
     def resolved(self, free_dimensions: int, enumerable: bool = False) -> RunConfig:
@@ -685,24 +688,40 @@ class RunConfig(Settings):
 
         The objective: "log_variance" where the steps fit to a mixture proposal's draws of a
         network with one free count (it weighs the uniform draws as drawn, so leaked tail
-        mass is pulled down, where reverse KL weighs them by their tiny q), "kl" otherwise: in
-        a box of two or more free counts most uniform draws land where neither the model nor
-        the target has mass, and fitting log q there costs the bulk its accuracy
-        (benchmarks/results/defaults_cpu_compare.md). Also "log_variance" where the support
-        is summed exactly, whatever its dimensions: there the sum has no noise to cost the
-        bulk anything, while the exact reverse KL, blind to the tails, lets L-BFGS move
-        them at will (a floor of 1e-7 grew to 1e-5 in 0.3 time units where the CME drains it).
+        mass is pulled down, where reverse KL weighs them by their tiny q). In a box of two or
+        more free counts most uniform draws land where neither the model nor the target has
+        mass, and fitting log q there costs the bulk its accuracy
+        (benchmarks/results/defaults_cpu_compare.md). With three or more, Adam's drawn fits
+        take the alpha proposal (each conditional tempered, q^alpha: draws that reach the
+        model's own tails, not the empty box) with the log-variance objective, which fits
+        log q at those draws as it does in the bulk. Under reverse KL (mixture draws) a
+        tail's log q is fitted only as much as its tiny mass weighs, the next step's target
+        inherits what error a fit leaves there (T q_old carries q_old's tail), and since
+        probability is exponential in log q, errors of either sign add up to mass where the
+        fits are noisy (README, "tempered draws", for the networks measured). With two free
+        counts, whose drawn fits were quiet where measured, the mixture's uniform draws under
+        reverse KL kept the far box emptier than tempered draws, which never reach it. SGD,
+        natural gradient and TDVP keep the mixture and "kl" (not measured with the alpha
+        proposal). Also "log_variance" where
+        the support is summed exactly, whatever its dimensions: there the sum has no noise to
+        cost the bulk anything, while the exact reverse KL, blind to the tails, lets L-BFGS
+        move them at will (a floor of 1e-7 grew to 1e-5 in 0.3 time units where the CME
+        drains it).
 
         The implicit steps' `dt_tolerance`: SUMMED_DT_TOLERANCE where the support is summed,
         DRAWN_DT_TOLERANCE where the fits draw.
         """
+        one_free = free_dimensions <= 1
+        adam = self.optimizer == "adam"
         proposal = self.sampling_proposal
+        if self.proposal == "auto" and adam and free_dimensions >= 3 and not enumerable:
+            proposal = "alpha"
         objective = self.objective
         if objective == "auto":
             mixture = proposal in ("mixture", "prefix_mixture")
-            one_free = free_dimensions <= 1
             wide = mixture and (one_free or enumerable)  # tdvp: least squares as drawn
-            objective = "log_variance" if wide else "kl"
+            tempered = proposal == "alpha" and adam
+            objective = "log_variance" if wide or tempered else "kl"
         tolerance = self.dt_tolerance
         if tolerance is None:
             tolerance = SUMMED_DT_TOLERANCE if enumerable else DRAWN_DT_TOLERANCE
