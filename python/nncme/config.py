@@ -676,7 +676,7 @@ class RunConfig(Settings):
     @property
     def sampling_proposal(self) -> str:
         """`proposal`, with "auto" resolved as for a network of one free count (`resolved`
-        says what Adam's drawn fits of two or more get): "mixture" for every optimiser (its
+        says what Adam's drawn fits of three or more get): "mixture" for every optimiser (its
         uniform draws reach the states where leaked mass would sit; model draws alone leave
         natgrad's fits a floor on the tail, benchmarks/results/defaults_cpu_natgrad*.json)."""
         return self.proposal if self.proposal != "auto" else "mixture"
@@ -698,15 +698,14 @@ class RunConfig(Settings):
         tail's log q is fitted only as much as its tiny mass weighs, the next step's target
         inherits what error a fit leaves there (T q_old carries q_old's tail), and since
         probability is exponential in log q, errors of either sign add up to mass where the
-        fits are noisy (README, "tempered draws", for the networks measured). With two free
-        counts, whose drawn fits were quiet where measured, the mixture's uniform draws under
-        reverse KL kept the far box emptier than tempered draws, which never reach it. SGD,
-        natural gradient and TDVP keep the mixture and "kl" (not measured with the alpha
-        proposal). Also "log_variance" where
-        the support is summed exactly, whatever its dimensions: there the sum has no noise to
-        cost the bulk anything, while the exact reverse KL, blind to the tails, lets L-BFGS
-        move them at will (a floor of 1e-7 grew to 1e-5 in 0.3 time units where the CME
-        drains it).
+        fits are noisy (README, "Defaults: tempered draws", for the networks measured). With
+        two free counts, whose drawn fits were quiet where measured, the mixture's uniform
+        draws under reverse KL kept the far box emptier than tempered draws, which never
+        reach it. SGD, natural gradient and TDVP keep the mixture and "kl" (not measured
+        with the alpha proposal). Also "log_variance" where the support is summed exactly,
+        whatever its dimensions: there the sum has no noise to cost the bulk anything, while
+        the exact reverse KL, blind to the tails, lets L-BFGS move them at will (a floor of
+        1e-7 grew to 1e-5 in 0.3 time units where the CME drains it).
 
         The implicit steps' `dt_tolerance`: SUMMED_DT_TOLERANCE where the support is summed,
         DRAWN_DT_TOLERANCE where the fits draw.
