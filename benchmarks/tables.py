@@ -841,11 +841,7 @@ def table_noise() -> list[str]:
     for row, (_, (tag, network)) in zip(rows, NOISE_RUNS.values(), strict=True):
         r = defaults_row(network, tag)[1]  # the run following the noise
         row.append(", ".join(f"{n} at {b}" for b, n in r["steps_per_batch"].items()))
-    header = ["network (states)"] + [
-        f"{group}: {column}"
-        for group in ("batch fixed", "batch following the noise")
-        for column in ("max H (first save)", "worst mean error", "tail 1e-6", "wall")
-    ]
+    header = pair_header("batch fixed", "batch following the noise")
     return with_runs(
         markdown([*header, "steps per batch"], rows),
         "`nncme run FILE` at every default to the file's t_end (dt 0.01: the files name none) "
@@ -880,11 +876,7 @@ def table_tempered() -> list[str]:
     """Drawn fits of two or more free counts: mixture draws under reverse KL, then tempered
     draws under the log-variance objective."""
     rows, runs = draws_then_sums(TEMPERED_RUNS)
-    header = ["network (states)"] + [
-        f"{group}: {column}"
-        for group in ("mixture, reverse KL", "tempered, log-variance")
-        for column in ("max H (first save)", "worst mean error", "tail 1e-6", "wall")
-    ]
+    header = pair_header("mixture, reverse KL", "tempered, log-variance")
     return with_runs(
         markdown(header, rows),
         "`nncme run` at every default but the proposal and objective (each run names both) "
@@ -927,11 +919,13 @@ def draws_then_sums(pairs: dict) -> tuple[list[list[str]], dict[str, dict]]:
     return rows, runs
 
 
-DRAWS_THEN_SUMS = ["network (states)"] + [
-    f"{group}: {column}"
-    for group in ("draws", "sums, exponential")
-    for column in ("max H (first save)", "worst mean error", "tail 1e-6", "wall")
-]
+def pair_header(*groups: str) -> list[str]:
+    """The header of rows of `draws_then_sums`: each group's `run_cells` with means."""
+    cells = ("max H (first save)", "worst mean error", "tail 1e-6", "wall")
+    return ["network (states)"] + [f"{group}: {cell}" for group in groups for cell in cells]
+
+
+DRAWS_THEN_SUMS = pair_header("draws", "sums, exponential")
 
 
 def table_prefixes() -> list[str]:
