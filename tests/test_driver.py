@@ -189,19 +189,32 @@ def test_a_completed_run_says_so(tmp_path):
 def test_a_first_step_too_large_to_list_starts_from_a_shorter_exact_step():
     """A point mass whose first step reaches more states than can be listed (forced here by
     a small listing budget on a 2x2 diffusion lattice): the exact step over dt / 4^j, the
-    model fitted to it, then the run's stepper to t_1. Against the exact marginals."""
+    model fitted to it, then the run's stepper to t_1, its fits allowed REST_ITERATIONS times
+    the run's iterations. Against the exact marginals."""
     from nncme import systems
     from nncme.exact import monomolecular_marginals
     from nncme.metrics import hellinger
+    from nncme.steppers import REST_ITERATIONS
 
     net = systems.get(
         "reaction_diffusion", shape="2x2", kinetics="birth_death", x0=2, k=4, gamma=1, hopping=1
     )
     driver = build_driver(net, RunConfig(t_end=0.004, dt=0.002, batch=1000, quiet=True))
     driver.first.max_states = 300  # fewer than the whole step reaches
+    stepper, allowed = driver.first.then, []
+    take_step = stepper.step
+
+    def step(t: float, dt: float):
+        allowed.append(stepper.motion.update.iterations)
+        return take_step(t, dt)
+
+    stepper.step = step
     driver.run()
     schemes = [entry["scheme"] for entry in driver.observer(StepLog).history]
     assert schemes[0].startswith("exact to ") and schemes[0].endswith(", then heun"), schemes
+    # the first step's rest fits longer than the later steps
+    its = RunConfig().iterations
+    assert allowed == [REST_ITERATIONS * its, its], allowed
     result = driver.observer(Recorder).result()
     exact = monomolecular_marginals(net, result.times)
     worst = hellinger(result.marginals[1:], exact[1:, :, : result.marginals.shape[-1]]).max()
