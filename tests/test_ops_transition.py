@@ -19,9 +19,16 @@ needs_kernel = pytest.mark.skipif(ops.extension() is None, reason="compiled exte
 TOL = {torch.float32: dict(rtol=2e-5, atol=1e-6), torch.float64: dict(rtol=1e-12, atol=1e-12)}
 
 
-def assert_matches(fused, ref, dtype):
+def assert_matches(fused, ref, dtype, terms: int = 1):
+    """`terms`: the reactions summed per row. log T q's absolute error is T q's relative one,
+    and a float32 sum of K terms rounds to about sqrt(K) ulps, in orders the kernel and the
+    reference each choose (threads, vector widths), so for K in the thousands its atol grows
+    as sqrt(K) / 4 (K = 2000: 1.1e-5)."""
     log_tq, gen, exit_rate = fused
-    torch.testing.assert_close(log_tq, ref[0], equal_nan=True, **TOL[dtype])
+    log_tol = dict(TOL[dtype])
+    if dtype == torch.float32:
+        log_tol["atol"] *= max(1.0, math.sqrt(terms) / 4)
+    torch.testing.assert_close(log_tq, ref[0], equal_nan=True, **log_tol)
     torch.testing.assert_close(exit_rate, ref[2], equal_nan=True, **TOL[dtype])
     # (W q)/q = inflow - exit cancels: its rounding error scales with the terms, not the result
     finite = torch.isfinite(ref[1])
@@ -47,7 +54,9 @@ def test_transition_many_reactions_and_species(device, dtype, rng):
     a0 = reference.propensities(states, *args).sum(1)
     dt = float(0.5 / max(float(a0.max()), 1e-3))
     fused = torch.ops.nncme.transition_logsum(states, log_q, log_q_nbr, *args, dt)
-    assert_matches(fused, reference.transition_logsum(states, log_q, log_q_nbr, *args, dt), dtype)
+    assert_matches(
+        fused, reference.transition_logsum(states, log_q, log_q_nbr, *args, dt), dtype, terms=2000
+    )
 
 
 def _two_species(dtype, device):
